@@ -1,0 +1,229 @@
+//! `port-sharding serve --port 1234`: the command line over the [`port_sharding`] engine.
+//!
+//! `serve` runs a server in the foreground, `status` and `stop` talk to running ones through their control
+//! sockets, `bench` measures any echo server.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use port_sharding::{Config, Mode, Server, StopReason};
+
+#[derive(Parser)]
+#[command(name = "port-sharding", version, about = "Serve one TCP port from many processes with SO_REUSEPORT")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a port with N worker processes; SIGINT/SIGTERM drain, a second one stops at once.
+    Serve(ServeArgs),
+    /// Show per-worker counters of the servers running on a port.
+    Status(TargetArgs),
+    /// Ask the servers running on a port to drain and exit.
+    Stop(StopArgs),
+    /// Load-test an echo server and report throughput, latency and errors.
+    Bench(port_sharding::bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to bind (IPv4 or IPv6 literal, or localhost).
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Port to bind; 0 picks a free one (printed at start).
+    #[arg(long, short, default_value_t = 1234)]
+    port: u16,
+    /// Worker processes [default: number of CPUs].
+    #[arg(long, short)]
+    workers: Option<usize>,
+    /// What workers do with a connection.
+    #[arg(long, short, default_value = "echo", value_parser = ["echo", "once", "hello"])]
+    mode: String,
+    /// listen(2) backlog per worker.
+    #[arg(long, default_value_t = 1024)]
+    backlog: u32,
+    /// Longest a drain may take before open connections are closed (e.g. 30s, 500ms, 2m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Open connections per worker; at the limit it stops accepting until one closes.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Close connections idle this long (e.g. 60s); off by default.
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// Rolling upgrade: adopt the listening sockets of the server running on host:port; it drains once we
+    /// are ready. With none running, start normally.
+    #[arg(long)]
+    takeover: bool,
+    /// Set net.ipv4.tcp_migrate_req=1 so closing a listener moves its queue instead of resetting it (root).
+    #[arg(long)]
+    migrate: bool,
+    /// Print no log lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// Port of the servers.
+    #[arg(long, short, default_value_t = 1234)]
+    port: u16,
+    /// Only servers bound to this address.
+    #[arg(long)]
+    host: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct StopArgs {
+    /// Port of the servers.
+    #[arg(long, short, default_value_t = 1234)]
+    port: u16,
+    /// Only servers bound to this address.
+    #[arg(long)]
+    host: Option<String>,
+    /// Wait until they have exited, at most this long (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    wait: Option<Duration>,
+}
+
+/// Parses `30`, `30s`, `500ms`, `2m`, `1.5s`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a valid duration"))
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Serve(a) => serve(a),
+        Command::Status(a) => status(a),
+        Command::Stop(a) => stop(a),
+        Command::Bench(a) => return port_sharding::bench::main(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("port-sharding: error: {e}");
+            ExitCode::from(match e {
+                port_sharding::Error::InvalidArgument { .. } | port_sharding::Error::InvalidAddress { .. } => 2,
+                port_sharding::Error::NotRunning { .. } => 3,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> port_sharding::Result<ExitCode> {
+    port_sharding::set_quiet(a.quiet);
+    let config = Config {
+        host: a.host,
+        port: a.port,
+        workers: a.workers.unwrap_or_else(port_sharding::default_workers),
+        mode: a.mode.parse::<Mode>()?,
+        backlog: a.backlog,
+        drain_timeout: a.drain_timeout,
+        max_connections: a.max_connections,
+        idle_timeout: a.idle_timeout,
+        takeover: a.takeover,
+        migrate: a.migrate,
+        ..Config::default()
+    };
+    let server = Server::bind(config)?;
+    let report = server.run()?;
+    // 130 = killed by SIGINT, as shells report it; a drained SIGTERM is a clean exit.
+    Ok(match (report.forced, report.reason) {
+        (true, _) => ExitCode::from(1),
+        (false, StopReason::Interrupt) => ExitCode::from(130),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+fn status(a: TargetArgs) -> port_sharding::Result<ExitCode> {
+    let servers = port_sharding::status(a.host.as_deref(), a.port)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&servers).expect("status serializes"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in servers {
+        println!(
+            "{} server pid {} on {} — {}, mode {}, up {:.0}s",
+            s.runtime, s.pid, s.addr, s.state, s.mode, s.uptime_secs
+        );
+        println!(
+            "  {:>6} {:>8} {:>9} {:>10} {:>8} {:>12} {:>12} {:>7} {:>8} {:>6}",
+            "worker", "pid", "state", "accepted", "active", "bytes in", "bytes out", "errors", "restarts", "queue"
+        );
+        for w in &s.workers {
+            println!(
+                "  {:>6} {:>8} {:>9} {:>10} {:>8} {:>12} {:>12} {:>7} {:>8} {:>6}",
+                w.index,
+                w.pid,
+                format!("{:?}", w.state).to_lowercase(),
+                w.accepted,
+                w.active,
+                w.bytes_in,
+                w.bytes_out,
+                w.errors,
+                w.restarts,
+                w.queue_len
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop(a: StopArgs) -> port_sharding::Result<ExitCode> {
+    let pids = port_sharding::stop(a.host.as_deref(), a.port)?;
+    for pid in &pids {
+        println!("asked server pid {pid} to drain");
+    }
+    let Some(wait) = a.wait else { return Ok(ExitCode::SUCCESS) };
+    let until = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < until {
+        let alive = pids.iter().filter(|&&p| nix_alive(p)).count();
+        if alive == 0 {
+            println!("stopped");
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("port-sharding: still running after {wait:?}");
+    Ok(ExitCode::from(1))
+}
+
+fn nix_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3x").is_err());
+    }
+}

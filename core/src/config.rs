@@ -1,0 +1,174 @@
+//! [`Config`]: everything a server needs to know, with public fields and a [`Default`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// What a worker does with each accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// RFC 862 echo: send back every byte until the peer closes; honours half-close.
+    #[default]
+    Echo,
+    /// The talk's loop exactly: one read of up to 1024 bytes, echo it, close.
+    Once,
+    /// Write `Hello from <runtime> process <pid>\n` and close, so a mixed group shows who answered.
+    Hello,
+}
+
+impl Mode {
+    /// The mode's name as the CLI, Python and Ruby spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Once => "once",
+            Mode::Hello => "hello",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Mode> {
+        match s {
+            "echo" => Ok(Mode::Echo),
+            "once" => Ok(Mode::Once),
+            "hello" => Ok(Mode::Hello),
+            other => Err(Error::InvalidArgument {
+                name: "mode",
+                reason: format!("{other:?} is not one of echo, once, hello"),
+            }),
+        }
+    }
+}
+
+/// How a server binds, runs and stops.
+///
+/// Build one with struct-update syntax and pass it to [`Server::bind`](crate::Server::bind):
+///
+/// ```
+/// let config = port_sharding::Config { port: 0, workers: 2, ..Default::default() };
+/// assert_eq!(config.backlog, 1024);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address to bind: an IPv4 or IPv6 literal, or `localhost`. IPv6 listeners set `IPV6_V6ONLY`.
+    ///
+    /// Default value: `"0.0.0.0"`.
+    pub host: String,
+    /// TCP port; 0 asks the kernel for a free one ([`Server::port`](crate::Server::port) tells which).
+    ///
+    /// Default value: `1234`.
+    pub port: u16,
+    /// Number of worker processes, each with its own listener in the port's reuseport group.
+    ///
+    /// Default value: the number of CPUs this process may run on.
+    pub workers: usize,
+    /// What workers do with a connection.
+    ///
+    /// Default value: [`Mode::Echo`].
+    pub mode: Mode,
+    /// Accept-queue length asked of `listen(2)` (the kernel caps it at `net.core.somaxconn`).
+    ///
+    /// Default value: `1024`.
+    pub backlog: u32,
+    /// How long a drain may take before the connections still open are closed.
+    ///
+    /// Default value: 30 seconds.
+    pub drain_timeout: Duration,
+    /// Open connections per worker; at the limit a worker stops accepting until one closes.
+    ///
+    /// Default value: `10_000`.
+    pub max_connections: usize,
+    /// Close a connection after this long without traffic; `None` never does.
+    ///
+    /// Default value: `None`.
+    pub idle_timeout: Option<Duration>,
+    /// Who hosts the engine: `rust`, `python` or `ruby`. Named in `hello` replies, logs and `status`.
+    ///
+    /// Default value: `"rust"`.
+    pub runtime: String,
+    /// Adopt the listening sockets of the server already running on host:port (a rolling upgrade);
+    /// with none running, start normally.
+    ///
+    /// Default value: `false`.
+    pub takeover: bool,
+    /// Set `net.ipv4.tcp_migrate_req=1` in this network namespace at start, so closing a listener moves its
+    /// queued connections to the rest of the group instead of resetting them. Needs privilege.
+    ///
+    /// Default value: `false`.
+    pub migrate: bool,
+    /// Install SIGINT/SIGTERM handlers while [`Server::run`](crate::Server::run) runs (only on the main
+    /// thread); the previous handlers are restored when it returns.
+    ///
+    /// Default value: `true`.
+    pub handle_signals: bool,
+    /// Open a control socket so `status`, `stop` and `takeover` can reach this server.
+    ///
+    /// Default value: `true`.
+    pub control: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            host: "0.0.0.0".to_string(),
+            port: 1234,
+            workers: default_workers(),
+            mode: Mode::Echo,
+            backlog: 1024,
+            drain_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            idle_timeout: None,
+            runtime: "rust".to_string(),
+            takeover: false,
+            migrate: false,
+            handle_signals: true,
+            control: true,
+        }
+    }
+}
+
+/// One worker per CPU this process may run on (honours `taskset` and cgroup CPU sets).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The most workers one server may run: a takeover hands every listener over in one `SCM_RIGHTS` message,
+/// which carries at most 253 fds (`SCM_MAX_FD`).
+pub const MAX_WORKERS: usize = 253;
+
+impl Config {
+    /// Checks every field, naming the first one that is out of range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &'static str, reason: String| Err(Error::InvalidArgument { name, reason });
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return bad("workers", format!("must be between 1 and {MAX_WORKERS}, got {}", self.workers));
+        }
+        if self.backlog == 0 || self.backlog > i32::MAX as u32 {
+            return bad("backlog", format!("must be at least 1, got {}", self.backlog));
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1".to_string());
+        }
+        if self.drain_timeout.is_zero() {
+            return bad("drain_timeout", "must be more than 0 seconds".to_string());
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return bad("idle_timeout", "must be more than 0 seconds (or none)".to_string());
+        }
+        if !matches!(self.runtime.as_str(), "rust" | "python" | "ruby") {
+            return bad("runtime", format!("{:?} is not one of rust, python, ruby", self.runtime));
+        }
+        Ok(())
+    }
+}

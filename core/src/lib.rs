@@ -1,0 +1,92 @@
+//! Many processes serving one TCP port with `SO_REUSEPORT`: the kernel spreads connections over them,
+//! and a server can be restarted or upgraded without losing a connection.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use port_sharding::{Config, Server};
+//!
+//! // Echo on :1234 with one worker process per CPU; Ctrl-C or SIGTERM drains and returns.
+//! let server = Server::bind(Config { port: 1234, ..Default::default() })?;
+//! println!("listening on {}", server.local_addr());
+//! let report = server.run()?;
+//! println!("stopped: {:?}", report.reason);
+//! # Ok::<(), port_sharding::Error>(())
+//! ```
+//!
+//! From another thread, stop it with a [`Handle`]:
+//!
+//! ```
+//! use port_sharding::{Config, Server};
+//! let server = Server::bind(Config { host: "127.0.0.1".into(), port: 0, workers: 1, ..Default::default() })?;
+//! let handle = server.handle();
+//! let t = std::thread::spawn(move || server.run());
+//! handle.wait_ready(std::time::Duration::from_secs(10));
+//! handle.shutdown();
+//! t.join().unwrap()?;
+//! # Ok::<(), port_sharding::Error>(())
+//! ```
+//!
+//! # Process model
+//!
+//! The calling process becomes the **supervisor**. [`Server::bind`] creates one reuseport listener per worker
+//! *before* forking and keeps them all open; [`Server::run`] forks worker *i* to serve listener *i* with a
+//! mio event loop. Because the supervisor holds every listener, a worker that dies loses nothing that was
+//! queued: the kernel keeps a socket and its accept queue while any fd to it is open, and the replacement
+//! worker is forked on the same listener. A worker runs Rust only, closes every inherited fd it does not
+//! serve, and leaves with `_exit` — it never returns into a host interpreter (Python, Ruby).
+//!
+//! Per-worker counters live in a shared memory page ([`WorkerStats`]); a unix control socket answers
+//! [`status`], [`stop`] and `takeover` (a successor receives the listening sockets with `SCM_RIGHTS`, so
+//! nothing queued is reset during an upgrade).
+//!
+//! # Signals
+//!
+//! | signal | effect |
+//! |---|---|
+//! | SIGINT, SIGTERM (first) | drain: workers stop accepting, accept what is queued, finish open connections, exit |
+//! | SIGINT, SIGTERM (second) | stop now: workers are killed, open connections cut |
+//! | SIGKILL a worker | the supervisor forks a replacement on the same listener (crash loops back off) |
+//!
+//! Handlers are installed only while `run` runs on the main thread (see [`Config::handle_signals`]) and the
+//! previous ones are restored afterwards. Workers ignore SIGINT: Ctrl-C reaches the whole process group, and
+//! the supervisor alone decides when they drain. A worker whose supervisor dies drains and exits by itself.
+//!
+//! # Platform notes
+//!
+//! Linux ≥ 3.9 only. macOS and the BSDs have an `SO_REUSEPORT` that does not balance (the last socket bound
+//! receives everything), so [`Server::bind`] refuses there with [`Error::Unsupported`]. Closing a listener
+//! resets the connections in its queue unless `net.ipv4.tcp_migrate_req=1`; the takeover path avoids it
+//! without privileges. Sockets of different users never share a group.
+//!
+//! # Dependencies, and why
+//!
+//! - `mio`: the event loop (epoll) that tokio is built on, without a runtime to fork around.
+//! - `socket2`: every socket option before `bind` (`SO_REUSEPORT`, `IPV6_V6ONLY`) with std's types after.
+//! - `nix` (and `libc` where nix has no wrapper, e.g. `TCP_INFO`): safe fork, waitpid, sigaction, `SCM_RIGHTS`.
+//! - `thiserror`: one typed [`Error`] enum with messages, no boxing.
+//! - `serde`/`serde_json`: the control socket's one-line JSON protocol, readable by any language.
+//! - `clap`: the `port-sharding` command line with `--help` on every subcommand.
+//! - `hdrhistogram`, `indicatif`: latency percentiles and the progress bar of `port-sharding bench`.
+
+pub mod bench;
+mod config;
+mod control;
+mod error;
+mod listener;
+mod log;
+mod signals;
+mod stats;
+mod supervisor;
+mod worker;
+
+pub use config::{default_workers, Config, Mode, MAX_WORKERS};
+pub use control::{control_dir, status, stop, ServerStatus};
+pub use error::{Error, Result};
+pub use listener::{listen, resolve};
+pub use log::set_quiet;
+pub use stats::{WorkerState, WorkerStats};
+pub use supervisor::{Handle, Report, Server, StopReason};
+
+/// The version shared by the crate, the CLI, the Python package and the Ruby gem.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

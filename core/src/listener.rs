@@ -1,0 +1,107 @@
+//! One function that makes a reuseport listener, with its options in a fixed, documented order.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::{Error, Result};
+
+/// Parses `host` into an address to bind: an IPv4 or IPv6 literal (brackets allowed), `localhost`, or
+/// empty (all IPv4 addresses, like the talk's `bind('')`).
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    let trimmed = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = match trimmed {
+        "" | "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        "::" => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        other => other.parse().map_err(|_| Error::InvalidAddress {
+            host: host.to_string(),
+            reason: "not an IPv4 or IPv6 address (names other than localhost are not resolved)".to_string(),
+        })?,
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Creates a TCP listener on `addr` that joins the port's `SO_REUSEPORT` group.
+///
+/// Options are applied in this order, before `bind`, because the kernel decides group membership at bind
+/// time and every member must agree:
+/// 1. `socket(2)` with `SOCK_CLOEXEC` (and `SOCK_NONBLOCK` when `nonblocking`): no fd leaks into `exec`ed
+///    children, where it would keep the socket in the group.
+/// 2. `SO_REUSEADDR`: rebinding right after a restart while old connections sit in `TIME_WAIT`.
+/// 3. `SO_REUSEPORT`: join (or found) the group; the kernel spreads new connections over its members.
+/// 4. `IPV6_V6ONLY=1` for IPv6: set explicitly, because a dual-stack and a v6-only socket form different groups.
+/// 5. `bind`, then `listen(backlog)`.
+///
+/// # Errors
+/// `EADDRINUSE` becomes [`Error::AddrInUse`], `EACCES` [`Error::PermissionDenied`]; anything else is
+/// [`Error::Io`].
+///
+/// # Notes
+/// Linux only. On macOS and the BSDs `SO_REUSEPORT` exists but does not balance (the last socket bound
+/// receives every connection), so this returns [`Error::Unsupported`] there.
+pub fn bind(addr: SocketAddr, backlog: u32, nonblocking: bool) -> Result<TcpListener> {
+    ensure_linux()?;
+    let ctx = |what: &'static str| move |e: io::Error| Error::io(format!("{what} for {addr}"), e);
+    let mut ty = Type::STREAM.cloexec();
+    if nonblocking {
+        ty = ty.nonblocking();
+    }
+    let socket = Socket::new(Domain::for_address(addr), ty, Some(Protocol::TCP)).map_err(ctx("socket"))?;
+    socket.set_reuse_address(true).map_err(ctx("SO_REUSEADDR"))?;
+    socket.set_reuse_port(true).map_err(ctx("SO_REUSEPORT"))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(ctx("IPV6_V6ONLY"))?;
+    }
+    socket.bind(&addr.into()).map_err(|source| match source.raw_os_error() {
+        Some(libc::EADDRINUSE) => Error::AddrInUse { addr, source },
+        Some(libc::EACCES) => Error::PermissionDenied { addr, source },
+        _ => Error::io(format!("bind {addr}"), source),
+    })?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32).map_err(ctx("listen"))?;
+    Ok(socket.into())
+}
+
+/// Refuses to run where `SO_REUSEPORT` would not balance.
+pub fn ensure_linux() -> Result<()> {
+    if cfg!(target_os = "linux") {
+        Ok(())
+    } else {
+        Err(Error::Unsupported { os: std::env::consts::OS })
+    }
+}
+
+/// Length of a listener's accept queue right now (`TCP_INFO.tcpi_unacked` on a listening socket).
+pub fn queue_len(listener: &impl std::os::fd::AsRawFd) -> Option<u32> {
+    // SAFETY: tcp_info is plain old data; getsockopt writes at most `len` bytes into it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (rc == 0).then_some(info.tcpi_unacked)
+    }
+}
+
+/// A blocking reuseport listener on `host:port`, for code that runs its own accept loop — the talk's
+/// Python and Ruby loops — beside engine workers on the same port.
+///
+/// ```no_run
+/// let listener = port_sharding::listen("127.0.0.1", 1234, 1024)?;
+/// for stream in listener.incoming() {
+///     let _ = stream?; // echo, close …
+/// }
+/// # Ok::<(), port_sharding::Error>(())
+/// ```
+pub fn listen(host: &str, port: u16, backlog: u32) -> Result<TcpListener> {
+    if backlog == 0 {
+        return Err(Error::InvalidArgument { name: "backlog", reason: "must be at least 1".to_string() });
+    }
+    bind(resolve(host, port)?, backlog, false)
+}

@@ -1,0 +1,206 @@
+//! Per-worker counters in one shared memory mapping, so the supervisor reads them without asking anyone.
+//!
+//! The mapping is `MAP_SHARED | MAP_ANONYMOUS`, made before forking: every worker writes its own slot with
+//! relaxed atomics (a counter bump costs what a local add does), the supervisor reads all slots for `status`.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Forked, not yet polling its listener.
+    Starting = 0,
+    /// Accepting and serving.
+    Serving = 1,
+    /// Stopped accepting; finishing open connections.
+    Draining = 2,
+    /// Exited.
+    Stopped = 3,
+}
+
+impl WorkerState {
+    fn from_u64(v: u64) -> WorkerState {
+        match v {
+            1 => WorkerState::Serving,
+            2 => WorkerState::Draining,
+            3 => WorkerState::Stopped,
+            _ => WorkerState::Starting,
+        }
+    }
+}
+
+/// A snapshot of one worker's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// Worker index: the listener it serves.
+    pub index: usize,
+    /// Process id of the worker now on this slot (0 before the first fork).
+    pub pid: u32,
+    /// Where the worker is in its life.
+    pub state: WorkerState,
+    /// Connections accepted on this slot, across restarts.
+    pub accepted: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients.
+    pub bytes_out: u64,
+    /// Connections that ended in an error (reset, accept failure, idle timeout, drain timeout).
+    pub errors: u64,
+    /// How many times this slot's worker was replaced after dying.
+    pub restarts: u64,
+    /// Connections waiting in this listener's accept queue (`TCP_INFO.tcpi_unacked`), as last sampled.
+    pub queue_len: u64,
+}
+
+/// One worker's slot; all fields are counters or gauges updated with relaxed atomics.
+#[repr(C)]
+#[derive(Default)]
+pub struct Slot {
+    pid: AtomicU64,
+    state: AtomicU64,
+    accepted: AtomicU64,
+    active: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    errors: AtomicU64,
+    restarts: AtomicU64,
+    queue_len: AtomicU64,
+}
+
+impl Slot {
+    /// Records a process taking this slot.
+    pub fn begin(&self, pid: u32) {
+        self.pid.store(pid.into(), Relaxed);
+        self.active.store(0, Relaxed);
+        self.set_state(WorkerState::Starting);
+    }
+    /// Process id of the worker on this slot.
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Relaxed) as u32
+    }
+    /// Records a state change.
+    pub fn set_state(&self, state: WorkerState) {
+        self.state.store(state as u64, Relaxed);
+    }
+    /// The last recorded state.
+    pub fn state(&self) -> WorkerState {
+        WorkerState::from_u64(self.state.load(Relaxed))
+    }
+    /// One connection accepted (and now open).
+    pub fn accepted(&self) {
+        self.accepted.fetch_add(1, Relaxed);
+        self.active.fetch_add(1, Relaxed);
+    }
+    /// One connection closed; `error` when it ended badly.
+    pub fn closed(&self, error: bool) {
+        self.active.fetch_sub(1, Relaxed);
+        if error {
+            self.errors.fetch_add(1, Relaxed);
+        }
+    }
+    /// An error not tied to a counted connection (a failed accept).
+    pub fn error(&self) {
+        self.errors.fetch_add(1, Relaxed);
+    }
+    /// Bytes read from a client.
+    pub fn bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Relaxed);
+    }
+    /// Bytes written to a client.
+    pub fn bytes_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Relaxed);
+    }
+    /// The slot's worker died and is being replaced.
+    pub fn restarted(&self) {
+        self.restarts.fetch_add(1, Relaxed);
+    }
+    /// Samples the accept-queue length.
+    pub fn set_queue_len(&self, n: u64) {
+        self.queue_len.store(n, Relaxed);
+    }
+    fn snapshot(&self, index: usize) -> WorkerStats {
+        WorkerStats {
+            index,
+            pid: self.pid.load(Relaxed) as u32,
+            state: self.state(),
+            accepted: self.accepted.load(Relaxed),
+            active: self.active.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            restarts: self.restarts.load(Relaxed),
+            queue_len: self.queue_len.load(Relaxed),
+        }
+    }
+}
+
+/// `n` slots in memory shared with every forked worker.
+pub struct StatsArea {
+    ptr: NonNull<Slot>,
+    len: usize,
+}
+
+// SAFETY: the slots are atomics only; the mapping lives until drop.
+unsafe impl Send for StatsArea {}
+// SAFETY: as above: every access goes through atomics.
+unsafe impl Sync for StatsArea {}
+
+impl StatsArea {
+    /// Maps `n` zeroed slots shared with future children.
+    pub fn new(n: usize) -> Result<StatsArea> {
+        let bytes = std::mem::size_of::<Slot>() * n.max(1);
+        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::io("mmap stats area", std::io::Error::last_os_error()));
+        }
+        // Anonymous mappings are zero-filled, which is a valid Slot (all atomics 0).
+        Ok(StatsArea { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len: n })
+    }
+
+    /// Slot `i`.
+    pub fn slot(&self, i: usize) -> &Slot {
+        assert!(i < self.len, "stats slot {i} out of range");
+        // SAFETY: in bounds; the mapping outlives &self.
+        unsafe { &*self.ptr.as_ptr().add(i) }
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no slots.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Snapshots every slot.
+    pub fn snapshot(&self) -> Vec<WorkerStats> {
+        (0..self.len).map(|i| self.slot(i).snapshot(i)).collect()
+    }
+}
+
+impl Drop for StatsArea {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), std::mem::size_of::<Slot>() * self.len.max(1)) };
+    }
+}

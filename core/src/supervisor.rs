@@ -1,0 +1,729 @@
+//! The supervisor: binds every listener before forking, forks one worker per listener, re-forks the dead,
+//! turns signals and control requests into the lifecycle `serving → draining → stopped`, and hands its
+//! sockets to a successor on `takeover`.
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token, Waker};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::config::Config;
+use crate::control::{self, Client, ControlSocket, Offer, Request, ServerStatus};
+use crate::error::{Error, Result};
+use crate::listener;
+use crate::log::log;
+use crate::signals::SignalGuard;
+use crate::stats::{StatsArea, WorkerState, WorkerStats};
+use crate::worker;
+
+const WAKER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const CONTROL: Token = Token(2);
+const SUCCESSOR: Token = Token(3);
+/// How often the supervisor reaps workers and samples queue lengths when nothing else wakes it.
+const TICK: Duration = Duration::from_millis(50);
+/// Extra time past `drain_timeout` before workers that still have not exited are killed.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long a successor may take between receiving the sockets and saying `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why [`Server::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// SIGINT (Ctrl-C). The Python binding raises `KeyboardInterrupt`, the Ruby one `Interrupt`.
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+    /// [`Handle::shutdown`].
+    Shutdown,
+    /// A `stop` request on the control socket.
+    Stop,
+    /// A successor took over the sockets and reported ready.
+    TakenOver,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// What started the drain.
+    pub reason: StopReason,
+    /// A second signal (or the drain timeout) ended it early: connections may have been cut.
+    pub forced: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Ready,
+    Stopped,
+}
+
+struct Shared {
+    waker: Waker,
+    shutdown: AtomicBool,
+    phase: Mutex<Phase>,
+    changed: Condvar,
+    stats: Arc<StatsArea>,
+    addr: SocketAddr,
+}
+
+impl Shared {
+    fn set_phase(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+        self.changed.notify_all();
+    }
+}
+
+/// A cloneable remote control for a [`Server`] running on another thread.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Starts a graceful drain, as SIGTERM would. Returns at once; `run` returns when drained.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        let _ = self.shared.waker.wake();
+    }
+
+    /// Per-worker counters, read from shared memory.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        self.shared.stats.snapshot()
+    }
+
+    /// The bound address (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// Waits until every worker is serving; `false` on timeout or when the server stopped first.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let phase = self.shared.phase.lock().unwrap_or_else(|e| e.into_inner());
+        let (phase, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(phase, timeout, |p| *p == Phase::Starting)
+            .unwrap_or_else(|e| e.into_inner());
+        *phase == Phase::Ready
+    }
+
+    /// Whether `run` has returned (or failed to start).
+    pub fn is_stopped(&self) -> bool {
+        *self.shared.phase.lock().unwrap_or_else(|e| e.into_inner()) == Phase::Stopped
+    }
+}
+
+/// The old server during a takeover: we hold its sockets and owe it a `ready`.
+struct Predecessor {
+    client: Client,
+    pid: u32,
+    runtime: String,
+}
+
+/// A bound server: listeners are open (connections queue from now on); [`Server::run`] starts the workers.
+pub struct Server {
+    config: Config,
+    addr: SocketAddr,
+    listeners: Vec<std::net::TcpListener>,
+    stats: Arc<StatsArea>,
+    shared: Arc<Shared>,
+    poll: Poll,
+    control: Option<ControlSocket>,
+    predecessor: Option<Predecessor>,
+}
+
+impl Server {
+    /// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
+    /// and opens the control socket.
+    ///
+    /// # Errors
+    /// Bad settings, an address that cannot be bound (see [`listener::bind`]), a failed takeover (the old
+    /// server keeps serving), or a non-Linux OS.
+    pub fn bind(config: Config) -> Result<Server> {
+        config.validate()?;
+        listener::ensure_linux()?;
+        let wanted = listener::resolve(&config.host, config.port)?;
+        if config.migrate {
+            enable_migration()?;
+        }
+        let mut listeners = Vec::new();
+        let mut predecessor = None;
+        if config.takeover {
+            if let Some((p, adopted)) = take_over(wanted)? {
+                listeners = adopted;
+                predecessor = Some(p);
+            }
+        }
+        let mut addr = match listeners.first() {
+            Some(l) => l.local_addr().map_err(|e| Error::io("getsockname", e))?,
+            None => wanted,
+        };
+        while listeners.len() < config.workers {
+            let l = listener::bind(addr, config.backlog, true)?;
+            addr = l.local_addr().map_err(|e| Error::io("getsockname", e))?;
+            listeners.push(l);
+        }
+        let stats = Arc::new(StatsArea::new(listeners.len())?);
+        let poll = Poll::new().map_err(|e| Error::io("epoll", e))?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?;
+        let mut control = if config.control { Some(ControlSocket::bind(addr)?) } else { None };
+        if let Some(c) = control.as_mut() {
+            poll.registry()
+                .register(&mut c.listener, CONTROL, Interest::READABLE)
+                .map_err(|e| Error::io("register control socket", e))?;
+        }
+        let shared = Arc::new(Shared {
+            waker,
+            shutdown: AtomicBool::new(false),
+            phase: Mutex::new(Phase::Starting),
+            changed: Condvar::new(),
+            stats: stats.clone(),
+            addr,
+        });
+        Ok(Server { config, addr, listeners, stats, shared, poll, control, predecessor })
+    }
+
+    /// The bound address (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Number of workers `run` will start (more than `Config::workers` when a takeover received more sockets).
+    pub fn workers(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// A handle to stop the server or read its stats from another thread.
+    pub fn handle(&self) -> Handle {
+        Handle { shared: self.shared.clone() }
+    }
+
+    /// Forks the workers and supervises them until drained. Blocks.
+    ///
+    /// # Errors
+    /// A failed `fork` or `epoll`; workers already started are stopped first.
+    pub fn run(self) -> Result<Report> {
+        let shared = self.shared.clone();
+        let result = Supervisor::new(self).and_then(|mut s| s.run());
+        shared.set_phase(Phase::Stopped);
+        result
+    }
+}
+
+fn take_over(wanted: SocketAddr) -> Result<Option<(Predecessor, Vec<std::net::TcpListener>)>> {
+    // Take over from the newest server that is still serving: one that is draining is on its way out.
+    let serving = control::find(Some(wanted), wanted.port()).into_iter().rev().find(|f| {
+        let state = Client::connect(&f.path).and_then(|mut c| {
+            c.send(&Request::Status)?;
+            c.answer::<ServerStatus>()
+        });
+        state.is_ok_and(|s| s.state == "serving")
+    });
+    let Some(found) = serving else {
+        log!("takeover: no server is serving {wanted}; starting normally");
+        return Ok(None);
+    };
+    let mut client = Client::connect(&found.path)?;
+    client.send(&Request::Takeover { addr: wanted })?;
+    let (offer, fds) = client.offer().map_err(|e| match e {
+        Error::Control(msg) => Error::Takeover(format!("pid {} refused: {msg}", found.pid)),
+        other => other,
+    })?;
+    if fds.len() != offer.sockets || fds.is_empty() {
+        return Err(Error::Takeover(format!("expected {} sockets from pid {}, got {}", offer.sockets, found.pid, fds.len())));
+    }
+    let mut listeners = Vec::new();
+    for fd in fds {
+        let l = std::net::TcpListener::from(fd);
+        let local = l.local_addr().map_err(|e| Error::io("getsockname of a received socket", e))?;
+        if local != offer.addr {
+            return Err(Error::Takeover(format!("received a socket bound to {local}, expected {}", offer.addr)));
+        }
+        l.set_nonblocking(true).map_err(|e| Error::io("set received socket nonblocking", e))?;
+        listeners.push(l);
+    }
+    log!(
+        "takeover: received {} listening socket(s) for {} from {} server pid {}",
+        listeners.len(),
+        offer.addr,
+        offer.runtime,
+        offer.pid
+    );
+    Ok(Some((Predecessor { client, pid: offer.pid, runtime: offer.runtime }, listeners)))
+}
+
+const MIGRATE_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+fn migrate_req() -> Option<bool> {
+    std::fs::read_to_string(MIGRATE_SYSCTL).ok().map(|s| s.trim() == "1")
+}
+
+fn enable_migration() -> Result<()> {
+    if migrate_req() == Some(true) {
+        return Ok(());
+    }
+    std::fs::write(MIGRATE_SYSCTL, "1").map_err(|e| {
+        Error::io(
+            format!("migrate: set net.ipv4.tcp_migrate_req=1 (needs CAP_NET_ADMIN in this network namespace; {MIGRATE_SYSCTL})"),
+            e,
+        )
+    })?;
+    log!("migrate: set net.ipv4.tcp_migrate_req=1 in this network namespace");
+    Ok(())
+}
+
+struct WorkerProc {
+    pid: Option<Pid>,
+    /// Write end of the worker's drain pipe; dropping it tells the worker to drain.
+    drain: Option<OwnedFd>,
+    started: Instant,
+    crashes: u32,
+    restart_at: Option<Instant>,
+}
+
+struct Supervisor {
+    server: Server,
+    procs: Vec<WorkerProc>,
+    signals: Option<SignalGuard>,
+    successor: Option<mio::net::UnixStream>,
+    draining: Option<(Instant, StopReason)>,
+    forced: bool,
+    ready: bool,
+    started: Instant,
+}
+
+impl Supervisor {
+    fn new(server: Server) -> Result<Supervisor> {
+        let signals = if server.config.handle_signals && on_main_thread() {
+            Some(SignalGuard::install(server.poll.registry(), SIGNALS)?)
+        } else {
+            None
+        };
+        let n = server.listeners.len();
+        let procs = (0..n)
+            .map(|_| WorkerProc { pid: None, drain: None, started: Instant::now(), crashes: 0, restart_at: None })
+            .collect();
+        Ok(Supervisor {
+            server,
+            procs,
+            signals,
+            successor: None,
+            draining: None,
+            forced: false,
+            ready: false,
+            started: Instant::now(),
+        })
+    }
+
+    fn run(&mut self) -> Result<Report> {
+        let c = &self.server.config;
+        log!(
+            "{} server starting on {}: {} worker(s), mode {}, backlog {}, drain timeout {:?}",
+            c.runtime,
+            self.server.addr,
+            self.procs.len(),
+            c.mode,
+            c.backlog,
+            c.drain_timeout
+        );
+        if migrate_req() == Some(false) && self.server.predecessor.is_none() {
+            log!(
+                "note: net.ipv4.tcp_migrate_req=0: closing a listener resets connections queued on it; \
+                 use --takeover for rolling upgrades, or sysctl net.ipv4.tcp_migrate_req=1"
+            );
+        }
+        for i in 0..self.procs.len() {
+            if let Err(e) = self.spawn(i) {
+                self.kill_all();
+                self.reap_until_gone(Duration::from_secs(5));
+                return Err(e);
+            }
+        }
+        let mut events = Events::with_capacity(64);
+        loop {
+            if let Err(e) = self.server.poll.poll(&mut events, Some(TICK)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.kill_all();
+                    return Err(Error::io("supervisor epoll_wait", e));
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER if self.server.shared.shutdown.swap(false, Ordering::SeqCst) => {
+                        self.begin_drain(StopReason::Shutdown)
+                    }
+                    SIGNALS => self.on_signals(),
+                    CONTROL => self.on_control(),
+                    SUCCESSOR => self.on_successor(),
+                    _ => {}
+                }
+            }
+            self.reap();
+            self.restart_due();
+            self.sample_queues();
+            self.check_ready();
+            if let Some((since, reason)) = self.draining {
+                if self.procs.iter().all(|p| p.pid.is_none()) {
+                    log!(
+                        "stopped ({}): all workers exited after {:.2?}",
+                        reason_name(reason),
+                        since.elapsed()
+                    );
+                    return Ok(Report { reason, forced: self.forced });
+                }
+                if since.elapsed() > self.server.config.drain_timeout + KILL_GRACE && !self.forced {
+                    log!("drain: workers still running {KILL_GRACE:?} past the drain timeout; killing them");
+                    self.forced = true;
+                    self.kill_all();
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::io("pipe", e.into()))?;
+        let listener_fd = self.server.listeners[i].as_raw_fd();
+        // SAFETY: the child runs only Rust code of this crate and leaves with _exit (see child_main).
+        match unsafe { nix::unistd::fork() } {
+            Err(e) => Err(Error::io(format!("fork worker {i}"), e.into())),
+            Ok(nix::unistd::ForkResult::Child) => child_main(i, listener_fd, rx, &self.server),
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                drop(rx);
+                let p = &mut self.procs[i];
+                p.pid = Some(child);
+                p.drain = Some(tx);
+                p.started = Instant::now();
+                p.restart_at = None;
+                log!("worker {i} started: pid {child}, listener fd {listener_fd}");
+                Ok(())
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        for i in 0..self.procs.len() {
+            let Some(pid) = self.procs[i].pid else { continue };
+            let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => continue,
+                Ok(s) => describe(s),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => format!("gone ({e})"), // reaped by someone else (ECHILD): treat as exited
+            };
+            let slot = self.server.stats.slot(i);
+            if slot.pid() == pid.as_raw() as u32 {
+                slot.set_state(WorkerState::Stopped);
+            }
+            let p = &mut self.procs[i];
+            p.pid = None;
+            p.drain = None;
+            if self.draining.is_some() {
+                log!("worker {i} (pid {pid}) {status}");
+                continue;
+            }
+            // An unexpected death: replace it on the same listener so its queue is served.
+            let lived = p.started.elapsed();
+            p.crashes = if lived < Duration::from_secs(1) { p.crashes + 1 } else { 0 };
+            let delay = match p.crashes {
+                0 => Duration::ZERO,
+                n => Duration::from_millis(100 << (n - 1).min(7)),
+            };
+            p.restart_at = Some(Instant::now() + delay);
+            slot.restarted();
+            log!("worker {i} (pid {pid}) {status} after {lived:.2?}; restarting in {delay:?}");
+        }
+    }
+
+    fn restart_due(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        for i in 0..self.procs.len() {
+            if self.procs[i].restart_at.is_some_and(|t| now >= t) {
+                if let Err(e) = self.spawn(i) {
+                    log!("worker {i}: restart failed: {e}; trying again in 1s");
+                    self.procs[i].restart_at = Some(now + Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn sample_queues(&self) {
+        for (i, l) in self.server.listeners.iter().enumerate() {
+            if let Some(n) = listener::queue_len(l) {
+                self.server.stats.slot(i).set_queue_len(n.into());
+            }
+        }
+    }
+
+    fn check_ready(&mut self) {
+        if self.ready || self.draining.is_some() {
+            return;
+        }
+        let stats = self.server.stats.snapshot();
+        let all = self.procs.iter().zip(&stats).all(|(p, s)| {
+            p.pid.is_some_and(|pid| s.pid == pid.as_raw() as u32) && s.state == WorkerState::Serving
+        });
+        if !all {
+            return;
+        }
+        self.ready = true;
+        self.server.shared.set_phase(Phase::Ready);
+        log!("ready: {} worker(s) serving {}", self.procs.len(), self.server.addr);
+        if let Some(mut p) = self.server.predecessor.take() {
+            p.client.set_timeout(Duration::from_secs(5));
+            let ack = p.client.send(&Request::Ready).and_then(|_| p.client.answer::<serde_json::Value>());
+            match ack {
+                Ok(_) => log!("takeover: {} server pid {} is draining; this server now owns {}", p.runtime, p.pid, self.server.addr),
+                Err(e) => log!("takeover: pid {} did not acknowledge ready ({e}); serving anyway", p.pid),
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let Some(guard) = self.signals.as_mut() else { return };
+        for sig in guard.drain() {
+            let reason = if sig == Signal::SIGINT { StopReason::Interrupt } else { StopReason::Terminate };
+            if self.draining.is_some() {
+                log!("{sig} again: stopping now");
+                self.forced = true;
+                self.kill_all();
+            } else {
+                log!("{sig}: draining");
+                self.begin_drain(reason);
+            }
+        }
+    }
+
+    fn begin_drain(&mut self, reason: StopReason) {
+        if self.draining.is_some() {
+            return;
+        }
+        self.draining = Some((Instant::now(), reason));
+        let open: u64 = self.server.stats.snapshot().iter().map(|s| s.active).sum();
+        log!(
+            "draining ({}): {} worker(s) stop accepting, {open} connection(s) open, timeout {:?}",
+            reason_name(reason),
+            self.procs.iter().filter(|p| p.pid.is_some()).count(),
+            self.server.config.drain_timeout
+        );
+        for p in &mut self.procs {
+            p.drain = None; // EOF on the worker's pipe: drain
+            p.restart_at = None;
+        }
+        // Our copies must not keep the sockets in the group once the workers close theirs.
+        self.server.listeners.clear();
+        self.server.shared.set_phase(Phase::Stopped);
+        if let Some(mut s) = self.successor.take() {
+            let _ = self.server.poll.registry().deregister(&mut s);
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for p in &self.procs {
+            if let Some(pid) = p.pid {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn reap_until_gone(&mut self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while self.procs.iter().any(|p| p.pid.is_some()) && Instant::now() < until {
+            for p in &mut self.procs {
+                if let Some(pid) = p.pid {
+                    if !matches!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive)) {
+                        p.pid = None;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn status(&self) -> ServerStatus {
+        let state = if self.draining.is_some() {
+            "draining"
+        } else if self.successor.is_some() {
+            "handing over"
+        } else {
+            "serving"
+        };
+        ServerStatus {
+            pid: std::process::id(),
+            runtime: self.server.config.runtime.clone(),
+            addr: self.server.addr,
+            mode: self.server.config.mode.to_string(),
+            state: state.to_string(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            control_socket: self.server.control.as_ref().map(|c| c.path.clone()).unwrap_or_default(),
+            workers: self.server.stats.snapshot(),
+        }
+    }
+
+    fn on_control(&mut self) {
+        loop {
+            let Some(control) = self.server.control.as_ref() else { return };
+            let Some((stream, request)) = control.accept() else {
+                // accept() returns None both when the backlog is empty and for a refused client; try once
+                // more cheaply: mio is edge-triggered and another client may be waiting.
+                if control.listener.accept().is_err() {
+                    return;
+                }
+                continue;
+            };
+            self.sample_queues();
+            let _ = match request {
+                Request::Status => control::reply(&stream, &self.status()),
+                Request::Stop => {
+                    let r = control::reply(&stream, &serde_json::json!({ "ok": true }));
+                    log!("control: stop requested");
+                    self.begin_drain(StopReason::Stop);
+                    r
+                }
+                Request::Takeover { addr } => self.offer(stream, addr),
+                Request::Ready => control::reply_error(&stream, "ready is only valid after takeover"),
+            };
+        }
+    }
+
+    fn offer(&mut self, stream: std::os::unix::net::UnixStream, wanted: SocketAddr) -> io::Result<()> {
+        let mine = self.server.addr;
+        let refuse = |why: String| {
+            log!("takeover refused: {why}");
+            control::reply_error(&stream, &why)
+        };
+        if self.draining.is_some() {
+            return refuse("this server is draining".to_string());
+        }
+        if self.successor.is_some() {
+            return refuse("another takeover is in progress".to_string());
+        }
+        if wanted.ip() != mine.ip() || wanted.port() != mine.port() {
+            return refuse(format!(
+                "bind options differ: this server is bound to {mine}, the new one asked for {wanted}"
+            ));
+        }
+        let fds: Vec<RawFd> = self.server.listeners.iter().map(|l| l.as_raw_fd()).collect();
+        let offer = Offer { pid: std::process::id(), runtime: self.server.config.runtime.clone(), addr: mine, sockets: fds.len() };
+        control::send_offer(&stream, &offer, &fds)?;
+        stream.set_nonblocking(true)?;
+        // SAFETY: we own this connected socket; ownership moves to mio.
+        let mut s = unsafe { mio::net::UnixStream::from_raw_fd(stream.into_raw_fd()) };
+        self.server.poll.registry().register(&mut s, SUCCESSOR, Interest::READABLE)?;
+        self.successor = Some(s);
+        log!("takeover: handed {} listening socket(s) to a new server; waiting for it to be ready", fds.len());
+        Ok(())
+    }
+
+    fn on_successor(&mut self) {
+        let Some(s) = self.successor.as_mut() else { return };
+        let mut buf = [0u8; 512];
+        let outcome = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break Err("it closed the connection".to_string()),
+                Ok(n) => match serde_json::from_slice::<Request>(buf[..n].trim_ascii()) {
+                    Ok(Request::Ready) => break Ok(()),
+                    _ => break Err(format!("unexpected message {:?}", String::from_utf8_lossy(&buf[..n]))),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        let mut s = self.successor.take().expect("checked above");
+        let _ = self.server.poll.registry().deregister(&mut s);
+        match outcome {
+            Ok(()) => {
+                // SAFETY: borrowing the fd for one write; `s` stays alive across it.
+                let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(s.as_raw_fd()) };
+                let _ = control::reply(&std, &serde_json::json!({ "ok": true }));
+                let _ = std.into_raw_fd();
+                log!("takeover: the new server is ready");
+                self.begin_drain(StopReason::TakenOver);
+            }
+            Err(why) => log!("takeover aborted before the new server was ready ({why}); still serving"),
+        }
+    }
+}
+
+fn reason_name(r: StopReason) -> &'static str {
+    match r {
+        StopReason::Interrupt => "SIGINT",
+        StopReason::Terminate => "SIGTERM",
+        StopReason::Shutdown => "shutdown",
+        StopReason::Stop => "stop request",
+        StopReason::TakenOver => "taken over",
+    }
+}
+
+fn describe(s: WaitStatus) -> String {
+    match s {
+        WaitStatus::Exited(_, 0) => "exited".to_string(),
+        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+        WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
+        other => format!("changed state ({other:?})"),
+    }
+}
+
+fn on_main_thread() -> bool {
+    // SAFETY: plain syscalls without arguments.
+    unsafe { libc::gettid() == libc::getpid() }
+}
+
+/// The forked child: serve listener `i`, then `_exit`. Never returns into the caller (or a host interpreter).
+fn child_main(i: usize, listener_fd: RawFd, drain: OwnedFd, server: &Server) -> ! {
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::signals::reset_for_worker();
+        close_fds_except(&[0, 1, 2, listener_fd, drain.as_raw_fd()]);
+        let slot = server.stats.slot(i);
+        slot.begin(std::process::id());
+        // SAFETY: the supervisor's copy of this fd is never dropped in this process (we _exit).
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(listener_fd) };
+        worker::run(worker::Worker { index: i, listener, drain_pipe: drain, slot, config: &server.config })
+    }));
+    // SAFETY: _exit skips atexit handlers and destructors: nothing of the parent (or of Python/Ruby) runs twice.
+    unsafe { libc::_exit(code.unwrap_or(101)) }
+}
+
+/// Closes every fd except `keep`: an inherited listener would keep its socket in the group after the
+/// supervisor closed it, and an inherited pipe would hide the supervisor's death.
+fn close_fds_except(keep: &[RawFd]) {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut from: u32 = 0;
+    for &k in &keep {
+        let k = k as u32;
+        if k > from {
+            close_range(from, k - 1);
+        }
+        from = k + 1;
+    }
+    close_range(from, u32::MAX);
+}
+
+fn close_range(lo: u32, hi: u32) {
+    // SAFETY: close_range only closes descriptors; the fds we still use were excluded by the caller.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
+    if rc != 0 {
+        // Before Linux 5.9: close one by one up to the fd limit.
+        let max = nix::unistd::sysconf(nix::unistd::SysconfVar::OPEN_MAX).ok().flatten().unwrap_or(1024).min(65536) as u32;
+        for fd in lo..=hi.min(max) {
+            // SAFETY: as above.
+            unsafe { libc::close(fd as i32) };
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! A worker: one mio event loop per process serving one listener, until the supervisor says drain.
+//!
+//! Connections live in a slab keyed by mio token. Reads go into one scratch buffer per worker and are
+//! written straight back; only a write that would block copies the rest into the connection, so an idle
+//! connection holds no buffer at all. While a connection has unsent bytes it is not read from: the client
+//! feels backpressure through TCP instead of the worker buffering without bound.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::config::{Config, Mode};
+use crate::log::log;
+use crate::stats::{Slot, WorkerState};
+
+const LISTENER: Token = Token(usize::MAX);
+const DRAIN_PIPE: Token = Token(usize::MAX - 1);
+/// Size of the shared read buffer; also the most one connection reads per step.
+const SCRATCH: usize = 64 * 1024;
+/// The talk's `recv(1024)`.
+const ONCE_READ: usize = 1024;
+/// Reads per connection per wakeup before others get a turn (fairness under bulk echo).
+const BUDGET: usize = 16;
+/// While draining, the listener is closed once its queue has stayed empty this long.
+const DRAIN_GRACE: Duration = Duration::from_millis(100);
+/// After replying in `once`/`hello` mode we half-close and wait this long for the client's FIN, so unread
+/// client bytes do not turn our close into a reset that could discard the reply.
+const LINGER: Duration = Duration::from_secs(2);
+/// Pause after EMFILE/ENFILE before trying `accept` again; the queued connections wait in the kernel.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What a forked worker needs; everything else it inherited is closed.
+pub(crate) struct Worker<'a> {
+    pub index: usize,
+    pub listener: std::net::TcpListener,
+    /// Read end of the supervisor's pipe: a byte or EOF (the supervisor died) means drain.
+    pub drain_pipe: OwnedFd,
+    pub slot: &'a Slot,
+    pub config: &'a Config,
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// Bytes still to send, from `sent` on. Empty (and unallocated) most of the time.
+    pending: Vec<u8>,
+    sent: usize,
+    /// Reply written in full: half-close, then wait for the client's FIN (once, hello).
+    finish_after_flush: bool,
+    /// Our side is shut down; discard input until EOF or `deadline`.
+    lingering: bool,
+    last_active: Instant,
+    deadline: Option<Instant>,
+}
+
+enum Step {
+    Keep,
+    /// Ran out of budget with more to read: drive again soon.
+    Again,
+    Close { error: bool },
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn interrupted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+}
+
+/// Runs the worker until drained; returns the process exit code.
+pub(crate) fn run(w: Worker<'_>) -> i32 {
+    match Loop::new(w).and_then(|mut l| l.run()) {
+        Ok(()) => 0,
+        Err(e) => {
+            log!("worker failed: {e}");
+            1
+        }
+    }
+}
+
+struct Loop<'a> {
+    index: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    drain_pipe: mio::unix::pipe::Receiver,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    open: usize,
+    scratch: Vec<u8>,
+    greeting: Vec<u8>,
+    slot: &'a Slot,
+    config: &'a Config,
+    /// Tokens that ran out of budget and must be driven again without waiting for an event.
+    again: Vec<usize>,
+    accept_paused_until: Option<Instant>,
+    drain_started: Option<Instant>,
+    last_accept: Instant,
+    next_sweep: Instant,
+}
+
+impl<'a> Loop<'a> {
+    fn new(w: Worker<'a>) -> io::Result<Loop<'a>> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::from_std(w.listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        // SAFETY: the supervisor gave us this pipe's read end and nothing else owns it.
+        let mut drain_pipe = unsafe { mio::unix::pipe::Receiver::from_raw_fd(w.drain_pipe.into_raw_fd()) };
+        drain_pipe.set_nonblocking(true)?;
+        poll.registry().register(&mut drain_pipe, DRAIN_PIPE, Interest::READABLE)?;
+        let greeting = format!("Hello from {} process {}\n", w.config.runtime, std::process::id()).into_bytes();
+        let now = Instant::now();
+        Ok(Loop {
+            index: w.index,
+            poll,
+            listener: Some(listener),
+            drain_pipe,
+            conns: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            scratch: vec![0; SCRATCH],
+            greeting,
+            slot: w.slot,
+            config: w.config,
+            again: Vec::new(),
+            accept_paused_until: None,
+            drain_started: None,
+            last_accept: now,
+            next_sweep: now + Duration::from_secs(1),
+        })
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        self.slot.set_state(WorkerState::Serving);
+        let mut events = Events::with_capacity(1024);
+        // Connections may have queued before we existed (or while our predecessor was dead).
+        self.accept_all();
+        loop {
+            let timeout = self.timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if interrupted(&e) {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    DRAIN_PIPE => self.on_drain_pipe(),
+                    Token(key) => self.drive(key),
+                }
+            }
+            for key in std::mem::take(&mut self.again) {
+                self.drive(key);
+            }
+            let now = Instant::now();
+            if self.accept_paused_until.is_some_and(|t| now >= t) {
+                self.accept_paused_until = None;
+                self.accept_all();
+            }
+            if now >= self.next_sweep {
+                self.sweep(now);
+            }
+            if let Some(started) = self.drain_started {
+                if self.listener.is_some() {
+                    self.accept_all();
+                    if now.duration_since(self.last_accept) >= DRAIN_GRACE {
+                        self.close_listener();
+                    }
+                }
+                if self.listener.is_none() && self.open == 0 {
+                    log!("worker {} drained", self.index);
+                    return Ok(());
+                }
+                if now.duration_since(started) >= self.config.drain_timeout {
+                    let left = self.open;
+                    self.close_all();
+                    log!(
+                        "worker {}: drain timeout ({:?}) reached; closed {left} connection(s) still open",
+                        self.index,
+                        self.config.drain_timeout
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let mut wake = self.next_sweep;
+        if let Some(t) = self.accept_paused_until {
+            wake = wake.min(t);
+        }
+        if let Some(started) = self.drain_started {
+            wake = wake.min(started + self.config.drain_timeout);
+            if self.listener.is_some() {
+                // Poll the queue again soon: closing the listener waits for it to stay empty.
+                wake = wake.min(now + Duration::from_millis(20));
+            }
+        }
+        Some(wake.saturating_duration_since(now))
+    }
+
+    fn on_drain_pipe(&mut self) {
+        let mut buf = [0u8; 16];
+        loop {
+            match self.drain_pipe.read(&mut buf) {
+                Ok(0) => break, // the supervisor is gone: drain, do not linger as an orphan
+                Ok(_) => continue,
+                Err(e) if interrupted(&e) => continue,
+                Err(_) => break,
+            }
+        }
+        if self.drain_started.is_none() {
+            let now = Instant::now();
+            self.drain_started = Some(now);
+            self.last_accept = now;
+            self.slot.set_state(WorkerState::Draining);
+            let _ = self.poll.registry().deregister(&mut self.drain_pipe);
+            log!("worker {} draining: {} connection(s) open", self.index, self.open);
+        }
+    }
+
+    fn close_listener(&mut self) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+    }
+
+    fn accept_all(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            if self.open >= self.config.max_connections {
+                return; // resumed from `close` once a connection ends
+            }
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    self.last_accept = Instant::now();
+                    self.slot.accepted();
+                    self.add(stream);
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if interrupted(&e) => continue,
+                // The client gave up while queued: nothing to serve, nothing to count.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS/ENOMEM: the queue stays in the kernel; retrying now would spin.
+                    self.slot.error();
+                    log!("worker {}: accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}", self.index);
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, mut stream: TcpStream) {
+        let key = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
+            log!("worker {}: register connection: {e}", self.index);
+            self.slot.closed(true);
+            self.free.push(key);
+            return;
+        }
+        let mut conn = Conn {
+            stream,
+            pending: Vec::new(),
+            sent: 0,
+            finish_after_flush: false,
+            lingering: false,
+            last_active: Instant::now(),
+            deadline: None,
+        };
+        if self.config.mode == Mode::Hello {
+            conn.pending = self.greeting.clone();
+            conn.finish_after_flush = true;
+        }
+        self.conns[key] = Some(conn);
+        self.open += 1;
+        self.drive(key);
+    }
+
+    fn drive(&mut self, key: usize) {
+        let Some(Some(conn)) = self.conns.get_mut(key) else { return };
+        match step(conn, &mut self.scratch, self.config.mode, self.slot) {
+            Step::Keep => {}
+            Step::Again => self.again.push(key),
+            Step::Close { error } => self.close(key, error),
+        }
+    }
+
+    fn close(&mut self, key: usize, error: bool) {
+        if let Some(mut conn) = self.conns[key].take() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.free.push(key);
+            self.open -= 1;
+            self.slot.closed(error);
+            if self.open + 1 == self.config.max_connections {
+                self.accept_all();
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        for key in 0..self.conns.len() {
+            if self.conns[key].is_some() {
+                self.close(key, true);
+            }
+        }
+    }
+
+    /// Once a second: idle timeouts and linger deadlines.
+    fn sweep(&mut self, now: Instant) {
+        self.next_sweep = now + Duration::from_secs(1);
+        let idle = self.config.idle_timeout;
+        let expired: Vec<(usize, bool)> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(key, c)| {
+                let c = c.as_ref()?;
+                if c.deadline.is_some_and(|d| now >= d) {
+                    Some((key, false))
+                } else if idle.is_some_and(|t| now.duration_since(c.last_active) >= t) {
+                    Some((key, true))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (key, error) in expired {
+            self.close(key, error);
+        }
+    }
+}
+
+/// Advances one connection as far as it can go without blocking.
+fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot) -> Step {
+    for _ in 0..BUDGET {
+        // 1. Unsent bytes first: until they are out we read nothing more (backpressure).
+        if conn.sent < conn.pending.len() {
+            match conn.stream.write(&conn.pending[conn.sent..]) {
+                Ok(n) => {
+                    slot.bytes_out(n);
+                    conn.sent += n;
+                    conn.last_active = Instant::now();
+                    if conn.sent == conn.pending.len() {
+                        conn.pending = Vec::new(); // free it: idle connections hold no buffer
+                        conn.sent = 0;
+                    }
+                    continue;
+                }
+                Err(e) if would_block(&e) => return Step::Keep,
+                Err(e) if interrupted(&e) => continue,
+                Err(_) => return Step::Close { error: true },
+            }
+        }
+        if conn.finish_after_flush {
+            conn.finish_after_flush = false;
+            conn.lingering = true;
+            conn.deadline = Some(Instant::now() + LINGER);
+            if conn.stream.shutdown(Shutdown::Write).is_err() {
+                return Step::Close { error: false };
+            }
+        }
+        // 2. Read.
+        let limit = if mode == Mode::Once { ONCE_READ } else { scratch.len() };
+        let n = match conn.stream.read(&mut scratch[..limit]) {
+            Ok(0) => return Step::Close { error: false }, // peer's FIN: everything owed is already sent
+            Ok(n) => n,
+            Err(e) if would_block(&e) => return Step::Keep,
+            Err(e) if interrupted(&e) => continue,
+            Err(_) => return Step::Close { error: true },
+        };
+        slot.bytes_in(n);
+        conn.last_active = Instant::now();
+        if conn.lingering || mode == Mode::Hello {
+            continue; // discard: our reply is complete
+        }
+        if mode == Mode::Once {
+            conn.finish_after_flush = true;
+        }
+        // 3. Echo straight from the scratch buffer; keep only what the socket would not take.
+        let written = match conn.stream.write(&scratch[..n]) {
+            Ok(m) => m,
+            Err(e) if would_block(&e) || interrupted(&e) => 0,
+            Err(_) => return Step::Close { error: true },
+        };
+        slot.bytes_out(written);
+        if written < n {
+            conn.pending.extend_from_slice(&scratch[written..n]);
+        }
+    }
+    Step::Again
+}
