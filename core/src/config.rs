@@ -152,10 +152,16 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let bad = |name: &'static str, reason: String| Err(Error::InvalidArgument { name, reason });
         if self.workers == 0 || self.workers > MAX_WORKERS {
-            return bad("workers", format!("must be between 1 and {MAX_WORKERS}, got {}", self.workers));
+            return bad(
+                "workers",
+                format!("must be between 1 and {MAX_WORKERS}, got {}", self.workers),
+            );
         }
         if self.backlog == 0 || self.backlog > i32::MAX as u32 {
-            return bad("backlog", format!("must be at least 1, got {}", self.backlog));
+            return bad(
+                "backlog",
+                format!("must be at least 1, got {}", self.backlog),
+            );
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1".to_string());
@@ -164,10 +170,16 @@ impl Config {
             return bad("drain_timeout", "must be more than 0 seconds".to_string());
         }
         if self.idle_timeout.is_some_and(|t| t.is_zero()) {
-            return bad("idle_timeout", "must be more than 0 seconds (or none)".to_string());
+            return bad(
+                "idle_timeout",
+                "must be more than 0 seconds (or none)".to_string(),
+            );
         }
         if !matches!(self.runtime.as_str(), "rust" | "python" | "ruby") {
-            return bad("runtime", format!("{:?} is not one of rust, python, ruby", self.runtime));
+            return bad(
+                "runtime",
+                format!("{:?} is not one of rust, python, ruby", self.runtime),
+            );
         }
         Ok(())
     }

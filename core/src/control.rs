@@ -8,7 +8,7 @@
 
 use std::io::{self, BufRead, BufReader, IoSlice, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -85,12 +85,19 @@ fn parse_name(name: &str) -> Option<(SocketAddr, u32)> {
     let stem = name.strip_suffix(".sock")?;
     let (rest, pid) = stem.rsplit_once('.')?;
     let (ip, port) = rest.rsplit_once('_')?;
-    Some((SocketAddr::new(ip.parse().ok()?, port.parse().ok()?), pid.parse().ok()?))
+    Some((
+        SocketAddr::new(ip.parse().ok()?, port.parse().ok()?),
+        pid.parse().ok()?,
+    ))
 }
 
 fn ensure_dir(dir: &Path) -> Result<()> {
     let ctx = |e| Error::io(format!("control directory {}", dir.display()), e);
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(ctx)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(ctx)?;
     let meta = std::fs::metadata(dir).map_err(ctx)?;
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
@@ -107,32 +114,45 @@ fn ensure_dir(dir: &Path) -> Result<()> {
 }
 
 fn pid_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else { return false };
-    !matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 /// A live server found in the control directory.
 pub(crate) struct Found {
     pub path: PathBuf,
-    pub addr: SocketAddr,
     pub pid: u32,
 }
 
 /// Live servers on `port` (and `host`, when given), oldest pid first; stale socket files are removed.
 pub(crate) fn find(host: Option<SocketAddr>, port: u16) -> Vec<Found> {
     let dir = control_dir();
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
     let mut found: Vec<Found> = entries
         .flatten()
         .filter_map(|e| {
             let (addr, pid) = parse_name(e.file_name().to_str()?)?;
             let wanted = addr.port() == port && host.is_none_or(|h| h.ip() == addr.ip());
-            wanted.then(|| Found { path: e.path(), addr, pid })
+            wanted.then(|| Found {
+                path: e.path(),
+                pid,
+            })
         })
         .filter(|f| match UnixStream::connect(&f.path) {
             Ok(_) => true,
             Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) && !pid_alive(f.pid) => {
-                log!("removing stale control socket {} (pid {} is gone)", f.path.display(), f.pid);
+                log!(
+                    "removing stale control socket {} (pid {} is gone)",
+                    f.path.display(),
+                    f.pid
+                );
                 let _ = std::fs::remove_file(&f.path);
                 false
             }
@@ -145,7 +165,10 @@ pub(crate) fn find(host: Option<SocketAddr>, port: u16) -> Vec<Found> {
 
 fn not_running(host: Option<SocketAddr>, port: u16) -> Error {
     let what = host.map_or_else(|| format!("port {port}"), |h| h.to_string());
-    Error::NotRunning { what, dir: control_dir().display().to_string() }
+    Error::NotRunning {
+        what,
+        dir: control_dir().display().to_string(),
+    }
 }
 
 /// A request/answer connection to one server.
@@ -155,23 +178,36 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn connect(path: &Path) -> Result<Client> {
-        let stream = UnixStream::connect(path).map_err(|e| Error::io(format!("connect {}", path.display()), e))?;
-        stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(|e| Error::io("control socket", e))?;
-        Ok(Client { stream: BufReader::new(stream) })
+        let stream = UnixStream::connect(path)
+            .map_err(|e| Error::io(format!("connect {}", path.display()), e))?;
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(|e| Error::io("control socket", e))?;
+        Ok(Client {
+            stream: BufReader::new(stream),
+        })
     }
 
     pub(crate) fn send(&mut self, request: &Request) -> Result<()> {
         let mut line = serde_json::to_vec(request).expect("requests serialize");
         line.push(b'\n');
-        self.stream.get_mut().write_all(&line).map_err(|e| Error::io("control socket write", e))
+        self.stream
+            .get_mut()
+            .write_all(&line)
+            .map_err(|e| Error::io("control socket write", e))
     }
 
     /// Reads one answer line; `{"error": …}` becomes `Error::Control`.
     pub(crate) fn answer<T: serde::de::DeserializeOwned>(&mut self) -> Result<T> {
         let mut line = String::new();
-        let n = self.stream.read_line(&mut line).map_err(|e| Error::io("control socket read", e))?;
+        let n = self
+            .stream
+            .read_line(&mut line)
+            .map_err(|e| Error::io("control socket read", e))?;
         if n == 0 {
-            return Err(Error::Control("the server closed the connection without answering".to_string()));
+            return Err(Error::Control(
+                "the server closed the connection without answering".to_string(),
+            ));
         }
         parse_answer(&line)
     }
@@ -182,10 +218,14 @@ impl Client {
         let mut buf = vec![0u8; 64 * 1024];
         let mut cmsg = nix::cmsg_space!([RawFd; crate::config::MAX_WORKERS]);
         let mut iov = [io::IoSliceMut::new(&mut buf)];
-        let msg = socket::recvmsg::<UnixAddr>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(|e| Error::io("receive listening sockets", e.into()))?;
+        let msg =
+            socket::recvmsg::<UnixAddr>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+                .map_err(|e| Error::io("receive listening sockets", e.into()))?;
         let mut fds = Vec::new();
-        for c in msg.cmsgs().map_err(|e| Error::io("receive listening sockets", e.into()))? {
+        for c in msg
+            .cmsgs()
+            .map_err(|e| Error::io("receive listening sockets", e.into()))?
+        {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: the kernel just installed these fds in this process; we are their only owner.
                 fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
@@ -193,11 +233,15 @@ impl Client {
         }
         let n = msg.bytes;
         if n == 0 {
-            return Err(Error::Takeover("the old server closed the connection".to_string()));
+            return Err(Error::Takeover(
+                "the old server closed the connection".to_string(),
+            ));
         }
         let mut line = String::from_utf8_lossy(&buf[..n]).into_owned();
         if !line.ends_with('\n') {
-            self.stream.read_line(&mut line).map_err(|e| Error::io("control socket read", e))?;
+            self.stream
+                .read_line(&mut line)
+                .map_err(|e| Error::io("control socket read", e))?;
         }
         Ok((parse_answer(&line)?, fds))
     }
@@ -208,8 +252,8 @@ impl Client {
 }
 
 fn parse_answer<T: serde::de::DeserializeOwned>(line: &str) -> Result<T> {
-    let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| Error::Control(format!("bad answer {line:?}: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| Error::Control(format!("bad answer {line:?}: {e}")))?;
     if let Some(msg) = value.get("error").and_then(|m| m.as_str()) {
         return Err(Error::Control(msg.to_string()));
     }
@@ -221,7 +265,9 @@ fn parse_answer<T: serde::de::DeserializeOwned>(line: &str) -> Result<T> {
 /// # Errors
 /// [`Error::NotRunning`] when no live server answers.
 pub fn status(host: Option<&str>, port: u16) -> Result<Vec<ServerStatus>> {
-    let host = host.map(|h| crate::listener::resolve(h, port)).transpose()?;
+    let host = host
+        .map(|h| crate::listener::resolve(h, port))
+        .transpose()?;
     let found = find(host, port);
     if found.is_empty() {
         return Err(not_running(host, port));
@@ -240,7 +286,9 @@ pub fn status(host: Option<&str>, port: u16) -> Result<Vec<ServerStatus>> {
 /// # Errors
 /// [`Error::NotRunning`] when no live server answers.
 pub fn stop(host: Option<&str>, port: u16) -> Result<Vec<u32>> {
-    let host = host.map(|h| crate::listener::resolve(h, port)).transpose()?;
+    let host = host
+        .map(|h| crate::listener::resolve(h, port))
+        .transpose()?;
     let found = find(host, port);
     if found.is_empty() {
         return Err(not_running(host, port));
@@ -274,30 +322,61 @@ impl ControlSocket {
         Ok(ControlSocket { listener, path })
     }
 
-    /// Accepts one client and reads its request; `None` when nobody is waiting or the client is refused.
-    pub(crate) fn accept(&self) -> Option<(UnixStream, Request)> {
-        let (stream, _) = self.listener.accept().ok()?;
+    /// Accepts one client and reads its request.
+    pub(crate) fn accept(&self) -> Accepted {
+        let stream = match self.listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Nobody,
+            Err(_) => return Accepted::Refused,
+        };
         // SAFETY: mio hands over a connected socket we now own.
-        let stream = unsafe { UnixStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(stream)) };
-        let cred = socket::getsockopt(&stream, socket::sockopt::PeerCredentials).ok()?;
+        let stream = unsafe { UnixStream::from_raw_fd(stream.into_raw_fd()) };
+        let Ok(cred) = socket::getsockopt(&stream, socket::sockopt::PeerCredentials) else {
+            return Accepted::Refused;
+        };
         let me = nix::unistd::geteuid().as_raw();
         if cred.uid() != me {
-            log!("control: refused a request from uid {} pid {} (this server runs as uid {me})", cred.uid(), cred.pid());
-            let _ = reply_error(&stream, &format!("refused: uid {} is not the server's uid {me}", cred.uid()));
-            return None;
+            log!(
+                "control: refused a request from uid {} pid {} (this server runs as uid {me})",
+                cred.uid(),
+                cred.pid()
+            );
+            let _ = reply_error(
+                &stream,
+                &format!("refused: uid {} is not the server's uid {me}", cred.uid()),
+            );
+            return Accepted::Refused;
         }
-        stream.set_nonblocking(false).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        // A client gets one second to send its line; the supervisor serves nothing else meanwhile.
+        if stream.set_nonblocking(false).is_err()
+            || stream
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .is_err()
+        {
+            return Accepted::Refused;
+        }
         let mut line = String::new();
-        BufReader::new(&stream).read_line(&mut line).ok()?;
+        if BufReader::new(&stream).read_line(&mut line).is_err() {
+            return Accepted::Refused;
+        }
         match serde_json::from_str(&line) {
-            Ok(req) => Some((stream, req)),
+            Ok(req) => Accepted::Request(stream, req),
             Err(e) => {
                 let _ = reply_error(&stream, &format!("bad request {line:?}: {e}"));
-                None
+                Accepted::Refused
             }
         }
     }
+}
+
+/// What [`ControlSocket::accept`] found.
+pub(crate) enum Accepted {
+    /// No client is waiting.
+    Nobody,
+    /// A client was turned away (other uid, bad request, I/O error).
+    Refused,
+    /// A request to answer on `stream`.
+    Request(UnixStream, Request),
 }
 
 impl Drop for ControlSocket {
@@ -324,7 +403,13 @@ pub(crate) fn send_offer(stream: &UnixStream, offer: &Offer, fds: &[RawFd]) -> i
     line.push(b'\n');
     let iov = [IoSlice::new(&line)];
     let cmsg = [ControlMessage::ScmRights(fds)];
-    let n = socket::sendmsg::<UnixAddr>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
+    let n = socket::sendmsg::<UnixAddr>(
+        stream.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
     if n < line.len() {
         (&*stream).write_all(&line[n..])?;
     }
@@ -339,7 +424,7 @@ mod tests {
     fn socket_names_round_trip() {
         for addr in ["0.0.0.0:1234", "127.0.0.1:80", "[::1]:65535", "[::]:1"] {
             let addr: SocketAddr = addr.parse().unwrap();
-            assert_eq!(parse_name(&socket_name(addr, 42)).map(|(a, p)| (a, p)), Some((addr, 42)));
+            assert_eq!(parse_name(&socket_name(addr, 42)), Some((addr, 42)));
         }
         assert!(parse_name("junk.sock").is_none());
     }

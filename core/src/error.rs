@@ -83,15 +83,18 @@ impl Error {
     /// The OS errno behind this error, when there is one (the bindings raise `OSError`/`Errno::*` with it).
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::AddrInUse { source, .. } | Error::PermissionDenied { source, .. } | Error::Io { source, .. } => {
-                source.raw_os_error()
-            }
+            Error::AddrInUse { source, .. }
+            | Error::PermissionDenied { source, .. }
+            | Error::Io { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }
 
     /// Wraps an OS error with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }

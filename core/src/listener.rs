@@ -17,7 +17,8 @@ pub fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
         "::" => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         other => other.parse().map_err(|_| Error::InvalidAddress {
             host: host.to_string(),
-            reason: "not an IPv4 or IPv6 address (names other than localhost are not resolved)".to_string(),
+            reason: "not an IPv4 or IPv6 address (names other than localhost are not resolved)"
+                .to_string(),
         })?,
     };
     Ok(SocketAddr::new(ip, port))
@@ -48,18 +49,25 @@ pub fn bind(addr: SocketAddr, backlog: u32, nonblocking: bool) -> Result<TcpList
     if nonblocking {
         ty = ty.nonblocking();
     }
-    let socket = Socket::new(Domain::for_address(addr), ty, Some(Protocol::TCP)).map_err(ctx("socket"))?;
-    socket.set_reuse_address(true).map_err(ctx("SO_REUSEADDR"))?;
+    let socket =
+        Socket::new(Domain::for_address(addr), ty, Some(Protocol::TCP)).map_err(ctx("socket"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(ctx("SO_REUSEADDR"))?;
     socket.set_reuse_port(true).map_err(ctx("SO_REUSEPORT"))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(ctx("IPV6_V6ONLY"))?;
     }
-    socket.bind(&addr.into()).map_err(|source| match source.raw_os_error() {
-        Some(libc::EADDRINUSE) => Error::AddrInUse { addr, source },
-        Some(libc::EACCES) => Error::PermissionDenied { addr, source },
-        _ => Error::io(format!("bind {addr}"), source),
-    })?;
-    socket.listen(backlog.min(i32::MAX as u32) as i32).map_err(ctx("listen"))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::EADDRINUSE) => Error::AddrInUse { addr, source },
+            Some(libc::EACCES) => Error::PermissionDenied { addr, source },
+            _ => Error::io(format!("bind {addr}"), source),
+        })?;
+    socket
+        .listen(backlog.min(i32::MAX as u32) as i32)
+        .map_err(ctx("listen"))?;
     Ok(socket.into())
 }
 
@@ -68,7 +76,9 @@ pub fn ensure_linux() -> Result<()> {
     if cfg!(target_os = "linux") {
         Ok(())
     } else {
-        Err(Error::Unsupported { os: std::env::consts::OS })
+        Err(Error::Unsupported {
+            os: std::env::consts::OS,
+        })
     }
 }
 
@@ -101,7 +111,10 @@ pub fn queue_len(listener: &impl std::os::fd::AsRawFd) -> Option<u32> {
 /// ```
 pub fn listen(host: &str, port: u16, backlog: u32) -> Result<TcpListener> {
     if backlog == 0 {
-        return Err(Error::InvalidArgument { name: "backlog", reason: "must be at least 1".to_string() });
+        return Err(Error::InvalidArgument {
+            name: "backlog",
+            reason: "must be at least 1".to_string(),
+        });
     }
     bind(resolve(host, port)?, backlog, false)
 }

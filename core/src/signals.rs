@@ -42,16 +42,27 @@ pub(crate) struct SignalGuard {
 impl SignalGuard {
     pub(crate) fn install(registry: &Registry, token: Token) -> Result<SignalGuard> {
         let (sender, mut receiver) = pipe::new().map_err(|e| Error::io("signal pipe", e))?;
-        registry.register(&mut receiver, token, Interest::READABLE).map_err(|e| Error::io("signal pipe", e))?;
+        registry
+            .register(&mut receiver, token, Interest::READABLE)
+            .map_err(|e| Error::io("signal pipe", e))?;
         PIPE_FD.store(sender.as_raw_fd(), Ordering::SeqCst);
-        let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
         let mut previous = Vec::new();
         for sig in HANDLED {
             // SAFETY: on_signal is async-signal-safe.
-            let old = unsafe { signal::sigaction(sig, &action) }.map_err(|e| Error::io(format!("sigaction {sig}"), e.into()))?;
+            let old = unsafe { signal::sigaction(sig, &action) }
+                .map_err(|e| Error::io(format!("sigaction {sig}"), e.into()))?;
             previous.push((sig, old));
         }
-        Ok(SignalGuard { receiver, sender, previous })
+        Ok(SignalGuard {
+            receiver,
+            sender,
+            previous,
+        })
     }
 
     /// Signals received since the last call, in order.
@@ -61,7 +72,11 @@ impl SignalGuard {
         loop {
             match self.receiver.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => out.extend(buf[..n].iter().filter_map(|&b| Signal::try_from(b as i32).ok())),
+                Ok(n) => out.extend(
+                    buf[..n]
+                        .iter()
+                        .filter_map(|&b| Signal::try_from(b as i32).ok()),
+                ),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
@@ -98,9 +113,19 @@ pub(crate) fn reset_for_worker() {
     };
     set(Signal::SIGINT, SigHandler::SigIgn);
     set(Signal::SIGPIPE, SigHandler::SigIgn);
-    for sig in [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGCHLD, Signal::SIGUSR1, Signal::SIGUSR2] {
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGCHLD,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
         set(sig, SigHandler::SigDfl);
     }
-    let _ = signal::sigprocmask(signal::SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let _ = signal::sigprocmask(
+        signal::SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::empty()),
+        None,
+    );
 }
-

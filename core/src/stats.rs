@@ -169,10 +169,16 @@ impl StatsArea {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(Error::io("mmap stats area", std::io::Error::last_os_error()));
+            return Err(Error::io(
+                "mmap stats area",
+                std::io::Error::last_os_error(),
+            ));
         }
         // Anonymous mappings are zero-filled, which is a valid Slot (all atomics 0).
-        Ok(StatsArea { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len: n })
+        Ok(StatsArea {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len: n,
+        })
     }
 
     /// Slot `i`.
@@ -180,16 +186,6 @@ impl StatsArea {
         assert!(i < self.len, "stats slot {i} out of range");
         // SAFETY: in bounds; the mapping outlives &self.
         unsafe { &*self.ptr.as_ptr().add(i) }
-    }
-
-    /// Number of slots.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether there are no slots.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Snapshots every slot.
@@ -201,6 +197,11 @@ impl StatsArea {
 impl Drop for StatsArea {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), std::mem::size_of::<Slot>() * self.len.max(1)) };
+        unsafe {
+            libc::munmap(
+                self.ptr.as_ptr().cast(),
+                std::mem::size_of::<Slot>() * self.len.max(1),
+            )
+        };
     }
 }

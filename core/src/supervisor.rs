@@ -174,7 +174,11 @@ impl Server {
         let stats = Arc::new(StatsArea::new(listeners.len())?);
         let poll = Poll::new().map_err(|e| Error::io("epoll", e))?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?;
-        let mut control = if config.control { Some(ControlSocket::bind(addr)?) } else { None };
+        let mut control = if config.control {
+            Some(ControlSocket::bind(addr)?)
+        } else {
+            None
+        };
         if let Some(c) = control.as_mut() {
             poll.registry()
                 .register(&mut c.listener, CONTROL, Interest::READABLE)
@@ -188,7 +192,16 @@ impl Server {
             stats: stats.clone(),
             addr,
         });
-        Ok(Server { config, addr, listeners, stats, shared, poll, control, predecessor })
+        Ok(Server {
+            config,
+            addr,
+            listeners,
+            stats,
+            shared,
+            poll,
+            control,
+            predecessor,
+        })
     }
 
     /// The bound address (with the real port when 0 was asked).
@@ -208,7 +221,9 @@ impl Server {
 
     /// A handle to stop the server or read its stats from another thread.
     pub fn handle(&self) -> Handle {
-        Handle { shared: self.shared.clone() }
+        Handle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Forks the workers and supervises them until drained. Blocks.
@@ -225,13 +240,16 @@ impl Server {
 
 fn take_over(wanted: SocketAddr) -> Result<Option<(Predecessor, Vec<std::net::TcpListener>)>> {
     // Take over from the newest server that is still serving: one that is draining is on its way out.
-    let serving = control::find(Some(wanted), wanted.port()).into_iter().rev().find(|f| {
-        let state = Client::connect(&f.path).and_then(|mut c| {
-            c.send(&Request::Status)?;
-            c.answer::<ServerStatus>()
+    let serving = control::find(Some(wanted), wanted.port())
+        .into_iter()
+        .rev()
+        .find(|f| {
+            let state = Client::connect(&f.path).and_then(|mut c| {
+                c.send(&Request::Status)?;
+                c.answer::<ServerStatus>()
+            });
+            state.is_ok_and(|s| s.state == "serving")
         });
-        state.is_ok_and(|s| s.state == "serving")
-    });
     let Some(found) = serving else {
         log!("takeover: no server is serving {wanted}; starting normally");
         return Ok(None);
@@ -243,16 +261,27 @@ fn take_over(wanted: SocketAddr) -> Result<Option<(Predecessor, Vec<std::net::Tc
         other => other,
     })?;
     if fds.len() != offer.sockets || fds.is_empty() {
-        return Err(Error::Takeover(format!("expected {} sockets from pid {}, got {}", offer.sockets, found.pid, fds.len())));
+        return Err(Error::Takeover(format!(
+            "expected {} sockets from pid {}, got {}",
+            offer.sockets,
+            found.pid,
+            fds.len()
+        )));
     }
     let mut listeners = Vec::new();
     for fd in fds {
         let l = std::net::TcpListener::from(fd);
-        let local = l.local_addr().map_err(|e| Error::io("getsockname of a received socket", e))?;
+        let local = l
+            .local_addr()
+            .map_err(|e| Error::io("getsockname of a received socket", e))?;
         if local != offer.addr {
-            return Err(Error::Takeover(format!("received a socket bound to {local}, expected {}", offer.addr)));
+            return Err(Error::Takeover(format!(
+                "received a socket bound to {local}, expected {}",
+                offer.addr
+            )));
         }
-        l.set_nonblocking(true).map_err(|e| Error::io("set received socket nonblocking", e))?;
+        l.set_nonblocking(true)
+            .map_err(|e| Error::io("set received socket nonblocking", e))?;
         listeners.push(l);
     }
     log!(
@@ -262,13 +291,22 @@ fn take_over(wanted: SocketAddr) -> Result<Option<(Predecessor, Vec<std::net::Tc
         offer.runtime,
         offer.pid
     );
-    Ok(Some((Predecessor { client, pid: offer.pid, runtime: offer.runtime }, listeners)))
+    Ok(Some((
+        Predecessor {
+            client,
+            pid: offer.pid,
+            runtime: offer.runtime,
+        },
+        listeners,
+    )))
 }
 
 const MIGRATE_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 
 fn migrate_req() -> Option<bool> {
-    std::fs::read_to_string(MIGRATE_SYSCTL).ok().map(|s| s.trim() == "1")
+    std::fs::read_to_string(MIGRATE_SYSCTL)
+        .ok()
+        .map(|s| s.trim() == "1")
 }
 
 fn enable_migration() -> Result<()> {
@@ -298,7 +336,8 @@ struct Supervisor {
     server: Server,
     procs: Vec<WorkerProc>,
     signals: Option<SignalGuard>,
-    successor: Option<mio::net::UnixStream>,
+    /// A new server that holds our sockets and owes us `ready`, and since when.
+    successor: Option<(mio::net::UnixStream, Instant)>,
     draining: Option<(Instant, StopReason)>,
     forced: bool,
     ready: bool,
@@ -314,7 +353,13 @@ impl Supervisor {
         };
         let n = server.listeners.len();
         let procs = (0..n)
-            .map(|_| WorkerProc { pid: None, drain: None, started: Instant::now(), crashes: 0, restart_at: None })
+            .map(|_| WorkerProc {
+                pid: None,
+                drain: None,
+                started: Instant::now(),
+                crashes: 0,
+                restart_at: None,
+            })
             .collect();
         Ok(Supervisor {
             server,
@@ -371,6 +416,7 @@ impl Supervisor {
                     _ => {}
                 }
             }
+            self.expire_successor();
             self.reap();
             self.restart_due();
             self.sample_queues();
@@ -382,7 +428,10 @@ impl Supervisor {
                         reason_name(reason),
                         since.elapsed()
                     );
-                    return Ok(Report { reason, forced: self.forced });
+                    return Ok(Report {
+                        reason,
+                        forced: self.forced,
+                    });
                 }
                 if since.elapsed() > self.server.config.drain_timeout + KILL_GRACE && !self.forced {
                     log!("drain: workers still running {KILL_GRACE:?} past the drain timeout; killing them");
@@ -394,7 +443,8 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, i: usize) -> Result<()> {
-        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::io("pipe", e.into()))?;
+        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::io("pipe", e.into()))?;
         let listener_fd = self.server.listeners[i].as_raw_fd();
         // SAFETY: the child runs only Rust code of this crate and leaves with _exit (see child_main).
         match unsafe { nix::unistd::fork() } {
@@ -415,7 +465,9 @@ impl Supervisor {
 
     fn reap(&mut self) {
         for i in 0..self.procs.len() {
-            let Some(pid) = self.procs[i].pid else { continue };
+            let Some(pid) = self.procs[i].pid else {
+                continue;
+            };
             let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => continue,
                 Ok(s) => describe(s),
@@ -435,7 +487,11 @@ impl Supervisor {
             }
             // An unexpected death: replace it on the same listener so its queue is served.
             let lived = p.started.elapsed();
-            p.crashes = if lived < Duration::from_secs(1) { p.crashes + 1 } else { 0 };
+            p.crashes = if lived < Duration::from_secs(1) {
+                p.crashes + 1
+            } else {
+                0
+            };
             let delay = match p.crashes {
                 0 => Duration::ZERO,
                 n => Duration::from_millis(100 << (n - 1).min(7)),
@@ -482,21 +538,42 @@ impl Supervisor {
         }
         self.ready = true;
         self.server.shared.set_phase(Phase::Ready);
-        log!("ready: {} worker(s) serving {}", self.procs.len(), self.server.addr);
+        log!(
+            "ready: {} worker(s) serving {}",
+            self.procs.len(),
+            self.server.addr
+        );
         if let Some(mut p) = self.server.predecessor.take() {
             p.client.set_timeout(Duration::from_secs(5));
-            let ack = p.client.send(&Request::Ready).and_then(|_| p.client.answer::<serde_json::Value>());
+            let ack = p
+                .client
+                .send(&Request::Ready)
+                .and_then(|_| p.client.answer::<serde_json::Value>());
             match ack {
-                Ok(_) => log!("takeover: {} server pid {} is draining; this server now owns {}", p.runtime, p.pid, self.server.addr),
-                Err(e) => log!("takeover: pid {} did not acknowledge ready ({e}); serving anyway", p.pid),
+                Ok(_) => log!(
+                    "takeover: {} server pid {} is draining; this server now owns {}",
+                    p.runtime,
+                    p.pid,
+                    self.server.addr
+                ),
+                Err(e) => log!(
+                    "takeover: pid {} did not acknowledge ready ({e}); serving anyway",
+                    p.pid
+                ),
             }
         }
     }
 
     fn on_signals(&mut self) {
-        let Some(guard) = self.signals.as_mut() else { return };
+        let Some(guard) = self.signals.as_mut() else {
+            return;
+        };
         for sig in guard.drain() {
-            let reason = if sig == Signal::SIGINT { StopReason::Interrupt } else { StopReason::Terminate };
+            let reason = if sig == Signal::SIGINT {
+                StopReason::Interrupt
+            } else {
+                StopReason::Terminate
+            };
             if self.draining.is_some() {
                 log!("{sig} again: stopping now");
                 self.forced = true;
@@ -527,7 +604,7 @@ impl Supervisor {
         // Our copies must not keep the sockets in the group once the workers close theirs.
         self.server.listeners.clear();
         self.server.shared.set_phase(Phase::Stopped);
-        if let Some(mut s) = self.successor.take() {
+        if let Some((mut s, _)) = self.successor.take() {
             let _ = self.server.poll.registry().deregister(&mut s);
         }
     }
@@ -545,7 +622,10 @@ impl Supervisor {
         while self.procs.iter().any(|p| p.pid.is_some()) && Instant::now() < until {
             for p in &mut self.procs {
                 if let Some(pid) = p.pid {
-                    if !matches!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive)) {
+                    if !matches!(
+                        waitpid(pid, Some(WaitPidFlag::WNOHANG)),
+                        Ok(WaitStatus::StillAlive)
+                    ) {
                         p.pid = None;
                     }
                 }
@@ -569,21 +649,25 @@ impl Supervisor {
             mode: self.server.config.mode.to_string(),
             state: state.to_string(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
-            control_socket: self.server.control.as_ref().map(|c| c.path.clone()).unwrap_or_default(),
+            control_socket: self
+                .server
+                .control
+                .as_ref()
+                .map(|c| c.path.clone())
+                .unwrap_or_default(),
             workers: self.server.stats.snapshot(),
         }
     }
 
     fn on_control(&mut self) {
         loop {
-            let Some(control) = self.server.control.as_ref() else { return };
-            let Some((stream, request)) = control.accept() else {
-                // accept() returns None both when the backlog is empty and for a refused client; try once
-                // more cheaply: mio is edge-triggered and another client may be waiting.
-                if control.listener.accept().is_err() {
-                    return;
-                }
-                continue;
+            let Some(control) = self.server.control.as_ref() else {
+                return;
+            };
+            let (stream, request) = match control.accept() {
+                control::Accepted::Nobody => return,
+                control::Accepted::Refused => continue,
+                control::Accepted::Request(stream, request) => (stream, request),
             };
             self.sample_queues();
             let _ = match request {
@@ -595,12 +679,18 @@ impl Supervisor {
                     r
                 }
                 Request::Takeover { addr } => self.offer(stream, addr),
-                Request::Ready => control::reply_error(&stream, "ready is only valid after takeover"),
+                Request::Ready => {
+                    control::reply_error(&stream, "ready is only valid after takeover")
+                }
             };
         }
     }
 
-    fn offer(&mut self, stream: std::os::unix::net::UnixStream, wanted: SocketAddr) -> io::Result<()> {
+    fn offer(
+        &mut self,
+        stream: std::os::unix::net::UnixStream,
+        wanted: SocketAddr,
+    ) -> io::Result<()> {
         let mine = self.server.addr;
         let refuse = |why: String| {
             log!("takeover refused: {why}");
@@ -617,34 +707,71 @@ impl Supervisor {
                 "bind options differ: this server is bound to {mine}, the new one asked for {wanted}"
             ));
         }
-        let fds: Vec<RawFd> = self.server.listeners.iter().map(|l| l.as_raw_fd()).collect();
-        let offer = Offer { pid: std::process::id(), runtime: self.server.config.runtime.clone(), addr: mine, sockets: fds.len() };
+        let fds: Vec<RawFd> = self
+            .server
+            .listeners
+            .iter()
+            .map(|l| l.as_raw_fd())
+            .collect();
+        let offer = Offer {
+            pid: std::process::id(),
+            runtime: self.server.config.runtime.clone(),
+            addr: mine,
+            sockets: fds.len(),
+        };
         control::send_offer(&stream, &offer, &fds)?;
         stream.set_nonblocking(true)?;
         // SAFETY: we own this connected socket; ownership moves to mio.
         let mut s = unsafe { mio::net::UnixStream::from_raw_fd(stream.into_raw_fd()) };
-        self.server.poll.registry().register(&mut s, SUCCESSOR, Interest::READABLE)?;
-        self.successor = Some(s);
-        log!("takeover: handed {} listening socket(s) to a new server; waiting for it to be ready", fds.len());
+        self.server
+            .poll
+            .registry()
+            .register(&mut s, SUCCESSOR, Interest::READABLE)?;
+        self.successor = Some((s, Instant::now()));
+        log!(
+            "takeover: handed {} listening socket(s) to a new server; waiting for it to be ready",
+            fds.len()
+        );
         Ok(())
     }
 
+    /// A successor that never reports ready must not leave us in `handing over` forever.
+    fn expire_successor(&mut self) {
+        if self
+            .successor
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() > READY_TIMEOUT)
+        {
+            if let Some((mut s, _)) = self.successor.take() {
+                let _ = self.server.poll.registry().deregister(&mut s);
+            }
+            log!("takeover aborted: the new server did not report ready within {READY_TIMEOUT:?}; still serving");
+        }
+    }
+
     fn on_successor(&mut self) {
-        let Some(s) = self.successor.as_mut() else { return };
+        let Some((s, _)) = self.successor.as_mut() else {
+            return;
+        };
         let mut buf = [0u8; 512];
         let outcome = loop {
             match s.read(&mut buf) {
                 Ok(0) => break Err("it closed the connection".to_string()),
                 Ok(n) => match serde_json::from_slice::<Request>(buf[..n].trim_ascii()) {
                     Ok(Request::Ready) => break Ok(()),
-                    _ => break Err(format!("unexpected message {:?}", String::from_utf8_lossy(&buf[..n]))),
+                    _ => {
+                        break Err(format!(
+                            "unexpected message {:?}",
+                            String::from_utf8_lossy(&buf[..n])
+                        ))
+                    }
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => break Err(e.to_string()),
             }
         };
-        let mut s = self.successor.take().expect("checked above");
+        let (mut s, _) = self.successor.take().expect("checked above");
         let _ = self.server.poll.registry().deregister(&mut s);
         match outcome {
             Ok(()) => {
@@ -655,7 +782,9 @@ impl Supervisor {
                 log!("takeover: the new server is ready");
                 self.begin_drain(StopReason::TakenOver);
             }
-            Err(why) => log!("takeover aborted before the new server was ready ({why}); still serving"),
+            Err(why) => {
+                log!("takeover aborted before the new server was ready ({why}); still serving")
+            }
         }
     }
 }
@@ -693,7 +822,13 @@ fn child_main(i: usize, listener_fd: RawFd, drain: OwnedFd, server: &Server) -> 
         slot.begin(std::process::id());
         // SAFETY: the supervisor's copy of this fd is never dropped in this process (we _exit).
         let listener = unsafe { std::net::TcpListener::from_raw_fd(listener_fd) };
-        worker::run(worker::Worker { index: i, listener, drain_pipe: drain, slot, config: &server.config })
+        worker::run(worker::Worker {
+            index: i,
+            listener,
+            drain_pipe: drain,
+            slot,
+            config: &server.config,
+        })
     }));
     // SAFETY: _exit skips atexit handlers and destructors: nothing of the parent (or of Python/Ruby) runs twice.
     unsafe { libc::_exit(code.unwrap_or(101)) }
@@ -720,7 +855,11 @@ fn close_range(lo: u32, hi: u32) {
     let rc = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
     if rc != 0 {
         // Before Linux 5.9: close one by one up to the fd limit.
-        let max = nix::unistd::sysconf(nix::unistd::SysconfVar::OPEN_MAX).ok().flatten().unwrap_or(1024).min(65536) as u32;
+        let max = nix::unistd::sysconf(nix::unistd::SysconfVar::OPEN_MAX)
+            .ok()
+            .flatten()
+            .unwrap_or(1024)
+            .min(65536) as u32;
         for fd in lo..=hi.min(max) {
             // SAFETY: as above.
             unsafe { libc::close(fd as i32) };

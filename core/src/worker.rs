@@ -60,7 +60,9 @@ enum Step {
     Keep,
     /// Ran out of budget with more to read: drive again soon.
     Again,
-    Close { error: bool },
+    Close {
+        error: bool,
+    },
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -106,12 +108,20 @@ impl<'a> Loop<'a> {
     fn new(w: Worker<'a>) -> io::Result<Loop<'a>> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(w.listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         // SAFETY: the supervisor gave us this pipe's read end and nothing else owns it.
-        let mut drain_pipe = unsafe { mio::unix::pipe::Receiver::from_raw_fd(w.drain_pipe.into_raw_fd()) };
+        let mut drain_pipe =
+            unsafe { mio::unix::pipe::Receiver::from_raw_fd(w.drain_pipe.into_raw_fd()) };
         drain_pipe.set_nonblocking(true)?;
-        poll.registry().register(&mut drain_pipe, DRAIN_PIPE, Interest::READABLE)?;
-        let greeting = format!("Hello from {} process {}\n", w.config.runtime, std::process::id()).into_bytes();
+        poll.registry()
+            .register(&mut drain_pipe, DRAIN_PIPE, Interest::READABLE)?;
+        let greeting = format!(
+            "Hello from {} process {}\n",
+            w.config.runtime,
+            std::process::id()
+        )
+        .into_bytes();
         let now = Instant::now();
         Ok(Loop {
             index: w.index,
@@ -224,7 +234,11 @@ impl<'a> Loop<'a> {
             self.last_accept = now;
             self.slot.set_state(WorkerState::Draining);
             let _ = self.poll.registry().deregister(&mut self.drain_pipe);
-            log!("worker {} draining: {} connection(s) open", self.index, self.open);
+            log!(
+                "worker {} draining: {} connection(s) open",
+                self.index,
+                self.open
+            );
         }
     }
 
@@ -242,7 +256,9 @@ impl<'a> Loop<'a> {
             if self.open >= self.config.max_connections {
                 return; // resumed from `close` once a connection ends
             }
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, _)) => {
                     self.last_accept = Instant::now();
@@ -252,11 +268,16 @@ impl<'a> Loop<'a> {
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => continue,
                 // The client gave up while queued: nothing to serve, nothing to count.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => {
+                    continue
+                }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS/ENOMEM: the queue stays in the kernel; retrying now would spin.
                     self.slot.error();
-                    log!("worker {}: accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}", self.index);
+                    log!(
+                        "worker {}: accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}",
+                        self.index
+                    );
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
@@ -269,7 +290,11 @@ impl<'a> Loop<'a> {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             log!("worker {}: register connection: {e}", self.index);
             self.slot.closed(true);
             self.free.push(key);
@@ -294,7 +319,9 @@ impl<'a> Loop<'a> {
     }
 
     fn drive(&mut self, key: usize) {
-        let Some(Some(conn)) = self.conns.get_mut(key) else { return };
+        let Some(Some(conn)) = self.conns.get_mut(key) else {
+            return;
+        };
         match step(conn, &mut self.scratch, self.config.mode, self.slot) {
             Step::Keep => {}
             Step::Again => self.again.push(key),
@@ -377,7 +404,11 @@ fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot) -> Step {
             }
         }
         // 2. Read.
-        let limit = if mode == Mode::Once { ONCE_READ } else { scratch.len() };
+        let limit = if mode == Mode::Once {
+            ONCE_READ
+        } else {
+            scratch.len()
+        };
         let n = match conn.stream.read(&mut scratch[..limit]) {
             Ok(0) => return Step::Close { error: false }, // peer's FIN: everything owed is already sent
             Ok(n) => n,

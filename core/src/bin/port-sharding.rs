@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use port_sharding::{Config, Mode, Server, StopReason};
 
 #[derive(Parser)]
-#[command(name = "port-sharding", version, about = "Serve one TCP port from many processes with SO_REUSEPORT")]
+#[command(
+    name = "port-sharding",
+    version,
+    about = "Serve one TCP port from many processes with SO_REUSEPORT"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,13 +103,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 30s, 500ms, 2m)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 30s, 500ms, 2m)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a valid duration"))
 }
@@ -122,7 +132,8 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("port-sharding: error: {e}");
             ExitCode::from(match e {
-                port_sharding::Error::InvalidArgument { .. } | port_sharding::Error::InvalidAddress { .. } => 2,
+                port_sharding::Error::InvalidArgument { .. }
+                | port_sharding::Error::InvalidAddress { .. } => 2,
                 port_sharding::Error::NotRunning { .. } => 3,
                 _ => 1,
             })
@@ -158,7 +169,10 @@ fn serve(a: ServeArgs) -> port_sharding::Result<ExitCode> {
 fn status(a: TargetArgs) -> port_sharding::Result<ExitCode> {
     let servers = port_sharding::status(a.host.as_deref(), a.port)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&servers).expect("status serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&servers).expect("status serializes")
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for s in servers {
@@ -168,7 +182,16 @@ fn status(a: TargetArgs) -> port_sharding::Result<ExitCode> {
         );
         println!(
             "  {:>6} {:>8} {:>9} {:>10} {:>8} {:>12} {:>12} {:>7} {:>8} {:>6}",
-            "worker", "pid", "state", "accepted", "active", "bytes in", "bytes out", "errors", "restarts", "queue"
+            "worker",
+            "pid",
+            "state",
+            "accepted",
+            "active",
+            "bytes in",
+            "bytes out",
+            "errors",
+            "restarts",
+            "queue"
         );
         for w in &s.workers {
             println!(
@@ -194,10 +217,12 @@ fn stop(a: StopArgs) -> port_sharding::Result<ExitCode> {
     for pid in &pids {
         println!("asked server pid {pid} to drain");
     }
-    let Some(wait) = a.wait else { return Ok(ExitCode::SUCCESS) };
+    let Some(wait) = a.wait else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let until = std::time::Instant::now() + wait;
     while std::time::Instant::now() < until {
-        let alive = pids.iter().filter(|&&p| nix_alive(p)).count();
+        let alive = pids.iter().filter(|&&p| running(p)).count();
         if alive == 0 {
             println!("stopped");
             return Ok(ExitCode::SUCCESS);
@@ -208,9 +233,16 @@ fn stop(a: StopArgs) -> port_sharding::Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
-fn nix_alive(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
+/// Whether `pid` exists and has not exited (a zombie waiting for its parent counts as gone).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 #[cfg(test)]

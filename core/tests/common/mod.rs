@@ -1,0 +1,270 @@
+//! Test helpers: a `port-sharding serve` process in its own process group, and small clients.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything a test waits on; reached only when something is broken.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_port-sharding")
+}
+
+/// A private control directory, so tests never see each other's (or a developer's) servers.
+pub fn control_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ps-test-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A running `port-sharding serve` (killed with its process group when dropped, if still alive).
+pub struct ServerProc {
+    pub child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+pub struct Spawn {
+    pub args: Vec<String>,
+    pub dir: Option<PathBuf>,
+    pub nofile: Option<u64>,
+}
+
+impl Spawn {
+    pub fn new(args: &[&str]) -> Spawn {
+        Spawn {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            dir: None,
+            nofile: None,
+        }
+    }
+    pub fn dir(mut self, dir: &std::path::Path) -> Spawn {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+    pub fn nofile(mut self, n: u64) -> Spawn {
+        self.nofile = Some(n);
+        self
+    }
+    /// Starts the server and waits for its `ready` line.
+    pub fn start(self) -> ServerProc {
+        let mut proc = self.spawn();
+        proc.wait_log("ready:");
+        proc
+    }
+    /// Starts the process without waiting.
+    pub fn spawn(self) -> ServerProc {
+        let dir = self.dir.unwrap_or_else(control_dir);
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--host", "127.0.0.1"])
+            .args(&self.args)
+            .env("PORT_SHARDING_CONTROL_DIR", &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(n) = self.nofile {
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn port-sharding");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  | {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut proc = ServerProc {
+            child,
+            port: 0,
+            dir,
+            log,
+        };
+        if let Some(line) = proc.try_wait_log("server starting on") {
+            let addr = line
+                .split("starting on ")
+                .nth(1)
+                .unwrap()
+                .split(':')
+                .nth(1)
+                .unwrap();
+            proc.port = addr
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .unwrap();
+        }
+        proc
+    }
+}
+
+impl ServerProc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle` (or the process to exit).
+    pub fn try_wait_log(&mut self, needle: &str) -> Option<String> {
+        let until = Instant::now() + PATIENCE;
+        while Instant::now() < until {
+            if let Some(l) = self.log().into_iter().find(|l| l.contains(needle)) {
+                return Some(l);
+            }
+            if self.child.try_wait().ok().flatten().is_some() {
+                std::thread::sleep(Duration::from_millis(100)); // let the reader catch the last lines
+                return self.log().into_iter().find(|l| l.contains(needle));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn wait_log(&mut self, needle: &str) -> String {
+        self.try_wait_log(needle)
+            .unwrap_or_else(|| panic!("no log line with {needle:?}; log: {:#?}", self.log()))
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Pids of workers started so far, from the `worker i started: pid N` lines.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.log()
+            .iter()
+            .filter_map(|l| l.split("started: pid ").nth(1))
+            .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling the process we started.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let until = Instant::now() + PATIENCE;
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("server did not exit; log: {:#?}", self.log());
+    }
+
+    /// `port-sharding status --json` for this server's port.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(bin())
+            .args(["status", "--json", "--port", &self.port.to_string()])
+            .env("PORT_SHARDING_CONTROL_DIR", &self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: the group was created for the process we started (pgid == its pid).
+            unsafe { libc::killpg(self.pid(), libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether a process exists (and is not a zombie we could not reap).
+pub fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    !stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .trim_start()
+        .starts_with('Z')
+}
+
+/// Waits until none of `pids` exists.
+pub fn assert_all_gone(pids: &[i32]) {
+    let until = Instant::now() + PATIENCE;
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(
+            Instant::now() < until,
+            "orphans left: {:?}",
+            pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_write_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// Sends `data`, half-closes, and reads until the server closes.
+pub fn round_trip(port: u16, data: &[u8]) -> Vec<u8> {
+    let mut s = connect(port);
+    s.write_all(data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    read_to_end(&mut s)
+}
+
+pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read reply");
+    out
+}
+
+/// Per-worker `accepted` counts of the first server in a status answer.
+pub fn accepted(status: &serde_json::Value) -> Vec<u64> {
+    status[0]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["accepted"].as_u64().unwrap())
+        .collect()
+}
