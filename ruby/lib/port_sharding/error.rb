@@ -1,0 +1,37 @@
+# frozen_string_literal: true
+
+module PortSharding
+  # Base class of the gem's own failures; the native extension raises these subclasses by name.
+  # Two kinds of failure keep Ruby's standard classes instead, so plain Ruby code handles them:
+  # - a bad argument is a ConfigError, an ArgumentError (Ruby has no multiple inheritance, and
+  #   `rescue ArgumentError` is the idiom), whose #keyword names the argument;
+  # - an OS error is a SystemCallError with its errno: a taken port is `Errno::EADDRINUSE`, a port below
+  #   1024 without privilege `Errno::EACCES`.
+  class Error < StandardError; end
+
+  # A keyword argument is out of range or of the wrong type, e.g. `workers: 0`.
+  class ConfigError < ArgumentError
+    # The keyword at fault, as a Symbol (:workers, :mode, …), or nil.
+    attr_reader :keyword
+
+    def initialize(message = nil, keyword = nil)
+      super(message)
+      @keyword = keyword&.to_sym
+    end
+  end
+
+  # `host:` is not an IPv4/IPv6 literal or "localhost" (names are not resolved).
+  class AddressError < Error; end
+
+  # `status`/`stop` found no live server on that port (no control socket answers).
+  class NotRunningError < Error; end
+
+  # `takeover: true` could not adopt the running server's sockets; the old server keeps serving.
+  class TakeoverError < Error; end
+
+  # A control socket answered something unexpected, or its directory is unusable.
+  class ControlError < Error; end
+
+  # Not Linux: SO_REUSEPORT elsewhere does not spread connections, so the engine refuses to start.
+  class UnsupportedPlatformError < Error; end
+end

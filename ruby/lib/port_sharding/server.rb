@@ -1,0 +1,46 @@
+# frozen_string_literal: true
+
+module PortSharding
+  # A server that runs on a Rust thread of this process, so Ruby keeps going:
+  #
+  #   server = PortSharding::Server.new(0, host: "127.0.0.1", mode: :hello)  # binds: connections queue
+  #   server.start                                                          # returns once workers serve
+  #   server.port   # => 41234
+  #   server.stats  # => [{index: 0, pid: 4242, state: "serving", accepted: 3, …}, …]
+  #   server.stop   # drains and waits
+  #
+  # Keywords as for PortSharding.serve. Signals are left to Ruby (SIGINT raises Interrupt in the main
+  # thread as usual); stop the server in an `ensure`. One left running when the process exits is told to
+  # drain, and its workers also drain by themselves once this process is gone.
+  class Server
+    def self.new(port = Options::DEFAULT_PORT, **options)
+      _bind(Options.build(port, **options))
+    end
+
+    # Forks the workers; returns self once all serve. Raises (and stops) if they do not within `timeout`.
+    def start(timeout: 30)
+      _start(Float(timeout))
+      self
+    end
+
+    # Drains and waits until every worker has exited; returns why it stopped (:shutdown, or :stop /
+    # :taken_over if that came first), nil if it never started.
+    def stop
+      _finish(true, nil)
+    end
+
+    # Waits until the server stops by itself (the `stop` command, a takeover); nil after `timeout` seconds.
+    def wait(timeout: nil)
+      _finish(false, timeout.nil? ? nil : Float(timeout))
+    end
+
+    # "host:port", with brackets for IPv6.
+    def address
+      host.include?(":") ? "[#{host}]:#{port}" : "#{host}:#{port}"
+    end
+
+    def inspect
+      "#<#{self.class} #{address}#{running? ? ' running' : ''}>"
+    end
+  end
+end
