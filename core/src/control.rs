@@ -126,6 +126,7 @@ fn pid_alive(pid: u32) -> bool {
 /// A live server found in the control directory.
 pub(crate) struct Found {
     pub path: PathBuf,
+    pub addr: SocketAddr,
     pub pid: u32,
 }
 
@@ -142,6 +143,7 @@ pub(crate) fn find(host: Option<SocketAddr>, port: u16) -> Vec<Found> {
             let wanted = addr.port() == port && host.is_none_or(|h| h.ip() == addr.ip());
             wanted.then(|| Found {
                 path: e.path(),
+                addr,
                 pid,
             })
         })

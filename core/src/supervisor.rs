@@ -251,6 +251,16 @@ fn take_over(wanted: SocketAddr) -> Result<Option<(Predecessor, Vec<std::net::Tc
             state.is_ok_and(|s| s.state == "serving")
         });
     let Some(found) = serving else {
+        if let Some(other) = control::find(None, wanted.port()).first() {
+            return Err(Error::Takeover(format!(
+                "the server on port {} (pid {}) is bound to {}, not {wanted}: bind options must match to share \
+                 its sockets (use --host {})",
+                wanted.port(),
+                other.pid,
+                other.addr,
+                other.addr.ip()
+            )));
+        }
         log!("takeover: no server is serving {wanted}; starting normally");
         return Ok(None);
     };
@@ -598,6 +608,9 @@ impl Supervisor {
             self.server.config.drain_timeout
         );
         for p in &mut self.procs {
+            if let (Some(pipe), StopReason::TakenOver) = (&p.drain, reason) {
+                let _ = nix::unistd::write(pipe, &[worker::HANDOVER]);
+            }
             p.drain = None; // EOF on the worker's pipe: drain
             p.restart_at = None;
         }

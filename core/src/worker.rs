@@ -21,11 +21,15 @@ const LISTENER: Token = Token(usize::MAX);
 const DRAIN_PIPE: Token = Token(usize::MAX - 1);
 /// Size of the shared read buffer; also the most one connection reads per step.
 const SCRATCH: usize = 64 * 1024;
+/// Byte on the drain pipe that means "a successor serves this listener now".
+pub(crate) const HANDOVER: u8 = b'h';
 /// The talk's `recv(1024)`.
 const ONCE_READ: usize = 1024;
 /// Reads per connection per wakeup before others get a turn (fairness under bulk echo).
 const BUDGET: usize = 16;
-/// While draining, the listener is closed once its queue has stayed empty this long.
+/// On a plain drain the listener stays open this long, accepting what is queued (and what is mid-handshake),
+/// then closes right after a pass that found its queue empty. A handover closes it at once instead: the
+/// successor holds the same socket and serves its queue.
 const DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// After replying in `once`/`hello` mode we half-close and wait this long for the client's FIN, so unread
 /// client bytes do not turn our close into a reset that could discard the reply.
@@ -100,7 +104,7 @@ struct Loop<'a> {
     again: Vec<usize>,
     accept_paused_until: Option<Instant>,
     drain_started: Option<Instant>,
-    last_accept: Instant,
+    close_listener_at: Instant,
     next_sweep: Instant,
 }
 
@@ -138,7 +142,7 @@ impl<'a> Loop<'a> {
             again: Vec::new(),
             accept_paused_until: None,
             drain_started: None,
-            last_accept: now,
+            close_listener_at: now,
             next_sweep: now + Duration::from_secs(1),
         })
     }
@@ -177,7 +181,7 @@ impl<'a> Loop<'a> {
             if let Some(started) = self.drain_started {
                 if self.listener.is_some() {
                     self.accept_all();
-                    if now.duration_since(self.last_accept) >= DRAIN_GRACE {
+                    if now >= self.close_listener_at {
                         self.close_listener();
                     }
                 }
@@ -218,12 +222,15 @@ impl<'a> Loop<'a> {
         Some(wake.saturating_duration_since(now))
     }
 
+    /// The supervisor writes `h` before closing the pipe for a handover; EOF alone (a plain drain, or the
+    /// supervisor died — do not linger as an orphan) means drain.
     fn on_drain_pipe(&mut self) {
         let mut buf = [0u8; 16];
+        let mut handover = false;
         loop {
             match self.drain_pipe.read(&mut buf) {
-                Ok(0) => break, // the supervisor is gone: drain, do not linger as an orphan
-                Ok(_) => continue,
+                Ok(0) => break,
+                Ok(n) => handover |= buf[..n].contains(&HANDOVER),
                 Err(e) if interrupted(&e) => continue,
                 Err(_) => break,
             }
@@ -231,11 +238,16 @@ impl<'a> Loop<'a> {
         if self.drain_started.is_none() {
             let now = Instant::now();
             self.drain_started = Some(now);
-            self.last_accept = now;
+            self.close_listener_at = if handover { now } else { now + DRAIN_GRACE };
             self.slot.set_state(WorkerState::Draining);
             let _ = self.poll.registry().deregister(&mut self.drain_pipe);
+            let how = if handover {
+                "handed over its listener"
+            } else {
+                "draining"
+            };
             log!(
-                "worker {} draining: {} connection(s) open",
+                "worker {} {how}: {} connection(s) open",
                 self.index,
                 self.open
             );
@@ -261,7 +273,6 @@ impl<'a> Loop<'a> {
             };
             match listener.accept() {
                 Ok((stream, _)) => {
-                    self.last_accept = Instant::now();
                     self.slot.accepted();
                     self.add(stream);
                 }

@@ -34,6 +34,8 @@ pub struct ServerProc {
     pub child: Child,
     pub port: u16,
     pub dir: PathBuf,
+    /// The control directory was made for this server alone (not passed in): remove it on drop.
+    owns_dir: bool,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -67,6 +69,7 @@ impl Spawn {
     }
     /// Starts the process without waiting.
     pub fn spawn(self) -> ServerProc {
+        let owns_dir = self.dir.is_none();
         let dir = self.dir.unwrap_or_else(control_dir);
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--host", "127.0.0.1"])
@@ -105,6 +108,7 @@ impl Spawn {
             child,
             port: 0,
             dir,
+            owns_dir,
             log,
         };
         if let Some(line) = proc.try_wait_log("server starting on") {
@@ -208,7 +212,9 @@ impl Drop for ServerProc {
             unsafe { libc::killpg(self.pid(), libc::SIGKILL) };
             let _ = self.child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
