@@ -1,0 +1,66 @@
+"""The exceptions of port_sharding: one class per error of the Rust core, all under :class:`Error`.
+
+Errors that come from the operating system are also :class:`OSError` with ``errno`` set, so
+``except OSError`` keeps working (e.g. ``AddrInUseError`` has ``errno == errno.EADDRINUSE``).
+The native module raises these classes; they live in Python for docstrings and multiple inheritance.
+"""
+
+from typing import Optional
+
+__all__ = [
+    "Error",
+    "ConfigError",
+    "AddressError",
+    "AddrInUseError",
+    "PermissionDeniedError",
+    "UnsupportedPlatformError",
+    "NotRunningError",
+    "TakeoverError",
+    "ControlError",
+    "IoError",
+]
+
+
+class Error(Exception):
+    """Base class of every error port_sharding raises."""
+
+
+class ConfigError(Error, ValueError):
+    """A setting is out of range or unparsable; ``param`` names it (e.g. ``"workers"``)."""
+
+    def __init__(self, message: str, param: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class AddressError(Error, ValueError):
+    """The host is not an address this machine can bind."""
+
+
+class AddrInUseError(Error, OSError):
+    """The port is taken by a socket without SO_REUSEPORT, of another user, or bound with other options.
+    ``errno`` is ``EADDRINUSE``."""
+
+
+class PermissionDeniedError(Error, PermissionError):
+    """Binding was refused, e.g. a port below 1024 without privilege. ``errno`` is ``EACCES``."""
+
+
+class UnsupportedPlatformError(Error):
+    """Not Linux: elsewhere SO_REUSEPORT does not spread connections over the sockets."""
+
+
+class NotRunningError(Error):
+    """No port-sharding server answers on the control socket for this host and port."""
+
+
+class TakeoverError(Error):
+    """A takeover could not complete; the old server keeps serving."""
+
+
+class ControlError(Error):
+    """The control socket answered something unexpected (or a server did not become ready)."""
+
+
+class IoError(Error, OSError):
+    """Any other OS error, with what was being done; ``errno`` is kept."""

@@ -1,0 +1,185 @@
+"""Helpers for the port_sharding tests: real processes and real sockets on 127.0.0.1, ephemeral ports.
+
+Every server subprocess runs in its own session (so its process group holds it and its workers) and is
+killed by that group id in teardown. Every wait is bounded by a deadline.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT = 20.0  # seconds any single wait may take before the test fails
+READY = re.compile(r"ready: \d+ worker\(s\) serving 127\.0\.0\.1:(\d+)")
+
+
+@pytest.fixture(autouse=True)
+def control_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own control-socket folder, so status/stop only see its own servers."""
+    d = tmp_path / "control"
+    monkeypatch.setenv("PORT_SHARDING_CONTROL_DIR", str(d))
+    return d
+
+
+class Proc:
+    """A Python subprocess whose stdout and stderr lines are collected by reader threads."""
+
+    def __init__(self, args: List[str]) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+        self.out: List[str] = []
+        self.err: List[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.popen.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(self.popen.stderr, self.err), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _read(stream, lines: List[str]) -> None:  # type: ignore[no-untyped-def]
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, stream: str = "err", timeout: float = TIMEOUT) -> "re.Match[str]":
+        """The first line of stdout/stderr matching `pattern`; fails after `timeout` or if the process exits."""
+        regex = re.compile(pattern)
+        lines = self.err if stream == "err" else self.out
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(lines):
+                m = regex.search(line)
+                if m:
+                    return m
+            if self.popen.poll() is not None and all(not t.is_alive() for t in self._readers):
+                break
+            time.sleep(0.02)
+        pytest.fail(f"no line matching {pattern!r} in {stream}; {self.describe()}")
+
+    def ready_port(self) -> int:
+        """Waits for the engine's `ready` log line and returns the port it serves."""
+        return int(self.wait_for(READY.pattern).group(1))
+
+    def finish(self, timeout: float = TIMEOUT) -> int:
+        """Waits for the exit (failing after `timeout`) and for the output to be read; returns the exit code."""
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"process {self.pid} still running after {timeout}s; {self.describe()}")
+        for t in self._readers:
+            t.join(timeout)
+        return code
+
+    def describe(self) -> str:
+        return f"exit={self.popen.poll()}\nstdout:\n" + "\n".join(self.out) + "\nstderr:\n" + "\n".join(self.err)
+
+    def kill(self) -> None:
+        """Kills the whole process group (the server and its workers) by id."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream:
+                stream.close()
+
+
+@pytest.fixture
+def spawn() -> Iterator:
+    """`spawn("-c", code)` starts a Python subprocess; all are killed by process group at teardown."""
+    procs: List[Proc] = []
+
+    def start(*args: str) -> Proc:
+        p = Proc(list(args))
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        # Kill the group even after a clean exit: a worker left behind would be a bug, but not a stray.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        p.kill()
+
+
+def connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    s.settimeout(TIMEOUT)
+    return s
+
+
+def echo(port: int, data: bytes) -> bytes:
+    """Sends `data`, half-closes, and reads until the server closes."""
+    with connect(port) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        return recv_all(s)
+
+
+def recv_all(s: socket.socket, limit: int = 1 << 20) -> bytes:
+    chunks = []
+    total = 0
+    while total < limit:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def recv_exactly(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def wait_gone(pids: List[int], timeout: float = TIMEOUT) -> List[int]:
+    """Waits until none of `pids` is alive; returns those still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    left = [p for p in pids if alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if alive(p)]
+    return left
+
+
+def python_code(body: str) -> str:
+    """Prefixes a child script with the import every test child needs."""
+    return "import port_sharding, sys, os\n" + body

@@ -1,0 +1,206 @@
+"""In-process tests of the façade: Server, listen, status, errors, defaults, version and stubs."""
+
+import errno
+import inspect
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import port_sharding
+from conftest import REPO, alive, connect, echo, recv_exactly, wait_gone
+
+
+def test_server_context_manager_echoes_and_reports_stats() -> None:
+    with port_sharding.Server(port=0, host="127.0.0.1", workers=2) as server:
+        assert server.port > 0
+        assert echo(server.port, b"hello engine") == b"hello engine"
+        stats = server.stats()
+        assert [w["index"] for w in stats] == [0, 1]
+        assert all(w["state"] == "serving" and w["pid"] > 0 for w in stats)
+        assert sum(w["accepted"] for w in stats) == 1
+        pids = [w["pid"] for w in stats]
+    assert server.stopped
+    assert wait_gone(pids) == []
+
+
+def test_server_start_stop_and_status() -> None:
+    server = port_sharding.Server(port=0, host="127.0.0.1", workers=1, mode="hello")
+    assert not server.stopped
+    assert server.start() is server
+    try:
+        reply = echo(server.port, b"")
+        assert re.fullmatch(rb"Hello from python process \d+\n", reply), reply
+        [found] = port_sharding.status(server.port, "127.0.0.1")
+        assert found["runtime"] == "python" and found["mode"] == "hello" and found["state"] == "serving"
+        assert found["addr"] == f"127.0.0.1:{server.port}"
+        assert [w["pid"] for w in found["workers"]] == [w["pid"] for w in server.stats()]
+    finally:
+        assert server.stop(timeout=30) is True
+    with pytest.raises(port_sharding.NotRunningError):
+        port_sharding.status(server.port)
+
+
+def test_stop_waits_for_an_open_connection() -> None:
+    server = port_sharding.Server(port=0, host="127.0.0.1", workers=1, drain_timeout=20).start()
+    conn = connect(server.port)
+    conn.sendall(b"one")
+    assert recv_exactly(conn, 3) == b"one"
+    # Draining: the open connection is still served; stop() reports it has not finished yet.
+    assert server.stop(timeout=0.2) is False
+    conn.sendall(b"two")
+    assert recv_exactly(conn, 3) == b"two"
+    conn.close()
+    assert server.stop(timeout=30) is True
+
+
+def test_stop_before_start_closes_the_listeners() -> None:
+    server = port_sharding.Server(port=0, host="127.0.0.1", workers=1)
+    port = server.port
+    assert server.stop() is True
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_listen_returns_a_standard_reuseport_socket() -> None:
+    sock = port_sharding.listen(0, "127.0.0.1")
+    with sock:
+        assert isinstance(sock, socket.socket)
+        assert sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        assert sock.gettimeout() is None  # blocking, as the talk's loop expects
+        port = sock.getsockname()[1]
+        # A second listen() on the same port joins the group instead of failing.
+        with port_sharding.listen(port, "127.0.0.1", backlog=16) as other:
+            assert other.getsockname()[1] == port
+
+
+def test_defaults_match_the_core_config() -> None:
+    core = port_sharding._native.config_defaults()
+    for fn in (port_sharding.serve, port_sharding.Server.__init__):
+        params = inspect.signature(fn).parameters
+        for name, default in core.items():
+            assert params[name].default == default, (fn, name)
+        assert params["workers"].default is None  # the core's default is "one per CPU"
+
+
+def test_version_is_the_workspace_version() -> None:
+    cargo = (REPO / "Cargo.toml").read_text()
+    m = re.search(r'\[workspace\.package\][^\[]*?\nversion\s*=\s*"([^"]+)"', cargo)
+    assert m, "no [workspace.package] version in Cargo.toml"
+    assert port_sharding.__version__ == m.group(1)
+
+
+def test_all_names_exist() -> None:
+    for name in port_sharding.__all__:
+        assert hasattr(port_sharding, name), name
+
+
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"mode": "loud"}, "mode"),
+        ({"port": 70000}, "port"),
+        ({"port": -1}, "port"),
+        ({"workers": 0}, "workers"),
+        ({"workers": 100000}, "workers"),
+        ({"backlog": 0}, "backlog"),
+        ({"drain_timeout": 0}, "drain_timeout"),
+        ({"drain_timeout": float("nan")}, "drain_timeout"),
+        ({"idle_timeout": -1.0}, "idle_timeout"),
+        ({"max_connections": 0}, "max_connections"),
+    ],
+)
+def test_bad_values_raise_config_error_naming_the_parameter(kwargs: dict, param: str) -> None:
+    for call in (port_sharding.Server, port_sharding.serve):
+        with pytest.raises(port_sharding.ConfigError) as info:
+            call(**{"host": "127.0.0.1", **kwargs})
+        assert isinstance(info.value, ValueError) and isinstance(info.value, port_sharding.Error)
+        assert info.value.param == param
+        assert param in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [({"port": "1234"}, "port"), ({"port": True}, "port"), ({"workers": 1.5}, "workers"),
+     ({"mode": 1}, "mode"), ({"host": None}, "host"), ({"takeover": 1}, "takeover")],
+)
+def test_bad_types_raise_type_error_naming_the_parameter(kwargs: dict, param: str) -> None:
+    with pytest.raises(TypeError, match=param):
+        port_sharding.Server(**{"host": "127.0.0.1", **kwargs})
+    with pytest.raises(TypeError, match=param):
+        port_sharding.serve(**{"host": "127.0.0.1", **kwargs})
+
+
+def test_bad_host_raises_address_error() -> None:
+    with pytest.raises(port_sharding.AddressError) as info:
+        port_sharding.Server(port=0, host="not-an-address")
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(port_sharding.AddressError):
+        port_sharding.listen(0, "999.1.1.1")
+
+
+def test_taken_port_raises_addr_in_use_with_errno() -> None:
+    # A plain socket without SO_REUSEPORT owns the port: nobody may join it.
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()
+        port = plain.getsockname()[1]
+        for call in (port_sharding.serve, port_sharding.Server):
+            with pytest.raises(port_sharding.AddrInUseError) as info:
+                call(port=port, host="127.0.0.1", workers=1)
+            e = info.value
+            assert isinstance(e, OSError) and isinstance(e, port_sharding.Error)
+            assert e.errno == errno.EADDRINUSE
+            assert f"127.0.0.1:{port}" in str(e)
+        with pytest.raises(OSError) as info2:
+            port_sharding.listen(port, "127.0.0.1")
+        assert info2.value.errno == errno.EADDRINUSE
+
+
+def test_listen_bad_arguments() -> None:
+    with pytest.raises(port_sharding.ConfigError, match="port"):
+        port_sharding.listen(70000, "127.0.0.1")
+    with pytest.raises(port_sharding.ConfigError, match="backlog"):
+        port_sharding.listen(0, "127.0.0.1", backlog=0)
+    with pytest.raises(TypeError, match="port"):
+        port_sharding.listen("1234")  # type: ignore[arg-type]
+
+
+def test_not_running() -> None:
+    with socket.socket() as s:  # a port nobody serves: bound here, so no server of ours can have it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(port_sharding.NotRunningError):
+            port_sharding.status(port)
+        with pytest.raises(port_sharding.NotRunningError):
+            port_sharding.stop(port, "127.0.0.1")
+
+
+def test_exception_hierarchy() -> None:
+    e = port_sharding
+    assert issubclass(e.AddrInUseError, OSError) and issubclass(e.IoError, OSError)
+    assert issubclass(e.PermissionDeniedError, PermissionError)
+    assert issubclass(e.ConfigError, ValueError) and issubclass(e.AddressError, ValueError)
+    for cls in (e.ConfigError, e.AddressError, e.AddrInUseError, e.PermissionDeniedError, e.IoError,
+                e.UnsupportedPlatformError, e.NotRunningError, e.TakeoverError, e.ControlError):
+        assert issubclass(cls, e.Error)
+
+
+def test_stubs_match_the_module() -> None:
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install mypy)")
+    run = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "port_sharding"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_workers_exit_with_the_server() -> None:
+    server = port_sharding.Server(port=0, host="127.0.0.1", workers=2).start()
+    pids = [w["pid"] for w in server.stats()]
+    assert all(alive(p) for p in pids)
+    assert server.stop(timeout=30)
+    assert wait_gone(pids) == []
