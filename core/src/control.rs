@@ -333,6 +333,18 @@ impl ControlSocket {
         };
         // SAFETY: mio hands over a connected socket we now own.
         let stream = unsafe { UnixStream::from_raw_fd(stream.into_raw_fd()) };
+        // A client gets one second to send its line; the supervisor serves nothing else meanwhile.
+        if stream.set_nonblocking(false).is_err()
+            || stream
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .is_err()
+        {
+            return Accepted::Refused;
+        }
+        let mut line = String::new();
+        if BufReader::new(&stream).read_line(&mut line).is_err() {
+            return Accepted::Refused;
+        }
         let Ok(cred) = socket::getsockopt(&stream, socket::sockopt::PeerCredentials) else {
             return Accepted::Refused;
         };
@@ -347,18 +359,6 @@ impl ControlSocket {
                 &stream,
                 &format!("refused: uid {} is not the server's uid {me}", cred.uid()),
             );
-            return Accepted::Refused;
-        }
-        // A client gets one second to send its line; the supervisor serves nothing else meanwhile.
-        if stream.set_nonblocking(false).is_err()
-            || stream
-                .set_read_timeout(Some(Duration::from_secs(1)))
-                .is_err()
-        {
-            return Accepted::Refused;
-        }
-        let mut line = String::new();
-        if BufReader::new(&stream).read_line(&mut line).is_err() {
             return Accepted::Refused;
         }
         match serde_json::from_str(&line) {
@@ -388,10 +388,22 @@ impl Drop for ControlSocket {
 }
 
 /// Writes one JSON answer line.
-pub(crate) fn reply<T: Serialize>(mut stream: &UnixStream, value: &T) -> io::Result<()> {
+pub(crate) fn reply<T: Serialize>(stream: &UnixStream, value: &T) -> io::Result<()> {
     let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
     line.push(b'\n');
-    stream.write_all(&line)
+    send_all(stream, &line)
+}
+
+/// `send` with `MSG_NOSIGNAL`: a client that hung up must not kill a host whose SIGPIPE is not ignored.
+fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match socket::send(stream.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Writes `{"error": msg}`.
@@ -412,10 +424,7 @@ pub(crate) fn send_offer(stream: &UnixStream, offer: &Offer, fds: &[RawFd]) -> i
         MsgFlags::MSG_NOSIGNAL,
         None,
     )?;
-    if n < line.len() {
-        (&*stream).write_all(&line[n..])?;
-    }
-    Ok(())
+    send_all(stream, &line[n..])
 }
 
 #[cfg(test)]

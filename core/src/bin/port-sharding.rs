@@ -3,6 +3,8 @@
 //! `serve` runs a server in the foreground, `status` and `stop` talk to running ones through their control
 //! sockets, `bench` measures any echo server.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -168,48 +170,75 @@ fn serve(a: ServeArgs) -> port_sharding::Result<ExitCode> {
 
 fn status(a: TargetArgs) -> port_sharding::Result<ExitCode> {
     let servers = port_sharding::status(a.host.as_deref(), a.port)?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&servers).expect("status serializes")
+    let out = if a.json {
+        serde_json::to_string_pretty(&servers).expect("status serializes") + "\n"
+    } else {
+        status_table(&servers)
+    };
+    // A closed stdout (`status | head`) is not worth a panic.
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_table(servers: &[port_sharding::ServerStatus]) -> String {
+    let mut out = String::new();
+    let row = |out: &mut String, cells: [&dyn std::fmt::Display; 10]| {
+        let _ = writeln!(
+            out,
+            "  {:>6} {:>8} {:>9} {:>10} {:>8} {:>12} {:>12} {:>7} {:>8} {:>6}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
+            cells[7],
+            cells[8],
+            cells[9]
         );
-        return Ok(ExitCode::SUCCESS);
-    }
+    };
     for s in servers {
-        println!(
+        let _ = writeln!(
+            out,
             "{} server pid {} on {} — {}, mode {}, up {:.0}s",
             s.runtime, s.pid, s.addr, s.state, s.mode, s.uptime_secs
         );
-        println!(
-            "  {:>6} {:>8} {:>9} {:>10} {:>8} {:>12} {:>12} {:>7} {:>8} {:>6}",
-            "worker",
-            "pid",
-            "state",
-            "accepted",
-            "active",
-            "bytes in",
-            "bytes out",
-            "errors",
-            "restarts",
-            "queue"
+        row(
+            &mut out,
+            [
+                &"worker",
+                &"pid",
+                &"state",
+                &"accepted",
+                &"active",
+                &"bytes in",
+                &"bytes out",
+                &"errors",
+                &"restarts",
+                &"queue",
+            ],
         );
         for w in &s.workers {
-            println!(
-                "  {:>6} {:>8} {:>9} {:>10} {:>8} {:>12} {:>12} {:>7} {:>8} {:>6}",
-                w.index,
-                w.pid,
-                format!("{:?}", w.state).to_lowercase(),
-                w.accepted,
-                w.active,
-                w.bytes_in,
-                w.bytes_out,
-                w.errors,
-                w.restarts,
-                w.queue_len
+            let state = format!("{:?}", w.state).to_lowercase();
+            row(
+                &mut out,
+                [
+                    &w.index,
+                    &w.pid,
+                    &state,
+                    &w.accepted,
+                    &w.active,
+                    &w.bytes_in,
+                    &w.bytes_out,
+                    &w.errors,
+                    &w.restarts,
+                    &w.queue_len,
+                ],
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    out
 }
 
 fn stop(a: StopArgs) -> port_sharding::Result<ExitCode> {
