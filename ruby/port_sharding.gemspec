@@ -1,0 +1,39 @@
+# frozen_string_literal: true
+
+# `gem build port_sharding.gemspec && gem install --local ./port_sharding-<version>.gem` compiles the
+# Rust extension with cargo (no rb_sys gem, no gems from the network): it needs Ruby's headers (ruby-dev),
+# libclang (libclang-dev) and cargo.
+
+repo = File.expand_path("..", __dir__)
+if File.file?(File.join(repo, "Cargo.toml")) && File.directory?(File.join(repo, "core"))
+  # Building from the repository: stage the Cargo workspace into the gem (see ext/port_sharding/stage.rb).
+  require_relative "ext/port_sharding/stage"
+  PortSharding::Stage.run(repo: repo, ext: File.join(__dir__, "ext/port_sharding"),
+                          dest: File.join(__dir__, "ext/port_sharding/stage"))
+end
+require_relative "lib/port_sharding/version"
+
+Gem::Specification.new do |spec|
+  spec.name = "port_sharding"
+  spec.version = PortSharding::VERSION
+  spec.summary = "Many processes serving one TCP port with SO_REUSEPORT (Linux), on a Rust engine"
+  spec.description = <<~TEXT
+    PortSharding.serve(1234) serves a TCP port from one forked worker process per CPU, each with its own
+    SO_REUSEPORT listener so the kernel spreads connections; graceful drain on Ctrl-C, status/stop through
+    a control socket, zero-loss takeover between servers (Ruby, Python or the CLI) on the same port.
+  TEXT
+  spec.authors = ["port-sharding developers"]
+  spec.license = "MIT"
+  spec.homepage = "https://example.invalid/port-sharding"
+  spec.required_ruby_version = ">= 3.1"
+
+  spec.files = Dir.chdir(__dir__) do
+    Dir["lib/**/*.rb", "exe/*", "ext/port_sharding/extconf.rb", "ext/port_sharding/stage/**/*"]
+      .select { |f| File.file?(f) }
+      .reject { |f| f.split("/").include?("target") }
+  end
+  spec.bindir = "exe"
+  spec.executables = ["port_sharding"]
+  spec.extensions = ["ext/port_sharding/extconf.rb"]
+  spec.require_paths = ["lib"]
+end
