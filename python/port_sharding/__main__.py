@@ -6,7 +6,6 @@ server runs on the port, 130 after Ctrl-C, 1 for any other error.
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import List, Optional
@@ -67,13 +66,12 @@ def print_status(servers: List[dict]) -> None:
 
 
 def alive(pid: int) -> bool:
+    """Whether `pid` still runs. A zombie (exited, not yet reaped by its parent) counts as gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,0 +1,20 @@
+# The talk's Python loop verbatim, on a socket from port_sharding.listen(): it shares the port with any
+# engine server (Python, Ruby, CLI) and with more copies of itself.
+# Run: pip install ./python && python examples/seed_echo.py [PORT [HOST]]     then: nc 127.0.0.1 1234
+# The talk's own setup lines (socket, SO_REUSEPORT, bind(' ', port) — a TypeError — and listen(0)) are
+# replaced by one listen() call with a real backlog; the loop below is unchanged. Ctrl-C stops it.
+import sys
+
+import port_sharding
+
+port = int(sys.argv[1]) if len(sys.argv) > 1 else 1234
+host = sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0"  # every server sharing a port must bind the same address
+
+server = port_sharding.listen(port, host)
+
+while True:
+  client, addr = server.accept()
+  data = client.recv(1024)
+  # echo data back
+  client.send(data)
+  client.close()

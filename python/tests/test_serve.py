@@ -1,0 +1,219 @@
+"""serve() in real subprocesses: echo, port sharing, the talk's loop, signals, threads, fork safety, CLI."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, List, Set
+
+import port_sharding
+from conftest import REPO, TIMEOUT, Proc, alive, connect, echo, recv_exactly, wait_gone
+
+# A server child: atexit handler, unflushed stdout and a live thread while the workers fork.
+# argv: mode workers [port]
+CHILD = r"""
+import atexit, os, signal, sys, threading, time
+import port_sharding
+
+atexit.register(lambda: print("atexit ran in", os.getpid(), flush=True))
+print("buffered before serve")  # stdout is a pipe, so this stays in Python's buffer across the fork
+
+stop_ticks = threading.Event()
+def tick():
+    for i in range(10000):  # bounded: 10000 * 50 ms
+        if stop_ticks.wait(0.05):
+            return
+        print("tick", i, file=sys.stderr, flush=True)
+threading.Thread(target=tick, daemon=True).start()
+
+mode, workers = sys.argv[1], int(sys.argv[2])
+port = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+try:
+    port_sharding.serve(port, "127.0.0.1", workers=workers, mode=mode, drain_timeout=20)
+    print("serve returned", flush=True)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+    stop_ticks.set()
+    # Python's own SIGINT handler is back: a second Ctrl-C raises again.
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        print("second SIGINT was not raised", flush=True)
+    except KeyboardInterrupt:
+        print("handler restored", flush=True)
+    sys.exit(130)
+stop_ticks.set()
+"""
+
+Spawn = Callable[..., Proc]
+
+
+def server(spawn: Spawn, mode: str = "echo", workers: int = 2, port: int = 0) -> Proc:
+    return spawn("-c", CHILD, mode, str(workers), str(port))
+
+
+def worker_pids(port: int) -> List[int]:
+    return [w["pid"] for s in port_sharding.status(port) for w in s["workers"]]
+
+
+def ran_once(p: Proc) -> None:
+    """Fork safety: the workers ran no atexit handler and flushed no copy of Python's stdout buffer."""
+    assert p.out.count("buffered before serve") == 1, p.describe()
+    assert [line for line in p.out if line.startswith("atexit ran")] == [f"atexit ran in {p.pid}"], p.describe()
+
+
+def ticks(p: Proc) -> int:
+    return sum(1 for line in list(p.err) if line.startswith("tick "))
+
+
+def test_serve_echoes_keeps_threads_running_and_sigterm_returns(spawn: Spawn) -> None:
+    p = server(spawn)
+    port = p.ready_port()
+    assert echo(port, b"hello from the test") == b"hello from the test"
+    # The GIL is released during serve: the child's other thread keeps printing.
+    seen = ticks(p)
+    p.wait_for(rf"^tick {seen + 3}$")
+    pids = worker_pids(port)
+    os.kill(p.pid, signal.SIGTERM)
+    assert p.finish() == 0, p.describe()
+    assert "serve returned" in p.out
+    ran_once(p)
+    assert wait_gone(pids) == []
+
+
+def test_sigint_drains_slow_connections_then_raises_keyboard_interrupt(spawn: Spawn) -> None:
+    p = server(spawn)
+    port = p.ready_port()
+    conns = [connect(port) for _ in range(3)]
+    for i, c in enumerate(conns):
+        c.sendall(b"first %d" % i)
+        assert recv_exactly(c, 7) == b"first %d" % i
+    pids = worker_pids(port)
+    assert len(pids) == 2 and all(alive(pid) for pid in pids)
+
+    os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, workers included
+    p.wait_for(r"draining \(")  # the supervisor has begun the drain
+    assert p.popen.poll() is None, "the server must wait for the open connections"
+    for i, c in enumerate(conns):  # in-flight connections are still served, then complete
+        c.sendall(b"second %d" % i)
+        assert recv_exactly(c, 8) == b"second %d" % i
+        c.close()
+
+    assert p.finish() == 130, p.describe()
+    assert "KeyboardInterrupt" in p.out and "handler restored" in p.out, p.describe()
+    ran_once(p)
+    assert wait_gone(pids) == [], "orphan workers"
+
+
+def test_two_python_processes_share_a_port(spawn: Spawn) -> None:
+    first = server(spawn, mode="hello", workers=1)
+    port = first.ready_port()
+    second = server(spawn, mode="hello", workers=1, port=port)
+    assert second.ready_port() == port
+    servers = port_sharding.status(port)
+    assert sorted(s["pid"] for s in servers) == sorted([first.pid, second.pid])
+    assert all(s["runtime"] == "python" for s in servers)
+    owner = {w["pid"]: s["pid"] for s in servers for w in s["workers"]}
+
+    answered: Set[int] = set()
+    for _ in range(200):  # the kernel hashes connections over both listeners: both answer long before
+        m = re.fullmatch(rb"Hello from python process (\d+)\n", echo(port, b""))
+        assert m
+        answered.add(owner[int(m.group(1))])
+        if len(answered) == 2:
+            break
+    assert answered == {first.pid, second.pid}
+
+    assert sorted(port_sharding.stop(port)) == sorted([first.pid, second.pid])
+    for p in (first, second):
+        assert p.finish() == 0, p.describe()
+        assert "serve returned" in p.out
+
+
+def test_talk_loop_on_listen_shares_the_port_with_an_engine_server(spawn: Spawn) -> None:
+    with port_sharding.Server(port=0, host="127.0.0.1", workers=1, mode="hello") as engine:
+        loop = spawn(str(REPO / "examples" / "seed_echo.py"), str(engine.port), "127.0.0.1")
+        replies: Set[str] = set()
+        deadline = time.monotonic() + TIMEOUT
+        # Until both have answered (connections made before the loop listens all go to the engine).
+        for _ in range(2000):
+            reply = echo(engine.port, b"ping")
+            replies.add("loop" if reply == b"ping" else "engine" if reply.startswith(b"Hello from python") else repr(reply))
+            if replies == {"loop", "engine"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert replies == {"loop", "engine"}, loop.describe()
+        assert loop.popen.poll() is None
+
+
+def test_examples_join_the_same_port(spawn: Spawn) -> None:
+    with port_sharding.Server(port=0, host="127.0.0.1", workers=1, mode="once") as engine:
+        hello = spawn(str(REPO / "examples" / "hello.py"), str(engine.port), "127.0.0.1")
+        assert hello.ready_port() == engine.port
+        once = spawn(str(REPO / "examples" / "echo.py"), str(engine.port), "127.0.0.1")
+        assert once.ready_port() == engine.port
+        pids = sorted(s["pid"] for s in port_sharding.status(engine.port))
+        assert pids == sorted([os.getpid(), hello.pid, once.pid])
+        # Stop the two examples; the engine in this process is stopped by the `with`.
+        for p in (hello, once):
+            os.kill(p.pid, signal.SIGTERM)
+        assert hello.finish() == 0, hello.describe()
+        assert once.finish() == 0, once.describe()
+
+
+def test_serve_on_another_thread_leaves_signals_alone(spawn: Spawn) -> None:
+    code = r"""
+import threading
+import port_sharding
+t = threading.Thread(target=port_sharding.serve, kwargs=dict(port=0, host="127.0.0.1", workers=1))
+t.start()
+try:
+    t.join(60)
+except KeyboardInterrupt:  # Python's handler is still in charge of SIGINT, in the main thread
+    print("main thread got KeyboardInterrupt", flush=True)
+t.join(60)
+print("serve thread done" if not t.is_alive() else "serve thread still running", flush=True)
+"""
+    p = spawn("-c", code)
+    port = p.ready_port()
+    assert echo(port, b"a") == b"a"
+    os.kill(p.pid, signal.SIGINT)
+    p.wait_for("main thread got KeyboardInterrupt", stream="out")
+    assert echo(port, b"still serving") == b"still serving"
+    assert port_sharding.stop(port) == [p.pid]
+    assert p.finish() == 0, p.describe()
+    assert "serve thread done" in p.out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "port_sharding", *args], capture_output=True, text=True,
+                          timeout=TIMEOUT, env=os.environ.copy())
+
+
+def test_python_m_port_sharding_serve_status_stop(spawn: Spawn) -> None:
+    p = spawn("-m", "port_sharding", "serve", "--port", "0", "--host", "127.0.0.1", "-w", "1", "--mode", "hello")
+    port = p.ready_port()
+    status = run_cli("status", "--port", str(port), "--json")
+    assert status.returncode == 0, status.stderr
+    [found] = json.loads(status.stdout)
+    assert found["pid"] == p.pid and found["runtime"] == "python" and found["mode"] == "hello"
+    table = run_cli("status", "--port", str(port))
+    assert f"python server pid {p.pid} on 127.0.0.1:{port}" in table.stdout
+    stop = run_cli("stop", "--port", str(port), "--wait", "20s")
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
+    assert p.finish() == 0, p.describe()
+    assert run_cli("status", "--port", str(port)).returncode == 3
+
+
+def test_python_m_port_sharding_errors() -> None:
+    bad = run_cli("serve", "--port", "0", "--workers", "0")
+    assert bad.returncode == 2 and "workers" in bad.stderr
+    bad = run_cli("serve", "--port", "0", "--mode", "loud")
+    assert bad.returncode == 2 and "mode" in bad.stderr
+    bad = run_cli("serve", "--port", "0", "--drain-timeout", "soon")
+    assert bad.returncode == 2 and "duration" in bad.stderr
+    version = run_cli("--version")
+    assert version.stdout.strip() == f"port_sharding {port_sharding.__version__}"
