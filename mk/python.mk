@@ -1,0 +1,28 @@
+# The Python package (issue 3): `pip install ./python` builds it with maturin; `make serve` serves through it.
+PIP        ?= $(PYTHON) -m pip
+# Rebuild the package when any of these changed since the last install (else setup-python takes ~0.1 s).
+PY_SOURCES  = $(shell find python/src python/port_sharding core/src -type f ! -name '*.pyc' ! -name '*.so' 2>/dev/null) \
+              python/Cargo.toml python/pyproject.toml core/Cargo.toml Cargo.toml Cargo.lock
+PY_STAMP   := target/.python-package-installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_ROOT_USER_ACTION := ignore
+
+.PHONY: setup-python test-python
+
+setup-python: setup-rust ## build and install the Python package (pip install ./python) when its sources changed
+	@$(PYTHON) -c 'import maturin, pytest, mypy' 2>/dev/null || $(PIP) install -q maturin pytest mypy
+	@if [ -f $(PY_STAMP) ] && [ -z "$$(find $(PY_SOURCES) -newer $(PY_STAMP) 2>/dev/null | head -1)" ] \
+	    && $(PYTHON) -c 'import port_sharding' 2>/dev/null; then exit 0; fi; \
+	  echo "setup-python: pip install ./python"; \
+	  mkdir -p target && $(PIP) install -q --no-build-isolation ./python && touch $(PY_STAMP)
+
+test-python: setup-python ## Python package tests (pytest python/tests) and stub check (mypy.stubtest)
+	$(PYTHON) -m pytest -q -p no:cacheprovider python/tests
+	$(PYTHON) -m mypy.stubtest port_sharding
+
+setup: setup-python
+TEST_TARGETS += test-python
+
+# The headline server: `make serve` is `port_sharding.serve(1234)` from the installed package.
+SERVE_DEPS = setup-python
+SERVE_CMD  = $(PYTHON) -c "import port_sharding; port_sharding.serve($(PORT))"
