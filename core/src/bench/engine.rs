@@ -101,7 +101,13 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 
 struct Conn {
     stream: Option<TcpStream>,
+    /// A write succeeded: the connection is established.
     connected: bool,
+    /// Readiness seen from epoll (edge-triggered) and not yet used up: an operation is tried only when
+    /// its flag is set, and the flag is cleared by `WouldBlock` or a short read/write, so no system call
+    /// is spent only to learn that a socket is not ready.
+    readable: bool,
+    writable: bool,
     seed: usize,
     /// Bytes written / verified on this connection.
     sent: u64,
@@ -126,6 +132,8 @@ impl Conn {
         Conn {
             stream: None,
             connected: false,
+            readable: false,
+            writable: false,
             seed: 0,
             sent: 0,
             recvd: 0,
@@ -217,6 +225,11 @@ impl Runner<'_> {
             for ev in events.iter() {
                 let i = ev.token().0;
                 if i < self.conns.len() && self.conns[i].stream.is_some() {
+                    let c = &mut self.conns[i];
+                    // Errors and hang-ups surface as the error of the next read or write.
+                    let broken = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
+                    c.readable |= ev.is_readable() || broken;
+                    c.writable |= ev.is_writable() || broken;
                     self.drive(i);
                 }
             }
@@ -275,6 +288,10 @@ impl Runner<'_> {
         }
         match TcpStream::connect(self.cfg.addr) {
             Ok(mut s) => {
+                if self.cfg.workload != Workload::Conn {
+                    // Persistent connections write small messages back to back: no Nagle delay.
+                    let _ = s.set_nodelay(true);
+                }
                 if let Err(e) = self.poll.registry().register(
                     &mut s,
                     Token(i),
@@ -293,9 +310,6 @@ impl Runner<'_> {
     fn drive(&mut self, i: usize) {
         // Bounded: every pass either moves bytes or stops; a pass that moves none ends the loop.
         loop {
-            if !self.conns[i].connected && !self.check_connected(i) {
-                return;
-            }
             let wrote = match self.write_some(i) {
                 Ok(p) => p,
                 Err(e) => return self.fail_io(i, &e, "write"),
@@ -310,33 +324,6 @@ impl Runner<'_> {
             }
             if !wrote && !read {
                 return;
-            }
-        }
-    }
-
-    fn check_connected(&mut self, i: usize) -> bool {
-        let Some(s) = self.conns[i].stream.as_ref() else {
-            return false;
-        };
-        match s.take_error() {
-            Ok(Some(e)) | Err(e) => {
-                self.fail_io(i, &e, "connect");
-                return false;
-            }
-            Ok(None) => {}
-        }
-        match s.peer_addr() {
-            Ok(_) => {
-                let _ = s.set_nodelay(true);
-                let c = &mut self.conns[i];
-                c.connected = true;
-                c.deadline = Instant::now() + self.cfg.timeout;
-                true
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => false,
-            Err(e) => {
-                self.fail_io(i, &e, "connect");
-                false
             }
         }
     }
@@ -378,18 +365,31 @@ impl Runner<'_> {
                 continue;
             }
             let c = &mut self.conns[i];
+            if !c.writable {
+                return Ok(progress);
+            }
             let n = ((target - c.sent) as usize).min(CHUNK);
             let off = ((c.seed as u64 + c.sent) % PERIOD as u64) as usize;
             let Some(stream) = c.stream.as_mut() else {
                 return Ok(progress);
             };
+            // Before the connection is established a write fails with EAGAIN (still connecting) or with
+            // the connect error (ECONNREFUSED): no getsockopt/getpeername round trip is needed.
             match stream.write(&pattern()[off..off + n]) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0")),
                 Ok(w) => {
+                    if !c.connected {
+                        c.connected = true;
+                        c.deadline = Instant::now() + self.cfg.timeout;
+                    }
                     c.sent += w as u64;
+                    c.writable = w == n; // a short write means the send buffer is full
                     progress = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.writable = false;
+                    return Ok(progress);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -409,6 +409,9 @@ impl Runner<'_> {
             if due == 0 {
                 return Ok(progress);
             }
+            if !c.readable {
+                return Ok(progress);
+            }
             let want = (due as usize).min(CHUNK);
             let Some(stream) = c.stream.as_mut() else {
                 return Ok(progress);
@@ -421,7 +424,10 @@ impl Runner<'_> {
                     ))
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.readable = false;
+                    return Ok(progress);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Failure::Io(e)),
             };
@@ -453,6 +459,11 @@ impl Runner<'_> {
                 ));
             }
             c.recvd += n as u64;
+            // A short read emptied the receive queue; so did one that received everything due (a
+            // later byte makes a new edge, and an unexpected one is caught with the next echo).
+            if n < want || (c.recvd == c.sent && c.started * size == c.sent) {
+                c.readable = false;
+            }
             let now = Instant::now();
             c.deadline = now + self.cfg.timeout;
             progress = true;
@@ -474,9 +485,8 @@ impl Runner<'_> {
     }
 
     fn close(&mut self, i: usize) {
-        if let Some(mut s) = self.conns[i].stream.take() {
-            let _ = self.poll.registry().deregister(&mut s);
-        }
+        // Closing the fd removes it from epoll: no deregister call needed.
+        self.conns[i].stream = None;
     }
 
     fn fail_io(&mut self, i: usize, e: &io::Error, what: &str) {
@@ -501,6 +511,8 @@ impl Runner<'_> {
         self.close(i);
         let c = &mut self.conns[i];
         c.connected = false;
+        c.readable = false;
+        c.writable = false;
         c.held = false;
         c.started = 0;
         c.done = 0;
