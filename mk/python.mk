@@ -16,9 +16,12 @@ setup-python: setup-rust ## build and install the Python package (pip install ./
 	  echo "setup-python: pip install ./python"; \
 	  mkdir -p target && $(PIP) install -q --no-build-isolation ./python && touch $(PY_STAMP)
 
-test-python: setup-python ## Python package tests (pytest python/tests) and stub check (mypy.stubtest)
+PY_TYPED    = python/port_sharding python/tests examples/echo.py examples/seed_echo.py examples/hello.py
+
+test-python: setup-python ## Python package tests (pytest python/tests), stubs vs module (mypy.stubtest), mypy --strict
 	$(PYTHON) -m pytest -q -p no:cacheprovider python/tests
-	$(PYTHON) -m mypy.stubtest port_sharding
+	cd target && $(PYTHON) -m mypy.stubtest port_sharding  # from target/: its .mypy_cache lands there
+	MYPY_CACHE_DIR=target/mypy-cache $(PYTHON) -m mypy --strict $(PY_TYPED)
 
 setup: setup-python
 TEST_TARGETS += test-python

@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import port_sharding
 
@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def print_status(servers: List[dict]) -> None:
+def print_status(servers: List[Dict[str, Any]]) -> None:
     columns = ["index", "pid", "state", "accepted", "active", "bytes_in", "bytes_out", "errors", "restarts", "queue_len"]
     for s in servers:
         print(f"{s['runtime']} server pid {s['pid']} on {s['addr']} — {s['state']}, mode {s['mode']}, "

@@ -3,7 +3,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,11 @@ fn config(
         migrate,
         ..Config::default()
     })
+}
+
+/// Locks `m`, even if a panic poisoned it (our critical sections leave nothing half-done).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A wait in seconds as a `Duration`, never panicking: NaN and negatives are 0, anything above `cap` is `cap`.
@@ -139,14 +144,14 @@ impl Server {
         if self.closed.load(Ordering::Relaxed) {
             return true;
         }
-        match self.thread.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        match lock(&self.thread).as_ref() {
             Some(t) => t.is_finished(),
             None => self.handle.is_stopped(),
         }
     }
 
     fn take_bound(&self) -> PyResult<port_sharding::Server> {
-        let taken = self.bound.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let taken = lock(&self.bound).take();
         taken.ok_or_else(|| {
             pyo3::exceptions::PyRuntimeError::new_err(
                 "this Server was already started; create a new one",
@@ -225,7 +230,7 @@ impl Server {
             .name("port-sharding".to_string())
             .spawn(move || catch_unwind(AssertUnwindSafe(move || server.run())));
         let thread = spawned.map_err(|e| to_py(py, Error::io("spawn the engine thread", e)))?;
-        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        *lock(&self.thread) = Some(thread);
         let deadline = Instant::now() + bounded_secs(timeout, 3600.0);
         let handle = self.handle.clone();
         let ready = wait_until(py, Some(deadline), move || {
@@ -249,7 +254,7 @@ impl Server {
     #[pyo3(signature = (timeout=None))]
     fn stop(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         // Never started: dropping the core server closes its listeners.
-        if self.bound.lock().unwrap_or_else(|e| e.into_inner()).take().is_some() {
+        if lock(&self.bound).take().is_some() {
             self.closed.store(true, Ordering::Relaxed);
             return Ok(true);
         }
@@ -258,7 +263,7 @@ impl Server {
         if !wait_until(py, deadline, || self.finished())? {
             return Ok(false);
         }
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = lock(&self.thread).take();
         if let Some(thread) = thread {
             let outcome = py.detach(|| thread.join()).unwrap_or_else(Err);
             finish(py, outcome)?;
@@ -274,10 +279,7 @@ impl Server {
     /// Whether `run` or `start` was called (or `stop` before either).
     #[getter]
     fn started(&self) -> bool {
-        self.bound
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
+        lock(&self.bound).is_none()
     }
 
     /// Whether the server has stopped (or failed to start).

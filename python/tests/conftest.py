@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List
 
 import pytest
 
@@ -106,7 +106,7 @@ class Proc:
 
 
 @pytest.fixture
-def spawn() -> Iterator:
+def spawn() -> Iterator[Callable[..., Proc]]:
     """`spawn("-c", code)` starts a Python subprocess; all are killed by process group at teardown."""
     procs: List[Proc] = []
 

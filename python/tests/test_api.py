@@ -5,7 +5,10 @@ import inspect
 import re
 import socket
 import subprocess
+import os
 import sys
+from pathlib import Path
+from typing import Any, Dict
 
 import pytest
 
@@ -113,7 +116,7 @@ def test_all_names_exist() -> None:
         ({"max_connections": 0}, "max_connections"),
     ],
 )
-def test_bad_values_raise_config_error_naming_the_parameter(kwargs: dict, param: str) -> None:
+def test_bad_values_raise_config_error_naming_the_parameter(kwargs: Dict[str, Any], param: str) -> None:
     for call in (port_sharding.Server, port_sharding.serve):
         with pytest.raises(port_sharding.ConfigError) as info:
             call(**{"host": "127.0.0.1", **kwargs})
@@ -127,7 +130,7 @@ def test_bad_values_raise_config_error_naming_the_parameter(kwargs: dict, param:
     [({"port": "1234"}, "port"), ({"port": True}, "port"), ({"workers": 1.5}, "workers"),
      ({"mode": 1}, "mode"), ({"host": None}, "host"), ({"takeover": 1}, "takeover")],
 )
-def test_bad_types_raise_type_error_naming_the_parameter(kwargs: dict, param: str) -> None:
+def test_bad_types_raise_type_error_naming_the_parameter(kwargs: Dict[str, Any], param: str) -> None:
     with pytest.raises(TypeError, match=param):
         port_sharding.Server(**{"host": "127.0.0.1", **kwargs})
     with pytest.raises(TypeError, match=param):
@@ -189,11 +192,12 @@ def test_exception_hierarchy() -> None:
         assert issubclass(cls, e.Error)
 
 
-def test_stubs_match_the_module() -> None:
+def test_stubs_match_the_module(tmp_path: Path) -> None:
     pytest.importorskip("mypy", reason="mypy is not installed (pip install mypy)")
     run = subprocess.run(
         [sys.executable, "-m", "mypy.stubtest", "port_sharding"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "MYPY_CACHE_DIR": str(tmp_path / "mypy-cache")},
     )
     assert run.returncode == 0, run.stdout + run.stderr
 

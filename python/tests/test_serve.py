@@ -192,7 +192,7 @@ print("serve thread done" if done.is_set() else "serve thread still running", fl
     assert "serve thread done" in p.out
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str) -> "subprocess.CompletedProcess[str]":
     return subprocess.run([sys.executable, "-m", "port_sharding", *args], capture_output=True, text=True,
                           timeout=TIMEOUT, env=os.environ.copy())
 
