@@ -1,7 +1,7 @@
 """``python -m port_sharding serve|status|stop``: the ``port-sharding`` command line, on the Python package.
 
 Same subcommands, options and exit codes as the Rust CLI: 2 for a bad argument or address, 3 when no
-server runs on the port, 130 after Ctrl-C, 1 for any other error.
+server runs on the port, 130 after a Ctrl-C drain, 1 when a drain was cut short or for any other error.
 """
 
 import argparse
@@ -79,8 +79,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if a.command == "serve":
             port_sharding.set_quiet(a.quiet)
-            port_sharding.serve(a.port, a.host, a.workers, a.mode, a.backlog, a.drain_timeout, a.max_connections,
-                                a.idle_timeout, a.takeover, a.migrate)
+            # serve() without its KeyboardInterrupt, to learn whether the drain was cut short (exit 1, as the CLI).
+            server = port_sharding._native_server(
+                port=a.port, host=a.host, workers=a.workers, mode=a.mode, backlog=a.backlog,
+                drain_timeout=a.drain_timeout, max_connections=a.max_connections, idle_timeout=a.idle_timeout,
+                takeover=a.takeover, migrate=a.migrate,
+            )
+            reason, forced = server.run()
+            return 1 if forced else 130 if reason == "interrupt" else 0
         elif a.command == "status":
             servers = port_sharding.status(a.port, a.host)
             print(json.dumps(servers, indent=2)) if a.json else print_status(servers)

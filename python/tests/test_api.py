@@ -80,6 +80,18 @@ def test_listen_returns_a_standard_reuseport_socket() -> None:
             assert other.getsockname()[1] == port
 
 
+def test_listen_ipv6() -> None:
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    with port_sharding.listen(0, "::1") as sock:
+        assert sock.family == socket.AF_INET6
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+
+
 def test_defaults_match_the_core_config() -> None:
     core = port_sharding._native.config_defaults()
     for fn in (port_sharding.serve, port_sharding.Server.__init__):

@@ -212,6 +212,16 @@ def test_python_m_port_sharding_serve_status_stop(spawn: Spawn) -> None:
     assert run_cli("status", "--port", str(port)).returncode == 3
 
 
+def test_python_m_port_sharding_serve_ctrl_c_exits_130(spawn: Spawn) -> None:
+    p = spawn("-m", "port_sharding", "serve", "--port", "0", "--host", "127.0.0.1", "-w", "1")
+    port = p.ready_port()
+    pids = worker_pids(port)
+    os.killpg(p.pid, signal.SIGINT)
+    assert p.finish() == 130, p.describe()
+    assert not any("Traceback" in line for line in p.err), p.describe()
+    assert wait_gone(pids) == []
+
+
 def test_python_m_port_sharding_errors() -> None:
     bad = run_cli("serve", "--port", "0", "--workers", "0")
     assert bad.returncode == 2 and "workers" in bad.stderr
