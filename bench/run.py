@@ -636,7 +636,7 @@ def svg_chart(summary: dict, labels: dict[str, str], order: list[str]) -> str:
     panels = [(w, "ops/s" if w != "stream-4" else "MB/s") for w, _, _, _ in WORKLOADS]
     colors = {"engine-cli": "#1f77b4", "engine-python": "#4c9be8", "engine-ruby": "#9ecae9", "talk-python": "#d62728",
               "talk-ruby": "#ff9896", "asyncio": "#2ca02c"}
-    bar_h, gap, panel_gap, left, width = 16, 4, 36, 250, 420
+    bar_h, gap, panel_gap, left, width = 16, 4, 36, 180, 460
     y = 40
     parts = []
     for w, unit in panels:
@@ -872,7 +872,8 @@ def cmd_matrix() -> int:
     (RESULTS / "matrix.json").write_text(json.dumps(
         {"machine": m, "duration_s": DURATION, "runs": RUNS, "summary": summary, "matrix": matrix, "memory": memory,
          "startup": startup, "drain": drain, "elapsed_s": elapsed}, indent=1, default=str))
-    labels = {k.key: k.label.split(" (")[0].replace("`", "") for k in kinds}
+    labels = {"engine-cli": "engine (CLI)", "engine-python": "engine via Python serve", "engine-ruby": "engine via Ruby serve",
+              "talk-python": "talk's Python loop", "talk-ruby": "talk's Ruby loop", "asyncio": "Python asyncio"}
     CHART.write_text(svg_chart(summary, labels, [k.key for k in kinds]))
     write_benchmarks(m, matrix, summary, memory, startup, drain, elapsed)
     for t in targets(summary, memory):

@@ -312,7 +312,7 @@ pub fn run_with_progress(args: &BenchArgs, show_progress: bool) -> Result<Report
             indicatif::ProgressDrawTarget::stderr(),
         );
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {elapsed}/{len_s} {msg}")
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {msg}")
                 .map(|s| s.progress_chars("=> "))
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
@@ -329,7 +329,9 @@ pub fn run_with_progress(args: &BenchArgs, show_progress: bool) -> Result<Report
             let errs = shared.errors.load(Ordering::Relaxed);
             bar.set_position((el.as_millis() as u64).min(args.duration.as_millis() as u64));
             bar.set_message(format!(
-                "{:.0} ops/s, {ops} ops, {errs} errors",
+                "{:.1}s/{:.1}s  {:.0} ops/s, {ops} ops, {errs} errors",
+                el.as_secs_f64().min(args.duration.as_secs_f64()),
+                args.duration.as_secs_f64(),
                 ops as f64 / el.as_secs_f64().max(1e-3)
             ));
         }
