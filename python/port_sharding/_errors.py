@@ -64,3 +64,9 @@ class ControlError(Error):
 
 class IoError(Error, OSError):
     """Any other OS error, with what was being done; ``errno`` is kept."""
+
+
+# Tracebacks and reprs name them as users import them: port_sharding.AddrInUseError.
+for _cls in (Error, ConfigError, AddressError, AddrInUseError, PermissionDeniedError, UnsupportedPlatformError,
+             NotRunningError, TakeoverError, ControlError, IoError):
+    _cls.__module__ = "port_sharding"
