@@ -104,8 +104,8 @@ pub fn queue_len(listener: &impl std::os::fd::AsRawFd) -> Option<u32> {
 ///
 /// ```no_run
 /// let listener = port_sharding::listen("127.0.0.1", 1234, 1024)?;
-/// for stream in listener.incoming() {
-///     let _ = stream?; // echo, close …
+/// for stream in listener.incoming().flatten() {
+///     drop(stream); // echo, close …
 /// }
 /// # Ok::<(), port_sharding::Error>(())
 /// ```

@@ -16,7 +16,11 @@ use crate::error::{Error, Result};
 /// Write end of the self-pipe, or -1. A static because a signal handler cannot capture anything.
 static PIPE_FD: AtomicI32 = AtomicI32::new(-1);
 
-const HANDLED: [Signal; 2] = [Signal::SIGINT, Signal::SIGTERM];
+/// What the supervisor handles; a worker handles SIGTERM alone.
+pub(crate) const SUPERVISOR: &[Signal] = &[Signal::SIGINT, Signal::SIGTERM];
+/// A worker's SIGTERM drains that worker (the supervisor then forks a fresh one): `kill <worker pid>` and a
+/// process-group SIGTERM (systemd's default `KillMode=control-group`, `timeout`) never cut connections.
+pub(crate) const WORKER: &[Signal] = &[Signal::SIGTERM];
 
 extern "C" fn on_signal(sig: libc::c_int) {
     // Only async-signal-safe work here: one write(2), errno preserved.
@@ -40,7 +44,11 @@ pub(crate) struct SignalGuard {
 }
 
 impl SignalGuard {
-    pub(crate) fn install(registry: &Registry, token: Token) -> Result<SignalGuard> {
+    pub(crate) fn install(
+        registry: &Registry,
+        token: Token,
+        signals: &[Signal],
+    ) -> Result<SignalGuard> {
         let (sender, mut receiver) = pipe::new().map_err(|e| Error::io("signal pipe", e))?;
         registry
             .register(&mut receiver, token, Interest::READABLE)
@@ -52,7 +60,7 @@ impl SignalGuard {
             SigSet::empty(),
         );
         let mut previous = Vec::new();
-        for sig in HANDLED {
+        for &sig in signals {
             // SAFETY: on_signal is async-signal-safe.
             let old = unsafe { signal::sigaction(sig, &action) }
                 .map_err(|e| Error::io(format!("sigaction {sig}"), e.into()))?;
@@ -99,8 +107,8 @@ impl Drop for SignalGuard {
 }
 
 /// In a freshly forked worker: Ctrl-C goes to the whole foreground process group, but only the supervisor
-/// decides when workers drain, so SIGINT is ignored; SIGTERM kills (the supervisor replaces the worker);
-/// SIGPIPE is ignored so a write to a closed socket is an error, not a death. The signal mask inherited
+/// decides when workers drain, so SIGINT is ignored; SIGTERM gets its default here and the worker's own
+/// handler (see [`WORKER`]) once its loop is set up; SIGPIPE is ignored so a write to a closed socket is an error, not a death. The signal mask inherited
 /// from the forking thread (Python and Ruby block some signals in helper threads) is cleared.
 pub(crate) fn reset_for_worker() {
     PIPE_FD.store(-1, Ordering::SeqCst);

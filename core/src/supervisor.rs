@@ -357,7 +357,11 @@ struct Supervisor {
 impl Supervisor {
     fn new(server: Server) -> Result<Supervisor> {
         let signals = if server.config.handle_signals && on_main_thread() {
-            Some(SignalGuard::install(server.poll.registry(), SIGNALS)?)
+            Some(SignalGuard::install(
+                server.poll.registry(),
+                SIGNALS,
+                crate::signals::SUPERVISOR,
+            )?)
         } else {
             None
         };
@@ -478,11 +482,11 @@ impl Supervisor {
             let Some(pid) = self.procs[i].pid else {
                 continue;
             };
-            let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            let (status, clean) = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => continue,
-                Ok(s) => describe(s),
+                Ok(s) => (describe(s), matches!(s, WaitStatus::Exited(_, 0))),
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => format!("gone ({e})"), // reaped by someone else (ECHILD): treat as exited
+                Err(e) => (format!("gone ({e})"), false), // reaped by someone else (ECHILD)
             };
             let slot = self.server.stats.slot(i);
             if slot.pid() == pid.as_raw() as u32 {
@@ -495,9 +499,10 @@ impl Supervisor {
                 log!("worker {i} (pid {pid}) {status}");
                 continue;
             }
-            // An unexpected death: replace it on the same listener so its queue is served.
+            // Replace it on the same listener so its queue is served. A clean exit (the worker alone got
+            // SIGTERM and drained) is a graceful restart; quick deaths back off exponentially.
             let lived = p.started.elapsed();
-            p.crashes = if lived < Duration::from_secs(1) {
+            p.crashes = if !clean && lived < Duration::from_secs(1) {
                 p.crashes + 1
             } else {
                 0

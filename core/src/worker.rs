@@ -19,6 +19,7 @@ use crate::stats::{Slot, WorkerState};
 
 const LISTENER: Token = Token(usize::MAX);
 const DRAIN_PIPE: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
 /// Size of the shared read buffer; also the most one connection reads per step.
 const SCRATCH: usize = 64 * 1024;
 /// Byte on the drain pipe that means "a successor serves this listener now".
@@ -93,6 +94,8 @@ struct Loop<'a> {
     poll: Poll,
     listener: Option<TcpListener>,
     drain_pipe: mio::unix::pipe::Receiver,
+    /// SIGTERM to this worker alone: drain it (the supervisor replaces it).
+    signals: crate::signals::SignalGuard,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     open: usize,
@@ -120,6 +123,9 @@ impl<'a> Loop<'a> {
         drain_pipe.set_nonblocking(true)?;
         poll.registry()
             .register(&mut drain_pipe, DRAIN_PIPE, Interest::READABLE)?;
+        let signals =
+            crate::signals::SignalGuard::install(poll.registry(), SIGNALS, crate::signals::WORKER)
+                .map_err(|e| io::Error::other(e.to_string()))?;
         let greeting = format!(
             "Hello from {} process {}\n",
             w.config.runtime,
@@ -132,6 +138,7 @@ impl<'a> Loop<'a> {
             poll,
             listener: Some(listener),
             drain_pipe,
+            signals,
             conns: Vec::new(),
             free: Vec::new(),
             open: 0,
@@ -164,6 +171,12 @@ impl<'a> Loop<'a> {
                 match event.token() {
                     LISTENER => self.accept_all(),
                     DRAIN_PIPE => self.on_drain_pipe(),
+                    SIGNALS => {
+                        if !self.signals.drain().is_empty() {
+                            log!("worker {}: SIGTERM", self.index);
+                            self.begin_drain(false);
+                        }
+                    }
                     Token(key) => self.drive(key),
                 }
             }
@@ -235,6 +248,10 @@ impl<'a> Loop<'a> {
                 Err(_) => break,
             }
         }
+        self.begin_drain(handover);
+    }
+
+    fn begin_drain(&mut self, handover: bool) {
         if self.drain_started.is_none() {
             let now = Instant::now();
             self.drain_started = Some(now);

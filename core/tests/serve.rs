@@ -309,3 +309,23 @@ fn bad_arguments_are_clear_errors() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn sigterm_to_one_worker_drains_it_and_a_fresh_one_takes_its_place() {
+    let mut srv = Spawn::new(&["--port", "0", "--workers", "1"]).start();
+    let first = srv.worker_pids()[0];
+    let mut open = connect(srv.port);
+    open.write_all(b"before").unwrap();
+    let mut buf = [0u8; 6];
+    open.read_exact(&mut buf).unwrap();
+    // SAFETY: signalling the worker our server forked.
+    unsafe { libc::kill(first, libc::SIGTERM) };
+    srv.wait_log("worker 0: SIGTERM");
+    // The open connection is finished, not cut.
+    open.write_all(b"after").unwrap();
+    open.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut open), b"after");
+    srv.wait_log("restarting in 0ns");
+    assert_eq!(round_trip(srv.port, b"new worker"), b"new worker");
+    assert_eq!(srv.worker_pids().len(), 2);
+}
