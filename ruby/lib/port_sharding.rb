@@ -25,9 +25,10 @@ module PortSharding
     # drain_timeout: 30.0 (s), max_connections: 10_000 (per worker), idle_timeout: nil (s),
     # takeover: false (adopt the running server's sockets), migrate: false (set tcp_migrate_req, root).
     #
-    # Ctrl-C (SIGINT) drains, then raises Interrupt; a second Ctrl-C stops at once. SIGTERM drains, then
-    # raises SignalException "SIGTERM". Thread#raise, Timeout.timeout and Thread#kill drain, then raise.
-    # Returns why it stopped otherwise: :stop (the `stop` command) or :taken_over (a newer server took over).
+    # On the main thread the engine owns SIGINT/SIGTERM meanwhile (Ruby's handlers are back afterwards):
+    # Ctrl-C drains, then raises Interrupt; SIGTERM drains, then returns :terminate; a second signal stops
+    # at once. Thread#raise, Timeout.timeout and Thread#kill drain, then raise/kill as usual. Otherwise
+    # returns why it stopped: :stop (the `stop` command) or :taken_over (a newer server took over).
     def serve(port = Options::DEFAULT_PORT, **options)
       _serve(Options.build(port, **options))
     end

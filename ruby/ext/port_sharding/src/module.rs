@@ -29,10 +29,12 @@ const START_ATTEMPTS: usize = 100;
 ///
 /// Signals: the engine owns SIGINT/SIGTERM while `run` runs on the main thread (`handle_signals`), so
 /// Ctrl-C starts the drain at once and a second Ctrl-C stops at once, exactly as with the CLI, however
-/// busy Ruby is; Ruby's handlers are restored when `run` returns, and we then raise what Ruby would have
-/// (`Interrupt`, `SignalException` "SIGTERM"). Everything Ruby itself wants to interrupt us for
-/// (`Thread#raise`, `Timeout.timeout`, `Thread#kill`, a signal arriving before the engine's handlers are
-/// in) reaches the unblocking function, which starts the same drain; `thread_check_ints` then raises it.
+/// busy Ruby is, and without relying on how Ruby forwards a signal to a thread outside the GVL. Ruby's
+/// handlers are restored when `run` returns; we then raise `Interrupt` as Ruby would have (a drained
+/// SIGTERM returns `:terminate`, as the CLI exits 0 and Python's `serve` returns). Everything Ruby itself
+/// interrupts us for (`Thread#raise`, `Timeout.timeout`, `Thread#kill`, a signal arriving before the
+/// engine's handlers are in) reaches the unblocking function, which starts the same drain;
+/// `thread_check_ints` then raises it. Off the main thread the engine leaves signals to Ruby.
 fn serve(ruby: &Ruby, opts: RHash) -> Result<Symbol, Error> {
     let mut config = options::config(ruby, opts)?;
     config.handle_signals = true;
@@ -67,7 +69,8 @@ fn serve(ruby: &Ruby, opts: RHash) -> Result<Symbol, Error> {
     let report = result.map_err(|e| to_ruby(ruby, e))?;
     match report.reason {
         StopReason::Interrupt => Err(ruby.exception_interrupt().new_instance(())?.into()),
-        StopReason::Terminate => Err(ruby.exception_signal().new_instance(("TERM",))?.into()),
+        // Like the CLI (exit 0) and the Python package: a drained SIGTERM is a normal end.
+        StopReason::Terminate => Ok(ruby.to_symbol("terminate")),
         StopReason::Shutdown => Ok(ruby.to_symbol("shutdown")),
         StopReason::Stop => Ok(ruby.to_symbol("stop")),
         StopReason::TakenOver => Ok(ruby.to_symbol("taken_over")),

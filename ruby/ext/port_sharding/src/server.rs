@@ -81,7 +81,9 @@ impl RbServer {
 
     /// Forks the workers on a new thread and waits (GVL released, in slices) until all serve.
     fn start(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<(), Error> {
-        let server = match std::mem::replace(&mut *rb_self.lock(), State::Joining) {
+        // Taken in its own statement: a guard in a `match` scrutinee would live through the arms.
+        let taken = std::mem::replace(&mut *rb_self.lock(), State::Joining);
+        let server = match taken {
             State::Bound(server) => server,
             other => {
                 *rb_self.lock() = other;
@@ -95,7 +97,10 @@ impl RbServer {
         let thread = std::thread::Builder::new()
             .name(format!("port-sharding {}", rb_self.addr))
             .spawn(move || server.run())
-            .map_err(|e| to_ruby(ruby, port_sharding::Error::io("start the server thread", e)))?;
+            .map_err(|e| {
+                *rb_self.lock() = State::Stopped; // the closure, and the server in it, are dropped
+                to_ruby(ruby, port_sharding::Error::io("start the server thread", e))
+            })?;
         *rb_self.lock() = State::Running(thread);
         let limit = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::MAX);
         let until = Instant::now().checked_add(limit);
@@ -140,7 +145,8 @@ impl RbServer {
         if shutdown {
             rb_self.handle.shutdown();
         }
-        let thread = match std::mem::replace(&mut *rb_self.lock(), State::Joining) {
+        let taken = std::mem::replace(&mut *rb_self.lock(), State::Joining);
+        let thread = match taken {
             State::Running(thread) => thread,
             // Never started: closing the listeners is all a stop needs; a wait has nothing to wait for.
             State::Bound(server) => {

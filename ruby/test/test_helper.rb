@@ -1,0 +1,168 @@
+# frozen_string_literal: true
+
+# Shared helpers: real processes and sockets on 127.0.0.1 only, ephemeral ports, a private control
+# directory per test; every server subprocess runs in its own process group and is killed by its pid in
+# teardown. Every wait is bounded by PATIENCE, reached only when something is broken.
+require "minitest/autorun"
+require "fileutils"
+require "io/wait"
+require "rbconfig"
+require "socket"
+require "tmpdir"
+
+# PORT_SHARDING_RUBY_LIB=ruby/lib tests a development build there instead of the installed gem.
+DEV_LIB = ENV["PORT_SHARDING_RUBY_LIB"].to_s.empty? ? nil : File.expand_path(ENV["PORT_SHARDING_RUBY_LIB"])
+$LOAD_PATH.unshift(DEV_LIB) if DEV_LIB
+begin
+  require "port_sharding"
+  GEM_MISSING = nil
+  PortSharding.quiet = true # servers started in this process; subprocesses log to their own files
+rescue LoadError => e
+  GEM_MISSING = "the port_sharding gem is not installed (make setup-ruby): #{e.message}"
+end
+
+module PortShardingTest
+  REPO = File.expand_path("../..", __dir__) # the repository root (ruby/test/../..)
+  PATIENCE = 30.0
+
+  def self.monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+  # Waits (bounded) until the block returns something truthy, and returns it.
+  def self.eventually(what, timeout: PATIENCE, step: 0.02)
+    deadline = monotonic + timeout
+    loop do
+      result = yield
+      return result if result
+      raise Minitest::Assertion, "timed out after #{timeout}s waiting for #{what}" if monotonic > deadline
+
+      sleep step
+    end
+  end
+
+  # A `ruby` subprocess (a script file or `-e` code) in its own process group, logs captured in files.
+  class Child
+    attr_reader :pid
+
+    def initialize(dir, env, *args)
+      @out = File.join(dir, "stdout.#{object_id}")
+      @err = File.join(dir, "stderr.#{object_id}")
+      include_dev = DEV_LIB ? ["-I", DEV_LIB] : []
+      @pid = Process.spawn(env, RbConfig.ruby, *include_dev, *args,
+                           in: File::NULL, out: @out, err: @err, pgroup: true)
+      @status = nil
+    end
+
+    def stdout = File.exist?(@out) ? File.read(@out) : ""
+    def stderr = File.exist?(@err) ? File.read(@err) : ""
+
+    def wait_log(needle, timeout: PATIENCE)
+      PortShardingTest.eventually("#{needle.inspect} in the log:\n#{stderr}", timeout: timeout) do
+        line = stderr.lines.find { |l| l.include?(needle) }
+        raise Minitest::Assertion, "exited (#{@status.inspect}) before #{needle.inspect}:\n#{stderr}" if !line && exited?
+
+        line
+      end
+    end
+
+    def wait_stdout(needle, timeout: PATIENCE)
+      PortShardingTest.eventually("#{needle.inspect} on stdout:\n#{stdout}\n#{stderr}", timeout: timeout) do
+        stdout.include?(needle)
+      end
+    end
+
+    # The port the engine logged ("… server starting on 127.0.0.1:PORT: …").
+    def port
+      Integer(wait_log("server starting on")[/starting on [^ ]*:(\d+):/, 1])
+    end
+
+    def ready = wait_log("ready:") && self
+
+    def worker_pids = stderr.scan(/started: pid (\d+)/).flatten.map(&:to_i)
+
+    def exited?
+      @status ||= Process.wait2(@pid, Process::WNOHANG)&.last
+      !@status.nil?
+    rescue Errno::ECHILD
+      true
+    end
+
+    def wait_exit(timeout: PATIENCE)
+      PortShardingTest.eventually("pid #{@pid} to exit; log:\n#{stderr}", timeout: timeout) { exited? }
+      @status
+    end
+
+    # Its whole group (the supervisor and any worker), by pid.
+    def kill
+      return if exited?
+
+      Process.kill(:KILL, -@pid)
+      wait_exit
+    rescue Errno::ESRCH
+      nil
+    end
+  end
+
+  def setup
+    skip GEM_MISSING if GEM_MISSING
+    @dir = Dir.mktmpdir("port-sharding-test-")
+    @control_dir = File.join(@dir, "control")
+    Dir.mkdir(@control_dir, 0o700)
+    @children = []
+    @saved_control_dir = ENV["PORT_SHARDING_CONTROL_DIR"]
+    ENV["PORT_SHARDING_CONTROL_DIR"] = @control_dir # for servers started in this process
+  end
+
+  def teardown
+    @children&.each(&:kill)
+    ENV["PORT_SHARDING_CONTROL_DIR"] = @saved_control_dir
+    FileUtils.rm_rf(@dir) if @dir
+  end
+
+  # Starts `ruby -e code` (or a script path with args) with the test's control directory.
+  def spawn_ruby(*args, env: {})
+    child = Child.new(@dir, { "PORT_SHARDING_CONTROL_DIR" => @control_dir }.merge(env), *args)
+    @children << child
+    child
+  end
+
+  # One connection: send `data`, half-close, read everything until the server closes.
+  def exchange(port, data)
+    Socket.tcp("127.0.0.1", port, connect_timeout: 5) do |sock|
+      sock.write(data)
+      sock.close_write
+      read_all(sock)
+    end
+  end
+
+  def read_all(sock, timeout: 10)
+    out = +""
+    deadline = PortShardingTest.monotonic + timeout
+    while PortShardingTest.monotonic < deadline
+      next unless sock.wait_readable(0.1)
+
+      chunk = sock.read_nonblock(4096, exception: false)
+      return out if chunk.nil?
+
+      out << chunk unless chunk == :wait_readable
+    end
+    flunk "no EOF within #{timeout}s (got #{out.inspect})"
+  end
+
+  # Listening TCP sockets on `port` (IPv4), from /proc/net/tcp: one per member of its reuseport group.
+  def listeners(port)
+    File.readlines("/proc/net/tcp").drop(1).count do |line|
+      local, _remote, state = line.split[1, 3]
+      state == "0A" && local.split(":").last.to_i(16) == port
+    end
+  end
+
+  def alive?(pid)
+    !File.read("/proc/#{pid}/stat").rpartition(")").last.lstrip.start_with?("Z")
+  rescue SystemCallError
+    false
+  end
+
+  def assert_gone(pids)
+    PortShardingTest.eventually("workers #{pids} to exit") { pids.none? { |pid| alive?(pid) } }
+  end
+end

@@ -1,0 +1,62 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+# PortSharding::Server runs the engine on a Rust thread of this process; Ruby keeps the main thread.
+class TestServer < Minitest::Test
+  include PortShardingTest
+
+  def test_start_stats_status_stop
+    server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 2, mode: :hello)
+    refute_predicate server, :running?
+    assert_operator server.port, :>, 0
+    assert_same server, server.start
+    assert_predicate server, :running?
+    replies = Array.new(20) { exchange(server.port, "") }
+    assert(replies.all? { |r| r.start_with?("Hello from ruby process ") }, replies.inspect)
+
+    stats = server.stats
+    assert_equal [0, 1], stats.map { |w| w[:index] }
+    assert_equal 20, stats.sum { |w| w[:accepted] }
+    assert(stats.all? { |w| w[:state] == "serving" })
+
+    status = PortSharding.status(server.port, host: "127.0.0.1")
+    assert_equal 1, status.size
+    assert_equal "ruby", status.first[:runtime]
+    assert_equal Process.pid, status.first[:pid]
+    assert_equal "hello", status.first[:mode]
+    assert_equal "127.0.0.1:#{server.port}", status.first[:addr]
+
+    assert_equal :shutdown, server.stop
+    refute_predicate server, :running?
+    assert_nil server.stop, "a second stop has nothing to do"
+    assert_gone stats.map { |w| w[:pid] }
+  ensure
+    server&.stop
+  end
+
+  def test_stop_before_start_closes_the_listeners
+    server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1)
+    port = server.port
+    assert_nil server.stop
+    assert_raises(Errno::ECONNREFUSED) { Socket.tcp("127.0.0.1", port, connect_timeout: 5) }
+    assert_raises(PortSharding::Error) { server.start }
+  end
+
+  def test_wait_returns_when_stopped_by_the_stop_command
+    server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1).start
+    assert_nil server.wait(timeout: 0.1), "still serving"
+    PortSharding.stop(server.port)
+    assert_equal :stop, server.wait(timeout: PortShardingTest::PATIENCE)
+  ensure
+    server&.stop
+  end
+
+  def test_version_is_the_crate_version
+    cargo = File.read(File.join(PortShardingTest::REPO, "Cargo.toml")) rescue nil
+    assert_equal PortSharding::CORE_VERSION, PortSharding::VERSION
+    if cargo
+      assert_equal cargo[/\[workspace\.package\]\s*\nversion\s*=\s*"([^"]+)"/, 1], PortSharding::VERSION
+    end
+  end
+end
