@@ -79,7 +79,7 @@ def _native_server(**args: Any) -> _native.Server:
         if not ok and not (optional and value is None):
             wanted = " or ".join(t.__name__ for t in types) + (" or None" if optional else "")
             raise TypeError(f"{name} must be {wanted}, not {type(value).__name__}")
-    return _native.Server(*args.values())
+    return _native.Server(**args)
 
 
 def serve(

@@ -233,9 +233,11 @@ impl Server {
         *lock(&self.thread) = Some(thread);
         let deadline = Instant::now() + bounded_secs(timeout, 3600.0);
         let handle = self.handle.clone();
-        let ready = wait_until(py, Some(deadline), move || {
+        let waited = wait_until(py, Some(deadline), move || {
             handle.wait_ready(Duration::ZERO) || handle.is_stopped()
-        })?;
+        });
+        // Ctrl-C while starting: begin the drain, so no server is left running that nobody can stop.
+        let ready = waited.inspect_err(|_| self.handle.shutdown())?;
         if ready && !self.handle.is_stopped() && self.handle.wait_ready(Duration::ZERO) {
             return Ok(());
         }
