@@ -278,7 +278,7 @@ def bench(port: int, workload: str, conc: int, size: int, duration: float, cpus:
     s0 = group_cpu_s(server_pgid) if server_pgid else None
     m0 = machine_busy_s()
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = subprocess.run(pinned(argv, cpus), env=env(), capture_output=True, timeout=duration + 60)
+    r = subprocess.run(pinned(argv, cpus), env=env(), capture_output=True, timeout=duration + 60, preexec_fn=raise_nofile)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     m1 = machine_busy_s()
     s1 = group_cpu_s(server_pgid) if server_pgid else None
@@ -448,6 +448,9 @@ def wait_stable_rss(pid: int, deadline: float) -> dict:
 
 def measure_memory(n: int = 10_000) -> dict:
     raise_nofile()
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit != resource.RLIM_INFINITY and limit < n + 100:
+        raise RuntimeError(f"RLIMIT_NOFILE hard limit {limit} is below {n + 100}: raise it (ulimit -Hn) to measure")
     out = {"connections": n}
     # The engine: one worker, limit above n.
     port = free_port()
