@@ -134,6 +134,22 @@ def test_two_python_processes_share_a_port(spawn: Spawn) -> None:
         assert "serve returned" in p.out
 
 
+def test_takeover_between_python_servers(spawn: Spawn) -> None:
+    old = server(spawn, mode="hello", workers=1)
+    port = old.ready_port()
+    new = spawn("-c", "import port_sharding, sys\nport_sharding.serve(int(sys.argv[1]), '127.0.0.1', workers=1, "
+                "mode='hello', takeover=True)\nprint('serve returned', flush=True)", str(port))
+    assert new.ready_port() == port
+    # The old server hands its sockets over and drains: serve() returns there.
+    assert old.finish() == 0, old.describe()
+    assert "serve returned" in old.out
+    [running] = port_sharding.status(port)
+    assert running["pid"] == new.pid
+    assert echo(port, b"").startswith(b"Hello from python process ")
+    os.kill(new.pid, signal.SIGTERM)
+    assert new.finish() == 0, new.describe()
+
+
 def test_talk_loop_on_listen_shares_the_port_with_an_engine_server(spawn: Spawn) -> None:
     with port_sharding.Server(port=0, host="127.0.0.1", workers=1, mode="hello") as engine:
         loop = spawn(str(REPO / "examples" / "seed_echo.py"), str(engine.port), "127.0.0.1")
