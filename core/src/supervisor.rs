@@ -438,9 +438,10 @@ impl Supervisor {
             if let Some((since, reason)) = self.draining {
                 if self.procs.iter().all(|p| p.pid.is_none()) {
                     log!(
-                        "stopped ({}): all workers exited after {:.2?}",
+                        "stopped ({}): all workers exited after {:.2?}; served {} connection(s)",
                         reason_name(reason),
-                        since.elapsed()
+                        since.elapsed(),
+                        self.server.stats.snapshot().iter().map(|w| w.accepted).sum::<u64>()
                     );
                     return Ok(Report {
                         reason,

@@ -1,0 +1,15 @@
+# End-to-end across runtimes (issue 5): takeovers Python → Ruby → CLI under load, plain restarts in a
+# throwaway network namespace, and the rolling-upgrade demo.
+.PHONY: test-e2e demo build-cli
+
+build-cli: setup-rust ## build the CLI (debug for tests, release for the demo)
+	$(CARGO) build --locked -q --bin port-sharding
+	$(CARGO) build --release --locked -q --bin port-sharding
+
+test-e2e: build-cli setup-python setup-ruby ## end-to-end: 5 takeovers across runtimes under load, plain restarts (netns)
+	$(PYTHON) -m pytest -q -p no:cacheprovider -s tests/e2e/test_takeover.py tests/e2e/test_restart.py
+
+demo: build-cli setup-python setup-ruby ## rolling upgrade Python → Ruby → CLI under load on :$(PORT); prints 0 failed
+	examples/rolling_upgrade.sh $(PORT)
+
+TEST_TARGETS += test-e2e
