@@ -36,9 +36,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-w", "--workers", type=int, default=None, help="worker processes (default: number of CPUs)")
     s.add_argument("-m", "--mode", default="echo", choices=["echo", "once", "hello"], help="(default: %(default)s)")
     s.add_argument("--backlog", type=int, default=1024, help="listen(2) backlog per worker (default: %(default)s)")
-    s.add_argument("--drain-timeout", type=duration, default=30.0, help="longest drain, e.g. 30s, 500ms (default: 30s)")
+    s.add_argument("--drain-timeout", type=duration, default=30.0, metavar="DURATION", help="longest drain, e.g. 30s, 500ms (default: 30s)")
     s.add_argument("--max-connections", type=int, default=10000, help="open connections per worker (default: %(default)s)")
-    s.add_argument("--idle-timeout", type=duration, default=None, help="close connections idle this long (default: off)")
+    s.add_argument("--idle-timeout", type=duration, default=None, metavar="DURATION", help="close connections idle this long (default: off)")
     s.add_argument("--takeover", action="store_true", help="adopt the sockets of the server running on host:port")
     s.add_argument("--migrate", action="store_true", help="set net.ipv4.tcp_migrate_req=1 (needs privilege)")
     s.add_argument("-q", "--quiet", action="store_true", help="print no log lines")
@@ -51,18 +51,21 @@ def parser() -> argparse.ArgumentParser:
         if name == "status":
             t.add_argument("--json", action="store_true", help="print JSON instead of a table")
         else:
-            t.add_argument("--wait", type=duration, default=None, help="wait until they exited, at most this long")
+            t.add_argument("--wait", type=duration, default=None, metavar="DURATION", help="wait until they exited, at most this long")
     return p
 
 
 def print_status(servers: List[Dict[str, Any]]) -> None:
-    columns = ["index", "pid", "state", "accepted", "active", "bytes_in", "bytes_out", "errors", "restarts", "queue_len"]
+    # (heading, field, width) as the Rust CLI prints them.
+    columns = [("worker", "index", 6), ("pid", "pid", 8), ("state", "state", 9), ("accepted", "accepted", 10),
+               ("active", "active", 8), ("bytes in", "bytes_in", 12), ("bytes out", "bytes_out", 12),
+               ("errors", "errors", 7), ("restarts", "restarts", 8), ("queue", "queue_len", 6)]
     for s in servers:
         print(f"{s['runtime']} server pid {s['pid']} on {s['addr']} — {s['state']}, mode {s['mode']}, "
               f"up {s['uptime_secs']:.0f}s")
-        print("  " + " ".join(f"{c:>9}" for c in columns))
+        print("  " + " ".join(f"{heading:>{width}}" for heading, _, width in columns))
         for w in s["workers"]:
-            print("  " + " ".join(f"{w[c]:>9}" for c in columns))
+            print("  " + " ".join(f"{w[field]:>{width}}" for _, field, width in columns))
 
 
 def alive(pid: int) -> bool:
