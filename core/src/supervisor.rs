@@ -115,7 +115,7 @@ impl Handle {
         *phase == Phase::Ready
     }
 
-    /// Whether `run` has returned (or failed to start).
+    /// Whether the server has stopped serving: a drain has begun, `run` has returned, or it failed to start.
     pub fn is_stopped(&self) -> bool {
         *self.shared.phase.lock().unwrap_or_else(|e| e.into_inner()) == Phase::Stopped
     }
