@@ -28,7 +28,7 @@ Gem::Specification.new do |spec|
   spec.required_ruby_version = ">= 3.1"
 
   spec.files = Dir.chdir(__dir__) do
-    Dir["lib/**/*.rb", "exe/*", "ext/port_sharding/extconf.rb", "ext/port_sharding/stage/**/*"]
+    Dir["README.md", "lib/**/*.rb", "exe/*", "ext/port_sharding/extconf.rb", "ext/port_sharding/stage/**/*"]
       .select { |f| File.file?(f) }
       .reject { |f| f.split("/").include?("target") }
   end

@@ -107,6 +107,22 @@ class TestServe < Minitest::Test
     assert_gone server.worker_pids
   end
 
+  def test_thread_kill_of_a_serving_thread_drains
+    script = <<~RUBY
+      #{WHEN_SERVING}
+      require "port_sharding"
+      $stdout.sync = true
+      server = Thread.new { PortSharding.serve(0, host: "127.0.0.1", workers: 2) }
+      when_serving { server.kill }.join
+      puts "joined: \#{server.join(30).inspect}, status \#{server.status.inspect}"
+    RUBY
+    server = spawn_ruby("-e", script)
+    assert_predicate server.wait_exit, :success?, server.stderr
+    assert_match(/joined: #<Thread.*, status false/, server.stdout)
+    assert_match(/stopped \(shutdown\): all workers exited/, server.stderr)
+    assert_gone server.worker_pids
+  end
+
   def test_stop_command_ends_serve_with_stop
     server = spawn_ruby("-e", SERVE).ready
     assert_equal [server.pid], PortSharding.stop(server.port, host: "127.0.0.1")

@@ -35,6 +35,15 @@ class TestServer < Minitest::Test
     server&.stop
   end
 
+  def test_other_threads_use_the_server_while_it_stops
+    server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1).start
+    reader = Thread.new { Array.new(200) { [server.stats.size, server.running?, server.port] } }
+    assert_equal :shutdown, server.stop
+    assert_equal 200, reader.join(PortShardingTest::PATIENCE).value.size
+  ensure
+    server&.stop
+  end
+
   def test_stop_before_start_closes_the_listeners
     server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1)
     port = server.port
