@@ -66,6 +66,21 @@ class TestServe < Minitest::Test
     assert_gone server.worker_pids
   end
 
+  def test_second_ctrl_c_stops_at_once
+    server = spawn_ruby("-e", SERVE).ready
+    Socket.tcp("127.0.0.1", server.port, connect_timeout: 5) do |open|
+      open.write("x")
+      assert_equal "x", open.readpartial(10) # accepted: the drain waits for this connection
+      Process.kill(:INT, -server.pid)
+      server.wait_log("SIGINT: draining")
+      Process.kill(:INT, -server.pid)
+      server.wait_log("again: stopping now")
+      assert_equal Signal.list["INT"], server.wait_exit.termsig
+      assert_includes server.stdout, "raised Interrupt"
+    end
+    assert_gone server.worker_pids
+  end
+
   def test_other_ruby_threads_run_during_serve
     server = spawn_ruby("-e", SERVE).ready
     ticks = -> { server.stdout.scan(/^tick/).size }
