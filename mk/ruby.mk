@@ -18,7 +18,7 @@ setup-ruby: setup-system setup-rust ## build and install the Ruby gem (gem build
 	    && (cd / && $(RUBY) -e 'require "port_sharding"') 2>/dev/null; then exit 0; fi; \
 	  echo "setup-ruby: gem build + gem install --local (compiles the extension with cargo)"; \
 	  mkdir -p target && (cd ruby && $(GEM) build -q port_sharding.gemspec -o ../$(RB_GEM)) \
-	  && CARGO_TARGET_DIR=$(RB_TARGET) RUBY=$$(command -v $(RUBY)) $(GEM) install -q --local --no-document $(RB_GEM) \
+	  && CARGO_TARGET_DIR=$(RB_TARGET) $(GEM) install -q --local --no-document $(RB_GEM) \
 	  && touch $(RB_STAMP)
 
 test-ruby: setup-ruby ## Ruby gem tests (minitest: ruby/test), against the installed gem
