@@ -75,6 +75,7 @@ mod control;
 mod error;
 mod listener;
 mod log;
+mod migrate;
 mod signals;
 mod stats;
 mod supervisor;

@@ -2,9 +2,9 @@
 //! turns signals and control requests into the lifecycle `serving → draining → stopped`, and hands its
 //! sockets to a successor on `takeover`.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -15,13 +15,20 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::config::Config;
-use crate::control::{self, Client, ControlSocket, Offer, Request, ServerStatus};
+use crate::control::{self, ControlSocket, Request, ServerStatus};
 use crate::error::{Error, Result};
 use crate::listener;
 use crate::log::log;
+use crate::migrate::{enable_migration, migrate_req};
 use crate::signals::SignalGuard;
 use crate::stats::{StatsArea, WorkerState, WorkerStats};
 use crate::worker;
+
+mod process;
+mod takeover;
+
+use process::{child_main, describe, on_main_thread};
+use takeover::{take_over, Predecessor};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -119,13 +126,6 @@ impl Handle {
     pub fn is_stopped(&self) -> bool {
         *self.shared.phase.lock().unwrap_or_else(|e| e.into_inner()) == Phase::Stopped
     }
-}
-
-/// The old server during a takeover: we hold its sockets and owe it a `ready`.
-struct Predecessor {
-    client: Client,
-    pid: u32,
-    runtime: String,
 }
 
 /// A bound server: listeners are open (connections queue from now on); [`Server::run`] starts the workers.
@@ -238,101 +238,6 @@ impl Server {
     }
 }
 
-fn take_over(wanted: SocketAddr) -> Result<Option<(Predecessor, Vec<std::net::TcpListener>)>> {
-    // Take over from the newest server that is still serving: one that is draining is on its way out.
-    let serving = control::find(Some(wanted), wanted.port())
-        .into_iter()
-        .rev()
-        .find(|f| {
-            let state = Client::connect(&f.path).and_then(|mut c| {
-                c.send(&Request::Status)?;
-                c.answer::<ServerStatus>()
-            });
-            state.is_ok_and(|s| s.state == "serving")
-        });
-    let Some(found) = serving else {
-        if let Some(other) = control::find(None, wanted.port()).first() {
-            return Err(Error::Takeover(format!(
-                "the server on port {} (pid {}) is bound to {}, not {wanted}: bind options must match to share \
-                 its sockets (use --host {})",
-                wanted.port(),
-                other.pid,
-                other.addr,
-                other.addr.ip()
-            )));
-        }
-        log!("takeover: no server is serving {wanted}; starting normally");
-        return Ok(None);
-    };
-    let mut client = Client::connect(&found.path)?;
-    client.send(&Request::Takeover { addr: wanted })?;
-    let (offer, fds) = client.offer().map_err(|e| match e {
-        Error::Control(msg) => Error::Takeover(format!("pid {} refused: {msg}", found.pid)),
-        other => other,
-    })?;
-    if fds.len() != offer.sockets || fds.is_empty() {
-        return Err(Error::Takeover(format!(
-            "expected {} sockets from pid {}, got {}",
-            offer.sockets,
-            found.pid,
-            fds.len()
-        )));
-    }
-    let mut listeners = Vec::new();
-    for fd in fds {
-        let l = std::net::TcpListener::from(fd);
-        let local = l
-            .local_addr()
-            .map_err(|e| Error::io("getsockname of a received socket", e))?;
-        if local != offer.addr {
-            return Err(Error::Takeover(format!(
-                "received a socket bound to {local}, expected {}",
-                offer.addr
-            )));
-        }
-        l.set_nonblocking(true)
-            .map_err(|e| Error::io("set received socket nonblocking", e))?;
-        listeners.push(l);
-    }
-    log!(
-        "takeover: received {} listening socket(s) for {} from {} server pid {}",
-        listeners.len(),
-        offer.addr,
-        offer.runtime,
-        offer.pid
-    );
-    Ok(Some((
-        Predecessor {
-            client,
-            pid: offer.pid,
-            runtime: offer.runtime,
-        },
-        listeners,
-    )))
-}
-
-const MIGRATE_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
-
-fn migrate_req() -> Option<bool> {
-    std::fs::read_to_string(MIGRATE_SYSCTL)
-        .ok()
-        .map(|s| s.trim() == "1")
-}
-
-fn enable_migration() -> Result<()> {
-    if migrate_req() == Some(true) {
-        return Ok(());
-    }
-    std::fs::write(MIGRATE_SYSCTL, "1").map_err(|e| {
-        Error::io(
-            format!("migrate: set net.ipv4.tcp_migrate_req=1 (needs CAP_NET_ADMIN in this network namespace; {MIGRATE_SYSCTL})"),
-            e,
-        )
-    })?;
-    log!("migrate: set net.ipv4.tcp_migrate_req=1 in this network namespace");
-    Ok(())
-}
-
 struct WorkerProc {
     pid: Option<Pid>,
     /// Write end of the worker's drain pipe; dropping it tells the worker to drain.
@@ -441,7 +346,12 @@ impl Supervisor {
                         "stopped ({}): all workers exited after {:.2?}; served {} connection(s)",
                         reason_name(reason),
                         since.elapsed(),
-                        self.server.stats.snapshot().iter().map(|w| w.accepted).sum::<u64>()
+                        self.server
+                            .stats
+                            .snapshot()
+                            .iter()
+                            .map(|w| w.accepted)
+                            .sum::<u64>()
                     );
                     return Ok(Report {
                         reason,
@@ -704,108 +614,6 @@ impl Supervisor {
             };
         }
     }
-
-    fn offer(
-        &mut self,
-        stream: std::os::unix::net::UnixStream,
-        wanted: SocketAddr,
-    ) -> io::Result<()> {
-        let mine = self.server.addr;
-        let refuse = |why: String| {
-            log!("takeover refused: {why}");
-            control::reply_error(&stream, &why)
-        };
-        if self.draining.is_some() {
-            return refuse("this server is draining".to_string());
-        }
-        if self.successor.is_some() {
-            return refuse("another takeover is in progress".to_string());
-        }
-        if wanted.ip() != mine.ip() || wanted.port() != mine.port() {
-            return refuse(format!(
-                "bind options differ: this server is bound to {mine}, the new one asked for {wanted}"
-            ));
-        }
-        let fds: Vec<RawFd> = self
-            .server
-            .listeners
-            .iter()
-            .map(|l| l.as_raw_fd())
-            .collect();
-        let offer = Offer {
-            pid: std::process::id(),
-            runtime: self.server.config.runtime.clone(),
-            addr: mine,
-            sockets: fds.len(),
-        };
-        control::send_offer(&stream, &offer, &fds)?;
-        stream.set_nonblocking(true)?;
-        // SAFETY: we own this connected socket; ownership moves to mio.
-        let mut s = unsafe { mio::net::UnixStream::from_raw_fd(stream.into_raw_fd()) };
-        self.server
-            .poll
-            .registry()
-            .register(&mut s, SUCCESSOR, Interest::READABLE)?;
-        self.successor = Some((s, Instant::now()));
-        log!(
-            "takeover: handed {} listening socket(s) to a new server; waiting for it to be ready",
-            fds.len()
-        );
-        Ok(())
-    }
-
-    /// A successor that never reports ready must not leave us in `handing over` forever.
-    fn expire_successor(&mut self) {
-        if self
-            .successor
-            .as_ref()
-            .is_some_and(|(_, since)| since.elapsed() > READY_TIMEOUT)
-        {
-            if let Some((mut s, _)) = self.successor.take() {
-                let _ = self.server.poll.registry().deregister(&mut s);
-            }
-            log!("takeover aborted: the new server did not report ready within {READY_TIMEOUT:?}; still serving");
-        }
-    }
-
-    fn on_successor(&mut self) {
-        let Some((s, _)) = self.successor.as_mut() else {
-            return;
-        };
-        let mut buf = [0u8; 512];
-        let outcome = loop {
-            match s.read(&mut buf) {
-                Ok(0) => break Err("it closed the connection".to_string()),
-                Ok(n) => match serde_json::from_slice::<Request>(buf[..n].trim_ascii()) {
-                    Ok(Request::Ready) => break Ok(()),
-                    _ => {
-                        break Err(format!(
-                            "unexpected message {:?}",
-                            String::from_utf8_lossy(&buf[..n])
-                        ))
-                    }
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => break Err(e.to_string()),
-            }
-        };
-        let (mut s, _) = self.successor.take().expect("checked above");
-        let _ = self.server.poll.registry().deregister(&mut s);
-        match outcome {
-            Ok(()) => {
-                // SAFETY: borrowing the fd for one write; `s` stays alive across it.
-                let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(s.as_raw_fd()) };
-                let _ = control::reply(&std, &serde_json::json!({ "ok": true }));
-                let _ = std.into_raw_fd();
-                log!("takeover: the new server is ready");
-                self.begin_drain(StopReason::TakenOver);
-            }
-            Err(why) => {
-                log!("takeover aborted before the new server was ready ({why}); still serving")
-            }
-        }
-    }
 }
 
 fn reason_name(r: StopReason) -> &'static str {
@@ -815,73 +623,5 @@ fn reason_name(r: StopReason) -> &'static str {
         StopReason::Shutdown => "shutdown",
         StopReason::Stop => "stop request",
         StopReason::TakenOver => "taken over",
-    }
-}
-
-fn describe(s: WaitStatus) -> String {
-    match s {
-        WaitStatus::Exited(_, 0) => "exited".to_string(),
-        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-        WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
-        other => format!("changed state ({other:?})"),
-    }
-}
-
-fn on_main_thread() -> bool {
-    // SAFETY: plain syscalls without arguments.
-    unsafe { libc::gettid() == libc::getpid() }
-}
-
-/// The forked child: serve listener `i`, then `_exit`. Never returns into the caller (or a host interpreter).
-fn child_main(i: usize, listener_fd: RawFd, drain: OwnedFd, server: &Server) -> ! {
-    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::signals::reset_for_worker();
-        close_fds_except(&[0, 1, 2, listener_fd, drain.as_raw_fd()]);
-        let slot = server.stats.slot(i);
-        slot.begin(std::process::id());
-        // SAFETY: the supervisor's copy of this fd is never dropped in this process (we _exit).
-        let listener = unsafe { std::net::TcpListener::from_raw_fd(listener_fd) };
-        worker::run(worker::Worker {
-            index: i,
-            listener,
-            drain_pipe: drain,
-            slot,
-            config: &server.config,
-        })
-    }));
-    // SAFETY: _exit skips atexit handlers and destructors: nothing of the parent (or of Python/Ruby) runs twice.
-    unsafe { libc::_exit(code.unwrap_or(101)) }
-}
-
-/// Closes every fd except `keep`: an inherited listener would keep its socket in the group after the
-/// supervisor closed it, and an inherited pipe would hide the supervisor's death.
-fn close_fds_except(keep: &[RawFd]) {
-    let mut keep = keep.to_vec();
-    keep.sort_unstable();
-    let mut from: u32 = 0;
-    for &k in &keep {
-        let k = k as u32;
-        if k > from {
-            close_range(from, k - 1);
-        }
-        from = k + 1;
-    }
-    close_range(from, u32::MAX);
-}
-
-fn close_range(lo: u32, hi: u32) {
-    // SAFETY: close_range only closes descriptors; the fds we still use were excluded by the caller.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
-    if rc != 0 {
-        // Before Linux 5.9: close one by one up to the fd limit.
-        let max = nix::unistd::sysconf(nix::unistd::SysconfVar::OPEN_MAX)
-            .ok()
-            .flatten()
-            .unwrap_or(1024)
-            .min(65536) as u32;
-        for fd in lo..=hi.min(max) {
-            // SAFETY: as above.
-            unsafe { libc::close(fd as i32) };
-        }
     }
 }
