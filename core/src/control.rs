@@ -262,11 +262,13 @@ fn parse_answer<T: serde::de::DeserializeOwned>(line: &str) -> Result<T> {
     serde_json::from_value(value).map_err(|e| Error::Control(format!("bad answer {line:?}: {e}")))
 }
 
-/// Per-worker status of every server on `port` (only those bound to `host`, when given).
-///
-/// # Errors
-/// [`Error::NotRunning`] when no live server answers.
-pub fn status(host: Option<&str>, port: u16) -> Result<Vec<ServerStatus>> {
+/// Sends `request` to every live server on `port` (only those bound to `host`, when given) and reads each
+/// answer; [`Error::NotRunning`] when none answers.
+fn ask_all<T: serde::de::DeserializeOwned>(
+    host: Option<&str>,
+    port: u16,
+    request: &Request,
+) -> Result<Vec<(u32, T)>> {
     let host = host
         .map(|h| crate::listener::resolve(h, port))
         .transpose()?;
@@ -274,13 +276,25 @@ pub fn status(host: Option<&str>, port: u16) -> Result<Vec<ServerStatus>> {
     if found.is_empty() {
         return Err(not_running(host, port));
     }
-    let mut all = Vec::new();
-    for f in found {
-        let mut c = Client::connect(&f.path)?;
-        c.send(&Request::Status)?;
-        all.push(c.answer::<ServerStatus>()?);
-    }
-    Ok(all)
+    found
+        .iter()
+        .map(|f| {
+            let mut c = Client::connect(&f.path)?;
+            c.send(request)?;
+            Ok((f.pid, c.answer::<T>()?))
+        })
+        .collect()
+}
+
+/// Per-worker status of every server on `port` (only those bound to `host`, when given).
+///
+/// # Errors
+/// [`Error::NotRunning`] when no live server answers.
+pub fn status(host: Option<&str>, port: u16) -> Result<Vec<ServerStatus>> {
+    Ok(ask_all(host, port, &Request::Status)?
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect())
 }
 
 /// Asks every server on `port` (only those bound to `host`, when given) to drain; returns their pids.
@@ -288,21 +302,8 @@ pub fn status(host: Option<&str>, port: u16) -> Result<Vec<ServerStatus>> {
 /// # Errors
 /// [`Error::NotRunning`] when no live server answers.
 pub fn stop(host: Option<&str>, port: u16) -> Result<Vec<u32>> {
-    let host = host
-        .map(|h| crate::listener::resolve(h, port))
-        .transpose()?;
-    let found = find(host, port);
-    if found.is_empty() {
-        return Err(not_running(host, port));
-    }
-    let mut pids = Vec::new();
-    for f in found {
-        let mut c = Client::connect(&f.path)?;
-        c.send(&Request::Stop)?;
-        c.answer::<serde_json::Value>()?;
-        pids.push(f.pid);
-    }
-    Ok(pids)
+    let answers = ask_all::<serde_json::Value>(host, port, &Request::Stop)?;
+    Ok(answers.into_iter().map(|(pid, _)| pid).collect())
 }
 
 /// The server side: a listening unix socket, removed on drop.
