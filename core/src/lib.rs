@@ -69,6 +69,13 @@
 //! - `clap`: the `port-sharding` command line with `--help` on every subcommand.
 //! - `hdrhistogram`, `indicatif`: latency percentiles and the progress bar of `port-sharding bench`.
 
+// SO_REUSEPORT balances connections on Linux only; elsewhere the engine would silently half-work.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "port-sharding needs Linux (>= 3.9): on macOS and the BSDs SO_REUSEPORT does not spread connections \
+     over the listening sockets (the last one bound receives them all)"
+);
+
 pub mod bench;
 mod config;
 mod control;
