@@ -32,6 +32,8 @@ enum Behavior {
     Reset,
     /// Read the message, then close without answering.
     CloseEarly,
+    /// Echo the first read, then close (the talk's loop, and the engine's `once` mode).
+    EchoOnceThenClose,
     /// Read, never answer, keep the connection open until the client leaves.
     Silent,
 }
@@ -137,6 +139,10 @@ fn handle(mut s: TcpStream, behavior: Behavior, stop: &AtomicBool, until: Instan
                 return; // dropped with linger 0: RST
             }
             Behavior::CloseEarly => return,
+            Behavior::EchoOnceThenClose => {
+                let _ = s.write_all(chunk);
+                return;
+            }
             Behavior::Silent => true,
         };
         total += n;
@@ -299,6 +305,33 @@ fn early_close_is_counted_as_closed() {
     assert_eq!(r.ops, 0);
     assert_eq!(r.errors.closed, 20, "{:?} {:?}", r.errors, r.error_samples);
     assert_accounted(&r, 20);
+}
+
+#[test]
+fn a_server_closing_after_one_echo_serves_conn_but_not_pingpong() {
+    let srv = TestServer::start(Behavior::EchoOnceThenClose);
+    let r = run(&BenchArgs {
+        connections: Some(50),
+        ..srv.args(Workload::Conn)
+    })
+    .unwrap();
+    assert_eq!((r.ops, r.errors.total), (50, 0), "{:?}", r.error_samples);
+    // Persistent connections: the first message of each is echoed, the next finds the server gone.
+    let r = run(&BenchArgs {
+        connections: Some(20),
+        concurrency: 2,
+        ..srv.args(Workload::Pingpong)
+    })
+    .unwrap();
+    assert_accounted(&r, 20);
+    assert!(r.ops > 0 && r.errors.total > 0, "{r:?}");
+    assert_eq!(
+        r.errors.closed + r.errors.reset,
+        r.errors.total,
+        "{:?} {:?}",
+        r.errors,
+        r.error_samples
+    );
 }
 
 #[test]

@@ -108,6 +108,9 @@ struct Conn {
     /// is spent only to learn that a socket is not ready.
     readable: bool,
     writable: bool,
+    /// The peer's FIN or an error was signalled: it sits behind any data, so reads go on until they
+    /// see it (a short read no longer means "drained", the edge is not coming again).
+    hangup: bool,
     seed: usize,
     /// Bytes written / verified on this connection.
     sent: u64,
@@ -134,6 +137,7 @@ impl Conn {
             connected: false,
             readable: false,
             writable: false,
+            hangup: false,
             seed: 0,
             sent: 0,
             recvd: 0,
@@ -228,6 +232,7 @@ impl Runner<'_> {
                     let c = &mut self.conns[i];
                     // Errors and hang-ups surface as the error of the next read or write.
                     let broken = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
+                    c.hangup |= broken;
                     c.readable |= ev.is_readable() || broken;
                     c.writable |= ev.is_writable() || broken;
                     self.drive(i);
@@ -461,7 +466,7 @@ impl Runner<'_> {
             c.recvd += n as u64;
             // A short read emptied the receive queue; so did one that received everything due (a
             // later byte makes a new edge, and an unexpected one is caught with the next echo).
-            if n < want || (c.recvd == c.sent && c.started * size == c.sent) {
+            if !c.hangup && (n < want || (c.recvd == c.sent && c.started * size == c.sent)) {
                 c.readable = false;
             }
             let now = Instant::now();
@@ -513,6 +518,7 @@ impl Runner<'_> {
         c.connected = false;
         c.readable = false;
         c.writable = false;
+        c.hangup = false;
         c.held = false;
         c.started = 0;
         c.done = 0;
