@@ -10,7 +10,8 @@ every wait is bounded. Loopback (127.0.0.1) and ephemeral ports only.
 
 Environment: BENCH_DURATION (seconds per run, default 3), BENCH_RUNS (default 3), BENCH_ONLY (comma list
 of server keys), OUT (scaling: output folder, default bench-out), BENCH_WORKERS (scaling: default
-1,2,4,8,16), BENCH_THREADS (scaling: load threads, default half the CPUs), BENCH_PIN (0 disables taskset).
+1,2,4,8,16), BENCH_THREADS (scaling: load threads, default half the CPUs), BENCH_PIN (0 disables taskset),
+BENCH_KEEP_LOGS=1 (keep the servers' logs in /tmp/ps-bench-logs-*).
 """
 
 from __future__ import annotations
@@ -1042,6 +1043,8 @@ def main() -> int:
         return 2
     finally:
         shutil.rmtree(CONTROL_DIR, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP_LOGS") != "1":  # failures already quote the server's log tail
+            shutil.rmtree(LOGS, ignore_errors=True)
 
 
 if __name__ == "__main__":
