@@ -54,6 +54,7 @@ def main() -> int:
         "errors": report["errors"],
         "old_exit": a_exit,
         "warned": warned,
+        "error_samples": report.get("error_samples", [])[:5],
     }))
     return 0
 
