@@ -7,6 +7,7 @@ every wait is bounded. Loopback (127.0.0.1) and ephemeral ports only.
     python3 bench/run.py matrix     # servers x workloads, memory, start-up, drain -> BENCHMARKS.md + chart
     python3 bench/run.py scaling    # workers 1..16 against one load generator -> $OUT/ + BENCHMARKS.md
     python3 bench/run.py report     # rewrite BENCHMARKS.md + chart from bench/results/matrix.json
+    python3 bench/run.py merge-scaling $OUT/scaling-X.md   # add a table measured on another machine
 
 Environment: BENCH_DURATION (seconds per run, default 3), BENCH_RUNS (default 3), BENCH_ONLY (comma list
 of server keys), OUT (scaling: output folder, default bench-out), BENCH_WORKERS (scaling: default
@@ -930,6 +931,38 @@ def cmd_matrix() -> int:
 # ------------------------------------------------------------------------------------------- scaling
 
 
+def merge_scaling(md: str, key: str) -> None:
+    """Puts one machine's scaling table into BENCHMARKS.md, replacing an older one for the same machine."""
+    # Merge into BENCHMARKS.md: one subsection per machine, replaced when the same machine runs again.
+    prev = existing_scaling()
+    sections = re.split(r"(?m)^(?=### )", prev)
+    keep = [s for s in sections if s.strip() and not s.startswith("## Scaling") and not s.startswith(f"### {key}\n")]
+    scaling_md = ("## Scaling\n\n`make bench-scaling`: one engine server with N workers against one load generator "
+                  "(several threads).\n\n" + "\n".join(s.rstrip() + "\n" for s in keep + [md]))
+    if BENCHMARKS.exists():
+        text = BENCHMARKS.read_text()
+        i, j = text.find(SCALING_BEGIN), text.find(SCALING_END)
+        if i >= 0 and j >= 0:
+            text = text[:i] + SCALING_BEGIN + "\n" + scaling_md + SCALING_END + text[j + len(SCALING_END):]
+        else:
+            text += "\n" + SCALING_BEGIN + "\n" + scaling_md + SCALING_END + "\n"
+    else:
+        text = "# Benchmarks\n\n" + SCALING_BEGIN + "\n" + scaling_md + SCALING_END + "\n"
+    BENCHMARKS.write_text(text)
+
+
+def cmd_merge_scaling(path: str) -> int:
+    """Adds a scaling table written by `make bench-scaling` elsewhere ($OUT/scaling-*.md) to BENCHMARKS.md."""
+    md = Path(path).read_text()
+    m = re.match(r"### (.+)\n", md)
+    if not m:
+        log(f"{path}: not a scaling table (no '### machine' heading)")
+        return 2
+    merge_scaling(md.rstrip() + "\n", m.group(1))
+    log(f"merged {path} into {BENCHMARKS.relative_to(ROOT)}")
+    return 0
+
+
 def cmd_scaling() -> int:
     if not BIN.exists():
         log(f"{BIN} missing: run `cargo build --release`")
@@ -995,22 +1028,7 @@ def cmd_scaling() -> int:
     (out_dir / f"scaling-{slug}.json").write_text(json.dumps({"machine": m, "workers": workers, "threads": threads,
                                                               "server_cpus": server_cpus, "client_cpus": client_cpus,
                                                               "summary": summary, "results": results}, indent=1))
-    # Merge into BENCHMARKS.md: one subsection per machine, replaced when the same machine runs again.
-    prev = existing_scaling()
-    sections = re.split(r"(?m)^(?=### )", prev)
-    keep = [s for s in sections if s.strip() and not s.startswith("## Scaling") and not s.startswith(f"### {key}\n")]
-    scaling_md = ("## Scaling\n\n`make bench-scaling`: one engine server with N workers against one load generator "
-                  "(several threads).\n\n" + "\n".join(s.rstrip() + "\n" for s in keep + [md]))
-    if BENCHMARKS.exists():
-        text = BENCHMARKS.read_text()
-        i, j = text.find(SCALING_BEGIN), text.find(SCALING_END)
-        if i >= 0 and j >= 0:
-            text = text[:i] + SCALING_BEGIN + "\n" + scaling_md + SCALING_END + text[j + len(SCALING_END):]
-        else:
-            text += "\n" + SCALING_BEGIN + "\n" + scaling_md + SCALING_END + "\n"
-    else:
-        text = "# Benchmarks\n\n" + SCALING_BEGIN + "\n" + scaling_md + SCALING_END + "\n"
-    BENCHMARKS.write_text(text)
+    merge_scaling(md, key)
     print(md)
     log(f"wrote {out_dir}/scaling-{slug}.md/.json and the Scaling section of BENCHMARKS.md in {(time.monotonic() - t0) / 60:.1f} min")
     return 0
@@ -1037,6 +1055,8 @@ def main() -> int:
             return cmd_matrix()
         if cmd == "report":
             return cmd_report()
+        if cmd == "merge-scaling" and len(sys.argv) > 2:
+            return cmd_merge_scaling(sys.argv[2])
         if cmd == "scaling":
             return cmd_scaling()
         print(__doc__)
