@@ -875,6 +875,8 @@ def write_benchmarks(m: dict, matrix: dict, summary: dict, memory: dict | None, 
     L.append("```sh")
     L.append("make bench            # this file and bench/chart.svg (BENCH_DURATION=3 BENCH_RUNS=3 by default)")
     L.append("make bench-scaling    # workers 1,2,4,8,16: writes $OUT/scaling-*.md/json and the section below")
+    L.append("python3 bench/run.py merge-scaling bench/results/scaling-X.md   # add a table measured on another machine")
+    L.append("python3 bench/run.py report   # rewrite this file from bench/results/matrix.json (after editing bench/NOTES.md)")
     L.append("# one cell by hand, e.g. the engine under conn-32:")
     L.append("taskset -c 0 target/release/port-sharding serve --host 127.0.0.1 --port 0 -w 1 --mode echo &   # prints the port")
     L.append("taskset -c 1 target/release/port-sharding bench --host 127.0.0.1 -p PORT --workload conn -c 32 -d 3s --size 64")
