@@ -273,11 +273,12 @@ def machine_busy_s() -> float:
 
 
 def bench(port: int, workload: str, conc: int, size: int, duration: float, cpus: str | None, threads: int = 1,
-          server_pgid: int | None = None) -> dict:
+          server_pgid: int | None = None, sources: int = 1) -> dict:
     """One `port-sharding bench --json` run; adds the CPU time the server's process group and the load
     generator used, so a run limited by the load generator can be told from one limited by the server."""
     argv = [str(BIN), "bench", "--host", "127.0.0.1", "--port", str(port), "--workload", workload, "--concurrency", str(conc),
-            "--duration", f"{duration}s", "--size", str(size), "--threads", str(threads), "--json"]
+            "--duration", f"{duration}s", "--size", str(size), "--threads", str(threads), "--sources", str(sources),
+            "--json"]
     s0 = group_cpu_s(server_pgid) if server_pgid else None
     m0 = machine_busy_s()
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -985,7 +986,10 @@ def cmd_scaling() -> int:
         client_cpus = ",".join(map(str, cpus[half:]))
     else:
         server_cpus = client_cpus = None
-    loads = [("conn-256", "conn", 256, 64), ("pingpong-512", "pingpong", 512, 64)]
+    # conn-256-src16 spreads the clients over 16 source addresses (127.0.0.1-16): from one address, every
+    # connection to the port competes for the same ephemeral ports, and that caps conn-256 on the client side.
+    loads = [("conn-256", "conn", 256, 64, 1), ("conn-256-src16", "conn", 256, 64, 16),
+             ("pingpong-512", "pingpong", 512, 64, 1)]
     log(f"scaling on {machine_key(m)}: workers {workers}, {threads} load threads, server CPUs {server_cpus}, client CPUs {client_cpus}")
     results: dict[str, dict[str, list[dict]]] = {}
     t0 = time.monotonic()
@@ -995,8 +999,8 @@ def cmd_scaling() -> int:
             argv = [str(BIN), "serve", "--host", "127.0.0.1", "--port", "{port}", "--workers", str(w), "--mode", "echo", "--quiet"]
             with Server(argv, port, server_cpus, f"scale-{w}", preexec=raise_nofile) as srv:
                 srv.wait_ready()
-                for key, workload, conc, size in loads:
-                    r = bench(port, workload, conc, size, duration, client_cpus, threads=threads)
+                for key, workload, conc, size, sources in loads:
+                    r = bench(port, workload, conc, size, duration, client_cpus, threads=threads, sources=sources)
                     results.setdefault(str(w), {}).setdefault(key, []).append(r)
                     log(f"run {run + 1} workers {w:>2} {key:13} {r['ops_per_sec']:>10.0f} ops/s errors {r['errors']['total']}")
     summary = {w: {k: {"ops_per_sec": median_of(rs, "ops_per_sec"), "p99_us": median_of(rs, "latency_us.p99"),
@@ -1007,18 +1011,18 @@ def cmd_scaling() -> int:
     L = [f"### {key}\n",
          f"{m['date']}; kernel {m['kernel']}; {m['rustc']}; load generator: {threads} thread(s) on CPUs {client_cpus or 'any'}, "
          f"servers on CPUs {server_cpus or 'any'}; {runs} runs × {duration:g} s; median ops/s (× = vs 1 worker)\n",
-         "| workers | " + " | ".join(k for k, _, _, _ in loads) + " | p99 " + " | p99 ".join(k for k, _, _, _ in loads) + " | accepted per worker (last conn run) |",
+         "| workers | " + " | ".join(k for k, *_ in loads) + " | p99 " + " | p99 ".join(k for k, *_ in loads) + " | accepted per worker (last conn run) |",
          "|---:|" + "---:|" * (2 * len(loads)) + "---|"]
     one = summary.get(str(workers[0]), {})
     for w in workers:
         s = summary.get(str(w), {})
         cells = []
-        for k, _, _, _ in loads:
+        for k, *_ in loads:
             c = s.get(k)
             base = one.get(k, {}).get("ops_per_sec")
             cells.append(f"{fmt_num(c['ops_per_sec'])} ({c['ops_per_sec'] / base:.2f}×)" + (f" ⚠ {c['errors']} err" if c["errors"] else "")
                          if c and base else "—")
-        for k, _, _, _ in loads:
+        for k, *_ in loads:
             c = s.get(k)
             cells.append(fmt_us(c["p99_us"]) if c else "—")
         spread = s.get(loads[0][0], {}).get("spread") or []

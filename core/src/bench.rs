@@ -108,6 +108,10 @@ pub struct BenchArgs {
     /// Longest wait for echo bytes while some are due (reset by every byte received).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Client source addresses 127.0.0.1, 127.0.0.2, … (loopback targets only): every connection to one
+    /// server port from one source address competes for the same ephemeral ports, which caps `conn` rates.
+    #[arg(long, default_value_t = 1)]
+    pub sources: u8,
     /// Print the report as JSON on stdout (no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -134,6 +138,7 @@ impl Default for BenchArgs {
             window: 2,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
+            sources: 1,
             json: false,
             quiet: false,
             no_status: false,
@@ -203,9 +208,16 @@ impl BenchArgs {
         let mut addrs = (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map_err(|e| SetupError(format!("cannot resolve {}:{}: {e}", self.host, self.port)))?;
-        addrs
+        let addr = addrs
             .next()
-            .ok_or_else(|| SetupError(format!("{} resolves to no address", self.host)))
+            .ok_or_else(|| SetupError(format!("{} resolves to no address", self.host)))?;
+        if self.sources == 0 || (self.sources > 1 && !(addr.is_ipv4() && addr.ip().is_loopback())) {
+            return bad(
+                "--sources must be at least 1, and more than 1 only for an IPv4 loopback target"
+                    .into(),
+            );
+        }
+        Ok(addr)
     }
 }
 
@@ -296,6 +308,9 @@ pub fn run_with_progress(args: &BenchArgs, show_progress: bool) -> Result<Report
             deadline,
             connect_timeout: args.connect_timeout,
             timeout: args.timeout,
+            sources: (1..=args.sources)
+                .map(|k| std::net::Ipv4Addr::new(127, 0, 0, k))
+                .collect(),
         };
         let shared = Arc::clone(&shared);
         let h = std::thread::Builder::new()

@@ -185,6 +185,25 @@ fn correct_server_conn_counts_every_operation() {
 }
 
 #[test]
+fn several_source_addresses_still_count_every_operation() {
+    let srv = TestServer::start(Behavior::Echo);
+    let r = run(&BenchArgs {
+        connections: Some(200),
+        sources: 4,
+        ..srv.args(Workload::Conn)
+    })
+    .unwrap();
+    assert_eq!((r.ops, r.errors.total), (200, 0), "{:?}", r.error_samples);
+    // More than one source address only makes sense on IPv4 loopback.
+    assert!(run(&BenchArgs {
+        host: "::1".into(),
+        sources: 2,
+        ..srv.args(Workload::Conn)
+    })
+    .is_err());
+}
+
+#[test]
 fn correct_server_pingpong_and_threads() {
     let srv = TestServer::start(Behavior::Echo);
     let args = BenchArgs {

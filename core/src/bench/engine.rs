@@ -62,6 +62,8 @@ pub(crate) struct ThreadConfig {
     pub deadline: Instant,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// Source addresses to spread connections over (one: let the kernel choose).
+    pub sources: Vec<std::net::Ipv4Addr>,
 }
 
 /// What one thread measured.
@@ -92,6 +94,42 @@ impl ThreadResult {
         r.samples.push("a load thread panicked".into());
         r
     }
+}
+
+/// Starts a nonblocking connect to `addr`, from one of `sources` (picked by `pick`) when there are several.
+fn open(
+    addr: SocketAddr,
+    sources: &[std::net::Ipv4Addr],
+    pick: usize,
+) -> std::io::Result<TcpStream> {
+    if sources.len() <= 1 {
+        return TcpStream::connect(addr);
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    // Choose the port at connect time, for the full 4-tuple, instead of reserving one at bind.
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a valid pointer.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    let source = SocketAddr::new(sources[pick % sources.len()].into(), 0);
+    socket.bind(&source.into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
 }
 
 /// Latencies from 1 ns to 1 hour, 3 significant digits.
@@ -291,7 +329,7 @@ impl Runner<'_> {
             // The talk's loop: the operation's clock starts at connect.
             c.starts.push_back(now);
         }
-        match TcpStream::connect(self.cfg.addr) {
+        match open(self.cfg.addr, &self.cfg.sources, self.next_seed) {
             Ok(mut s) => {
                 if self.cfg.workload != Workload::Conn {
                     // Persistent connections write small messages back to back: no Nagle delay.
