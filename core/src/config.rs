@@ -184,3 +184,60 @@ impl Config {
         Ok(())
     }
 }
+
+/// Parses a duration as the CLI, bench and bindings write it: `30` (seconds), `30s`, `500ms`, `2m`, `1.5h`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a valid duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3x").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_their_field() {
+        assert!(Config::default().validate().is_ok());
+        let err = Config {
+            workers: 0,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("invalid workers"), "{err}");
+        assert!("loud"
+            .parse::<Mode>()
+            .unwrap_err()
+            .to_string()
+            .contains("invalid mode"));
+    }
+}

@@ -88,7 +88,7 @@ mod stats;
 mod supervisor;
 mod worker;
 
-pub use config::{default_workers, Config, Mode, MAX_WORKERS};
+pub use config::{default_workers, parse_duration, Config, Mode, MAX_WORKERS};
 pub use control::{control_dir, status, stop, ServerStatus};
 pub use error::{Error, Result};
 pub use listener::{listen, resolve};
