@@ -28,4 +28,5 @@ TEST_TARGETS += test-python
 
 # The headline server: `make serve` is `port_sharding.serve(1234)` from the installed package.
 SERVE_DEPS = setup-python
-SERVE_CMD  = $(PYTHON) -c "import port_sharding; port_sharding.serve($(PORT))"
+# `python -m port_sharding serve` is `port_sharding.serve(PORT)` with a clean Ctrl-C (exit 130, no traceback).
+SERVE_CMD  = $(PYTHON) -m port_sharding serve --port $(PORT)
