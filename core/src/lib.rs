@@ -21,7 +21,7 @@
 //! let server = Server::bind(Config { host: "127.0.0.1".into(), port: 0, workers: 1, ..Default::default() })?;
 //! let handle = server.handle();
 //! let t = std::thread::spawn(move || server.run());
-//! handle.wait_ready(std::time::Duration::from_secs(10));
+//! handle.wait_ready(Some(std::time::Duration::from_secs(10)));
 //! handle.shutdown();
 //! t.join().unwrap()?;
 //! # Ok::<(), port_sharding::Error>(())
@@ -80,21 +80,26 @@ pub mod bench;
 mod config;
 mod control;
 mod error;
+mod lifecycle;
 mod listener;
 mod log;
 mod migrate;
+mod server;
+mod settings;
 mod signals;
 mod stats;
 mod supervisor;
 mod worker;
 
-pub use config::{default_workers, parse_duration, Config, Mode, MAX_WORKERS};
+pub use config::{default_workers, parse_duration, Config, Mode, MAX_DURATION, MAX_WORKERS};
 pub use control::{control_dir, status, stop, ServerStatus};
 pub use error::{Error, Result};
+pub use lifecycle::{Phase, Report, StopReason};
 pub use listener::{listen, resolve};
 pub use log::set_quiet;
-pub use stats::{WorkerState, WorkerStats};
-pub use supervisor::{Handle, Report, Server, StopReason};
+pub use server::{Handle, Running, Server};
+pub use settings::{setting, Host, Kind, Setting, Value, SETTINGS};
+pub use stats::WorkerStats;
 
 /// The version shared by the crate, the CLI, the Python package and the Ruby gem.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

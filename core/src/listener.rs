@@ -111,10 +111,7 @@ pub fn queue_len(listener: &impl std::os::fd::AsRawFd) -> Option<u32> {
 /// ```
 pub fn listen(host: &str, port: u16, backlog: u32) -> Result<TcpListener> {
     if backlog == 0 {
-        return Err(Error::InvalidArgument {
-            name: "backlog",
-            reason: "must be at least 1".to_string(),
-        });
+        return Err(Error::invalid("backlog", "must be at least 1"));
     }
     bind(resolve(host, port)?, backlog, false)
 }
