@@ -79,7 +79,9 @@ pub fn exit_code(e: &Error) -> u8 {
 
 /// The whole command line, as `--help` shows it.
 pub fn command() -> Command {
+    // The name is fixed, so `python -m port_sharding --help` prints what `port-sharding --help` does.
     Command::new("port-sharding")
+        .bin_name("port-sharding")
         .version(port_sharding::VERSION)
         .about("Serve one TCP port from many processes with SO_REUSEPORT")
         .after_help(SIGNALS)

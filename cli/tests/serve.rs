@@ -290,7 +290,15 @@ fn bad_arguments_are_clear_errors() {
         ),
         (
             vec!["--port", "0", "--host", "127.0.0.1", "--workers", "0"],
-            "invalid workers",
+            "invalid --workers: must be at least 1",
+        ),
+        (
+            vec!["--host", "127.0.0.1", "--port", "-1"],
+            "invalid --port: must be ≥ 0",
+        ),
+        (
+            vec!["--port", "0", "--drain-timeout", "1000000h"],
+            "invalid --drain-timeout: must be at most one year",
         ),
         (
             vec!["--port", "0", "--host", "127.0.0.1", "--mode", "loud"],
