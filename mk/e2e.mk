@@ -7,9 +7,9 @@ build-cli: setup-rust ## build the CLI (debug for tests, release for the demo)
 	$(CARGO) build --release --locked -q --bin port-sharding
 
 test-e2e: build-cli setup-python setup-ruby ## end-to-end: 5 takeovers across runtimes under load, plain restarts (netns)
-	$(PYTHON) -m pytest -q -p no:cacheprovider -s tests/e2e/test_takeover.py tests/e2e/test_restart.py
+	$(PYTHON) -m pytest -q -rs -p no:cacheprovider -s tests/e2e/test_takeover.py tests/e2e/test_restart.py
 
 demo: build-cli setup-python setup-ruby ## rolling upgrade Python → Ruby → CLI under load on :$(PORT); prints 0 failed
 	examples/rolling_upgrade.sh $(PORT)
 
-TEST_TARGETS += test-e2e
+TEST_SUITES += e2e

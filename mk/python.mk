@@ -19,12 +19,12 @@ setup-python: setup-rust ## build and install the Python package (pip install ./
 PY_TYPED    = python/port_sharding python/tests examples/echo.py examples/seed_echo.py examples/hello.py
 
 test-python: setup-python ## Python package tests (pytest python/tests), stubs vs module (mypy.stubtest), mypy --strict
-	$(PYTHON) -m pytest -q -p no:cacheprovider python/tests
+	$(PYTHON) -m pytest -q -rs -p no:cacheprovider python/tests
 	cd target && $(PYTHON) -m mypy.stubtest port_sharding  # from target/: its .mypy_cache lands there
 	MYPY_CACHE_DIR=target/mypy-cache $(PYTHON) -m mypy --strict $(PY_TYPED)
 
 setup: setup-python
-TEST_TARGETS += test-python
+TEST_SUITES += python
 
 # The headline server: `make serve` is `port_sharding.serve(1234)` from the installed package.
 SERVE_DEPS = setup-python

@@ -25,7 +25,7 @@ test-ruby: setup-ruby ## Ruby gem tests (minitest: ruby/test), against the insta
 	$(RUBY) -e 'Dir.glob("ruby/test/test_*.rb").sort.each { |f| require File.expand_path(f) }'
 
 test-mixed: setup-ruby setup-python ## end-to-end: Python and Ruby servers share one port (tests/e2e/test_mixed.py)
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e/test_mixed.py
+	$(PYTHON) -m pytest -q -rs -p no:cacheprovider tests/e2e/test_mixed.py
 
 setup: setup-ruby
-TEST_TARGETS += test-ruby test-mixed
+TEST_SUITES += ruby mixed
