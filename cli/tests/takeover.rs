@@ -209,7 +209,7 @@ fn takeover_refuses_a_server_bound_to_another_address() {
             "--workers",
             "1",
         ])
-        .env("PORT_SHARDING_CONTROL_DIR", &dir)
+        .env("PORT_SHARDING_CONTROL_DIR", &*dir)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
