@@ -31,7 +31,7 @@ enum Command {
     /// Ask the servers running on a port to drain and exit.
     Stop(StopArgs),
     /// Load-test an echo server and report throughput, latency and errors.
-    Bench(port_sharding::bench::BenchArgs),
+    Bench(port_sharding_bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve(a),
         Command::Status(a) => status(a),
         Command::Stop(a) => stop(a),
-        Command::Bench(a) => return port_sharding::bench::main(a),
+        Command::Bench(a) => return port_sharding_bench::main(a),
     };
     match result {
         Ok(code) => code,
