@@ -49,17 +49,24 @@ def targets(summary: dict, memory: dict | None) -> list[tuple[str, str, str, str
             verdict = "**missed**"
         rows.append((name, f"≥ {need}×", txt, verdict))
 
+    for w in ("once-32", "conn-32", "pingpong-32"):
+        a, b = cell("engine-cli", w, "ops_per_server_cpu_s"), cell("c-epoll", w, "ops_per_server_cpu_s")
+        name = f"{w}: engine (CLI) vs the minimal C epoll server, ops per server CPU-second (issue 14)"
+        if a and b:
+            rows.append((name, "≥ 1.0×", f"{a / b:.2f}× ({a:,.0f} vs {b:,.0f})", "met" if a >= b else "**missed**"))
+        else:
+            rows.append((name, "≥ 1.0×", "not measured", "—"))
     ratio_row("conn-32: engine (CLI) vs the talk's Python loop", "engine-cli", "talk-python", "conn-32", 1.4)
     ratio_row("pingpong-32: engine (CLI) vs asyncio", "engine-cli", "asyncio", "pingpong-32", 2.0)
     # The CLI's own run-to-run spread, to tell a real difference from noise.
     spread = 0.0
-    for w, _, _, _ in WORKLOADS:
+    for w, *_ in WORKLOADS:
         runs = summary.get("engine-cli", {}).get(w, {}).get("all_ops_per_sec") or []
         if len(runs) > 1 and statistics.median(runs):
             spread = max(spread, (max(runs) - min(runs)) / statistics.median(runs))
     for host in ("engine-python", "engine-ruby"):
         worst = worst_cpu = None
-        for w, _, _, _ in WORKLOADS:
+        for w, *_ in WORKLOADS:
             a, b = cell(host, w), cell("engine-cli", w)
             if a is not None and b:
                 d = (a - b) / b
@@ -73,7 +80,7 @@ def targets(summary: dict, memory: dict | None) -> list[tuple[str, str, str, str
             rows.append((name, "within 5%", "not measured (package not installed)", "—"))
             continue
         per = []
-        for w, _, _, _ in WORKLOADS:
+        for w, *_ in WORKLOADS:
             a, b = cell(host, w), cell("engine-cli", w)
             if a is not None and b:
                 per.append(f"{w} {(a - b) / b * 100:+.0f}%")
@@ -96,10 +103,58 @@ def targets(summary: dict, memory: dict | None) -> list[tuple[str, str, str, str
     return rows
 
 
+def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: int, labels: dict[str, str] | None = None,
+                order: list[str] | None = None) -> str:
+    """Issue 14's tables: every server's ops per server CPU-second as a ratio to the minimal C epoll server,
+    and the system calls per operation of the engine and the C server."""
+    labels = labels or {}
+    order = order or list(summary)
+    floor = summary.get("c-epoll", {})
+    L = ["## Against the C floor: ops per server CPU-second, ratio to the minimal C epoll server\n",
+         f"Median of {runs} run(s) per cell, both servers with one process pinned to the same core, measured in the same "
+         "session. ≥ 1.00× means the server spends no more CPU per operation than the minimal C server "
+         "(bench/servers/c_epoll_echo.c). conn-32 = connect, echo, the client closes (`--mode echo`); once-32 = the "
+         "server closes after one echo (`--mode once`).\n",
+         "| server | " + " | ".join(wkeys) + " |", "|---|" + "---:|" * len(wkeys)]
+    for k in order:
+        if k not in summary:
+            continue
+        row = []
+        for w in wkeys:
+            c, b = summary[k].get(w), floor.get(w)
+            if not c:
+                row.append("n/a")
+            elif k == "c-epoll" or not b or not b.get("ops_per_server_cpu_s"):
+                row.append(fmt_num(c["ops_per_server_cpu_s"]))
+            else:
+                row.append(f"{c['ops_per_server_cpu_s'] / b['ops_per_server_cpu_s']:.2f}× ({fmt_num(c['ops_per_server_cpu_s'])})")
+        L.append(f"| {labels.get(k, k)} | " + " | ".join(row) + " |")
+    L.append("")
+    if syscalls:
+        traced = [w for w in wkeys if any(w in by for by in syscalls.values())]
+        L.append("### System calls per operation (`strace -c -f` attached to the serving process, bounded runs)\n")
+        L.append("| server | " + " | ".join(traced) + " |")
+        L.append("|---|" + "---|" * len(traced))
+        for k, by in syscalls.items():
+            row = []
+            for w in traced:
+                r = by.get(w)
+                if not r:
+                    row.append("—")
+                    continue
+                parts = ", ".join(f"{n} {v:.2f}" for n, v in r["per_op"].items() if v >= 0.005)
+                row.append(f"**{r['total_per_op']:.2f}**: {parts}")
+            L.append(f"| {labels.get(k, k)} | " + " | ".join(row) + " |")
+        L.append("\nCalls (failed ones included, e.g. `EAGAIN`) divided by the operations completed; `epoll_wait` is shared by "
+                 "all the connections ready at once, so it falls as concurrency rises.\n")
+    return "\n".join(L)
+
+
 def svg_chart(summary: dict, labels: dict[str, str], order: list[str]) -> str:
     """Grouped horizontal bars: one panel per workload, one bar per server (median, runs as ticks)."""
-    panels = [(w, "ops/s" if w != "stream-4" else "MB/s") for w, _, _, _ in WORKLOADS]
+    panels = [(w, "ops/s" if w != "stream-4" else "MB/s") for w, *_ in WORKLOADS]
     colors = {"engine-cli": "#1f77b4", "engine-python": "#4c9be8", "engine-ruby": "#9ecae9", "talk-python": "#d62728",
+              "c-epoll": "#555555", "uvloop": "#98df8a",
               "talk-ruby": "#ff9896", "asyncio": "#2ca02c"}
     bar_h, gap, panel_gap, left, width = 16, 4, 36, 180, 460
     y = 40
@@ -144,12 +199,14 @@ def existing_scaling(ctx: Context) -> str:
 
 
 def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory: dict | None, startup: dict | None, drain: dict | None,
+                     syscalls: dict | None,
                      elapsed: float, scaling_md: str | None = None) -> None:
     labels = {s["key"]: s["label"] for s in matrix["servers"]}
+    served = {s["key"]: s["workloads"] for s in matrix["servers"]}
     order = [s["key"] for s in matrix["servers"]]
     L = []
     L.append("# Benchmarks\n")
-    L.append("Written by `make bench` (bench/run.py); do not edit by hand — analysis notes come from bench/NOTES.md. "
+    L.append("Written by `make bench` (bench/harness); do not edit by hand — analysis notes come from bench/NOTES.md. "
              "Every number is a median of runs on the machine below; a loopback benchmark on a shared 2-core VM is noisy, "
              "so read ratios, not absolutes.\n")
     L.append("## Machine\n")
@@ -163,7 +220,7 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
     pin = "server pinned to CPU 0, load generator to CPU 1 (taskset)" if ctx.taskset else "no CPU pinning (taskset missing)"
     L.append(f"- {pin}; every server with 1 worker; {ctx.runs} runs of {ctx.duration:g} s per cell, 127.0.0.1, ephemeral ports\n")
     L.append("## Throughput (median ops/s; stream: MB/s of verified echo)\n")
-    head = "| server | " + " | ".join(w for w, _, _, _ in WORKLOADS) + " |"
+    head = "| server | " + " | ".join(w for w, *_ in WORKLOADS) + " |"
     L.append(head)
     L.append("|---|" + "---:|" * len(WORKLOADS))
     base = summary.get("talk-python", {})
@@ -172,10 +229,11 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
             L.append(f"| {labels[k]} | " + " | ".join("skipped" for _ in WORKLOADS) + " |")
             continue
         row = []
-        for w, _, _, _ in WORKLOADS:
+        for w, *_ in WORKLOADS:
             c = summary.get(k, {}).get(w)
             if c is None:
-                row.append("n/a" if k.startswith("talk") else ("failed" if k in matrix["failures"] else "—"))
+                serves = served.get(k)
+                row.append("n/a" if serves is not None and w not in serves else ("failed" if k in matrix["failures"] else "—"))
                 continue
             val = c["mb_per_sec"] if w == "stream-4" else c["ops_per_sec"]
             txt = fmt_num(val) + (" MB/s" if w == "stream-4" else "")
@@ -198,7 +256,7 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
             if k not in summary or k == "asyncio":
                 continue
             row = []
-            for w, _, _, _ in WORKLOADS:
+            for w, *_ in WORKLOADS:
                 c, b = summary[k].get(w), aio.get(w)
                 row.append(f"{c['ops_per_sec'] / b['ops_per_sec']:.2f}×" if c and b and b["ops_per_sec"] else "n/a")
             L.append(f"| {labels[k]} | " + " | ".join(row) + " |")
@@ -213,7 +271,7 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
         if k not in summary:
             continue
         row = []
-        for w, _, _, _ in WORKLOADS:
+        for w, *_ in WORKLOADS:
             c = summary[k].get(w)
             b = base.get(w)
             if not c:
@@ -226,6 +284,8 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
             row.append(txt)
         L.append(f"| {labels[k]} | " + " | ".join(row) + " |")
     L.append("")
+    if "c-epoll" in summary:
+        L.append(floor_table(summary, syscalls, [w for w, *_ in WORKLOADS], ctx.runs, labels, order))
     L.append("## Latency (median of runs: p50 / p99)\n")
     L.append(head)
     L.append("|---|" + "---:|" * len(WORKLOADS))
@@ -233,7 +293,7 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
         if k not in summary:
             continue
         row = []
-        for w, _, _, _ in WORKLOADS:
+        for w, *_ in WORKLOADS:
             c = summary[k].get(w)
             row.append(f"{fmt_us(c['p50_us'])} / {fmt_us(c['p99_us'])}" if c else "n/a")
         L.append(f"| {labels[k]} | " + " | ".join(row) + " |")
@@ -241,7 +301,7 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
              "(2 in flight per connection).\n")
     if ctx.chart.exists():
         L.append(f"![throughput chart]({ctx.rel(ctx.chart)})\n")
-    L.append("## Targets (issue 6; measured, not asserted)\n")
+    L.append("## Targets (issues 6 and 14; measured, not asserted)\n")
     L.append("| target | goal | measured | |")
     L.append("|---|---|---|---|")
     for t in targets(summary, memory):

@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -46,12 +47,12 @@ def machine_busy_s() -> float:
 
 
 def bench(ctx: Context, port: int, workload: str, conc: int, size: int, duration: float, cpus: str | None, threads: int = 1,
-          server_pgid: int | None = None, sources: int = 1) -> dict:
+          server_pgid: int | None = None, sources: int = 1, connections: int | None = None) -> dict:
     """One `port-sharding bench --json` run; adds the CPU time the server's process group and the load
     generator used, so a run limited by the load generator can be told from one limited by the server."""
     argv = [str(ctx.bin), "bench", "--host", "127.0.0.1", "--port", str(port), "--workload", workload, "--concurrency", str(conc),
             "--duration", f"{duration}s", "--size", str(size), "--threads", str(threads), "--sources", str(sources),
-            "--json"]
+            "--json"] + (["--connections", str(connections)] if connections else [])
     s0 = group_cpu_s(server_pgid) if server_pgid else None
     m0 = machine_busy_s()
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -72,11 +73,12 @@ def bench(ctx: Context, port: int, workload: str, conc: int, size: int, duration
     return out
 
 
-WORKLOADS = [  # key, workload, concurrency, size
-    ("conn-1", "conn", 1, 64),
-    ("conn-32", "conn", 32, 64),
-    ("pingpong-32", "pingpong", 32, 64),
-    ("stream-4", "stream", 4, 65536),
+WORKLOADS = [  # key, workload, concurrency, size, the server's mode
+    ("conn-1", "conn", 1, 64, "echo"),
+    ("conn-32", "conn", 32, 64, "echo"),  # connect, echo, the client closes (issue 14's `echo`)
+    ("once-32", "conn", 32, 64, "once"),  # connect, echo, the server closes (the talk's protocol)
+    ("pingpong-32", "pingpong", 32, 64, "echo"),
+    ("stream-4", "stream", 4, 65536, "echo"),
 ]
 
 SERVER_CPU = "0"
@@ -282,3 +284,88 @@ def measure_drain(ctx: Context, n: int = 1000) -> dict:
         finally:
             srv.stop()
     return out
+
+
+# ------------------------------------------------------------------------------------- system calls
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` (the engine's workers, the C server's processes)."""
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                kids += [int(x) for x in (task / "children").read_text().split()]
+    return kids
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = Path(f"/proc/{pid}/stat").read_text()
+            rest = text[text.rindex(")") + 2:].split()
+            total += int(rest[11]) + int(rest[12])
+    return total
+
+
+def settle(pids: list[int], deadline: float) -> None:
+    """Waits until `pids` have used no CPU for 0.3 s (or the deadline passed)."""
+    last, quiet_since = cpu_ticks(pids), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = cpu_ticks(pids)
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= 0.3:
+            return
+
+
+def parse_strace_c(text: str) -> dict[str, int]:
+    """`strace -c` summary -> calls per system call (errors included, as they are calls too)."""
+    calls: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 5 or not parts[3].isdigit() or parts[-1] == "total":
+            continue
+        calls[parts[-1]] = calls.get(parts[-1], 0) + int(parts[3])
+    return calls
+
+
+def syscalls_per_op(ctx: Context, kind: ServerKind, wkey: str, ops: int, cpus: tuple[str | None, str | None]) -> dict:
+    """System calls the server's serving processes make per operation: `strace -c -f` attached to them
+    (the children of the started process, or the process itself when it has none) during a run bounded
+    to `ops` operations (and 60 s). The start-up and the supervisor's own housekeeping are not counted."""
+    strace = shutil.which("strace")
+    if strace is None:
+        raise RuntimeError("strace not installed")
+    w = next(w for w in WORKLOADS if w[0] == wkey)
+    argv = kind.argv_for(w[4])
+    if argv is None:
+        raise RuntimeError(f"{kind.key} has no {w[4]} mode")
+    port = free_port()
+    out_file = ctx.logs / f"strace-{kind.key}-{wkey}.txt"
+    with Server(ctx, argv, port, cpus[0], f"strace-{kind.key}") as srv:
+        srv.wait_ready()
+        pids = children(srv.pid) or [srv.pid]
+        cmd = [strace, "-c", "-f", "-q", "-o", str(out_file)] + [a for p in pids for a in ("-p", str(p))]
+        tracer = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            time.sleep(0.5)  # attaching
+            if tracer.poll() is not None:
+                raise RuntimeError(f"strace exited: {tracer.stderr.read().decode(errors='replace')[-300:]}")
+            r = bench(ctx, port, w[1], w[2], w[3], 60.0, cpus[1], connections=ops)
+            # The traced server lags behind (ptrace is slow): let it finish the closes the run left it.
+            settle(pids, time.monotonic() + 15)
+        finally:
+            tracer.send_signal(signal.SIGINT)  # detaches and writes the summary
+            try:
+                tracer.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                tracer.kill()
+                tracer.wait(timeout=10)
+    calls = parse_strace_c(out_file.read_text())
+    done = max(r["ops"], 1)
+    return {"ops": r["ops"], "errors": r["errors"]["total"], "processes": len(pids),
+            "per_op": {k: v / done for k, v in sorted(calls.items(), key=lambda kv: -kv[1])},
+            "total_per_op": sum(calls.values()) / done}

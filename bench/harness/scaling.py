@@ -1,4 +1,5 @@
-"""`scaling`: one engine server with 1..16 workers against one multi-threaded load generator;
+"""`scaling`: one engine server with 1..16 workers, and the minimal C server with as many processes beside it,
+against one multi-threaded load generator;
 `merge-scaling`: a table measured on another machine into BENCHMARKS.md."""
 
 from __future__ import annotations
@@ -50,38 +51,64 @@ def cmd_scaling(ctx: Context) -> int:
     # connection to the port competes for the same ephemeral ports, and that caps conn-256 on the client side.
     loads = [("conn-256", "conn", 256, 64, 1), ("conn-256-src16", "conn", 256, 64, 16),
              ("pingpong-512", "pingpong", 512, 64, 1)]
-    log(f"scaling on {machine_key(m)}: workers {workers}, {threads} load threads, server CPUs {server_cpus}, client CPUs {client_cpus}")
-    results: dict[str, dict[str, list[dict]]] = {}
+    servers = {"engine": lambda w: [str(ctx.bin), "serve", "--host", "127.0.0.1", "--port", "{port}", "--workers", str(w),
+                                    "--mode", "echo", "--quiet"]}
+    if ctx.c_server.exists():  # the floor, side by side (issue 14): w processes, one reuseport listener each
+        servers["c"] = lambda w: [str(ctx.c_server), "-p", "{port}", "-w", str(w), "-m", "echo"]
+    else:
+        log(f"{ctx.c_server} missing (make bench builds it): scaling the engine alone")
+    log(f"scaling on {machine_key(m)}: workers {workers}, {threads} load threads, server CPUs {server_cpus}, "
+        f"client CPUs {client_cpus}, servers {', '.join(servers)}")
+    results: dict[str, dict[str, dict[str, list[dict]]]] = {}
     t0 = time.monotonic()
     for run in range(runs):
         for w in workers:
-            port = free_port()
-            argv = [str(ctx.bin), "serve", "--host", "127.0.0.1", "--port", "{port}", "--workers", str(w), "--mode", "echo", "--quiet"]
-            with Server(ctx, argv, port, server_cpus, f"scale-{w}", preexec=raise_nofile) as srv:
-                srv.wait_ready()
-                for key, workload, conc, size, sources in loads:
-                    r = bench(ctx, port, workload, conc, size, duration, client_cpus, threads=threads, sources=sources)
-                    results.setdefault(str(w), {}).setdefault(key, []).append(r)
-                    log(f"run {run + 1} workers {w:>2} {key:13} {r['ops_per_sec']:>10.0f} ops/s errors {r['errors']['total']}")
-    summary = {w: {k: {"ops_per_sec": median_of(rs, "ops_per_sec"), "p99_us": median_of(rs, "latency_us.p99"),
-                       "errors": sum(r["errors"]["total"] for r in rs),
-                       "spread": [wk["accepted"] for wk in (rs[-1].get("workers") or [])]}
-                   for k, rs in by.items()} for w, by in results.items()}
+            for name, argv in servers.items():
+                port = free_port()
+                with Server(ctx, argv(w), port, server_cpus, f"scale-{name}-{w}", preexec=raise_nofile) as srv:
+                    srv.wait_ready()
+                    for key, workload, conc, size, sources in loads:
+                        r = bench(ctx, port, workload, conc, size, duration, client_cpus, threads=threads, sources=sources,
+                                  server_pgid=srv.pid)
+                        results.setdefault(name, {}).setdefault(str(w), {}).setdefault(key, []).append(r)
+                        log(f"run {run + 1} {name:6} workers {w:>2} {key:13} {r['ops_per_sec']:>10.0f} ops/s "
+                            f"{r['ops_per_server_cpu_s']:>10.0f} per server CPU-s errors {r['errors']['total']}")
+    summary = {name: {w: {k: {"ops_per_sec": median_of(rs, "ops_per_sec"), "p99_us": median_of(rs, "latency_us.p99"),
+                              "ops_per_server_cpu_s": median_of(rs, "ops_per_server_cpu_s"),
+                              "errors": sum(r["errors"]["total"] for r in rs),
+                              "spread": [wk["accepted"] for wk in (rs[-1].get("workers") or [])]}
+                          for k, rs in by.items()} for w, by in per.items()} for name, per in results.items()}
     key = machine_key(m)
+    with_c = "c" in summary
     L = [f"### {key}\n",
          f"{m['date']}; kernel {m['kernel']}; {m['rustc']}; load generator: {threads} thread(s) on CPUs {client_cpus or 'any'}, "
-         f"servers on CPUs {server_cpus or 'any'}; {runs} runs × {duration:g} s; median ops/s (× = vs 1 worker)\n",
-         "| workers | " + " | ".join(k for k, *_ in loads) + " | p99 " + " | p99 ".join(k for k, *_ in loads) + " | accepted per worker (last conn run) |",
-         "|---:|" + "---:|" * (2 * len(loads)) + "---|"]
-    one = summary.get(str(workers[0]), {})
+         f"servers on CPUs {server_cpus or 'any'}; {runs} runs × {duration:g} s; median ops/s (× = vs 1 worker)"
+         + ("; C = the minimal C epoll server with as many processes, engine/C = ratio of ops/s and of ops per server "
+            "CPU-second" if with_c else "") + "\n"]
+    head = ["workers"]
+    for k, *_ in loads:
+        head += [k] + ([f"{k} C", f"{k} engine/C"] if with_c else [])
+    head += [f"p99 {k}" for k, *_ in loads] + ["accepted per worker (last conn run)"]
+    L.append("| " + " | ".join(head) + " |")
+    L.append("|---:|" + "---:|" * (len(head) - 2) + "---|")
+
+    def scaled(name: str, w: int, k: str) -> str:
+        c = summary.get(name, {}).get(str(w), {}).get(k)
+        base = summary.get(name, {}).get(str(workers[0]), {}).get(k, {}).get("ops_per_sec")
+        if not c or not base:
+            return "—"
+        return f"{fmt_num(c['ops_per_sec'])} ({c['ops_per_sec'] / base:.2f}×)" + (f" ⚠ {c['errors']} err" if c["errors"] else "")
+
     for w in workers:
-        s = summary.get(str(w), {})
+        s = summary.get("engine", {}).get(str(w), {})
         cells = []
         for k, *_ in loads:
-            c = s.get(k)
-            base = one.get(k, {}).get("ops_per_sec")
-            cells.append(f"{fmt_num(c['ops_per_sec'])} ({c['ops_per_sec'] / base:.2f}×)" + (f" ⚠ {c['errors']} err" if c["errors"] else "")
-                         if c and base else "—")
+            cells.append(scaled("engine", w, k))
+            if with_c:
+                cells.append(scaled("c", w, k))
+                e, c = s.get(k), summary["c"].get(str(w), {}).get(k)
+                cells.append(f"{e['ops_per_sec'] / c['ops_per_sec']:.2f}× / {e['ops_per_server_cpu_s'] / c['ops_per_server_cpu_s']:.2f}×"
+                             if e and c and c["ops_per_sec"] and c["ops_per_server_cpu_s"] else "—")
         for k, *_ in loads:
             c = s.get(k)
             cells.append(fmt_us(c["p99_us"]) if c else "—")

@@ -55,27 +55,57 @@ def echo_once(port: int, timeout: float = 1.0) -> bool:
 class ServerKind:
     key: str
     label: str
-    argv: list[str]  # "{port}" is replaced
-    workloads: set[str] | None = None  # None: all
+    argv: list[str]  # serves echo; "{port}" is replaced
+    argv_once: list[str] | None = None  # serves `once` (echo the first read, then close); None: no such mode
+    workloads: set[str] | None = None  # None: all those its modes serve
     note: str = ""
     check: list[str] | None = None  # a command that must succeed for the server to be available
     short: str = ""  # the name in the chart
+    check_rc: int = 0  # the exit status `check` must have
+
+    def argv_for(self, mode: str) -> list[str] | None:
+        return self.argv if mode == "echo" else self.argv_once
 
 
 def server_kinds(ctx: Context) -> list[ServerKind]:
-    engine = [str(ctx.bin), "serve", "--host", "127.0.0.1", "--port", "{port}", "--workers", "1", "--mode", "echo", "--quiet"]
-    py_serve = "import port_sharding; port_sharding.serve({port}, host='127.0.0.1', workers=1)"
-    rb_serve = 'require "port_sharding"; PortSharding.serve({port}, host: "127.0.0.1", workers: 1)'
+    def engine(mode: str) -> list[str]:
+        return [str(ctx.bin), "serve", "--host", "127.0.0.1", "--port", "{port}", "--workers", "1", "--mode", mode, "--quiet"]
+
+    def py_serve(mode: str) -> list[str]:
+        return [ctx.py, "-c", f"import port_sharding; port_sharding.serve({{port}}, host='127.0.0.1', workers=1, mode='{mode}')"]
+
+    def rb_serve(mode: str) -> list[str]:
+        return [ruby, "-e", f'require "port_sharding"; PortSharding.serve({{port}}, host: "127.0.0.1", workers: 1, mode: :{mode})']
+
+    def c_server(mode: str) -> list[str]:
+        return [str(ctx.c_server), "-p", "{port}", "-w", "1", "-m", mode]
+
     ruby = ctx.ruby or "ruby"
     servers = ctx.bench_dir / "servers"
-    talk_only = {"conn-1", "conn-32"}
+    talk = [ctx.py, str(servers / "talk_echo.py"), "{port}", "127.0.0.1"]
+    talk_rb = [ruby, str(servers / "talk_echo.rb"), "{port}", "127.0.0.1"]
+    uvloop = [ctx.py, str(servers / "uvloop_echo.py"), "{port}", "127.0.0.1"]
+    # The talk's loops echo one read and close: they serve conn (the client sends one message) and once.
+    talk_only = {"conn-1", "conn-32", "once-32"}
     return [
-        ServerKind(key="engine-cli", short="engine (CLI)", label="engine, CLI (`port-sharding serve -w 1`)", argv=engine),
+        ServerKind(key="engine-cli", short="engine (CLI)", label="engine, CLI (`port-sharding serve -w 1`)", argv=engine("echo"),
+                   argv_once=engine("once")),
+        ServerKind(
+            key="c-epoll",
+            short="minimal C epoll",
+            label="minimal C epoll server (bench/servers/c_epoll_echo.c, 1 process)",
+            argv=c_server("echo"),
+            argv_once=c_server("once"),
+            check=[str(ctx.c_server), "-h"],
+            check_rc=2,
+            note="built by `make bench` with the system C compiler",
+        ),
         ServerKind(
             key="engine-python",
             short="engine via Python serve",
             label="engine, Python `port_sharding.serve(workers=1)`",
-            argv=[ctx.py, "-c", py_serve],
+            argv=py_serve("echo"),
+            argv_once=py_serve("once"),
             check=[ctx.py, "-c", "import port_sharding; port_sharding.serve"],
             note="`make setup-python`",
         ),
@@ -83,7 +113,8 @@ def server_kinds(ctx: Context) -> list[ServerKind]:
             key="engine-ruby",
             short="engine via Ruby serve",
             label="engine, Ruby `PortSharding.serve(workers: 1)`",
-            argv=[ruby, "-e", rb_serve],
+            argv=rb_serve("echo"),
+            argv_once=rb_serve("once"),
             check=[ruby, "-e", 'require "port_sharding"; PortSharding.method(:serve)'],
             note="`make setup-ruby`",
         ),
@@ -91,14 +122,16 @@ def server_kinds(ctx: Context) -> list[ServerKind]:
             key="talk-python",
             short="talk's Python loop",
             label="talk's Python loop (listen(0), one recv)",
-            argv=[ctx.py, str(servers / "talk_echo.py"), "{port}", "127.0.0.1"],
+            argv=talk,
+            argv_once=talk,
             workloads=talk_only,
         ),
         ServerKind(
             key="talk-ruby",
             short="talk's Ruby loop",
             label="talk's Ruby loop (listen 0, one recv)",
-            argv=[ruby, str(servers / "talk_echo.rb"), "{port}", "127.0.0.1"],
+            argv=talk_rb,
+            argv_once=talk_rb,
             workloads=talk_only,
             check=[ruby, "-e", "1"],
         ),
@@ -107,6 +140,15 @@ def server_kinds(ctx: Context) -> list[ServerKind]:
             short="Python asyncio",
             label="Python asyncio `start_server(reuse_port=True)`",
             argv=[ctx.py, str(servers / "asyncio_echo.py"), "{port}"],
+        ),
+        ServerKind(
+            key="uvloop",
+            short="Python uvloop",
+            label="Python uvloop, protocol-based (`create_server(reuse_port=True)`)",
+            argv=uvloop,
+            argv_once=[*uvloop, "--once"],
+            check=[ctx.py, "-c", "import uvloop"],
+            note="`pip install --user uvloop`; `make bench` does",
         ),
     ]
 
@@ -119,7 +161,7 @@ def available(ctx: Context, kind: ServerKind) -> str | None:
         r = subprocess.run(kind.check, cwd=ctx.root, env=ctx.env(), capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{kind.check[0]}: {e}"
-    if r.returncode != 0:
+    if r.returncode != kind.check_rc:
         last = (r.stderr.decode(errors="replace").strip().splitlines() or ["failed"])[-1]
         return f"not installed ({kind.note or 'see README'}): {last[:120]}"
     return None
