@@ -66,8 +66,6 @@
 //! - `nix` (and `libc` where nix has no wrapper, e.g. `TCP_INFO`): safe fork, waitpid, sigaction, `SCM_RIGHTS`.
 //! - `thiserror`: one typed [`Error`] enum with messages, no boxing.
 //! - `serde`/`serde_json`: the control socket's one-line JSON protocol, readable by any language.
-//! - `clap`: the `port-sharding` command line with `--help` on every subcommand.
-//! - `hdrhistogram`, `indicatif`: latency percentiles and the progress bar of `port-sharding bench`.
 
 // SO_REUSEPORT balances connections on Linux only; elsewhere the engine would silently half-work.
 #[cfg(not(target_os = "linux"))]
@@ -76,7 +74,6 @@ compile_error!(
      over the listening sockets (the last one bound receives them all)"
 );
 
-pub mod bench;
 mod config;
 mod control;
 mod error;
