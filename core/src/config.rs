@@ -147,6 +147,9 @@ pub fn default_workers() -> usize {
 /// which carries at most 253 fds (`SCM_MAX_FD`).
 pub const MAX_WORKERS: usize = 253;
 
+/// The longest `drain_timeout` or `idle_timeout` accepted: one year (365 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Config {
     /// Checks every field, naming the first one that is out of range.
     pub fn validate(&self) -> Result<()> {
@@ -174,6 +177,21 @@ impl Config {
                 "idle_timeout",
                 "must be more than 0 seconds (or none)".to_string(),
             );
+        }
+        // Deadlines are computed as `Instant + timeout`; a sane bound keeps that far from overflowing.
+        for (name, t) in [
+            ("drain_timeout", Some(self.drain_timeout)),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if let Some(t) = t.filter(|t| *t > MAX_DURATION) {
+                return bad(
+                    name,
+                    format!(
+                        "must be at most 365 days, got {:.0} days",
+                        t.as_secs_f64() / 86_400.0
+                    ),
+                );
+            }
         }
         if !matches!(self.runtime.as_str(), "rust" | "python" | "ruby") {
             return bad(
@@ -234,6 +252,25 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(err.to_string().contains("invalid workers"), "{err}");
+        for c in [
+            Config {
+                drain_timeout: Duration::MAX,
+                ..Config::default()
+            },
+            Config {
+                idle_timeout: Some(MAX_DURATION + Duration::from_secs(1)),
+                ..Config::default()
+            },
+        ] {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("must be at most 365 days"), "{err}");
+        }
+        let year = Config {
+            drain_timeout: MAX_DURATION,
+            idle_timeout: Some(MAX_DURATION),
+            ..Config::default()
+        };
+        assert!(year.validate().is_ok());
         assert!("loud"
             .parse::<Mode>()
             .unwrap_err()

@@ -20,6 +20,8 @@ pub fn bin() -> &'static str {
 pub fn control_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ps-test-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Servers and clients refuse a control directory other users may enter.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     dir
 }
 
