@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Args as _, Command, FromArgMatches};
-use port_sharding_bench as load;
 use port_sharding::{Config, Error, Handle, Host, Kind, Server, Value, SETTINGS};
+use port_sharding_bench as load;
 
 /// The handle of the server `serve` runs in this process, for [`interrupt`].
 static SERVING: Mutex<Option<Handle>> = Mutex::new(None);

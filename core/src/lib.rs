@@ -44,13 +44,23 @@
 //!
 //! | signal | effect |
 //! |---|---|
-//! | SIGINT, SIGTERM (first) | drain: workers stop accepting, accept what is queued, finish open connections, exit |
-//! | SIGINT, SIGTERM (second) | stop now: workers are killed, open connections cut |
+//! | SIGINT, SIGTERM, SIGQUIT (first) | drain: workers stop accepting, accept what is queued, finish open connections, exit |
+//! | SIGINT, SIGTERM, SIGQUIT (second) | stop now: workers are killed, open connections cut |
+//! | SIGHUP | logged and ignored (it will mean "reload"); never fatal, as nginx users expect |
+//! | SIGPIPE | never kills: the engine sends with `MSG_NOSIGNAL` and workers ignore it; a client that hung up is an error on that connection only |
 //! | SIGKILL a worker | the supervisor forks a replacement on the same listener (crash loops back off) |
 //!
 //! Handlers are installed only while `run` runs on the main thread (see [`Config::handle_signals`]) and the
 //! previous ones are restored afterwards. Workers ignore SIGINT: Ctrl-C reaches the whole process group, and
 //! the supervisor alone decides when they drain. A worker whose supervisor dies drains and exits by itself.
+//!
+//! # Hosts that fork
+//!
+//! A child the host process forks (Python `os.fork` or `multiprocessing`, Ruby `fork`) inherits the
+//! engine's listeners, drain pipes and control socket. It should call [`close_in_forked_child`] first
+//! thing (the Python and Ruby bindings do, from their at-fork hooks): otherwise it keeps the listeners in
+//! the port's reuseport group after the server stopped. Drains do not wait for such a child: the
+//! supervisor tells each worker to drain with a byte on its pipe, not only by closing it.
 //!
 //! # Platform notes
 //!
@@ -77,6 +87,7 @@ compile_error!(
 mod config;
 mod control;
 mod error;
+mod fds;
 mod lifecycle;
 mod listener;
 mod log;
@@ -91,6 +102,7 @@ mod worker;
 pub use config::{default_workers, parse_duration, Config, Mode, MAX_DURATION, MAX_WORKERS};
 pub use control::{control_dir, status, stop, ServerStatus};
 pub use error::{Error, Result};
+pub use fds::close_in_forked_child;
 pub use lifecycle::{Phase, Report, StopReason};
 pub use listener::{listen, resolve};
 pub use log::set_quiet;

@@ -1,4 +1,4 @@
-//! SIGINT and SIGTERM become events in the supervisor's mio loop, through a self-pipe, in one place.
+//! SIGINT, SIGTERM, SIGQUIT and SIGHUP become events in the supervisor's mio loop, through a self-pipe, in one place.
 //!
 //! The handlers are installed only while [`Server::run`](crate::Server::run) runs on the main thread, and
 //! the previous dispositions (Python's, Ruby's, or the defaults) are restored when it returns.
@@ -16,8 +16,14 @@ use crate::error::{Error, Result};
 /// Write end of the self-pipe, or -1. A static because a signal handler cannot capture anything.
 static PIPE_FD: AtomicI32 = AtomicI32::new(-1);
 
-/// What the supervisor handles; a worker handles SIGTERM alone.
-pub(crate) const SUPERVISOR: &[Signal] = &[Signal::SIGINT, Signal::SIGTERM];
+/// What the supervisor handles, as nginx does: INT, TERM and QUIT drain; HUP will mean reload (until
+/// then it is logged and ignored, never fatal). A worker handles SIGTERM alone.
+pub(crate) const SUPERVISOR: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+];
 /// A worker's SIGTERM drains that worker (the supervisor then forks a fresh one): `kill <worker pid>` and a
 /// process-group SIGTERM (systemd's default `KillMode=control-group`, `timeout`) never cut connections.
 pub(crate) const WORKER: &[Signal] = &[Signal::SIGTERM];
@@ -53,6 +59,8 @@ impl SignalGuard {
         registry
             .register(&mut receiver, token, Interest::READABLE)
             .map_err(|e| Error::io("signal pipe", e))?;
+        crate::fds::register(sender.as_raw_fd());
+        crate::fds::register(receiver.as_raw_fd());
         PIPE_FD.store(sender.as_raw_fd(), Ordering::SeqCst);
         let action = SigAction::new(
             SigHandler::Handler(on_signal),
@@ -102,7 +110,8 @@ impl Drop for SignalGuard {
             }
         }
         PIPE_FD.store(-1, Ordering::SeqCst);
-        let _ = &self.sender;
+        crate::fds::unregister(self.sender.as_raw_fd());
+        crate::fds::unregister(self.receiver.as_raw_fd());
     }
 }
 

@@ -9,14 +9,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Token, Waker};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::config::Config;
-use crate::control::{self, ControlSocket, Request, ServerStatus};
+use crate::control::{self, ConnId, ControlSocket, Request, ServerStatus};
 use crate::error::{Error, Result};
+use crate::fds::Tracked;
 use crate::lifecycle::{Phase, Report, StopReason};
 use crate::listener;
 use crate::log::log;
@@ -44,16 +45,18 @@ const TICK: Duration = Duration::from_millis(50);
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long a successor may take between receiving the sockets and saying `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Byte on a worker's drain pipe that means "drain" (any byte but [`worker::HANDOVER`] does).
+const DRAIN_BYTE: u8 = b'd';
 
 /// A bound server: listeners open (connections queue from now on), workers not started yet. The public
 /// face is [`crate::Server`]; this is what the supervisor owns while it runs.
 pub(crate) struct Bound {
     pub(crate) config: Config,
     pub(crate) addr: SocketAddr,
-    pub(crate) listeners: Vec<std::net::TcpListener>,
+    pub(crate) listeners: Vec<Tracked<std::net::TcpListener>>,
     stats: Arc<StatsArea>,
     pub(crate) shared: Arc<Shared>,
-    poll: Poll,
+    poll: Tracked<Poll>,
     control: Option<ControlSocket>,
     predecessor: Option<Predecessor>,
 }
@@ -71,7 +74,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
     let mut predecessor = None;
     if config.takeover {
         if let Some((p, adopted)) = take_over(wanted)? {
-            listeners = adopted;
+            listeners = adopted.into_iter().map(Tracked::new).collect();
             predecessor = Some(p);
         }
     }
@@ -82,21 +85,16 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
     while listeners.len() < config.workers {
         let l = listener::bind(addr, config.backlog, true)?;
         addr = l.local_addr().map_err(|e| Error::io("getsockname", e))?;
-        listeners.push(l);
+        listeners.push(Tracked::new(l));
     }
     let stats = Arc::new(StatsArea::new(listeners.len())?);
-    let poll = Poll::new().map_err(|e| Error::io("epoll", e))?;
+    let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);
     let waker = Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?;
-    let mut control = if config.control {
-        Some(ControlSocket::bind(addr)?)
+    let control = if config.control {
+        Some(ControlSocket::bind(addr, poll.registry(), CONTROL)?)
     } else {
         None
     };
-    if let Some(c) = control.as_mut() {
-        poll.registry()
-            .register(&mut c.listener, CONTROL, Interest::READABLE)
-            .map_err(|e| Error::io("register control socket", e))?;
-    }
     let shared = Arc::new(Shared::new(waker, stats.clone(), addr));
     Ok(Bound {
         config,
@@ -121,8 +119,8 @@ pub(crate) fn run(bound: Bound) -> Result<Report> {
 
 struct WorkerProc {
     pid: Option<Pid>,
-    /// Write end of the worker's drain pipe; dropping it tells the worker to drain.
-    drain: Option<OwnedFd>,
+    /// Write end of the worker's drain pipe: a byte on it (or EOF) tells the worker to drain.
+    drain: Option<Tracked<OwnedFd>>,
     started: Instant,
     crashes: u32,
     restart_at: Option<Instant>,
@@ -211,11 +209,14 @@ impl Supervisor {
                         self.begin_drain(StopReason::Shutdown)
                     }
                     SIGNALS => self.on_signals(),
-                    CONTROL => self.on_control(),
                     SUCCESSOR => self.on_successor(),
+                    t if self.server.control.as_ref().is_some_and(|c| c.owns(t)) => {
+                        self.on_control(Some(t))
+                    }
                     _ => {}
                 }
             }
+            self.on_control(None);
             self.expire_successor();
             self.reap();
             self.restart_due();
@@ -240,7 +241,8 @@ impl Supervisor {
                         forced: self.forced,
                     });
                 }
-                if since.elapsed() > self.server.config.drain_timeout + KILL_GRACE && !self.forced {
+                let limit = self.server.config.drain_timeout.saturating_add(KILL_GRACE);
+                if since.elapsed() > limit && !self.forced {
                     log!("drain: workers still running {KILL_GRACE:?} past the drain timeout; killing them");
                     self.forced = true;
                     self.kill_all();
@@ -261,7 +263,7 @@ impl Supervisor {
                 drop(rx);
                 let p = &mut self.procs[i];
                 p.pid = Some(child);
-                p.drain = Some(tx);
+                p.drain = Some(Tracked::new(tx));
                 p.started = Instant::now();
                 p.restart_at = None;
                 log!("worker {i} started: pid {child}, listener fd {listener_fd}");
@@ -377,10 +379,14 @@ impl Supervisor {
             return;
         };
         for sig in guard.drain() {
-            let reason = if sig == Signal::SIGINT {
-                StopReason::Interrupt
-            } else {
-                StopReason::Terminate
+            // Like nginx: HUP will mean reload; QUIT drains as TERM does.
+            let reason = match sig {
+                Signal::SIGHUP => {
+                    log!("SIGHUP: reload is not implemented yet; ignored");
+                    continue;
+                }
+                Signal::SIGINT => StopReason::Interrupt,
+                _ => StopReason::Terminate,
             };
             if self.draining.is_some() {
                 log!("{sig} again: stopping now");
@@ -405,11 +411,17 @@ impl Supervisor {
             self.procs.iter().filter(|p| p.pid.is_some()).count(),
             self.server.config.drain_timeout
         );
+        // A byte, not only EOF: a child the host forked may still hold a copy of the pipe's write end.
+        let byte = if reason == StopReason::TakenOver {
+            worker::HANDOVER
+        } else {
+            DRAIN_BYTE
+        };
         for p in &mut self.procs {
-            if let (Some(pipe), StopReason::TakenOver) = (&p.drain, reason) {
-                let _ = nix::unistd::write(pipe, &[worker::HANDOVER]);
+            if let Some(pipe) = &p.drain {
+                let _ = nix::unistd::write(pipe, &[byte]);
             }
-            p.drain = None; // EOF on the worker's pipe: drain
+            p.drain = None;
             p.restart_at = None;
         }
         // Our copies must not keep the sockets in the group once the workers close theirs.
@@ -484,30 +496,41 @@ impl Supervisor {
         }
     }
 
-    fn on_control(&mut self) {
-        loop {
-            let Some(control) = self.server.control.as_ref() else {
-                return;
-            };
-            let (stream, request) = match control.accept() {
-                control::Accepted::Nobody => return,
-                control::Accepted::Refused => continue,
-                control::Accepted::Request(stream, request) => (stream, request),
-            };
-            self.sample_queues();
-            let _ = match request {
-                Request::Status => control::reply(&stream, &self.status()),
+    /// Readiness on the control socket or one of its connections (`None`: the periodic tick); answers
+    /// every request that became complete. Never blocks: see [`control`].
+    fn on_control(&mut self, token: Option<Token>) {
+        let Some(control) = self.server.control.as_mut() else {
+            return;
+        };
+        let registry = self.server.poll.registry();
+        let requests = match token {
+            Some(t) => control.on_event(registry, t),
+            None => control.tick(registry),
+        };
+        for (id, request) in requests {
+            match request {
+                Request::Status => {
+                    self.sample_queues();
+                    let status = self.status();
+                    self.respond(id, control::encode(&status));
+                }
                 Request::Stop => {
-                    let r = control::reply(&stream, &serde_json::json!({ "ok": true }));
+                    self.respond(id, control::encode(&serde_json::json!({ "ok": true })));
                     log!("control: stop requested");
                     self.begin_drain(StopReason::Stop);
-                    r
                 }
-                Request::Takeover { addr } => self.offer(stream, addr),
-                Request::Ready => {
-                    control::reply_error(&stream, "ready is only valid after takeover")
-                }
-            };
+                Request::Takeover { addr } => self.offer(id, addr),
+                Request::Ready => self.respond(
+                    id,
+                    control::error_line("ready is only valid after takeover"),
+                ),
+            }
+        }
+    }
+
+    fn respond(&mut self, id: ConnId, line: Vec<u8>) {
+        if let Some(control) = self.server.control.as_mut() {
+            control.respond(self.server.poll.registry(), id, line);
         }
     }
 }

@@ -41,6 +41,18 @@ impl std::ops::Deref for ControlDir {
     }
 }
 
+impl AsRef<std::path::Path> for ControlDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ControlDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
 impl Drop for ControlDir {
     fn drop(&mut self) {
         std::fs::remove_dir_all(&self.0).ok();
@@ -50,6 +62,8 @@ impl Drop for ControlDir {
 pub fn control_dir() -> ControlDir {
     let dir = std::env::temp_dir().join(format!("ps-test-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Servers and clients refuse a control directory other users may enter.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     ControlDir(dir)
 }
 
@@ -342,4 +356,57 @@ pub fn accepted(status: &serde_json::Value) -> Vec<u64> {
         .iter()
         .map(|w| w["accepted"].as_u64().unwrap())
         .collect()
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // After the command: state is field 3, utime 14, stime 15 (1-based) → indices 11 and 12 here.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// The control socket files in `dir`.
+pub fn control_sockets(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `port-sharding <args>` with `dir` as the control directory.
+pub fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .env("PORT_SHARDING_CONTROL_DIR", dir)
+        .output()
+        .unwrap()
+}
+
+/// Waits until `count_log(needle)` reaches `n`; `false` after [`PATIENCE`].
+pub fn wait_count(srv: &ServerProc, needle: &str, n: usize) -> bool {
+    let until = Instant::now() + PATIENCE;
+    while Instant::now() < until {
+        if srv.count_log(needle) >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
 }

@@ -1,19 +1,22 @@
-//! Rolling upgrades by socket hand-over: the new server's side (`take_over`) and the old server's side
+//! Rolling upgrades by socket hand-over, both sides: the new server's (`take_over`) and the old server's
 //! (`offer`, then waiting for `ready`).
 //!
 //! The new server receives the listening sockets themselves (`SCM_RIGHTS`): same sockets, same accept
-//! queues, so nothing queued is reset. The old server stops accepting only once the new one says `ready`,
-//! and keeps serving if the new one goes away before that.
+//! queues, so nothing queued is reset. The old server offers them only while it is serving (ready, not
+//! draining, no other successor pending), and stops accepting only once the new one says `ready`; it
+//! keeps serving if the new one goes away before that. The new server trusts nothing it receives: each
+//! fd must be a listening TCP socket of this user, with `SO_REUSEPORT`, bound to exactly the address
+//! asked for — otherwise it refuses before anything changes.
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use mio::Interest;
 
 use super::{StopReason, Supervisor, READY_TIMEOUT, SUCCESSOR};
-use crate::control::{self, Client, Offer, Request, ServerStatus};
+use crate::control::{self, Client, ConnId, Offer, Request};
 use crate::error::{Error, Result};
 use crate::log::log;
 
@@ -24,22 +27,24 @@ pub(super) struct Predecessor {
     pub(super) runtime: String,
 }
 
+fn as_takeover(e: Error) -> Error {
+    match e {
+        Error::Control(msg) => Error::Takeover(msg),
+        other => other,
+    }
+}
+
+/// Adopts the listening sockets of the newest server on `wanted` that offers them; `None` when no server
+/// (or only draining ones) runs there.
 pub(super) fn take_over(
     wanted: SocketAddr,
 ) -> Result<Option<(Predecessor, Vec<std::net::TcpListener>)>> {
-    // Take over from the newest server that is still serving: one that is draining is on its way out.
-    let serving = control::find(Some(wanted), wanted.port())
-        .into_iter()
-        .rev()
-        .find(|f| {
-            let state = Client::connect(&f.path).and_then(|mut c| {
-                c.send(&Request::Status)?;
-                c.answer::<ServerStatus>()
-            });
-            state.is_ok_and(|s| s.state == "serving")
-        });
-    let Some(found) = serving else {
-        if let Some(other) = control::find(None, wanted.port()).first() {
+    let found = control::find(Some(wanted), wanted.port()).map_err(as_takeover)?;
+    if found.is_empty() {
+        if let Some(other) = control::find(None, wanted.port())
+            .map_err(as_takeover)?
+            .first()
+        {
             return Err(Error::Takeover(format!(
                 "the server on port {} (pid {}) is bound to {}, not {wanted}: bind options must match to share \
                  its sockets (use --host {})",
@@ -51,76 +56,187 @@ pub(super) fn take_over(
         }
         log!("takeover: no server is serving {wanted}; starting normally");
         return Ok(None);
-    };
-    let mut client = Client::connect(&found.path)?;
-    client.send(&Request::Takeover { addr: wanted })?;
-    let (offer, fds) = client.offer().map_err(|e| match e {
-        Error::Control(msg) => Error::Takeover(format!("pid {} refused: {msg}", found.pid)),
-        other => other,
-    })?;
-    if fds.len() != offer.sockets || fds.is_empty() {
-        return Err(Error::Takeover(format!(
-            "expected {} sockets from pid {}, got {}",
-            offer.sockets,
-            found.pid,
-            fds.len()
-        )));
     }
-    let mut listeners = Vec::new();
-    for fd in fds {
-        let l = std::net::TcpListener::from(fd);
-        let local = l
-            .local_addr()
-            .map_err(|e| Error::io("getsockname of a received socket", e))?;
-        if local != offer.addr {
-            return Err(Error::Takeover(format!(
-                "received a socket bound to {local}, expected {}",
-                offer.addr
-            )));
-        }
-        l.set_nonblocking(true)
-            .map_err(|e| Error::io("set received socket nonblocking", e))?;
-        listeners.push(l);
-    }
-    log!(
-        "takeover: received {} listening socket(s) for {} from {} server pid {}",
-        listeners.len(),
-        offer.addr,
-        offer.runtime,
-        offer.pid
-    );
-    Ok(Some((
-        Predecessor {
+    // Newest first: an older one is usually draining, or handing over to a newer one.
+    let mut refusals = Vec::new();
+    for f in found.iter().rev() {
+        let mut client = Client::connect(&f.path).map_err(as_takeover)?;
+        client.send(&Request::Takeover { addr: wanted })?;
+        let (offer, fds) = match client.offer() {
+            Ok(got) => got,
+            Err(Error::Control(msg)) if msg == control::DRAINING => continue,
+            Err(Error::Control(msg)) => {
+                refusals.push(format!("pid {} refused: {msg}", f.pid));
+                continue;
+            }
+            Err(e) => return Err(as_takeover(e)),
+        };
+        let listeners = adopt(&offer, fds, wanted, f.pid)?;
+        log!(
+            "takeover: received {} listening socket(s) for {} from {} server pid {}",
+            listeners.len(),
+            offer.addr,
+            offer.runtime,
+            offer.pid
+        );
+        let p = Predecessor {
             client,
             pid: offer.pid,
             runtime: offer.runtime,
-        },
-        listeners,
-    )))
+        };
+        return Ok(Some((p, listeners)));
+    }
+    if refusals.is_empty() {
+        log!("takeover: every server on {wanted} is draining; starting normally");
+        return Ok(None);
+    }
+    Err(Error::Takeover(refusals.join("; ")))
+}
+
+/// Checks every received fd and only then turns them into listeners; any doubt refuses them all.
+fn adopt(
+    offer: &Offer,
+    fds: Vec<OwnedFd>,
+    wanted: SocketAddr,
+    pid: u32,
+) -> Result<Vec<std::net::TcpListener>> {
+    let bad = |why: String| {
+        Err(Error::Takeover(format!(
+            "pid {pid} sent {why}; nothing adopted"
+        )))
+    };
+    if fds.is_empty() || fds.len() != offer.sockets || fds.len() > crate::config::MAX_WORKERS {
+        return bad(format!(
+            "{} socket(s) but announced {}",
+            fds.len(),
+            offer.sockets
+        ));
+    }
+    if offer.addr != wanted {
+        return bad(format!("an offer for {}, not {wanted}", offer.addr));
+    }
+    for (i, fd) in fds.iter().enumerate() {
+        if let Err(why) = check_listener(fd, wanted) {
+            return bad(format!("socket {} of {}, which {why}", i + 1, fds.len()));
+        }
+    }
+    fds.into_iter()
+        .map(|fd| {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true)
+                .map_err(|e| Error::io("set received socket nonblocking", e))?;
+            Ok(l)
+        })
+        .collect()
+}
+
+fn int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> std::result::Result<i32, String> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("is not a socket ({})", io::Error::last_os_error()));
+    }
+    Ok(v)
+}
+
+/// Why `fd` cannot join `wanted`'s reuseport group as one of our listeners, if it cannot.
+fn check_listener(fd: &OwnedFd, wanted: SocketAddr) -> std::result::Result<(), String> {
+    let raw = fd.as_raw_fd();
+    let ty = int_opt(raw, libc::SOL_SOCKET, libc::SO_TYPE)?;
+    if ty != libc::SOCK_STREAM {
+        return Err(format!("is not a stream socket (SO_TYPE {ty})"));
+    }
+    let domain = int_opt(raw, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    let want = if wanted.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    if domain != want {
+        return Err(format!(
+            "is of address family {domain}, not {want} like {wanted}"
+        ));
+    }
+    let proto = int_opt(raw, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
+    if proto != libc::IPPROTO_TCP {
+        return Err(format!("is not TCP (protocol {proto})"));
+    }
+    if int_opt(raw, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 1 {
+        return Err("is not listening".to_string());
+    }
+    if int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 1 {
+        return Err("does not have SO_REUSEPORT set".to_string());
+    }
+    if wanted.is_ipv6() && int_opt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)? != 1 {
+        return Err("is a dual-stack socket (IPV6_V6ONLY is 0)".to_string());
+    }
+    let local = socket2::SockRef::from(&fd.as_fd())
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket());
+    if local != Some(wanted) {
+        return Err(format!("is bound to {local:?}, not {wanted}"));
+    }
+    let owner = nix::sys::stat::fstat(fd)
+        .map_err(|e| format!("cannot be inspected ({e})"))?
+        .st_uid;
+    let me = nix::unistd::geteuid().as_raw();
+    if owner != me {
+        return Err(format!(
+            "belongs to uid {owner}, not to this user (uid {me}): our own sockets could not join its group"
+        ));
+    }
+    Ok(())
 }
 
 impl Supervisor {
-    pub(super) fn offer(
-        &mut self,
-        stream: std::os::unix::net::UnixStream,
-        wanted: SocketAddr,
-    ) -> io::Result<()> {
+    fn refuse_takeover(&mut self, id: ConnId, why: &str) {
+        log!("takeover refused: {why}");
+        self.respond(id, control::error_line(why));
+    }
+
+    /// The old server's side: hands the listening sockets to a new server, if this one is serving.
+    pub(super) fn offer(&mut self, id: ConnId, wanted: SocketAddr) {
         let mine = self.server.addr;
-        let refuse = |why: String| {
-            log!("takeover refused: {why}");
-            control::reply_error(&stream, &why)
-        };
         if self.draining.is_some() {
-            return refuse("this server is draining".to_string());
+            return self.refuse_takeover(id, control::DRAINING);
         }
         if self.successor.is_some() {
-            return refuse("another takeover is in progress".to_string());
+            return self.refuse_takeover(
+                id,
+                "this server is handing over to another new server already",
+            );
         }
-        if wanted.ip() != mine.ip() || wanted.port() != mine.port() {
-            return refuse(format!(
-                "bind options differ: this server is bound to {mine}, the new one asked for {wanted}"
-            ));
+        if !self.ready {
+            return self.refuse_takeover(
+                id,
+                "this server is still starting (not every worker is serving yet); take over once it is serving",
+            );
         }
+        if wanted != mine {
+            return self.refuse_takeover(
+                id,
+                &format!(
+                    "bind options differ: this server is bound to {mine}, the new one asked for {wanted}"
+                ),
+            );
+        }
+        let Some(control) = self.server.control.as_mut() else {
+            return;
+        };
+        let Some(mut stream) = control.take(self.server.poll.registry(), id) else {
+            return;
+        };
         let fds: Vec<RawFd> = self
             .server
             .listeners
@@ -133,20 +249,24 @@ impl Supervisor {
             addr: mine,
             sockets: fds.len(),
         };
-        control::send_offer(&stream, &offer, &fds)?;
-        stream.set_nonblocking(true)?;
-        // SAFETY: we own this connected socket; ownership moves to mio.
-        let mut s = unsafe { mio::net::UnixStream::from_raw_fd(stream.into_raw_fd()) };
-        self.server
-            .poll
-            .registry()
-            .register(&mut s, SUCCESSOR, Interest::READABLE)?;
-        self.successor = Some((s, Instant::now()));
+        if let Err(e) = control::send_offer(&stream, &offer, &fds) {
+            log!("takeover aborted: could not send the listening sockets ({e}); still serving");
+            return;
+        }
+        if let Err(e) =
+            self.server
+                .poll
+                .registry()
+                .register(&mut stream, SUCCESSOR, Interest::READABLE)
+        {
+            log!("takeover aborted: cannot watch the new server's connection ({e}); still serving");
+            return;
+        }
+        self.successor = Some((stream, Instant::now()));
         log!(
             "takeover: handed {} listening socket(s) to a new server; waiting for it to be ready",
             fds.len()
         );
-        Ok(())
     }
 
     /// A successor that never reports ready must not leave us in `handing over` forever.
@@ -176,7 +296,7 @@ impl Supervisor {
                     _ => {
                         break Err(format!(
                             "unexpected message {:?}",
-                            String::from_utf8_lossy(&buf[..n])
+                            String::from_utf8_lossy(&buf[..n.min(64)])
                         ))
                     }
                 },
@@ -185,14 +305,14 @@ impl Supervisor {
                 Err(e) => break Err(e.to_string()),
             }
         };
-        let (mut s, _) = self.successor.take().expect("checked above");
+        let Some((mut s, _)) = self.successor.take() else {
+            return;
+        };
         let _ = self.server.poll.registry().deregister(&mut s);
         match outcome {
             Ok(()) => {
-                // SAFETY: borrowing the fd for one write; `s` stays alive across it.
-                let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(s.as_raw_fd()) };
-                let _ = control::reply(&std, &serde_json::json!({ "ok": true }));
-                let _ = std.into_raw_fd();
+                let _ =
+                    control::send_line(&s, &control::encode(&serde_json::json!({ "ok": true })));
                 log!("takeover: the new server is ready");
                 self.begin_drain(StopReason::TakenOver);
             }

@@ -1,0 +1,110 @@
+//! What travels on the control socket: one JSON line each way, with limits on both sides.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::stats::WorkerStats;
+
+/// The longest request line a server reads; a longer one is answered with a short error and closed.
+pub(crate) const MAX_REQUEST: usize = 64 * 1024;
+/// The longest answer a client reads (a status of 253 workers is about 60 KiB).
+pub(crate) const MAX_ANSWER: usize = 4 * 1024 * 1024;
+/// What a server answers to `takeover` while draining: the new server then looks for another.
+pub(crate) const DRAINING: &str = "this server is draining";
+
+/// One request line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub(crate) enum Request {
+    Status,
+    Stop,
+    Takeover { addr: SocketAddr },
+    Ready,
+}
+
+/// What `takeover` answers, beside the sockets.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Offer {
+    pub pid: u32,
+    pub runtime: String,
+    pub addr: SocketAddr,
+    pub sockets: usize,
+}
+
+/// A running server as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// The supervisor's process id.
+    pub pid: u32,
+    /// `rust`, `python` or `ruby`.
+    pub runtime: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// `echo`, `once` or `hello`.
+    pub mode: String,
+    /// `serving`, `handing over` or `draining`.
+    pub state: String,
+    /// Seconds since the server started.
+    pub uptime_secs: f64,
+    /// Path of its control socket.
+    pub control_socket: PathBuf,
+    /// One entry per worker slot.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One line: `value` as JSON and `\n`.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    line
+}
+
+/// `{"error": msg}` as a line.
+pub(crate) fn error_line(msg: &str) -> Vec<u8> {
+    encode(&serde_json::json!({ "error": msg }))
+}
+
+/// Parses a request line; the error quotes at most the first 64 bytes of it.
+pub(crate) fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
+    serde_json::from_slice(line.trim_ascii()).map_err(|e| {
+        format!(
+            "bad request {:?}{} ({e})",
+            String::from_utf8_lossy(&line[..line.len().min(64)]),
+            if line.len() > 64 { "…" } else { "" }
+        )
+    })
+}
+
+/// Parses an answer line; `{"error": …}` becomes [`Error::Control`].
+pub(crate) fn parse_answer<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T> {
+    let bad = |e: serde_json::Error| {
+        Error::Control(format!(
+            "bad answer {:?} ({e})",
+            String::from_utf8_lossy(&line[..line.len().min(64)])
+        ))
+    };
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(bad)?;
+    if let Some(msg) = value.get("error").and_then(|m| m.as_str()) {
+        return Err(Error::Control(msg.to_string()));
+    }
+    serde_json::from_value(value).map_err(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_request_is_never_quoted_whole() {
+        let line = vec![b'x'; 10_000];
+        let err = parse_request(&line).unwrap_err();
+        assert!(err.len() < 200, "{err}");
+        assert!(matches!(
+            parse_request(b"{\"cmd\":\"status\"}\n"),
+            Ok(Request::Status)
+        ));
+    }
+}
