@@ -484,7 +484,7 @@ impl Supervisor {
             runtime: self.server.config.runtime.clone(),
             addr: self.server.addr,
             mode: self.server.config.mode.to_string(),
-            state: self.phase().as_str().to_string(),
+            state: self.phase(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
             control_socket: self
                 .server
