@@ -23,42 +23,14 @@ from types import TracebackType
 from typing import Any, Dict, List, Optional, Type
 
 from . import _port_sharding as _native
-from ._errors import (
-    AddressError,
-    AddrInUseError,
-    ConfigError,
-    ControlError,
-    Error,
-    IoError,
-    NotRunningError,
-    PermissionDeniedError,
-    SettingTypeError,
-    TakeoverError,
-    UnsupportedPlatformError,
-)
+from ._errors import (AddressError, AddrInUseError, ConfigError, ControlError, Error, IoError, NotRunningError,
+                      PermissionDeniedError, SettingTypeError, TakeoverError, UnsupportedPlatformError)
 
 __version__: str = _native.VERSION
-
-__all__ = [
-    "__version__",
-    "serve",
-    "Server",
-    "listen",
-    "status",
-    "stop",
-    "set_quiet",
-    "Error",
-    "ConfigError",
-    "SettingTypeError",
-    "AddressError",
-    "AddrInUseError",
-    "PermissionDeniedError",
-    "UnsupportedPlatformError",
-    "NotRunningError",
-    "TakeoverError",
-    "ControlError",
-    "IoError",
-]
+__all__ = ["__version__", "serve", "Server", "listen", "status", "stop", "set_quiet",
+           # One exception class per engine error, all under Error (see _errors.py).
+           "Error", "ConfigError", "SettingTypeError", "AddressError", "AddrInUseError", "PermissionDeniedError",
+           "UnsupportedPlatformError", "NotRunningError", "TakeoverError", "ControlError", "IoError"]
 
 
 def _given(args: Dict[str, Any]) -> Dict[str, Any]:

@@ -58,8 +58,7 @@ impl Server {
         }
     }
 
-    /// Waits for the run to end, at most `timeout`, in slices with the GIL released, running Python's
-    /// signal handlers between them. `None` on timeout.
+    /// Waits for the run to end, at most `timeout`; `None` on timeout.
     fn wait_report(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<Report>> {
         let running = match &*self.state() {
             State::Started(running) => running.clone(),
@@ -75,18 +74,29 @@ impl Server {
                 ))
             }
         };
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let slice = left.map_or(SLICE, |l| l.min(SLICE));
-            if let Some(result) = py.detach(|| running.wait(Some(slice))) {
-                return result.map(Some).map_err(|e| to_py(py, e));
-            }
-            if left.is_some_and(|l| l <= SLICE) {
-                return Ok(None);
-            }
-            py.check_signals()?;
+        let report = in_slices(py, timeout, |slice| running.wait(Some(slice)))?;
+        report.transpose().map_err(|e| to_py(py, e))
+    }
+}
+
+/// Calls `wait(slice)` with the GIL released until it answers, or `timeout` passes (`None`: no limit),
+/// running Python's signal handlers between slices: Ctrl-C raises `KeyboardInterrupt` here.
+fn in_slices<T: Send>(
+    py: Python<'_>,
+    timeout: Option<Duration>,
+    wait: impl Fn(Duration) -> Option<T> + Sync,
+) -> PyResult<Option<T>> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let slice = left.map_or(SLICE, |l| l.min(SLICE));
+        if let Some(answer) = py.detach(|| wait(slice)) {
+            return Ok(Some(answer));
         }
+        if left.is_some_and(|l| l <= SLICE) {
+            return Ok(None);
+        }
+        py.check_signals()?;
     }
 }
 
@@ -152,17 +162,18 @@ impl Server {
                 .map_err(|e| to_py(py, e))?,
         );
         *self.state() = State::Started(running.clone());
-        let deadline = limit(Some(timeout)).and_then(|t| Instant::now().checked_add(t));
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let slice = left.map_or(SLICE, |l| l.min(SLICE));
-            match py.detach(|| running.wait_ready(Some(slice))) {
-                Ok(true) => return Ok(()),
-                Err(e) => return Err(to_py(py, e)),
-                Ok(false) if left.is_some_and(|l| l <= SLICE) => break,
-                Ok(false) => py.check_signals().inspect_err(|_| self.handle.shutdown())?,
+        let ready = in_slices(py, limit(Some(timeout)), |slice| {
+            match running.wait_ready(Some(slice)) {
+                Ok(false) => None,
+                answer => Some(answer),
             }
+        });
+        match ready.inspect_err(|_| self.handle.shutdown())? {
+            Some(Ok(_)) => return Ok(()),
+            Some(Err(e)) => return Err(to_py(py, e)),
+            None => {}
         }
+        // Not ready in time: stop it rather than leave a server nobody waits for.
         self.stop(py, Some(10.0))?;
         let message = format!(
             "the server on port {} was not ready within {timeout} s",

@@ -213,6 +213,24 @@ print("serve thread done" if done.is_set() else "serve thread still running", fl
     assert "serve thread done" in p.out
 
 
+def test_ctrl_c_interrupts_server_wait(spawn: Spawn) -> None:
+    code = r"""
+import port_sharding
+server = port_sharding.Server(port=0, host="127.0.0.1", workers=1).start()
+try:
+    print("waiting", flush=True)
+    server.wait()
+except KeyboardInterrupt:  # Python's handler ran between two waits; the server still serves
+    print("interrupted while", server.phase, flush=True)
+print("stopped:", server.stop(30), server.wait(), flush=True)
+"""
+    p = spawn("-c", code)
+    p.wait_for("^waiting$", stream="out")
+    os.kill(p.pid, signal.SIGINT)  # to the Python process only: its workers ignore SIGINT anyway
+    assert p.finish() == 0, p.describe()
+    assert p.out == ["waiting", "interrupted while serving", "stopped: True shutdown"], p.describe()
+
+
 def run_cli(*args: str) -> "subprocess.CompletedProcess[str]":
     return subprocess.run([sys.executable, "-m", "port_sharding", *args], capture_output=True, text=True,
                           timeout=TIMEOUT, env=os.environ.copy())
