@@ -282,7 +282,8 @@ def rust_cli() -> Path:
 
 def test_python_m_port_sharding_is_the_rust_command_line() -> None:
     binary = rust_cli()
-    for args in (["--help"], ["serve", "--help"], ["status", "--help"], ["stop", "--help"], ["serve", "-w", "0"]):
+    for args in ([], ["--help"], ["serve", "--help"], ["status", "--help"], ["stop", "--help"], ["bench", "--help"],
+                 ["serve", "-w", "0"], ["serve", "--drain_timeout=1"]):
         ours = run_cli(*args)
         theirs = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=TIMEOUT)
         assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr), args
