@@ -10,6 +10,7 @@ from typing import Optional
 __all__ = [
     "Error",
     "ConfigError",
+    "SettingTypeError",
     "AddressError",
     "AddrInUseError",
     "PermissionDeniedError",
@@ -26,11 +27,15 @@ class Error(Exception):
 
 
 class ConfigError(Error, ValueError):
-    """A setting is out of range or unparsable; ``param`` names it (e.g. ``"workers"``)."""
+    """A setting is unknown or out of range; ``param`` names it (e.g. ``"workers"``)."""
 
     def __init__(self, message: str, param: Optional[str] = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class SettingTypeError(ConfigError, TypeError):
+    """A setting was given a value of the wrong type (``port="80"``); ``param`` names it."""
 
 
 class AddressError(Error, ValueError):
@@ -67,6 +72,5 @@ class IoError(Error, OSError):
 
 
 # Tracebacks and reprs name them as users import them: port_sharding.AddrInUseError.
-for _cls in (Error, ConfigError, AddressError, AddrInUseError, PermissionDeniedError, UnsupportedPlatformError,
-             NotRunningError, TakeoverError, ControlError, IoError):
-    _cls.__module__ = "port_sharding"
+for _name in __all__:
+    globals()[_name].__module__ = "port_sharding"
