@@ -274,7 +274,9 @@ def test_python_m_port_sharding_errors() -> None:
 
 def rust_cli() -> Path:
     """The Rust `port-sharding` binary of this checkout (`cargo build -p port-sharding-cli`)."""
-    binary = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug" / "port-sharding"
+    # `make test` says where cargo put it (PORT_SHARDING_BIN, from `cargo metadata`).
+    default = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug" / "port-sharding"
+    binary = Path(os.environ.get("PORT_SHARDING_BIN", default))
     if not binary.exists():
         pytest.skip(f"{binary} is missing: run `cargo build -p port-sharding-cli` to compare with the Rust CLI")
     return binary
