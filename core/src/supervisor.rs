@@ -419,7 +419,8 @@ impl Supervisor {
         };
         for p in &mut self.procs {
             if let Some(pipe) = &p.drain {
-                let _ = nix::unistd::write(pipe, &[byte]);
+                // A worker that already exited cannot read it (EPIPE); closing the pipe below says the same.
+                nix::unistd::write(pipe, &[byte]).ok();
             }
             p.drain = None;
             p.restart_at = None;
@@ -428,14 +429,16 @@ impl Supervisor {
         self.server.listeners.clear();
         self.server.shared.set_phase(Phase::Draining);
         if let Some((mut s, _)) = self.successor.take() {
-            let _ = self.server.poll.registry().deregister(&mut s);
+            // Dropping `s` closes it, which removes it from epoll anyway.
+            self.server.poll.registry().deregister(&mut s).ok();
         }
     }
 
     fn kill_all(&mut self) {
         for p in &self.procs {
             if let Some(pid) = p.pid {
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                // ESRCH: it is already gone, which is what we want.
+                nix::sys::signal::kill(pid, Signal::SIGKILL).ok();
             }
         }
     }
