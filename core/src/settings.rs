@@ -55,6 +55,8 @@ pub enum Value {
     Float(f64),
     /// A string: a host name or mode from any host; anything at all from the CLI, which parses it.
     Str(String),
+    /// A value of a type no setting takes (a list, bytes, …), described for the error: `a list ([1])`.
+    Other(String),
 }
 
 impl Value {
@@ -65,6 +67,7 @@ impl Value {
             Value::Int(i) => format!("an integer ({i})"),
             Value::Float(f) => format!("a number ({f})"),
             Value::Str(s) => format!("a string ({s:?})"),
+            Value::Other(what) => what.clone(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Python keyword arguments → core settings. Only the conversion of each value lives here; names,
 //! defaults, ranges and messages are the engine's (`Config::from_settings`, `port_sharding::SETTINGS`).
 
-use port_sharding::{Config, Error, Host, Kind, Value};
+use port_sharding::{Config, Error, Host, Value};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
@@ -41,6 +41,7 @@ fn value_of(name: &str, v: &Bound<'_, PyAny>) -> Result<Value, Error> {
     } else if let Ok(s) = v.cast::<PyString>() {
         Ok(Value::Str(s.to_string()))
     } else {
+        // A type no setting takes: the engine says what the setting takes instead.
         let got = match v.get_type().name() {
             Ok(t) => format!(
                 "a {t} ({})",
@@ -48,21 +49,6 @@ fn value_of(name: &str, v: &Bound<'_, PyAny>) -> Result<Value, Error> {
             ),
             Err(_) => "something else".to_string(),
         };
-        Err(Error::WrongType {
-            name: setting.name,
-            shown,
-            expected: expected(setting.kind),
-            got,
-        })
-    }
-}
-
-/// What a setting of `kind` takes, in the words of the engine's own type errors (which it keeps private).
-fn expected(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Integer => "an integer",
-        Kind::Duration => "a number of seconds",
-        Kind::Flag => "true or false",
-        Kind::Text | Kind::Choice(_) => "a string",
+        Ok(Value::Other(got))
     }
 }
