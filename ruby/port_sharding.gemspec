@@ -2,11 +2,12 @@
 
 # `gem build port_sharding.gemspec && gem install --local ./port_sharding-<version>.gem` compiles the
 # Rust extension with cargo (no rb_sys gem, no gems from the network): it needs Ruby's headers (ruby-dev),
-# libclang (libclang-dev) and cargo.
+# libclang (libclang-dev) and cargo. As a Bundler path gem, `rake compile` builds it instead (README).
 
 repo = File.expand_path("..", __dir__)
-if File.file?(File.join(repo, "Cargo.toml")) && File.directory?(File.join(repo, "core"))
-  # Building from the repository: stage the Cargo workspace into the gem (see ext/port_sharding/stage.rb).
+if !defined?(Bundler) && File.file?(File.join(repo, "Cargo.toml")) && File.directory?(File.join(repo, "core"))
+  # `gem build` from the repository: stage the Cargo workspace into the gem (see ext/port_sharding/stage.rb).
+  # Not when Bundler reads this file for a path gem: it builds nothing, and runs this on every `bundle exec`.
   require_relative "ext/port_sharding/stage"
   PortSharding::Stage.run(repo: repo, ext: File.join(__dir__, "ext/port_sharding"),
                           dest: File.join(__dir__, "ext/port_sharding/stage"))
@@ -33,7 +34,7 @@ Gem::Specification.new do |spec|
       .reject { |f| f.split("/").include?("target") }
   end
   spec.bindir = "exe"
-  spec.executables = ["port_sharding"]
+  spec.executables = ["port-sharding"]
   spec.extensions = ["ext/port_sharding/extconf.rb"]
   spec.require_paths = ["lib"]
 end
