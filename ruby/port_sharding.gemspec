@@ -12,11 +12,15 @@ if !defined?(Bundler) && File.file?(File.join(repo, "Cargo.toml")) && File.direc
   PortSharding::Stage.run(repo: repo, ext: File.join(__dir__, "ext/port_sharding"),
                           dest: File.join(__dir__, "ext/port_sharding/stage"))
 end
-require_relative "lib/port_sharding/version"
+# The version lives in one place: `[workspace.package] version` of the Cargo workspace (staged with the gem).
+version = [File.join(repo, "Cargo.toml"), File.join(__dir__, "ext/port_sharding/stage/Cargo.toml")]
+          .select { |path| File.file?(path) }
+          .map { |path| File.read(path)[/^\[workspace\.package\][^\[]*?^version\s*=\s*"([^"]+)"/m, 1] }
+          .compact.first or raise "port_sharding: no [workspace.package] version in the Cargo workspace"
 
 Gem::Specification.new do |spec|
   spec.name = "port_sharding"
-  spec.version = PortSharding::VERSION
+  spec.version = version
   spec.summary = "Many processes serving one TCP port with SO_REUSEPORT (Linux), on a Rust engine"
   spec.description = <<~TEXT
     PortSharding.serve(1234) serves a TCP port from one forked worker process per CPU, each with its own

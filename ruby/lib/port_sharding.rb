@@ -2,7 +2,6 @@
 
 require "rbconfig"
 require "socket"
-require_relative "port_sharding/version"
 require_relative "port_sharding/error"
 # The native extension (Rust, Magnus): the one `rake compile` put next to this file, else the installed one.
 native = File.join(__dir__, "port_sharding", "port_sharding.#{RbConfig::CONFIG['DLEXT']}")
@@ -17,10 +16,6 @@ require_relative "port_sharding/server"
 # The engine forks worker processes that run Rust only and leave with _exit: no `at_exit` block, finalizer
 # or Ruby code runs in them. Python and Ruby servers on the same port share it.
 module PortSharding
-  unless CORE_VERSION == VERSION
-    warn "port_sharding: the native extension is #{CORE_VERSION} but the Ruby code is #{VERSION}; reinstall the gem"
-  end
-
   class << self
     # Serves `port` until drained, in this thread, with the GVL released (other Ruby threads keep running).
     # The settings are the engine's (`port-sharding serve --help` says the same; a nil one is the default):

@@ -12,6 +12,8 @@ use crate::nogvl::nogvl;
 use crate::{convert, settings};
 
 pub fn init(module: RModule) -> Result<(), Error> {
+    // The Cargo workspace's version: the engine's, the CLI's, the Python package's and this gem's.
+    module.const_set("VERSION", port_sharding::VERSION)?;
     module.const_set("CORE_VERSION", port_sharding::VERSION)?;
     module.define_singleton_method("_serve", function!(serve, 1))?;
     module.define_singleton_method("_listen", function!(listen, 1))?;
