@@ -12,10 +12,11 @@ class TestCli < Minitest::Test
   EXE = File.join(PortShardingTest::REPO, "ruby", "exe", "port-sharding")
   RUST = ENV.fetch("PORT_SHARDING_CLI", File.join(PortShardingTest::REPO, "target", "debug", "port-sharding"))
 
-  # [stdout, stderr, exit status] of the gem's executable (this checkout's, on the gem under test).
+  # [stdout, stderr, exit status] of the gem's executable: the installed gem's, or this checkout's on
+  # PORT_SHARDING_RUBY_LIB.
   def gem_cli(*args)
-    include_dev = DEV_LIB ? ["-I", DEV_LIB] : []
-    out, err, status = Open3.capture3(RbConfig.ruby, *include_dev, EXE, *args, stdin_data: "")
+    exe = DEV_LIB ? ["-I", DEV_LIB, EXE] : [Gem.bin_path("port_sharding", "port-sharding")]
+    out, err, status = Open3.capture3(RbConfig.ruby, *exe, *args, stdin_data: "")
     [out, err, status.exitstatus]
   end
 
