@@ -15,7 +15,7 @@ class TestBundleFlows < Minitest::Test
   RUBY_DIR = File.expand_path("..", __dir__)
   BUNDLE = begin
     [RbConfig.ruby, Gem.bin_path("bundler", "bundle")]
-  rescue Gem::Exception
+  rescue Gem::Exception, LoadError # not installed
     nil
   end
   # A server started and stopped in the app, and the gem's executable.
