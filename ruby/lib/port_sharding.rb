@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "json"
 require "rbconfig"
 require "socket"
 require_relative "port_sharding/error"
@@ -49,7 +50,7 @@ module PortSharding
     # control socket: an Array of Hashes (:pid, :runtime, :addr, :mode, :state, :workers => [Hash, …], …).
     # Raises NotRunningError when none answers.
     def status(port = nil, host: nil)
-      _status({ port: port }.compact, host)
+      JSON.parse(_status({ port: port }.compact, host), symbolize_names: true)
     end
 
     # Asks every server on `port` (and `host`) to drain and exit; returns their pids.

@@ -37,6 +37,11 @@ module PortSharding
       _wait(timeout)
     end
 
+    # Each worker's counters: an Array of Hashes (:index, :pid, :state, :accepted, :active, …).
+    def stats
+      JSON.parse(_stats, symbolize_names: true)
+    end
+
     # "host:port", with brackets for IPv6.
     def address
       host.include?(":") ? "[#{host}]:#{port}" : "#{host}:#{port}"

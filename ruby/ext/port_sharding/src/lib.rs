@@ -1,11 +1,10 @@
 //! The Ruby extension `port_sharding/port_sharding.so`: a thin layer over the [`port_sharding`] engine.
 //!
 //! Ruby code (`lib/port_sharding.rb`) declares the module and the exception classes; this crate converts
-//! values ([`settings`], [`convert`]), errors ([`errors`]) and the GVL ([`nogvl`]), and nothing else: the
+//! values ([`settings`], records as JSON), errors ([`errors`]) and the GVL ([`nogvl`]), and nothing else: the
 //! engine checks settings, runs servers and the command line. [`module`] is `PortSharding`'s native
 //! functions, [`server`] is `PortSharding::Server`.
 
-mod convert;
 mod errors;
 mod module;
 mod nogvl;

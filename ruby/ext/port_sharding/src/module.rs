@@ -4,12 +4,12 @@
 use std::io::Write as _;
 use std::os::fd::IntoRawFd;
 
-use magnus::{function, prelude::*, Error, RArray, RHash, RModule, Ruby, Symbol, Value};
+use magnus::{function, prelude::*, Error, RArray, RHash, RModule, Ruby, Symbol};
 use port_sharding::{Host, Server, StopReason};
 
 use crate::errors::to_ruby;
 use crate::nogvl::nogvl;
-use crate::{convert, settings};
+use crate::settings;
 
 pub fn init(module: RModule) -> Result<(), Error> {
     // The Cargo workspace's version: the engine's, the CLI's, the Python package's and this gem's.
@@ -65,11 +65,18 @@ fn listen(ruby: &Ruby, given: RHash) -> Result<i32, Error> {
     Ok(listener.into_raw_fd())
 }
 
-/// `status` of every server on the port in `given` (and `host`, when given), as Hashes.
-fn status(ruby: &Ruby, given: RHash, host: Option<String>) -> Result<Value, Error> {
+/// `record` as JSON, which Ruby reads into Hashes with Symbol keys, so `stats` and `status` follow any
+/// field the engine adds.
+pub fn json<T: serde::Serialize>(ruby: &Ruby, record: &T) -> Result<String, Error> {
+    serde_json::to_string(record)
+        .map_err(|e| to_ruby(ruby, port_sharding::Error::Internal(e.to_string())))
+}
+
+/// `status` of every server on the port in `given` (and `host`, when given), as JSON.
+fn status(ruby: &Ruby, given: RHash, host: Option<String>) -> Result<String, Error> {
     let port = settings::config(ruby, given)?.port;
     let servers = control(ruby, || port_sharding::status(host.as_deref(), port))?;
-    convert::to_ruby(ruby, &servers)
+    json(ruby, &servers)
 }
 
 /// Asks every server on the port in `given` (and `host`) to drain; their pids.

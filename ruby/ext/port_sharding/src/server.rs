@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Symbol, Value};
+use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Symbol};
 use port_sharding::{Handle, Running, Server};
 
 use crate::errors::{raise, to_ruby};
+use crate::module::json;
 use crate::nogvl::nogvl;
-use crate::{convert, settings};
+use crate::settings;
 
 /// How long one GVL-free wait lasts before Ruby gets a chance to raise a pending interrupt.
 const SLICE: Duration = Duration::from_millis(100);
@@ -42,7 +43,7 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("port", method!(RbServer::port, 0))?;
     class.define_method("host", method!(RbServer::host, 0))?;
     class.define_method("phase", method!(RbServer::phase, 0))?;
-    class.define_method("stats", method!(RbServer::stats, 0))?;
+    class.define_method("_stats", method!(RbServer::stats, 0))?;
     class.define_method("running?", method!(RbServer::is_running, 0))?;
     class.define_method("_start", method!(RbServer::start, 1))?;
     class.define_method("_stop", method!(RbServer::stop, 1))?;
@@ -89,8 +90,8 @@ impl RbServer {
         self.handle.phase().as_str()
     }
 
-    fn stats(ruby: &Ruby, rb_self: &Self) -> Result<Value, Error> {
-        convert::to_ruby(ruby, &rb_self.handle.stats())
+    fn stats(ruby: &Ruby, rb_self: &Self) -> Result<String, Error> {
+        json(ruby, &rb_self.handle.stats())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
