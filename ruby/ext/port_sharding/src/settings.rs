@@ -21,7 +21,7 @@ pub fn config(ruby: &Ruby, given: RHash) -> Result<Config, Error> {
             Some(symbol) => symbol.name()?.into_owned(),
             None => String::try_convert(key)?,
         };
-        let value = convert(ruby, &name, value)?;
+        let value = convert(value)?;
         pairs.push((name, value));
         Ok(magnus::r_hash::ForEach::Continue)
     })?;
@@ -32,8 +32,9 @@ pub fn config(ruby: &Ruby, given: RHash) -> Result<Config, Error> {
 }
 
 /// true/false → Bool, Integer → Int, Float and Rational → Float, String and Symbol → Str (so
-/// `mode: :once` works); anything else is the engine's `WrongType` (`SettingTypeError`) naming the keyword.
-fn convert(ruby: &Ruby, name: &str, value: RValue) -> Result<Value, Error> {
+/// `mode: :once` works); anything else is `Other`, which the engine turns into a `WrongType`
+/// (`SettingTypeError`) naming the keyword and what it takes.
+fn convert(value: RValue) -> Result<Value, Error> {
     if Qtrue::from_value(value).is_some() {
         return Ok(Value::Bool(true));
     }
@@ -59,17 +60,8 @@ fn convert(ruby: &Ruby, name: &str, value: RValue) -> Result<Value, Error> {
     if let Some(s) = RString::from_value(value) {
         return Ok(Value::Str(s.to_string()?));
     }
-    let Some(setting) = port_sharding::setting(name) else {
-        // Not a setting at all: the engine rejects the name (listing the known ones) before its value.
-        return Ok(Value::Bool(false));
-    };
-    let e = port_sharding::Error::WrongType {
-        name: setting.name,
-        shown: Host::Ruby.spell(setting.name),
-        expected: "true, false, an Integer, a Float, a String or a Symbol",
-        got: value.inspect(),
-    };
-    Err(to_ruby(ruby, e))
+    // A type no setting takes: the engine names the keyword and what it takes instead.
+    Ok(Value::Other(value.inspect()))
 }
 
 /// `[[name, help, default], …]` for every setting, so Ruby's tests can check its docs name them all.
