@@ -18,6 +18,7 @@ checks them and names the one at fault: ``ConfigError`` (a ``ValueError``) for a
 """
 
 import json
+import os
 import socket
 from types import TracebackType
 from typing import Any, Dict, List, Optional, Type
@@ -27,6 +28,11 @@ from ._errors import (AddressError, AddrInUseError, ConfigError, ControlError, E
                       PermissionDeniedError, SettingTypeError, TakeoverError, UnsupportedPlatformError)
 
 __version__: str = _native.VERSION
+
+# A child this process forks (os.fork, multiprocessing) must not keep a server's listeners in the port's group
+# or hold its drain pipes open: it closes the engine's descriptors at once. Workers the engine forks itself
+# close what they do not serve on their own.
+os.register_at_fork(after_in_child=_native.close_in_forked_child)
 __all__ = ["__version__", "serve", "Server", "listen", "status", "stop", "set_quiet",
            # One exception class per engine error, all under Error (see _errors.py).
            "Error", "ConfigError", "SettingTypeError", "AddressError", "AddrInUseError", "PermissionDeniedError",

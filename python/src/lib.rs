@@ -69,6 +69,13 @@ fn set_quiet(quiet: bool) {
     port_sharding::set_quiet(quiet);
 }
 
+/// In a child the host forked (`os.fork`, `multiprocessing`): let go of the engine's listeners, pipes and
+/// control sockets, so the child neither keeps a server's port in its group nor delays its drain.
+#[pyfunction]
+fn close_in_forked_child() {
+    port_sharding::close_in_forked_child();
+}
+
 /// Every setting `serve` and `Server` take, as `(name, help, default)`, from the engine's one table.
 #[pyfunction]
 fn settings() -> Vec<(&'static str, &'static str, &'static str)> {
@@ -87,6 +94,7 @@ fn _port_sharding(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(status_json, m)?)?;
     m.add_function(wrap_pyfunction!(stop, m)?)?;
     m.add_function(wrap_pyfunction!(set_quiet, m)?)?;
+    m.add_function(wrap_pyfunction!(close_in_forked_child, m)?)?;
     m.add_function(wrap_pyfunction!(settings, m)?)?;
     Ok(())
 }
