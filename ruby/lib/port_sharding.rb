@@ -8,6 +8,7 @@ require_relative "port_sharding/error"
 native = File.join(__dir__, "port_sharding", "port_sharding.#{RbConfig::CONFIG['DLEXT']}")
 File.file?(native) ? require(native) : require("port_sharding/port_sharding")
 require_relative "port_sharding/server"
+require_relative "port_sharding/fork_hook"
 
 # Many processes serving one TCP port with SO_REUSEPORT, on the port-sharding engine (Linux only).
 #

@@ -22,6 +22,10 @@ pub fn init(module: RModule) -> Result<(), Error> {
     module.define_singleton_method("_cli_main", function!(cli_main, 1))?;
     module.define_singleton_method("_settings", function!(settings::list, 0))?;
     module.define_singleton_method("_set_quiet", function!(port_sharding::set_quiet, 1))?;
+    module.define_singleton_method(
+        "_close_in_forked_child",
+        function!(port_sharding::close_in_forked_child, 0),
+    )?;
     Ok(())
 }
 
