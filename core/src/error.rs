@@ -63,15 +63,6 @@ pub enum Error {
         /// The OS error (errno `EACCES`).
         source: io::Error,
     },
-    /// The operating system does not balance `SO_REUSEPORT` (macOS, the BSDs): refuse rather than half-work.
-    #[error(
-        "port sharding needs Linux: on {os} SO_REUSEPORT does not spread connections over the sockets \
-         (the last one bound gets them all)"
-    )]
-    Unsupported {
-        /// `std::env::consts::OS`.
-        os: &'static str,
-    },
     /// No live server answers on the control socket for this host and port.
     #[error("no port-sharding server is running on {what} (no live control socket in {dir})")]
     NotRunning {
@@ -204,7 +195,6 @@ impl Clone for Error {
                 addr: *addr,
                 source: io(source),
             },
-            Error::Unsupported { os } => Error::Unsupported { os },
             Error::NotRunning { what, dir } => Error::NotRunning {
                 what: what.clone(),
                 dir: dir.clone(),

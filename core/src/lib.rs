@@ -65,7 +65,7 @@
 //! # Platform notes
 //!
 //! Linux ≥ 3.9 only. macOS and the BSDs have an `SO_REUSEPORT` that does not balance (the last socket bound
-//! receives everything), so [`Server::bind`] refuses there with [`Error::Unsupported`]. Closing a listener
+//! receives everything), so the crate refuses to build there (one `compile_error!` saying why). Closing a listener
 //! resets the connections in its queue unless `net.ipv4.tcp_migrate_req=1`; the takeover path avoids it
 //! without privileges. Sockets of different users never share a group.
 //!

@@ -65,7 +65,6 @@ pub(crate) struct Bound {
 /// and opens the control socket.
 pub(crate) fn bind(config: Config) -> Result<Bound> {
     config.validate()?;
-    listener::ensure_linux()?;
     let wanted = listener::resolve(&config.host, config.port)?;
     if config.migrate {
         enable_migration()?;

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Type
 
 from . import _port_sharding as _native
 from ._errors import (AddressError, AddrInUseError, ConfigError, ControlError, Error, IoError, NotRunningError,
-                      PermissionDeniedError, SettingTypeError, TakeoverError, UnsupportedPlatformError)
+                      PermissionDeniedError, SettingTypeError, TakeoverError)
 
 __version__: str = _native.VERSION
 
@@ -36,7 +36,7 @@ os.register_at_fork(after_in_child=_native.close_in_forked_child)
 __all__ = ["__version__", "serve", "Server", "listen", "status", "stop", "set_quiet",
            # One exception class per engine error, all under Error (see _errors.py).
            "Error", "ConfigError", "SettingTypeError", "AddressError", "AddrInUseError", "PermissionDeniedError",
-           "UnsupportedPlatformError", "NotRunningError", "TakeoverError", "ControlError", "IoError"]
+           "NotRunningError", "TakeoverError", "ControlError", "IoError"]
 
 
 def _given(args: Dict[str, Any]) -> Dict[str, Any]:

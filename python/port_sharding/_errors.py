@@ -14,7 +14,6 @@ __all__ = [
     "AddressError",
     "AddrInUseError",
     "PermissionDeniedError",
-    "UnsupportedPlatformError",
     "NotRunningError",
     "TakeoverError",
     "ControlError",
@@ -49,10 +48,6 @@ class AddrInUseError(Error, OSError):
 
 class PermissionDeniedError(Error, PermissionError):
     """Binding was refused, e.g. a port below 1024 without privilege. ``errno`` is ``EACCES``."""
-
-
-class UnsupportedPlatformError(Error):
-    """Not Linux: elsewhere SO_REUSEPORT does not spread connections over the sockets."""
 
 
 class NotRunningError(Error):

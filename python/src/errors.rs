@@ -17,7 +17,6 @@ pub fn to_py(py: Python<'_>, err: Error) -> PyErr {
         Error::InvalidAddress { .. } => ("AddressError", None),
         Error::AddrInUse { .. } => ("AddrInUseError", None),
         Error::PermissionDenied { .. } => ("PermissionDeniedError", None),
-        Error::Unsupported { .. } => ("UnsupportedPlatformError", None),
         Error::NotRunning { .. } => ("NotRunningError", None),
         Error::Takeover(_) => ("TakeoverError", None),
         Error::Control(_) => ("ControlError", None),

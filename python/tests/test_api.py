@@ -235,7 +235,7 @@ def test_exception_hierarchy() -> None:
     assert issubclass(e.ConfigError, ValueError) and issubclass(e.AddressError, ValueError)
     assert issubclass(e.SettingTypeError, e.ConfigError) and issubclass(e.SettingTypeError, TypeError)
     for cls in (e.ConfigError, e.SettingTypeError, e.AddressError, e.AddrInUseError, e.PermissionDeniedError, e.IoError,
-                e.UnsupportedPlatformError, e.NotRunningError, e.TakeoverError, e.ControlError):
+                e.NotRunningError, e.TakeoverError, e.ControlError):
         assert issubclass(cls, e.Error)
 
 

@@ -35,7 +35,4 @@ module PortSharding
 
   # A control socket answered something unexpected, or its directory is unusable.
   class ControlError < Error; end
-
-  # Not Linux: SO_REUSEPORT elsewhere does not spread connections, so the engine refuses to start.
-  class UnsupportedPlatformError < Error; end
 end

@@ -7,7 +7,6 @@
 //! | `WrongType` | `PortSharding::SettingTypeError` (a `ConfigError`), `#keyword` names the setting |
 //! | `AddrInUse`, `PermissionDenied`, `Io` | `SystemCallError.new(msg, errno)`, i.e. `Errno::EADDRINUSE` … |
 //! | `InvalidAddress` | `PortSharding::AddressError` |
-//! | `Unsupported` | `PortSharding::UnsupportedPlatformError` |
 //! | `NotRunning` | `PortSharding::NotRunningError` |
 //! | `Takeover` | `PortSharding::TakeoverError` |
 //! | `Control` | `PortSharding::ControlError` |
@@ -34,7 +33,6 @@ pub fn to_ruby(ruby: &Ruby, err: port_sharding::Error) -> Error {
             None => "Error",
         },
         E::InvalidAddress { .. } => "AddressError",
-        E::Unsupported { .. } => "UnsupportedPlatformError",
         E::NotRunning { .. } => "NotRunningError",
         E::Takeover(_) => "TakeoverError",
         E::Control(_) => "ControlError",
