@@ -13,6 +13,7 @@ mod status;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal as _, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,9 @@ use port_sharding_bench as load;
 
 /// The handle of the server `serve` runs in this process, for [`interrupt`].
 static SERVING: Mutex<Option<Handle>> = Mutex::new(None);
+/// [`interrupt`] was called during this [`main`]: a `serve` not yet bound drains as soon as it is, and
+/// `stop --wait` stops waiting.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Runs the command line on `args` (the first one is the program name, as in `std::env::args_os`) and
 /// returns the exit status. `host` is who runs it: a server started by `serve` reports that runtime
@@ -32,6 +36,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    INTERRUPTED.store(false, Ordering::SeqCst);
     let matches = match command().try_get_matches_from(args) {
         Ok(m) => m,
         Err(e) => {
@@ -59,9 +64,11 @@ where
     })
 }
 
-/// Starts the drain of the server `serve` runs in this process, if any, as SIGTERM would. For a host
-/// whose interpreter wants the command to stop (Ruby's unblocking function); safe from any thread.
+/// Asks the running [`main`] to finish early, from another thread: `serve` drains as SIGTERM would (even
+/// if it has not bound yet), `stop --wait` stops waiting (exit 130). For a host whose interpreter wants
+/// the command to stop (Ruby's unblocking function).
 pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
     let handle = SERVING.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some(h) = handle {
         h.shutdown();
@@ -214,6 +221,9 @@ fn serve(m: &ArgMatches, host: Host) -> port_sharding::Result<u8> {
     };
     let server = Server::bind(config)?;
     *SERVING.lock().unwrap_or_else(|e| e.into_inner()) = Some(server.handle());
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        server.handle().shutdown(); // interrupted while binding: drain at once
+    }
     let report = server.run();
     *SERVING.lock().unwrap_or_else(|e| e.into_inner()) = None;
     Ok(report?.exit_code())
@@ -257,6 +267,9 @@ fn stop(m: &ArgMatches) -> port_sharding::Result<u8> {
         if until.is_some_and(|t| Instant::now() >= t) {
             eprintln!("port-sharding: error: still running after {wait:?}");
             return Ok(1);
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Ok(130);
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -12,7 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// A setting is out of range, unknown or unparsable. Python: `ConfigError` (a `ValueError`); Ruby:
     /// `ConfigError` (an `ArgumentError`).
-    #[error("invalid {shown}: {reason}")]
+    #[error("invalid {} {reason}", label(shown))]
     InvalidArgument {
         /// The setting's name, as [`Config`](crate::Config) spells it (`drain_timeout`).
         name: &'static str,
@@ -24,7 +24,7 @@ pub enum Error {
     },
     /// A setting was given a value of the wrong type. Python: `SettingTypeError` (a `ConfigError` and a
     /// `TypeError`); Ruby: `SettingTypeError` (a `ConfigError`).
-    #[error("invalid {shown}: expected {expected}, got {got}")]
+    #[error("invalid {} expected {expected}, got {got}", label(shown))]
     WrongType {
         /// The setting's name, as [`Config`](crate::Config) spells it.
         name: &'static str,
@@ -90,6 +90,15 @@ pub enum Error {
     },
 }
 
+/// `shown` followed by a colon, unless it already ends with one (Ruby's `drain_timeout:`).
+fn label(shown: &str) -> String {
+    if shown.ends_with(':') {
+        shown.to_string()
+    } else {
+        format!("{shown}:")
+    }
+}
+
 impl Error {
     /// The OS errno behind this error, when there is one (the bindings raise `OSError`/`Errno::*` with it).
     pub fn errno(&self) -> Option<i32> {
@@ -110,9 +119,20 @@ impl Error {
         }
     }
 
-    /// The same error with a setting named as `host` writes it (`--drain-timeout`, `drain_timeout=`, …).
+    /// The same error with a setting named as `host` writes it (`--drain-timeout`, `drain_timeout=`, …);
+    /// one already named by a host keeps its name.
     pub fn spelled(self, host: crate::Host) -> Error {
         match self {
+            Error::InvalidArgument {
+                ref name,
+                ref shown,
+                ..
+            }
+            | Error::WrongType {
+                ref name,
+                ref shown,
+                ..
+            } if shown != name => self,
             Error::InvalidArgument { name, reason, .. } => Error::InvalidArgument {
                 name,
                 shown: host.spell(name),

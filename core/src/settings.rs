@@ -235,12 +235,8 @@ impl Config {
             let known: Vec<String> = SETTINGS.iter().map(|s| host.spell(s.name)).collect();
             return Err(Error::InvalidArgument {
                 name: "setting",
-                shown: "setting".to_string(),
-                reason: format!(
-                    "{} is not a setting (known: {})",
-                    host.spell(name),
-                    known.join(", ")
-                ),
+                shown: host.spell(name),
+                reason: format!("not a setting (known: {})", known.join(", ")),
             });
         };
         let cli = host == Host::Cli;
@@ -400,7 +396,12 @@ mod tests {
         assert!(e
             .unwrap_err()
             .to_string()
-            .contains("wrokers= is not a setting"));
+            .starts_with("invalid wrokers=: not a setting (known: host=, port="));
+        let e = Config::from_settings(Host::Ruby, [("port", Value::Str("80".into()))]);
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "invalid port: expected an integer, got a string (\"80\")"
+        );
         let e = Config::from_settings(
             Host::Python,
             [("idle_timeout", Value::Float(f64::INFINITY))],

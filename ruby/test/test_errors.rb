@@ -54,7 +54,7 @@ class TestErrors < Minitest::Test
 
   def test_unknown_keyword_is_the_engines_config_error
     error = assert_raises(PortSharding::ConfigError) { PortSharding.serve(0, wrokers: 2) }
-    assert_match(/wrokers: is not a setting \(known: host:, port:/, error.message)
+    assert_match(/invalid wrokers: not a setting \(known: host:, port:/, error.message)
   end
 
   def test_bad_host_is_an_address_error
