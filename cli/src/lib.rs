@@ -49,6 +49,7 @@ where
         Some(("serve", m)) => serve(m, host),
         Some(("status", m)) => status(m),
         Some(("stop", m)) => stop(m),
+        Some(("reload", m)) => reload(m),
         Some(("bench", m)) => match load::BenchArgs::from_arg_matches(m) {
             Ok(args) => return bench(&args),
             Err(e) => {
@@ -120,12 +121,33 @@ pub fn command() -> Command {
                     .help("Wait until they have exited, at most this long (e.g. 30s)"),
             ),
         )
+        .subcommand(
+            target_command(
+                "reload",
+                "Replace the workers of the servers running on a port in place: per listener a new worker \
+                 starts, and the old one stops once the new one is ready (nothing queued is lost)",
+            )
+            .arg(
+                Arg::new("pid")
+                    .long("pid")
+                    .value_name("PID")
+                    .value_parser(clap::value_parser!(u32))
+                    .help("Only the server whose supervisor has this pid"),
+            )
+            .arg(
+                Arg::new("batch")
+                    .long("batch")
+                    .value_name("K")
+                    .value_parser(clap::value_parser!(u32).range(1..))
+                    .help("New workers started at a time (capacity stays between N and N+K) [default: 1]"),
+            ),
+        )
         .subcommand(load::BenchArgs::augment_args(Command::new("bench")))
 }
 
 const SIGNALS: &str = "Signals to a serving supervisor: SIGINT (Ctrl-C), SIGTERM or SIGQUIT drain (stop accepting, \
-finish open connections, exit; a second one stops at once); SIGHUP is logged and ignored. SIGTERM to one worker \
-drains it and a fresh one replaces it on the same listener.";
+finish open connections, exit; a second one stops at once); SIGHUP reloads (as `reload`, one worker at a time). \
+SIGTERM to one worker drains it and a fresh one replaces it on the same listener.";
 
 fn serve_command() -> Command {
     let mut cmd = Command::new("serve")
@@ -146,6 +168,13 @@ fn serve_command() -> Command {
             // Negative numbers reach the engine, which says what range the setting takes.
             Kind::Integer => arg.value_name(s.value_name).allow_negative_numbers(true),
             Kind::Text | Kind::Duration => arg.value_name(s.value_name),
+            // `serve [options] -- CMD ARGS...`: everything after `--`, hyphens included.
+            Kind::List => Arg::new(s.name)
+                .value_name(s.value_name)
+                .help(s.help)
+                .num_args(1..)
+                .last(true)
+                .allow_hyphen_values(true),
         };
         cmd = cmd.arg(arg);
     }
@@ -186,6 +215,11 @@ fn given_settings(m: &ArgMatches) -> Vec<(&'static str, Value)> {
         .map(|s| {
             let value = match s.kind {
                 Kind::Flag => Value::Bool(m.get_flag(s.name)),
+                Kind::List => Value::List(
+                    m.get_many::<String>(s.name)
+                        .map(|v| v.cloned().collect())
+                        .unwrap_or_default(),
+                ),
                 _ => Value::Str(m.get_one::<String>(s.name).cloned().unwrap_or_default()),
             };
             (s.name, value)
@@ -273,4 +307,45 @@ fn stop(m: &ArgMatches) -> port_sharding::Result<u8> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn reload(m: &ArgMatches) -> port_sharding::Result<u8> {
+    let (host, port) = target(m)?;
+    let pid = m.get_one::<u32>("pid").copied();
+    let batch = m.get_one::<u32>("batch").map(|&k| k as usize);
+    let reports = port_sharding::reload(host.as_deref(), port, pid, batch)?;
+    let mut code = 0;
+    for r in &reports {
+        for w in &r.replaced {
+            println!(
+                "{} server pid {}: worker {} pid {} → pid {} (generation {})",
+                r.runtime, r.pid, w.index, w.old_pid, w.new_pid, w.generation
+            );
+        }
+        match &r.failed {
+            None => println!(
+                "{} server pid {}: reloaded {} worker(s)",
+                r.runtime,
+                r.pid,
+                r.replaced.len()
+            ),
+            Some(f) => {
+                let who = match (f.index, f.pid) {
+                    (Some(i), Some(p)) => format!("worker {i} (new pid {p}) "),
+                    (Some(i), None) => format!("worker {i} "),
+                    _ => String::new(),
+                };
+                eprintln!(
+                    "port-sharding: error: reload of {} server pid {} failed: {who}{}; {} worker(s) replaced, \
+                     the others keep serving",
+                    r.runtime,
+                    r.pid,
+                    f.reason,
+                    r.replaced.len()
+                );
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
 }

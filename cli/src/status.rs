@@ -4,8 +4,10 @@ use std::fmt::Write as _;
 
 use port_sharding::ServerStatus;
 
-const HEADINGS: [&str; 10] = [
+const HEADINGS: [&str; 12] = [
     "worker",
+    "kind",
+    "gen",
     "pid",
     "state",
     "accepted",
@@ -21,10 +23,15 @@ const HEADINGS: [&str; 10] = [
 pub(crate) fn table(servers: &[ServerStatus]) -> String {
     let mut out = String::new();
     for s in servers {
+        let what = if s.command.is_empty() {
+            format!("mode {}", s.mode)
+        } else {
+            format!("command {}", s.command.join(" "))
+        };
         writeln!(
             out,
-            "{} server pid {} on {} — {}, mode {}, up {:.0}s",
-            s.runtime, s.pid, s.addr, s.state, s.mode, s.uptime_secs
+            "{} server pid {} on {} — {}, {what}, up {:.0}s",
+            s.runtime, s.pid, s.addr, s.state, s.uptime_secs
         )
         .ok();
         row(&mut out, HEADINGS.map(str::to_string));
@@ -33,6 +40,11 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
                 &mut out,
                 [
                     w.index.to_string(),
+                    match w.kind {
+                        port_sharding::WorkerKind::Builtin => "builtin".to_string(),
+                        port_sharding::WorkerKind::Command => "command".to_string(),
+                    },
+                    w.generation.to_string(),
                     w.pid.to_string(),
                     w.state.to_string(),
                     w.accepted.to_string(),
@@ -49,11 +61,11 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
     out
 }
 
-fn row(out: &mut String, cells: [String; 10]) {
-    let [a, b, c, d, e, f, g, h, i, j] = cells;
+fn row(out: &mut String, cells: [String; 12]) {
+    let [a, k, n, b, c, d, e, f, g, h, i, j] = cells;
     writeln!(
         out,
-        "  {a:>6} {b:>8} {c:>9} {d:>10} {e:>8} {f:>12} {g:>12} {h:>7} {i:>8} {j:>6}"
+        "  {a:>6} {k:>7} {n:>4} {b:>8} {c:>9} {d:>10} {e:>8} {f:>12} {g:>12} {h:>7} {i:>8} {j:>6}"
     )
     .ok();
 }

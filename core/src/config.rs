@@ -4,6 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use nix::sys::signal::Signal;
+
 use crate::error::{Error, Result};
 
 /// What a worker does with each accepted connection.
@@ -51,6 +53,58 @@ impl FromStr for Mode {
     }
 }
 
+/// When a command worker counts as ready (and a reload may stop the worker it replaces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ready {
+    /// At `READY=1` on `NOTIFY_SOCKET`, or after [`Config::ready_delay`] alive, whichever comes first: for
+    /// programs that never send `READY=1` (Puma 5, the talk's loops).
+    #[default]
+    Delay,
+    /// Only at `READY=1`, within [`Config::ready_timeout`]; otherwise the start failed.
+    Notify,
+}
+
+impl Ready {
+    /// The word the CLI, Python and Ruby use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ready::Delay => "delay",
+            Ready::Notify => "notify",
+        }
+    }
+}
+
+impl FromStr for Ready {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Ready> {
+        match s {
+            "delay" => Ok(Ready::Delay),
+            "notify" => Ok(Ready::Notify),
+            other => Err(Error::invalid(
+                "ready",
+                format!("{other:?} is not one of delay, notify"),
+            )),
+        }
+    }
+}
+
+/// Parses a signal name as users write it: `TERM`, `SIGTERM`, `term`, or a number (`15`).
+pub fn parse_signal(s: &str) -> std::result::Result<Signal, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("{s:?} is not a signal name (try TERM, QUIT, INT, USR1)"))
+}
+
 /// How a server binds, runs and stops.
 ///
 /// Build one with struct-update syntax and pass it to [`Server::bind`](crate::Server::bind):
@@ -93,6 +147,32 @@ pub struct Config {
     ///
     /// Default value: `None`.
     pub idle_timeout: Option<Duration>,
+    /// Run this program as every worker instead of a built-in one (empty: built-in workers, see `mode`).
+    /// Each worker gets its own listener as fd 3 and the systemd socket-activation environment
+    /// (`LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`), plus `NOTIFY_SOCKET`, `PORT_SHARDING_WORKER`
+    /// and `PORT_SHARDING_PORT`.
+    ///
+    /// Default value: empty.
+    pub command: Vec<String>,
+    /// When a command worker is ready: after `ready_delay` alive or at `READY=1` ([`Ready::Delay`]), or only
+    /// at `READY=1` ([`Ready::Notify`]).
+    ///
+    /// Default value: [`Ready::Delay`].
+    pub ready: Ready,
+    /// How long a command worker that sends no `READY=1` must stay alive to count as ready.
+    ///
+    /// Default value: 1 second.
+    pub ready_delay: Duration,
+    /// The longest a new worker may take to be ready (`READY=1` under [`Ready::Notify`], any worker during a
+    /// reload) before its start counts as failed.
+    ///
+    /// Default value: 30 seconds.
+    pub ready_timeout: Duration,
+    /// The signal that asks a command worker to stop gracefully (TERM for gunicorn and Puma); SIGKILL
+    /// follows when it has not exited after `drain_timeout`.
+    ///
+    /// Default value: `SIGTERM`.
+    pub stop_signal: Signal,
     /// Who hosts the engine: `rust`, `python` or `ruby`. Named in `hello` replies, logs and `status`.
     ///
     /// Default value: `"rust"`.
@@ -129,6 +209,11 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             idle_timeout: None,
+            command: Vec::new(),
+            ready: Ready::Delay,
+            ready_delay: Duration::from_secs(1),
+            ready_timeout: Duration::from_secs(30),
+            stop_signal: Signal::SIGTERM,
             runtime: "rust".to_string(),
             takeover: false,
             migrate: false,
@@ -171,9 +256,28 @@ impl Config {
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1, got 0".to_string());
         }
+        if let Some(first) = self.command.first() {
+            if first.is_empty() {
+                return bad("command", "the program name is empty".to_string());
+            }
+        }
+        if let Some(i) = self.command.iter().position(|a| a.contains('\0')) {
+            return bad("command", format!("argument {} contains a NUL byte", i + 1));
+        }
+        if matches!(self.stop_signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            return bad(
+                "stop_signal",
+                format!(
+                    "{} cannot be handled, so it cannot stop a worker gracefully",
+                    self.stop_signal
+                ),
+            );
+        }
         for (name, t) in [
             ("drain_timeout", Some(self.drain_timeout)),
             ("idle_timeout", self.idle_timeout),
+            ("ready_delay", Some(self.ready_delay)),
+            ("ready_timeout", Some(self.ready_timeout)),
         ] {
             match t {
                 Some(t) if t.is_zero() => {

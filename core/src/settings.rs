@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::config::{parse_duration, Config, MAX_DURATION};
+use crate::config::{parse_duration, parse_signal, Config, MAX_DURATION};
 use crate::error::{Error, Result};
 
 /// Who is passing settings: decides how a setting is named in errors, and whether strings are parsed.
@@ -55,7 +55,9 @@ pub enum Value {
     Float(f64),
     /// A string: a host name or mode from any host; anything at all from the CLI, which parses it.
     Str(String),
-    /// A value of a type no setting takes (a list, bytes, …), described for the error: `a list ([1])`.
+    /// A list of strings (a program and its arguments).
+    List(Vec<String>),
+    /// A value of a type no setting takes (a dict, bytes, …), described for the error: `a dict ({})`.
     Other(String),
 }
 
@@ -67,6 +69,7 @@ impl Value {
             Value::Int(i) => format!("an integer ({i})"),
             Value::Float(f) => format!("a number ({f})"),
             Value::Str(s) => format!("a string ({s:?})"),
+            Value::List(l) => format!("a list ({l:?})"),
             Value::Other(what) => what.clone(),
         }
     }
@@ -85,6 +88,8 @@ pub enum Kind {
     Flag,
     /// One of these words.
     Choice(&'static [&'static str]),
+    /// Words: a program and its arguments; on the CLI, everything after `--`.
+    List,
 }
 
 /// One user-facing setting of [`Config`].
@@ -105,6 +110,7 @@ pub struct Setting {
 }
 
 const MODES: &[&str] = &["echo", "once", "hello"];
+const READY: &[&str] = &["delay", "notify"];
 
 /// Every setting a user can give, in `--help` order. `runtime`, `handle_signals` and `control` are not
 /// here: the host decides those.
@@ -172,6 +178,49 @@ pub const SETTINGS: &[Setting] = &[
         value_name: "DURATION",
         help: "Close connections idle this long",
         default: "off",
+    },
+    Setting {
+        name: "command",
+        short: None,
+        kind: Kind::List,
+        value_name: "CMD",
+        help: "Run this program as every worker (on the CLI: after --): its own listener as fd 3, with \
+               LISTEN_FDS=1, LISTEN_PID, NOTIFY_SOCKET, PORT_SHARDING_WORKER and PORT_SHARDING_PORT",
+        default: "none: built-in workers",
+    },
+    Setting {
+        name: "ready",
+        short: None,
+        kind: Kind::Choice(READY),
+        value_name: "WHEN",
+        help: "When a command worker is ready: delay (READY=1, or after --ready-delay alive) or notify \
+               (only READY=1 on NOTIFY_SOCKET, within --ready-timeout)",
+        default: "delay",
+    },
+    Setting {
+        name: "ready_delay",
+        short: None,
+        kind: Kind::Duration,
+        value_name: "DURATION",
+        help: "A command worker that sends no READY=1 is ready after this long alive",
+        default: "1s",
+    },
+    Setting {
+        name: "ready_timeout",
+        short: None,
+        kind: Kind::Duration,
+        value_name: "DURATION",
+        help: "Longest a new worker may take to be ready (READY=1 with --ready notify; any worker during a \
+               reload) before its start counts as failed",
+        default: "30s",
+    },
+    Setting {
+        name: "stop_signal",
+        short: None,
+        kind: Kind::Text,
+        value_name: "SIGNAL",
+        help: "Signal that stops a command worker gracefully; SIGKILL follows after --drain-timeout",
+        default: "TERM",
     },
     Setting {
         name: "takeover",
@@ -251,6 +300,14 @@ impl Config {
                 self.max_connections = integer(s, value, cli, 1, i64::MAX)? as usize
             }
             "idle_timeout" => self.idle_timeout = Some(duration(s, value, cli)?),
+            "command" => self.command = list(s, value)?,
+            "ready" => self.ready = text(s, value)?.parse()?,
+            "ready_delay" => self.ready_delay = duration(s, value, cli)?,
+            "ready_timeout" => self.ready_timeout = duration(s, value, cli)?,
+            "stop_signal" => {
+                self.stop_signal =
+                    parse_signal(&text(s, value)?).map_err(|why| Error::invalid(s.name, why))?
+            }
             "takeover" => self.takeover = flag(s, value)?,
             "migrate" => self.migrate = flag(s, value)?,
             other => unreachable!("setting {other} is in SETTINGS but not handled"),
@@ -272,6 +329,11 @@ fn every_field_is_a_setting(c: Config) {
         drain_timeout: _,
         max_connections: _,
         idle_timeout: _,
+        command: _,
+        ready: _,
+        ready_delay: _,
+        ready_timeout: _,
+        stop_signal: _,
         takeover: _,
         migrate: _,
         // Decided by the host, not by its user:
@@ -294,6 +356,17 @@ fn text(s: &Setting, value: Value) -> Result<String> {
     match value {
         Value::Str(t) => Ok(t),
         other => Err(wrong(s, "a string", &other)),
+    }
+}
+
+fn list(s: &Setting, value: Value) -> Result<Vec<String>> {
+    match value {
+        Value::List(words) => Ok(words),
+        other => Err(wrong(
+            s,
+            "a list of strings (the program and its arguments)",
+            &other,
+        )),
     }
 }
 
@@ -420,6 +493,12 @@ mod tests {
                 Kind::Duration => Value::Float(1.0),
                 Kind::Flag => Value::Bool(false),
                 Kind::Choice(c) => Value::Str(c[0].into()),
+                Kind::List => Value::List(vec!["true".into()]),
+            };
+            let value = if s.name == "stop_signal" {
+                Value::Str("TERM".into())
+            } else {
+                value
             };
             Config::default().set(Host::Rust, s.name, value).unwrap();
         }

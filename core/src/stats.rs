@@ -14,6 +14,17 @@ use crate::lifecycle::Phase;
 /// The old name of a worker's [`Phase`], kept inside the crate until every module says `Phase`.
 pub(crate) type WorkerState = Phase;
 
+/// What runs on a worker slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerKind {
+    /// The engine's own loop (echo, once, hello), forked.
+    #[default]
+    Builtin,
+    /// A program exec'd with the listener as fd 3 ([`crate::Config::command`]).
+    Command,
+}
+
 /// A snapshot of one worker's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStats {
@@ -37,6 +48,12 @@ pub struct WorkerStats {
     pub restarts: u64,
     /// Connections waiting in this listener's accept queue (`TCP_INFO.tcpi_unacked`), as last sampled.
     pub queue_len: u64,
+    /// Built-in loop or command.
+    #[serde(default)]
+    pub kind: WorkerKind,
+    /// How many workers this slot has started (the first is 1); a restart or a reload makes a new one.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// One worker's slot; all fields are counters or gauges updated with relaxed atomics.
@@ -52,6 +69,8 @@ pub struct Slot {
     errors: AtomicU64,
     restarts: AtomicU64,
     queue_len: AtomicU64,
+    kind: AtomicU64,
+    generation: AtomicU64,
 }
 
 impl Slot {
@@ -60,6 +79,17 @@ impl Slot {
         self.pid.store(pid.into(), Relaxed);
         self.active.store(0, Relaxed);
         self.set_state(Phase::Starting);
+    }
+    /// Records a process taking this slot beside the one it replaces (a reload): the connections the old
+    /// one still finishes keep counting as active.
+    pub fn join(&self, pid: u32) {
+        self.pid.store(pid.into(), Relaxed);
+        self.set_state(Phase::Starting);
+    }
+    /// Records what kind of worker the slot runs and the generation the supervisor just started.
+    pub fn set_generation(&self, kind: WorkerKind, generation: u64) {
+        self.kind.store(kind as u64, Relaxed);
+        self.generation.store(generation, Relaxed);
     }
     /// Process id of the worker on this slot.
     pub fn pid(&self) -> u32 {
@@ -117,6 +147,12 @@ impl Slot {
             errors: self.errors.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             queue_len: self.queue_len.load(Relaxed),
+            kind: if self.kind.load(Relaxed) == WorkerKind::Command as u64 {
+                WorkerKind::Command
+            } else {
+                WorkerKind::Builtin
+            },
+            generation: self.generation.load(Relaxed),
         }
     }
 }

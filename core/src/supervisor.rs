@@ -1,10 +1,10 @@
-//! The supervisor: binds every listener before forking, forks one worker per listener, re-forks the dead,
+//! The supervisor: binds every listener before forking, forks one worker per listener (built-in, or a
+//! command exec'd with the listener as fd 3), re-forks the dead, replaces workers in place on `reload`,
 //! turns signals and control requests into the lifecycle `serving → draining → stopped`, and hands its
 //! sockets to a successor on `takeover`.
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::control::{self, ConnId, ControlSocket, Request, ServerStatus};
@@ -26,19 +25,27 @@ use crate::signals::SignalGuard;
 use crate::stats::StatsArea;
 use crate::worker;
 
+mod command;
+mod notify;
 mod process;
+mod reload;
 mod shared;
 mod takeover;
+mod workers;
 
 pub(crate) use shared::Shared;
 
-use process::{child_main, describe, on_main_thread};
+use notify::NotifySocket;
+use process::{describe, on_main_thread};
+use reload::Reload;
 use takeover::{take_over, Predecessor};
+use workers::WorkerProc;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const CONTROL: Token = Token(2);
 const SUCCESSOR: Token = Token(3);
+const NOTIFY: Token = Token(4);
 /// How often the supervisor reaps workers and samples queue lengths when nothing else wakes it.
 const TICK: Duration = Duration::from_millis(50);
 /// Extra time past `drain_timeout` before workers that still have not exited are killed.
@@ -116,18 +123,16 @@ pub(crate) fn run(bound: Bound) -> Result<Report> {
     result
 }
 
-struct WorkerProc {
-    pid: Option<Pid>,
-    /// Write end of the worker's drain pipe: a byte on it (or EOF) tells the worker to drain.
-    drain: Option<Tracked<OwnedFd>>,
-    started: Instant,
-    crashes: u32,
-    restart_at: Option<Instant>,
-}
-
 struct Supervisor {
     server: Bound,
+    /// The worker serving each listener (or about to be restarted on it).
     procs: Vec<WorkerProc>,
+    /// Workers replaced by a reload, asked to stop and not restarted: `(listener index, worker)`.
+    retiring: Vec<(usize, WorkerProc)>,
+    /// The reload in progress.
+    reload: Option<Reload>,
+    /// `NOTIFY_SOCKET` of command workers.
+    notify: Option<NotifySocket>,
     signals: Option<SignalGuard>,
     /// A new server that holds our sockets and owes us `ready`, and since when.
     successor: Option<(mio::net::UnixStream, Instant)>,
@@ -149,18 +154,22 @@ impl Supervisor {
             None
         };
         let n = server.listeners.len();
-        let procs = (0..n)
-            .map(|_| WorkerProc {
-                pid: None,
-                drain: None,
-                started: Instant::now(),
-                crashes: 0,
-                restart_at: None,
-            })
-            .collect();
+        let procs = (0..n).map(|_| WorkerProc::new(0)).collect();
+        let notify = if server.config.command.is_empty() {
+            None
+        } else {
+            Some(NotifySocket::bind(
+                server.addr,
+                server.poll.registry(),
+                NOTIFY,
+            )?)
+        };
         Ok(Supervisor {
             server,
             procs,
+            retiring: Vec::new(),
+            reload: None,
+            notify,
             signals,
             successor: None,
             draining: None,
@@ -172,12 +181,16 @@ impl Supervisor {
 
     fn run(&mut self) -> Result<Report> {
         let c = &self.server.config;
+        let what = if c.command.is_empty() {
+            format!("mode {}", c.mode)
+        } else {
+            format!("command {:?}, ready {}", c.command, c.ready.as_str())
+        };
         log!(
-            "{} server starting on {}: {} worker(s), mode {}, backlog {}, drain timeout {:?}",
+            "{} server starting on {}: {} worker(s), {what}, backlog {}, drain timeout {:?}",
             c.runtime,
             self.server.addr,
             self.procs.len(),
-            c.mode,
             c.backlog,
             c.drain_timeout
         );
@@ -209,6 +222,7 @@ impl Supervisor {
                     }
                     SIGNALS => self.on_signals(),
                     SUCCESSOR => self.on_successor(),
+                    NOTIFY => self.on_notify(),
                     t if self.server.control.as_ref().is_some_and(|c| c.owns(t)) => {
                         self.on_control(Some(t))
                     }
@@ -218,12 +232,15 @@ impl Supervisor {
             self.on_control(None);
             self.expire_successor();
             self.reap();
+            self.update_ready();
+            self.drive_reload();
             self.restart_due();
+            self.escalate();
             self.sample_queues();
             self.check_ready();
             self.publish_phase();
             if let Some((since, reason)) = self.draining {
-                if self.procs.iter().all(|p| p.pid.is_none()) {
+                if self.procs.iter().all(|p| p.pid.is_none()) && self.retiring.is_empty() {
                     log!(
                         "stopped ({}): all workers exited after {:.2?}; served {} connection(s)",
                         reason.cause(),
@@ -250,28 +267,19 @@ impl Supervisor {
         }
     }
 
+    /// Starts a fresh worker on listener `i` in its slot (the first start, or a restart).
     fn spawn(&mut self, i: usize) -> Result<()> {
-        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::io("pipe", e.into()))?;
-        let listener_fd = self.server.listeners[i].as_raw_fd();
-        // SAFETY: the child runs only Rust code of this crate and leaves with _exit (see child_main).
-        match unsafe { nix::unistd::fork() } {
-            Err(e) => Err(Error::io(format!("fork worker {i}"), e.into())),
-            Ok(nix::unistd::ForkResult::Child) => child_main(i, listener_fd, rx, &self.server),
-            Ok(nix::unistd::ForkResult::Parent { child }) => {
-                drop(rx);
-                let p = &mut self.procs[i];
-                p.pid = Some(child);
-                p.drain = Some(Tracked::new(tx));
-                p.started = Instant::now();
-                p.restart_at = None;
-                log!("worker {i} started: pid {child}, listener fd {listener_fd}");
-                Ok(())
-            }
-        }
+        let generation = self.procs[i].generation + 1;
+        let fresh = self.start_worker(i, generation, false)?;
+        let p = &mut self.procs[i];
+        let crashes = p.crashes;
+        *p = fresh;
+        p.crashes = crashes;
+        Ok(())
     }
 
     fn reap(&mut self) {
+        self.reap_retiring();
         for i in 0..self.procs.len() {
             let Some(pid) = self.procs[i].pid else {
                 continue;
@@ -286,6 +294,7 @@ impl Supervisor {
             if slot.pid() == pid.as_raw() as u32 {
                 slot.set_state(Phase::Stopped);
             }
+            let command = !self.server.config.command.is_empty();
             let p = &mut self.procs[i];
             p.pid = None;
             p.drain = None;
@@ -294,9 +303,11 @@ impl Supervisor {
                 continue;
             }
             // Replace it on the same listener so its queue is served. A clean exit (the worker alone got
-            // SIGTERM and drained) is a graceful restart; quick deaths back off exponentially.
+            // SIGTERM and drained) is a graceful restart; quick deaths, and a command that died (or was
+            // killed) before it was ready, back off exponentially.
             let lived = p.started.elapsed();
-            p.crashes = if !clean && lived < Duration::from_secs(1) {
+            let failed_start = p.failed_start || (command && !p.ready);
+            p.crashes = if failed_start || (!clean && lived < Duration::from_secs(1)) {
                 p.crashes + 1
             } else {
                 0
@@ -307,7 +318,12 @@ impl Supervisor {
             };
             p.restart_at = Some(Instant::now() + delay);
             slot.restarted();
-            log!("worker {i} (pid {pid}) {status} after {lived:.2?}; restarting in {delay:?}");
+            let before = if failed_start {
+                " before it was ready"
+            } else {
+                ""
+            };
+            log!("worker {i} (pid {pid}) {status}{before} after {lived:.2?}; restarting in {delay:?}");
         }
     }
 
@@ -317,6 +333,10 @@ impl Supervisor {
         }
         let now = Instant::now();
         for i in 0..self.procs.len() {
+            // A reload's new worker on this listener takes over; a restart beside it would exceed N + K.
+            if self.reload.as_ref().is_some_and(|r| r.has_pending(i)) {
+                continue;
+            }
             if self.procs[i].restart_at.is_some_and(|t| now >= t) {
                 if let Err(e) = self.spawn(i) {
                     log!("worker {i}: restart failed: {e}; trying again in 1s");
@@ -338,11 +358,7 @@ impl Supervisor {
         if self.ready || self.draining.is_some() {
             return;
         }
-        let stats = self.server.stats.snapshot();
-        let all = self.procs.iter().zip(&stats).all(|(p, s)| {
-            p.pid.is_some_and(|pid| s.pid == pid.as_raw() as u32) && s.state == Phase::Serving
-        });
-        if !all {
+        if !self.procs.iter().all(|p| p.pid.is_some() && p.ready) {
             return;
         }
         self.ready = true;
@@ -381,7 +397,10 @@ impl Supervisor {
             // Like nginx: HUP will mean reload; QUIT drains as TERM does.
             let reason = match sig {
                 Signal::SIGHUP => {
-                    log!("SIGHUP: reload is not implemented yet; ignored");
+                    log!("SIGHUP: reload");
+                    if let Err(why) = self.begin_reload(1, None) {
+                        log!("reload refused: {why}");
+                    }
                     continue;
                 }
                 Signal::SIGINT => StopReason::Interrupt,
@@ -410,19 +429,20 @@ impl Supervisor {
             self.procs.iter().filter(|p| p.pid.is_some()).count(),
             self.server.config.drain_timeout
         );
+        self.abort_reload("the server began to drain");
         // A byte, not only EOF: a child the host forked may still hold a copy of the pipe's write end.
         let byte = if reason == StopReason::TakenOver {
             worker::HANDOVER
         } else {
             DRAIN_BYTE
         };
-        for p in &mut self.procs {
-            if let Some(pipe) = &p.drain {
-                // A worker that already exited cannot read it (EPIPE); closing the pipe below says the same.
-                nix::unistd::write(pipe, &[byte]).ok();
-            }
-            p.drain = None;
+        let stop = self.server.config.stop_signal;
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            p.ask_to_stop(byte, stop);
             p.restart_at = None;
+            if p.pid.is_some() && p.drain.is_none() {
+                self.server.stats.slot(i).set_state(Phase::Draining);
+            }
         }
         // Our copies must not keep the sockets in the group once the workers close theirs.
         self.server.listeners.clear();
@@ -434,7 +454,13 @@ impl Supervisor {
     }
 
     fn kill_all(&mut self) {
-        for p in &self.procs {
+        let pending = self.reload.iter().flat_map(|r| r.pending());
+        for p in self
+            .procs
+            .iter()
+            .chain(self.retiring.iter().map(|(_, p)| p))
+            .chain(pending)
+        {
             if let Some(pid) = p.pid {
                 // ESRCH: it is already gone, which is what we want.
                 nix::sys::signal::kill(pid, Signal::SIGKILL).ok();
@@ -481,11 +507,26 @@ impl Supervisor {
     }
 
     fn status(&self) -> ServerStatus {
+        let mut workers = self.server.stats.snapshot();
+        // The supervisor knows best who serves a listener: during a reload the old built-in worker still
+        // writes to the slot it shares with its successor.
+        for (w, p) in workers.iter_mut().zip(&self.procs) {
+            if let (Some(pid), true, None) = (p.pid, p.ready, self.draining) {
+                w.pid = pid.as_raw() as u32;
+                w.state = Phase::Serving;
+            }
+        }
+        let command = &self.server.config.command;
         ServerStatus {
             pid: std::process::id(),
             runtime: self.server.config.runtime.clone(),
             addr: self.server.addr,
-            mode: self.server.config.mode.to_string(),
+            mode: if command.is_empty() {
+                self.server.config.mode.to_string()
+            } else {
+                "command".to_string()
+            },
+            command: command.clone(),
             state: self.phase(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
             control_socket: self
@@ -494,7 +535,7 @@ impl Supervisor {
                 .as_ref()
                 .map(|c| c.path.clone())
                 .unwrap_or_default(),
-            workers: self.server.stats.snapshot(),
+            workers,
         }
     }
 
@@ -522,6 +563,7 @@ impl Supervisor {
                     self.begin_drain(StopReason::Stop);
                 }
                 Request::Takeover { addr } => self.offer(id, addr),
+                Request::Reload { batch } => self.reload_request(id, batch),
                 Request::Ready => self.respond(
                     id,
                     control::error_line("ready is only valid after takeover"),

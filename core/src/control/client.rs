@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, UnixAddr};
 
-use super::protocol::{encode, parse_answer, Offer, Request, ServerStatus, MAX_ANSWER};
+use super::protocol::{
+    encode, parse_answer, Offer, ReloadReport, Request, ServerStatus, MAX_ANSWER,
+};
 use super::registry::{find, not_running};
 use crate::error::{Error, Result};
 
@@ -221,4 +223,53 @@ pub fn status(host: Option<&str>, port: u16) -> Result<Vec<ServerStatus>> {
 pub fn stop(host: Option<&str>, port: u16) -> Result<Vec<u32>> {
     let answers = ask_all::<serde_json::Value>(host, port, &Request::Stop)?;
     Ok(answers.into_iter().map(|(pid, _)| pid).collect())
+}
+
+/// How long a client waits for a reload's answer: each new worker has `ready_timeout` to be ready, and
+/// the server answers when the last one is, or when one failed.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Replaces the workers of every server on `port` (only those bound to `host`, or the one whose supervisor
+/// is `pid`, when given) in place, `batch` at a time, one server after the other: per listener a new
+/// worker starts, and the old one is asked to stop once the new one is ready. Stops at the first server
+/// whose reload failed (its report says which worker and why); the servers after it are not reloaded.
+///
+/// # Errors
+/// As [`status`]; [`Error::NotRunning`] also when no server on the port has supervisor `pid`;
+/// [`Error::Control`] when a server refuses (draining, still starting, reloading already).
+pub fn reload(
+    host: Option<&str>,
+    port: u16,
+    pid: Option<u32>,
+    batch: Option<usize>,
+) -> Result<Vec<ReloadReport>> {
+    let addr: Option<SocketAddr> = host
+        .map(|h| crate::listener::resolve(h, port))
+        .transpose()?;
+    let mut found = find(addr, port)?;
+    if let Some(pid) = pid {
+        found.retain(|f| f.pid == pid);
+        if found.is_empty() {
+            return Err(Error::NotRunning {
+                what: format!("port {port} with supervisor pid {pid}"),
+                dir: super::registry::control_dir().display().to_string(),
+            });
+        }
+    }
+    if found.is_empty() {
+        return Err(not_running(addr, port));
+    }
+    let mut reports = Vec::new();
+    for f in &found {
+        let mut c = Client::connect(&f.path)?;
+        c.send(&Request::Reload { batch })?;
+        c.set_timeout(RELOAD_TIMEOUT);
+        let report: ReloadReport = c.answer()?;
+        let failed = report.failed.is_some();
+        reports.push(report);
+        if failed {
+            break;
+        }
+    }
+    Ok(reports)
 }

@@ -15,11 +15,11 @@ mod protocol;
 mod registry;
 mod server;
 
-pub use client::{status, stop};
-pub use protocol::ServerStatus;
+pub use client::{reload, status, stop};
+pub use protocol::{ReloadFailure, ReloadReport, Replaced, ServerStatus};
 pub use registry::control_dir;
 
 pub(crate) use client::Client;
 pub(crate) use protocol::{encode, error_line, Offer, Request, DRAINING};
-pub(crate) use registry::find;
+pub(crate) use registry::{ensure_dir, find};
 pub(crate) use server::{send_line, send_offer, ConnId, ControlSocket};

@@ -21,8 +21,15 @@ pub(crate) const DRAINING: &str = "this server is draining";
 pub(crate) enum Request {
     Status,
     Stop,
-    Takeover { addr: SocketAddr },
+    Takeover {
+        addr: SocketAddr,
+    },
     Ready,
+    /// Replace every worker in place, `batch` at a time (1 when absent).
+    Reload {
+        #[serde(default)]
+        batch: Option<usize>,
+    },
 }
 
 /// What `takeover` answers, beside the sockets.
@@ -43,8 +50,11 @@ pub struct ServerStatus {
     pub runtime: String,
     /// The bound address.
     pub addr: SocketAddr,
-    /// `echo`, `once` or `hello`.
+    /// `echo`, `once` or `hello`; `command` for command workers.
     pub mode: String,
+    /// The program command workers run (empty for built-in workers).
+    #[serde(default)]
+    pub command: Vec<String>,
     /// Where the server is: serving, handing over or draining (a stopped server no longer answers).
     pub state: crate::lifecycle::Phase,
     /// Seconds since the server started.
@@ -53,6 +63,43 @@ pub struct ServerStatus {
     pub control_socket: PathBuf,
     /// One entry per worker slot.
     pub workers: Vec<WorkerStats>,
+}
+
+/// What a reload of one server did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The supervisor's process id.
+    pub pid: u32,
+    /// `rust`, `python` or `ruby`.
+    pub runtime: String,
+    /// The workers replaced, in order: each new one was ready before its predecessor was asked to stop.
+    pub replaced: Vec<Replaced>,
+    /// Why the reload stopped early; the workers not yet replaced keep serving.
+    pub failed: Option<ReloadFailure>,
+}
+
+/// One worker replaced by a reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaced {
+    /// The listener (worker index).
+    pub index: usize,
+    /// The worker that was serving it, now stopping (0 when none was running).
+    pub old_pid: u32,
+    /// The worker serving it now.
+    pub new_pid: u32,
+    /// The new worker's generation.
+    pub generation: u64,
+}
+
+/// The new worker that stopped a reload, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadFailure {
+    /// The listener (worker index); `None` when the reload stopped for the whole server (it drained).
+    pub index: Option<usize>,
+    /// The new worker's pid, when it was started.
+    pub pid: Option<u32>,
+    /// What happened: `exited with status 1 before it was ready`, `was not ready within 30s`, …
+    pub reason: String,
 }
 
 /// One line: `value` as JSON and `\n`.

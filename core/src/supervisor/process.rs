@@ -24,12 +24,23 @@ pub(super) fn on_main_thread() -> bool {
 }
 
 /// The forked child: serve listener `i`, then `_exit`. Never returns into the caller (or a host interpreter).
-pub(super) fn child_main(i: usize, listener_fd: RawFd, drain: OwnedFd, server: &Bound) -> ! {
+/// `beside`: a reload started it next to the worker it replaces, whose open connections still count.
+pub(super) fn child_main(
+    i: usize,
+    listener_fd: RawFd,
+    drain: OwnedFd,
+    server: &Bound,
+    beside: bool,
+) -> ! {
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         crate::signals::reset_for_worker();
         close_fds_except(&[0, 1, 2, listener_fd, drain.as_raw_fd()]);
         let slot = server.stats.slot(i);
-        slot.begin(std::process::id());
+        if beside {
+            slot.join(std::process::id());
+        } else {
+            slot.begin(std::process::id());
+        }
         // SAFETY: the supervisor's copy of this fd is never dropped in this process (we _exit).
         let listener = unsafe { std::net::TcpListener::from_raw_fd(listener_fd) };
         worker::run(worker::Worker {

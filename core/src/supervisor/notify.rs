@@ -1,0 +1,132 @@
+//! `NOTIFY_SOCKET`: the sd_notify datagram protocol, the supervisor's side. Command workers (gunicorn,
+//! programs using `sd_notify(3)` or a few lines of their own) send `READY=1` when they serve; the sender is
+//! identified by the kernel (`SO_PASSCRED` → `SCM_CREDENTIALS`), never by what it writes.
+//!
+//! The socket lives in the control directory (0700, this user's only), next to the server's control
+//! socket, and is removed when the server stops.
+
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mio::{Interest, Registry, Token};
+use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, UnixAddr};
+
+use crate::control::{control_dir, ensure_dir};
+use crate::error::{Error, Result};
+use crate::fds::Tracked;
+
+/// The longest datagram read; sd_notify messages are a few short lines.
+const MAX_DATAGRAM: usize = 4096;
+/// Datagrams handled per wakeup, so a flood cannot hold the supervisor.
+const PER_WAKE: usize = 64;
+
+/// One message: who sent it and its `KEY=VALUE` lines.
+pub(super) struct Message {
+    pub(super) pid: u32,
+    pub(super) fields: Vec<(String, String)>,
+}
+
+impl Message {
+    /// Whether it says `READY=1`.
+    pub(super) fn ready(&self) -> bool {
+        self.fields.iter().any(|(k, v)| k == "READY" && v == "1")
+    }
+
+    /// Its `STATUS=` text, if any.
+    pub(super) fn status(&self) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == "STATUS")
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The bound notify socket; its file is removed on drop (by the process that bound it).
+pub(super) struct NotifySocket {
+    socket: Tracked<mio::net::UnixDatagram>,
+    /// What workers find in `NOTIFY_SOCKET`.
+    pub(super) path: PathBuf,
+    owner: u32,
+}
+
+impl NotifySocket {
+    /// Binds a fresh socket for a server on `addr` and registers it under `token`.
+    pub(super) fn bind(
+        addr: SocketAddr,
+        registry: &Registry,
+        token: Token,
+    ) -> Result<NotifySocket> {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        let dir = control_dir();
+        ensure_dir(&dir)?;
+        let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(
+            "{}_{}.{}.{n}.notify",
+            addr.ip(),
+            addr.port(),
+            std::process::id()
+        ));
+        let ctx = |e| Error::io(format!("notify socket {}", path.display()), e);
+        let _ = std::fs::remove_file(&path); // a stale file of an earlier process that had our pid
+        let mut socket = Tracked::new(mio::net::UnixDatagram::bind(&path).map_err(ctx)?);
+        socket::setsockopt(&*socket, socket::sockopt::PassCred, &true)
+            .map_err(|e| ctx(e.into()))?;
+        registry
+            .register(&mut *socket, token, Interest::READABLE)
+            .map_err(|e| Error::io("register notify socket", e))?;
+        Ok(NotifySocket {
+            socket,
+            path,
+            owner: std::process::id(),
+        })
+    }
+
+    /// The messages waiting now (at most [`PER_WAKE`]); ones without credentials are dropped.
+    pub(super) fn receive(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        for _ in 0..PER_WAKE {
+            let mut cmsg = nix::cmsg_space!(libc::ucred);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = match socket::recvmsg::<UnixAddr>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break, // EAGAIN: nothing more; anything else: try at the next wakeup
+            };
+            let bytes = msg.bytes;
+            let mut pid = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmCredentials(cred) = c {
+                        pid = Some(cred.pid() as u32);
+                    }
+                }
+            }
+            let Some(pid) = pid else { continue };
+            let text = String::from_utf8_lossy(&buf[..bytes]);
+            let fields = text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            out.push(Message { pid, fields });
+        }
+        out
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        if std::process::id() == self.owner {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
