@@ -10,7 +10,7 @@ export PIP_ROOT_USER_ACTION := ignore
 .PHONY: setup-python test-python
 
 setup-python: setup-rust ## build and install the Python package (pip install ./python) when its sources changed
-	@$(PYTHON) -c 'import maturin, pytest, mypy' 2>/dev/null || $(PIP) install -q maturin pytest mypy
+	@$(PYTHON) -c 'import maturin, pytest, mypy, gunicorn' 2>/dev/null || $(PIP) install -q maturin pytest mypy gunicorn
 	@if [ -f $(PY_STAMP) ] && [ -z "$$(find $(PY_SOURCES) -newer $(PY_STAMP) 2>/dev/null | head -1)" ] \
 	    && $(PYTHON) -c 'import port_sharding' 2>/dev/null; then exit 0; fi; \
 	  echo "setup-python: pip install ./python"; \

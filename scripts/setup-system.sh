@@ -2,7 +2,8 @@
 # Installs the Debian packages the bindings and tests need, only when something is missing (idempotent).
 set -euo pipefail
 need=()
-for pkg in ruby ruby-dev libclang-dev rake ruby-minitest netcat-openbsd iproute2 procps util-linux; do
+# puma and ruby-rack: a third-party server run as command workers (examples/puma, tests/e2e/test_apps.py).
+for pkg in ruby ruby-dev libclang-dev rake ruby-minitest netcat-openbsd iproute2 procps util-linux puma ruby-rack; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -477,11 +477,12 @@ fn takeover_from_a_server_that_is_handing_over_is_refused_clearly() {
 }
 
 #[test]
-fn sighup_leaves_the_server_serving_and_sigquit_drains() {
+fn sighup_reloads_the_server_and_sigquit_drains() {
     let mut srv = Spawn::new(&["--port", "0", "--workers", "2"]).start();
-    let workers = srv.worker_pids();
     srv.signal(libc::SIGHUP);
-    srv.wait_log("SIGHUP: reload is not implemented yet; ignored");
+    srv.wait_log("reload: done, 2 worker(s) replaced");
+    let workers = srv.worker_pids();
+    assert_eq!(workers.len(), 4, "two new workers beside the two old ones");
     assert_eq!(round_trip(srv.port, b"after hup"), b"after hup");
     assert!(srv.child.try_wait().unwrap().is_none(), "SIGHUP killed it");
     assert_eq!(srv.status()[0]["state"], "serving");

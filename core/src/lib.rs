@@ -46,7 +46,7 @@
 //! |---|---|
 //! | SIGINT, SIGTERM, SIGQUIT (first) | drain: workers stop accepting, accept what is queued, finish open connections, exit |
 //! | SIGINT, SIGTERM, SIGQUIT (second) | stop now: workers are killed, open connections cut |
-//! | SIGHUP | logged and ignored (it will mean "reload"); never fatal, as nginx users expect |
+//! | SIGHUP | reload in place, one worker at a time (as [`reload`]); never fatal, as nginx users expect |
 //! | SIGPIPE | never kills: the engine sends with `MSG_NOSIGNAL` and workers ignore it; a client that hung up is an error on that connection only |
 //! | SIGKILL a worker | the supervisor forks a replacement on the same listener (crash loops back off) |
 //!

@@ -90,6 +90,12 @@ pub fn queue_len(listener: &impl std::os::fd::AsRawFd) -> Option<u32> {
 /// A blocking reuseport listener on `host:port`, for code that runs its own accept loop — the talk's
 /// Python and Ruby loops — beside engine workers on the same port.
 ///
+/// Run as a command worker (`port-sharding serve -- python3 loop.py`), it adopts the listener the
+/// supervisor passed instead: fd 3, when `LISTEN_FDS=1` and `LISTEN_PID` is this process (the systemd
+/// socket-activation convention). The inherited socket must be a listening TCP socket bound to the port
+/// asked for (and the address, unless `host` is a wildcard); otherwise `listen` refuses rather than serve a
+/// port nobody asked for. Only the first call adopts it.
+///
 /// ```no_run
 /// let listener = port_sharding::listen("127.0.0.1", 1234, 1024)?;
 /// for stream in listener.incoming().flatten() {
@@ -101,5 +107,67 @@ pub fn listen(host: &str, port: u16, backlog: u32) -> Result<TcpListener> {
     if backlog == 0 {
         return Err(Error::invalid("backlog", "must be at least 1"));
     }
-    bind(resolve(host, port)?, backlog, false)
+    let wanted = resolve(host, port)?;
+    if let Some(inherited) = inherited(wanted)? {
+        return Ok(inherited);
+    }
+    bind(wanted, backlog, false)
+}
+
+/// The fd socket activation passes first.
+const LISTEN_FDS_START: i32 = 3;
+
+/// fd 3 as a blocking, close-on-exec listener, when this process was given it (`LISTEN_FDS`, `LISTEN_PID`)
+/// and has not adopted it yet.
+fn inherited(wanted: SocketAddr) -> Result<Option<TcpListener>> {
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static ADOPTED: AtomicBool = AtomicBool::new(false);
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    if !ours || fds.unwrap_or(0) < 1 || ADOPTED.load(Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let refuse = |why: String| {
+        Error::InvalidAddress {
+        host: wanted.to_string(),
+        reason: format!(
+            "this process was given a socket to serve (fd 3, LISTEN_FDS/LISTEN_PID), but it {why}; \
+             ask for that socket's port, or start the program without LISTEN_FDS to bind a new socket"
+        ),
+    }
+    };
+    // SAFETY: fd 3 is only borrowed for the checks; it is owned below once they pass.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(LISTEN_FDS_START) };
+    let sock = socket2::SockRef::from(&fd);
+    match sock.r#type() {
+        Ok(Type::STREAM) => {}
+        Ok(_) => return Err(refuse("is not a stream socket".into())),
+        Err(e) => return Err(refuse(format!("is not a socket ({e})"))),
+    }
+    if !sock.is_listener().unwrap_or(false) {
+        return Err(refuse("is not listening".into()));
+    }
+    let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+    let Some(local) = local else {
+        return Err(refuse("is not a TCP/IP socket".into()));
+    };
+    let port_ok = wanted.port() == 0 || wanted.port() == local.port();
+    let ip_ok = wanted.ip().is_unspecified() || wanted.ip() == local.ip();
+    if !port_ok || !ip_ok {
+        return Err(refuse(format!("is bound to {local}, not {wanted}")));
+    }
+    if ADOPTED.swap(true, Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let ctx = |what: &'static str| move |e: io::Error| Error::io(format!("{what} of fd 3"), e);
+    sock.set_nonblocking(false).map_err(ctx("O_NONBLOCK"))?;
+    sock.set_cloexec(true).map_err(ctx("FD_CLOEXEC"))?;
+    // SAFETY: the checks passed and ADOPTED makes this the one owner of fd 3 in this process.
+    Ok(Some(unsafe { TcpListener::from_raw_fd(LISTEN_FDS_START) }))
 }

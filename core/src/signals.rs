@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 /// Write end of the self-pipe, or -1. A static because a signal handler cannot capture anything.
 static PIPE_FD: AtomicI32 = AtomicI32::new(-1);
 
-/// What the supervisor handles, as nginx does: INT, TERM and QUIT drain; HUP will mean reload (until
-/// then it is logged and ignored, never fatal). A worker handles SIGTERM alone.
+/// What the supervisor handles, as nginx does: INT, TERM and QUIT drain; HUP reloads the workers in place.
+/// A worker handles SIGTERM alone.
 pub(crate) const SUPERVISOR: &[Signal] = &[
     Signal::SIGINT,
     Signal::SIGTERM,

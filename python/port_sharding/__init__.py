@@ -21,7 +21,7 @@ import json
 import os
 import socket
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 from . import _port_sharding as _native
 from ._errors import (AddressError, AddrInUseError, ConfigError, ControlError, Error, IoError, NotRunningError,
@@ -33,7 +33,7 @@ __version__: str = _native.VERSION
 # or hold its drain pipes open: it closes the engine's descriptors at once. Workers the engine forks itself
 # close what they do not serve on their own.
 os.register_at_fork(after_in_child=_native.close_in_forked_child)
-__all__ = ["__version__", "serve", "Server", "listen", "status", "stop", "set_quiet",
+__all__ = ["__version__", "serve", "Server", "listen", "status", "stop", "reload", "set_quiet",
            # One exception class per engine error, all under Error (see _errors.py).
            "Error", "ConfigError", "SettingTypeError", "AddressError", "AddrInUseError", "PermissionDeniedError",
            "NotRunningError", "TakeoverError", "ControlError", "IoError"]
@@ -54,6 +54,11 @@ def serve(
     drain_timeout: Optional[float] = None,
     max_connections: Optional[int] = None,
     idle_timeout: Optional[float] = None,
+    command: Optional[Sequence[str]] = None,
+    ready: Optional[str] = None,
+    ready_delay: Optional[float] = None,
+    ready_timeout: Optional[float] = None,
+    stop_signal: Optional[str] = None,
     takeover: Optional[bool] = None,
     migrate: Optional[bool] = None,
 ) -> str:
@@ -87,6 +92,11 @@ class Server:
         drain_timeout: Optional[float] = None,
         max_connections: Optional[int] = None,
         idle_timeout: Optional[float] = None,
+        command: Optional[Sequence[str]] = None,
+        ready: Optional[str] = None,
+        ready_delay: Optional[float] = None,
+        ready_timeout: Optional[float] = None,
+        stop_signal: Optional[str] = None,
         takeover: Optional[bool] = None,
         migrate: Optional[bool] = None,
     ) -> None:
@@ -153,7 +163,11 @@ Server.__init__.__doc__ = "Bind; nothing runs until ``start()``." + _SETTINGS_DO
 
 def listen(port: Optional[int] = None, host: Optional[str] = None, backlog: Optional[int] = None) -> socket.socket:
     """A blocking listening ``socket.socket`` with SO_REUSEPORT, made by the engine with the same options as
-    its workers' sockets, so a plain accept/recv/send/close loop shares ``port`` with engine servers."""
+    its workers' sockets, so a plain accept/recv/send/close loop shares ``port`` with engine servers.
+
+    Run as a command worker (``port-sharding serve -- python3 loop.py``), it adopts the socket the supervisor
+    passed as fd 3 (``LISTEN_FDS``/``LISTEN_PID`` name this process) instead, after checking it is a listening
+    TCP socket bound to ``port`` (``AddressError`` otherwise)."""
     return socket.socket(fileno=_native.listen(_given(locals())))
 
 
@@ -169,6 +183,19 @@ def stop(port: int, host: Optional[str] = None) -> List[int]:
     """Ask every server on ``port`` (only those bound to ``host``, when given) to drain; returns their pids.
     Raises ``NotRunningError`` when none answers."""
     return _native.stop(port, host)
+
+
+def reload(port: int, host: Optional[str] = None, pid: Optional[int] = None,
+           batch: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Replace the workers of every server on ``port`` in place (only those bound to ``host``, or the one whose
+    supervisor is ``pid``, when given), ``batch`` at a time (default 1): per listener a new worker starts, and
+    the old one is asked to stop once the new one is ready; nothing queued is lost. Returns one report per
+    server: ``pid``, ``runtime``, ``replaced`` (``index``, ``old_pid``, ``new_pid``, ``generation``) and
+    ``failed`` (``None``, or ``index``, ``pid`` and ``reason`` of the new worker that stopped the reload: the
+    workers not replaced keep serving, and the servers after it are not reloaded).
+    Raises ``NotRunningError`` when none answers, ``ControlError`` when a server refuses (draining, starting)."""
+    reports: List[Dict[str, Any]] = json.loads(_native.reload_json(port, host, pid, batch))
+    return reports
 
 
 def set_quiet(quiet: bool = True) -> None:

@@ -3,7 +3,7 @@
 
 use port_sharding::{Config, Error, Host, Value};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 /// The `Config` for the settings a caller gave (`{"workers": 4}`); the engine fills in the rest.
 pub fn config(settings: &Bound<'_, PyDict>) -> Result<Config, Error> {
@@ -19,7 +19,8 @@ pub fn config(settings: &Bound<'_, PyDict>) -> Result<Config, Error> {
     )
 }
 
-/// One Python value as a core [`Value`]: bool, int, float and str (bool first: it is an int subclass).
+/// One Python value as a core [`Value`]: bool, int, float, str, and a list or tuple of str (bool first: it
+/// is an int subclass).
 fn value_of(name: &str, v: &Bound<'_, PyAny>) -> Result<Value, Error> {
     let Some(setting) = port_sharding::setting(name) else {
         // Any value will do: the engine rejects the name, listing the known ones.
@@ -40,6 +41,8 @@ fn value_of(name: &str, v: &Bound<'_, PyAny>) -> Result<Value, Error> {
         Ok(Value::Float(f.value()))
     } else if let Ok(s) = v.cast::<PyString>() {
         Ok(Value::Str(s.to_string()))
+    } else if let Some(words) = words(v) {
+        Ok(Value::List(words))
     } else {
         // A type no setting takes: the engine says what the setting takes instead.
         let got = match v.get_type().name() {
@@ -51,4 +54,18 @@ fn value_of(name: &str, v: &Bound<'_, PyAny>) -> Result<Value, Error> {
         };
         Ok(Value::Other(got))
     }
+}
+
+/// A list or tuple whose items are all str, as words; `None` for anything else (the engine then says what
+/// the setting takes).
+fn words(v: &Bound<'_, PyAny>) -> Option<Vec<String>> {
+    if !(v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>()) {
+        return None;
+    }
+    let mut out = Vec::new();
+    for item in v.try_iter().ok()? {
+        let item = item.ok()?;
+        out.push(item.cast::<PyString>().ok()?.to_string());
+    }
+    Some(out)
 }

@@ -63,6 +63,24 @@ fn stop(py: Python<'_>, port: u16, host: Option<String>) -> PyResult<Vec<u32>> {
         .map_err(|e| to_py(py, e))
 }
 
+/// Reloads every server on `port` (bound to `host`, or the one whose supervisor is `pid`, when given) in
+/// place, `batch` workers at a time; the reports as a JSON array.
+#[pyfunction]
+#[pyo3(signature = (port, host=None, pid=None, batch=None))]
+fn reload_json(
+    py: Python<'_>,
+    port: u16,
+    host: Option<String>,
+    pid: Option<u32>,
+    batch: Option<usize>,
+) -> PyResult<String> {
+    let reports =
+        py.detach(|| no_panic(|| port_sharding::reload(host.as_deref(), port, pid, batch)));
+    let json =
+        reports.and_then(|r| serde_json::to_string(&r).map_err(|e| Error::Internal(e.to_string())));
+    json.map_err(|e| to_py(py, e))
+}
+
 /// Silences (or restores) the engine's log lines on stderr.
 #[pyfunction]
 fn set_quiet(quiet: bool) {
@@ -93,6 +111,7 @@ fn _port_sharding(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(listen, m)?)?;
     m.add_function(wrap_pyfunction!(status_json, m)?)?;
     m.add_function(wrap_pyfunction!(stop, m)?)?;
+    m.add_function(wrap_pyfunction!(reload_json, m)?)?;
     m.add_function(wrap_pyfunction!(set_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(close_in_forked_child, m)?)?;
     m.add_function(wrap_pyfunction!(settings, m)?)?;

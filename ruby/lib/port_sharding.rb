@@ -29,6 +29,12 @@ module PortSharding
     #   drain_timeout:   longest a drain may take, in seconds (default 30)
     #   max_connections: open connections per worker (default 10_000)
     #   idle_timeout:    close connections idle this many seconds (default: never)
+    #   command:         an Array of Strings: run this program as every worker, its listener as fd 3 with
+    #                    LISTEN_FDS=1, LISTEN_PID, NOTIFY_SOCKET (systemd socket activation) (default: built-in)
+    #   ready:           :delay (READY=1, or ready_delay alive) or :notify (only READY=1) (default :delay)
+    #   ready_delay:     seconds a command worker without READY=1 must live to be ready (default 1)
+    #   ready_timeout:   seconds a new worker may take to be ready before its start failed (default 30)
+    #   stop_signal:     signal that stops a command worker gracefully, "TERM" (default); SIGKILL after drain_timeout
     #   takeover:        true: adopt the sockets of the server running on host:port (a rolling upgrade)
     #   migrate:         true: set net.ipv4.tcp_migrate_req=1 (needs CAP_NET_ADMIN)
     # A bad value raises ConfigError (SettingTypeError for a wrong type) naming the keyword.
@@ -42,7 +48,9 @@ module PortSharding
     end
 
     # A listening ::Socket on host:port in the port's SO_REUSEPORT group, made by the engine, for your own
-    # accept loop next to engine servers (the talk's loop runs unchanged on it).
+    # accept loop next to engine servers (the talk's loop runs unchanged on it). Run as a command worker
+    # (`port-sharding serve -- ruby loop.rb`), it adopts the socket the supervisor passed as fd 3
+    # (LISTEN_FDS/LISTEN_PID name this process) after checking it is bound to `port` (AddressError otherwise).
     def listen(port = nil, host: nil, backlog: nil)
       Socket.for_fd(_listen({ port: port, host: host, backlog: backlog }.compact))
     end
@@ -57,6 +65,15 @@ module PortSharding
     # Asks every server on `port` (and `host`) to drain and exit; returns their pids.
     def stop(port = nil, host: nil)
       _stop({ port: port }.compact, host)
+    end
+
+    # Replaces the workers of every server on `port` in place (only those bound to `host`, or the one whose
+    # supervisor is `pid`), `batch` at a time (default 1): per listener a new worker starts, and the old one
+    # is asked to stop once the new one is ready; nothing queued is lost. Returns one Hash per server
+    # (:pid, :runtime, :replaced => [{index:, old_pid:, new_pid:, generation:}], :failed => nil or
+    # {index:, pid:, reason:}); a failed one stops the reload and the servers after it are not reloaded.
+    def reload(port = nil, host: nil, pid: nil, batch: nil)
+      JSON.parse(_reload({ port: port }.compact, host, pid, batch), symbolize_names: true)
     end
 
     # true silences the engine's log lines (on stderr) in this process.

@@ -228,6 +228,7 @@ impl Supervisor {
             WorkerKind::Builtin => limit.saturating_add(KILL_GRACE),
         };
         let signal = self.server.config.stop_signal;
+        let mut killed_any = false;
         let retiring = self.retiring.iter_mut().map(|(i, w)| (*i, w));
         for (i, w) in self.procs.iter_mut().enumerate().chain(retiring) {
             if w.killed || w.pid.is_none() {
@@ -241,7 +242,12 @@ impl Supervisor {
                 };
                 log!("worker {i} (pid {pid}) still running {limit:?} after it was asked {asked}; sending SIGKILL");
                 w.kill();
+                killed_any = true;
             }
+        }
+        // A drain that had to kill was cut short (the CLI exits 1).
+        if killed_any && self.draining.is_some() {
+            self.forced = true;
         }
     }
 

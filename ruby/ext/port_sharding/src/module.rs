@@ -19,6 +19,7 @@ pub fn init(module: RModule) -> Result<(), Error> {
     module.define_singleton_method("_listen", function!(listen, 1))?;
     module.define_singleton_method("_status", function!(status, 2))?;
     module.define_singleton_method("_stop", function!(stop, 2))?;
+    module.define_singleton_method("_reload", function!(reload, 4))?;
     module.define_singleton_method("_cli_main", function!(cli_main, 1))?;
     module.define_singleton_method("_settings", function!(settings::list, 0))?;
     module.define_singleton_method("_set_quiet", function!(port_sharding::set_quiet, 1))?;
@@ -88,6 +89,22 @@ fn stop(ruby: &Ruby, given: RHash, host: Option<String>) -> Result<RArray, Error
     let port = settings::config(ruby, given)?.port;
     let pids = control(ruby, || port_sharding::stop(host.as_deref(), port))?;
     Ok(ruby.ary_from_vec(pids))
+}
+
+/// Reloads every server on the port in `given` (and `host`, or supervisor `pid`) in place, `batch` at a
+/// time; the reports as JSON. Waits (GVL released) until each reload is over.
+fn reload(
+    ruby: &Ruby,
+    given: RHash,
+    host: Option<String>,
+    pid: Option<u32>,
+    batch: Option<usize>,
+) -> Result<String, Error> {
+    let port = settings::config(ruby, given)?.port;
+    let reports = control(ruby, || {
+        port_sharding::reload(host.as_deref(), port, pid, batch)
+    })?;
+    json(ruby, &reports)
 }
 
 /// A short control-socket exchange (the core bounds each with a 5 s timeout) with the GVL released, so

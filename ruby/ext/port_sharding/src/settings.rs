@@ -32,7 +32,7 @@ pub fn config(ruby: &Ruby, given: RHash) -> Result<Config, Error> {
 }
 
 /// true/false → Bool, Integer → Int, Float and Rational → Float, String and Symbol → Str (so
-/// `mode: :once` works); anything else is `Other`, which the engine turns into a `WrongType`
+/// `mode: :once` works), an Array of Strings → List (`command: ["puma", …]`); anything else is `Other`, which the engine turns into a `WrongType`
 /// (`SettingTypeError`) naming the keyword and what it takes.
 fn convert(value: RValue) -> Result<Value, Error> {
     if Qtrue::from_value(value).is_some() {
@@ -59,6 +59,15 @@ fn convert(value: RValue) -> Result<Value, Error> {
     }
     if let Some(s) = RString::from_value(value) {
         return Ok(Value::Str(s.to_string()?));
+    }
+    if let Some(a) = RArray::from_value(value) {
+        let words: Option<Vec<String>> = a
+            .into_iter()
+            .map(|v| RString::from_value(v).and_then(|s| s.to_string().ok()))
+            .collect();
+        if let Some(words) = words {
+            return Ok(Value::List(words));
+        }
     }
     // A type no setting takes: the engine names the keyword and what it takes instead.
     Ok(Value::Other(value.inspect()))

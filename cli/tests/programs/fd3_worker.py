@@ -1,0 +1,39 @@
+"""A command worker for the tests, with nothing but the standard library: serves the socket it inherits as
+fd 3 (systemd socket activation) and answers each connection with `<pid> <worker index> <what it read>`.
+
+    --notify       send READY=1 to NOTIFY_SOCKET once serving
+    --ignore-term  ignore SIGTERM (to see the supervisor's SIGKILL)
+    --on-int       stop gracefully on SIGINT (as on SIGTERM), and say so on stderr
+"""
+import os
+import signal
+import socket
+import sys
+
+if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+    sys.exit(f"fd3_worker: not socket-activated (LISTEN_PID={os.environ.get('LISTEN_PID')})")
+listener = socket.socket(fileno=3)
+index = os.environ["PORT_SHARDING_WORKER"]
+assert int(os.environ["PORT_SHARDING_PORT"]) == listener.getsockname()[1]
+
+
+def stop(signum: int, frame: object) -> None:
+    print(f"fd3_worker {os.getpid()}: stopping on {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+    listener.close()
+
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN if "--ignore-term" in sys.argv else stop)
+if "--on-int" in sys.argv:
+    signal.signal(signal.SIGINT, stop)
+if "--notify" in sys.argv:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as n:
+        n.sendto(b"READY=1\nSTATUS=fd3_worker serving", os.environ["NOTIFY_SOCKET"])
+try:
+    while True:
+        client, _ = listener.accept()
+        data = client.recv(1024)
+        client.sendall(f"{os.getpid()} {index} ".encode() + data)
+        client.close()
+except OSError:
+    if listener.fileno() != -1:
+        raise
