@@ -58,6 +58,7 @@ class Server:
                  env: dict[str, str] | None = None) -> None:
         """`command` replaces the runtime's `serve` command line (e.g. to run it as another user)."""
         self.runtime = runtime
+        self.control_dir = control_dir
         env = dict(env or os.environ, PORT_SHARDING_CONTROL_DIR=str(control_dir), PYTHONUNBUFFERED="1")
         cmd = (command or serve_command(runtime)) + ["--host", "127.0.0.1", "--port", str(port), *args]
         self.proc = subprocess.Popen(
@@ -156,16 +157,10 @@ class ClientLoad:
         for i in range(max_ops):
             if self._stop.is_set() or time.monotonic() > self._deadline:
                 return
-            msg = f"client {t} message {i}".encode()
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
-                    s.sendall(msg)
-                    s.shutdown(socket.SHUT_WR)
-                    reply = b""
-                    while chunk := s.recv(4096):
-                        reply += chunk
+                right = self._once(t, i)
                 with self._lock:
-                    if reply == msg:
+                    if right:
                         self.ok += 1
                     else:
                         self.wrong += 1
@@ -175,6 +170,17 @@ class ClientLoad:
                     self.failed[kind] += 1
                     if len(self.samples) < 5:
                         self.samples.append(f"client {t} op {i}: {e}")
+
+    def _once(self, t: int, i: int) -> bool:
+        """One connection: a unique message, half-close, and the echo back. Whether the reply was right."""
+        msg = f"client {t} message {i}".encode()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(msg)
+            s.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+        return reply == msg
 
     @property
     def running(self) -> bool:
@@ -201,3 +207,31 @@ class ClientLoad:
             failed = sum(self.failed.values())
             return {"connections": self.ok + self.wrong + failed, "answered": self.ok, "wrong": self.wrong,
                     "failed": failed, "errors": dict(self.failed), "samples": list(self.samples)}
+
+
+class HttpLoad(ClientLoad):
+    """ClientLoad for HTTP servers that answer `Hello from <who> process <pid>`: each connection is one
+    `GET /` with `Connection: close`; a reply is right when its status is 200 and its body such a line.
+    Counts answers by who (`gunicorn`, `puma`, …) and by pid."""
+
+    def __init__(self, port: int, threads: int = 8, max_ops: int = 200_000, max_seconds: float = 120.0) -> None:
+        self.by_who: Counter[str] = Counter()
+        self.pids: set[int] = set()
+        super().__init__(port, threads, max_ops, max_seconds)
+
+    def _once(self, t: int, i: int) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(f"GET /?c={t}.{i} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        words = body.decode(errors="replace").split()
+        if not head.startswith(b"HTTP/1.1 200") or words[:2] != ["Hello", "from"] or len(words) < 5:
+            if len(self.samples) < 5:
+                self.samples.append(f"client {t} op {i}: {reply[:120]!r}")
+            return False
+        with self._lock:
+            self.by_who[words[2]] += 1
+            self.pids.add(int(words[4]))
+        return True

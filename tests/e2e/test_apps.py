@@ -1,0 +1,144 @@
+"""Real programs as command workers (`port-sharding serve -- CMD`): the talk's loops on listen() (which adopts
+the socket passed as fd 3), gunicorn and Puma; reload in place under continuous load; listen()'s refusal of a
+socket for another port. Loopback only, every load bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .harness import ROOT, BIN, ClientLoad, HttpLoad, Server, alive, runtime_available
+
+PUMA = ["sh", "-c", "exec puma -b tcp://127.0.0.1:$PORT_SHARDING_PORT examples/puma/config.ru"]
+GUNICORN = [sys.executable, "-m", "gunicorn", "-w", "1", "--no-control-socket", "--chdir", "examples/gunicorn",
+            "app:app"]
+
+
+def need(*what: str) -> None:
+    """Skips, saying why, when something a test runs is missing (make setup installs all of it)."""
+    for w in what:
+        if w in ("rust", "python", "ruby"):
+            if why := runtime_available(w):
+                pytest.skip(why)
+        elif w == "gunicorn":
+            r = subprocess.run([sys.executable, "-c", "import gunicorn"], capture_output=True)
+            if r.returncode != 0:
+                pytest.skip(f"gunicorn is not installed for {sys.executable} (make setup-python pip-installs it)")
+        elif w == "puma":
+            r = subprocess.run(["ruby", "-e", 'require "rack"'], capture_output=True) if shutil.which("ruby") else None
+            if not shutil.which("puma") or r is None or r.returncode != 0:
+                pytest.skip("puma or ruby-rack is not installed (make setup-system installs the Debian packages)")
+
+
+def _env(server: Server) -> dict[str, str]:
+    return dict(os.environ, PORT_SHARDING_CONTROL_DIR=str(server.control_dir))
+
+
+def worker_pids(server: Server) -> list[int]:
+    """The pids serving `server`'s listeners now, from `status --json`."""
+    out = subprocess.run([str(BIN), "status", "--json", "--port", str(server.port)], capture_output=True,
+                         text=True, env=_env(server), check=True)
+    mine = [s for s in json.loads(out.stdout) if s["pid"] == server.pid][0]
+    return [w["pid"] for w in mine["workers"]]
+
+
+def reload(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN), "reload", "--port", str(server.port), "--pid", str(server.pid), *args],
+                          capture_output=True, text=True, env=_env(server), timeout=300)
+
+
+def start(servers: list[Server], control_dir: Path, *args: str, port: int = 0) -> Server:
+    s = Server("rust", port, control_dir, *args)
+    servers.append(s)
+    return s.ready()
+
+
+def reload_under_load(servers: list[Server], loads: list[ClientLoad], control_dir: Path, load_class: type,
+                      *args: str) -> None:
+    server = start(servers, control_dir, *args)
+    before = worker_pids(server)
+    load = load_class(server.port, threads=6, max_seconds=120)
+    loads.append(load)
+    load.wait_for(500)
+    done = reload(server)
+    assert done.returncode == 0, done.stdout + done.stderr
+    load.wait_for(1500)
+    summary = load.stop()
+    print(f"reload under load ({args[-1]}): {summary['answered']} answered, {summary['failed']} failed, "
+          f"{summary['wrong']} wrong")
+    assert summary["failed"] == 0 and summary["wrong"] == 0, summary
+    after = worker_pids(server)
+    assert len(after) == len(before) and not set(after) & set(before), (before, after)
+    for old, new in zip(before, after):
+        assert f"pid {old} → pid {new} (generation 2)" in done.stdout, done.stdout
+
+
+def test_the_talks_python_loop_reloads_under_load_without_a_failure(servers, loads, control_dir):
+    need("rust", "python")
+    reload_under_load(servers, loads, control_dir, ClientLoad, "-w", "2", "--ready-delay", "500ms", "--",
+                      sys.executable, "examples/seed_echo.py")
+
+
+def test_gunicorn_workers_answer_http_and_reload_under_load_without_a_failure(servers, loads, control_dir):
+    need("rust", "gunicorn")
+    reload_under_load(servers, loads, control_dir, HttpLoad, "-w", "2", "--", *GUNICORN)
+
+
+def test_puma_workers_answer_http_beside_gunicorn_on_one_port(servers, loads, control_dir):
+    need("rust", "gunicorn", "puma")
+    g = start(servers, control_dir, "-w", "1", "--", *GUNICORN)
+    start(servers, control_dir, "-w", "1", "--", *PUMA, port=g.port)
+    load = HttpLoad(g.port, threads=4, max_seconds=60)
+    loads.append(load)
+    load.wait_for(300)
+    summary = load.stop()
+    assert summary["failed"] == 0 and summary["wrong"] == 0, summary
+    assert load.by_who["gunicorn"] > 0 and load.by_who["puma"] > 0, load.by_who
+
+
+def test_listen_adopts_the_inherited_socket_in_python_and_ruby_and_refuses_another_port(servers, control_dir):
+    need("rust", "python", "ruby")
+    for interpreter, script in ((sys.executable, "examples/seed_echo.py"), ("ruby", "examples/seed_echo.rb")):
+        server = start(servers, control_dir, "-w", "2", "--ready-delay", "300ms", "--", interpreter, script)
+        load = ClientLoad(server.port, threads=2, max_ops=50)
+        load.wait_for(100)
+        summary = load.stop()
+        assert summary["answered"] == 100 and summary["failed"] == 0, (script, summary)
+        # Another port than the one passed: listen() refuses, the worker exits before it is ready.
+        other = Server("rust", 0, control_dir, "-w", "1", "--", interpreter, script, "1")
+        servers.append(other)
+        line = other.wait_log("this process was given a socket to serve")
+        assert f"is bound to 127.0.0.1:{other.port}, not 0.0.0.0:1" in line, line
+        other.wait_log("before it was ready")
+        assert not any("ready:" in line for line in other.lines)
+
+
+def test_mixed_apps_example_answers_from_gunicorn_and_puma_and_loses_nothing():
+    need("rust", "gunicorn", "puma")
+    out = subprocess.run(["examples/mixed_apps.sh", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         start_new_session=True,
+                         env=dict(os.environ, LOAD_SECONDS="6", PORT_SHARDING_BIN=str(BIN), PYTHON=sys.executable))
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 failed" in out.stdout, out.stdout
+    assert "gunicorn" in out.stdout and "puma" in out.stdout, out.stdout
+
+
+def test_old_workers_exit(servers, control_dir):
+    """After a reload every old worker has exited (none left holding a listener)."""
+    need("rust", "python")
+    server = start(servers, control_dir, "-w", "2", "--ready-delay", "300ms", "--", sys.executable,
+                   "examples/seed_echo.py")
+    before = worker_pids(server)
+    assert reload(server).returncode == 0
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in before):
+        assert time.monotonic() < deadline, [p for p in before if alive(p)]
+        time.sleep(0.05)
