@@ -21,7 +21,7 @@ import json
 import os
 import socket
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Sequence, Type
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 from . import _port_sharding as _native
 from ._errors import (AddressError, AddrInUseError, ConfigError, ControlError, Error, IoError, NotRunningError,
@@ -54,7 +54,7 @@ def serve(
     drain_timeout: Optional[float] = None,
     max_connections: Optional[int] = None,
     idle_timeout: Optional[float] = None,
-    command: Optional[Sequence[str]] = None,
+    command: Optional[Union[List[str], Tuple[str, ...]]] = None,
     ready: Optional[str] = None,
     ready_delay: Optional[float] = None,
     ready_timeout: Optional[float] = None,
@@ -92,7 +92,7 @@ class Server:
         drain_timeout: Optional[float] = None,
         max_connections: Optional[int] = None,
         idle_timeout: Optional[float] = None,
-        command: Optional[Sequence[str]] = None,
+        command: Optional[Union[List[str], Tuple[str, ...]]] = None,
         ready: Optional[str] = None,
         ready_delay: Optional[float] = None,
         ready_timeout: Optional[float] = None,

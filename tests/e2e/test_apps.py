@@ -107,10 +107,10 @@ def test_listen_adopts_the_inherited_socket_in_python_and_ruby_and_refuses_anoth
     need("rust", "python", "ruby")
     for interpreter, script in ((sys.executable, "examples/seed_echo.py"), ("ruby", "examples/seed_echo.rb")):
         server = start(servers, control_dir, "-w", "2", "--ready-delay", "300ms", "--", interpreter, script)
-        load = ClientLoad(server.port, threads=2, max_ops=50)
+        load = ClientLoad(server.port, threads=2, max_ops=1000)
         load.wait_for(100)
         summary = load.stop()
-        assert summary["answered"] == 100 and summary["failed"] == 0, (script, summary)
+        assert summary["failed"] == 0 and summary["wrong"] == 0, (script, summary)
         # Another port than the one passed: listen() refuses, the worker exits before it is ready.
         other = Server("rust", 0, control_dir, "-w", "1", "--", interpreter, script, "1")
         servers.append(other)
