@@ -27,6 +27,18 @@ pub enum Workload {
     Pingpong,
     /// Persistent connections, messages back to back: bulk echo throughput.
     Stream,
+    /// One HTTP/1.1 `GET /` per connection, `Connection: close`; status 200 and a whole body (see `http.rs`).
+    Http,
+    /// HTTP/1.1 `GET /` back to back on persistent connections (`Connection: keep-alive`).
+    #[serde(rename = "http-keepalive")]
+    HttpKeepalive,
+}
+
+impl Workload {
+    /// Whether it speaks HTTP (run by `http.rs`, not the echo engine).
+    pub fn is_http(self) -> bool {
+        matches!(self, Workload::Http | Workload::HttpKeepalive)
+    }
 }
 
 impl std::fmt::Display for Workload {
@@ -35,6 +47,8 @@ impl std::fmt::Display for Workload {
             Workload::Conn => "conn",
             Workload::Pingpong => "pingpong",
             Workload::Stream => "stream",
+            Workload::Http => "http",
+            Workload::HttpKeepalive => "http-keepalive",
         })
     }
 }
@@ -57,7 +71,8 @@ pub struct BenchArgs {
     #[arg(long, short, default_value_t = 1234)]
     pub port: u16,
     /// conn = connect/send/echo/close per operation; pingpong = persistent connections, one message in
-    /// flight each; stream = bulk echo throughput.
+    /// flight each; stream = bulk echo throughput; http = one GET per connection (Connection: close);
+    /// http-keepalive = GETs on persistent connections (both check status 200 and a whole body).
     #[arg(long, short = 'W', value_enum, default_value_t = Workload::Pingpong)]
     pub workload: Workload,
     /// Client connections open at once (split over the threads).
@@ -159,6 +174,12 @@ impl BenchArgs {
         }
         if self.connect_timeout.is_zero() || self.timeout.is_zero() {
             return bad("timeouts must be more than 0".into());
+        }
+        if self.workload.is_http() && self.concurrency > crate::http::MAX_HTTP_CONCURRENCY {
+            return bad(format!(
+                "--concurrency must be at most {} for HTTP workloads (one thread per connection)",
+                crate::http::MAX_HTTP_CONCURRENCY
+            ));
         }
         if self.port == 0 {
             return bad("--port must not be 0".into());

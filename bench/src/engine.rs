@@ -359,9 +359,11 @@ impl Runner<'_> {
                 // Current messages fully written: start another if the workload wants one.
                 let more = match self.cfg.workload {
                     Workload::Conn => c.started == 0,
-                    Workload::Pingpong | Workload::Stream => {
-                        c.started - c.done < self.cfg.window as u64
-                    }
+                    // HTTP workloads never reach the echo engine (see http.rs).
+                    Workload::Pingpong
+                    | Workload::Stream
+                    | Workload::Http
+                    | Workload::HttpKeepalive => c.started - c.done < self.cfg.window as u64,
                 };
                 if !more || !self.take_op(i) {
                     if !self.conns[i].held && self.conns[i].started == self.conns[i].done {

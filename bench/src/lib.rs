@@ -13,6 +13,9 @@
 //!   reading the echo: bulk throughput. Latency is from a message's first byte written to its last byte
 //!   echoed.
 //!
+//! - `http`, `http-keepalive`: HTTP/1.1 `GET /` with `Connection: close` or on persistent connections,
+//!   verifying status 200 and a whole body (see `http.rs`), for application servers.
+//!
 //! Everything is bounded: the run stops at `--duration` (and at `--connections` operations when given),
 //! a connect waits at most `--connect-timeout`, an echo at most `--timeout` without progress.
 
@@ -23,6 +26,7 @@
 
 mod args;
 mod engine;
+mod http;
 mod record;
 mod report;
 
@@ -122,7 +126,13 @@ pub fn run_with_progress(args: &BenchArgs, show_progress: bool) -> Result<Report
         let shared = Arc::clone(&shared);
         let h = std::thread::Builder::new()
             .name(format!("bench-{t}"))
-            .spawn(move || engine::run_thread(cfg, &shared))
+            .spawn(move || {
+                if cfg.workload.is_http() {
+                    http::run_thread(cfg, &shared)
+                } else {
+                    engine::run_thread(cfg, &shared)
+                }
+            })
             .map_err(|e| SetupError(format!("cannot start a load thread: {e}")))?;
         handles.push(h);
     }

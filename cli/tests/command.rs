@@ -495,3 +495,61 @@ fn takeover_between_command_servers_loses_nothing() {
     assert_all_gone(&old_pids);
     assert!(current_pids(&new).iter().all(|p| !old_pids.contains(p)));
 }
+
+#[test]
+fn bench_http_workloads_verify_command_workers_answers() {
+    if !python("bench_http_workloads_verify_command_workers_answers") {
+        return;
+    }
+    let script = worker_script();
+    let srv = Spawn::new(&args(&["-w", "2"], &[&script, "--http"])).start();
+    let port = srv.port.to_string();
+    for workload in ["http", "http-keepalive"] {
+        let out = cli(
+            &srv.dir,
+            &[
+                "bench",
+                "--port",
+                &port,
+                "--workload",
+                workload,
+                "-c",
+                "4",
+                "-n",
+                "200",
+                "-d",
+                "20s",
+                "--json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["workload"], workload);
+        assert_eq!(report["ops"], 200, "{report}");
+        assert_eq!(report["errors"]["total"], 0, "{report}");
+    }
+    // A server that answers something else than 200 is counted as failing.
+    let echo = Spawn::new(&["--port", "0", "-w", "1", "--mode", "hello"]).start();
+    let out = cli(
+        &echo.dir,
+        &[
+            "bench",
+            "--port",
+            &echo.port.to_string(),
+            "--workload",
+            "http",
+            "-c",
+            "1",
+            "-n",
+            "5",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"]["total"], 5, "{report}");
+}

@@ -4,6 +4,7 @@ fd 3 (systemd socket activation) and answers each connection with `<pid> <worker
     --notify       send READY=1 to NOTIFY_SOCKET once serving
     --ignore-term  ignore SIGTERM (to see the supervisor's SIGKILL)
     --on-int       stop gracefully on SIGINT (as on SIGTERM), and say so on stderr
+    --http         answer an HTTP request instead: `200 OK`, the same line as the body, Connection: close
 """
 import os
 import signal
@@ -32,7 +33,14 @@ try:
     while True:
         client, _ = listener.accept()
         data = client.recv(1024)
-        client.sendall(f"{os.getpid()} {index} ".encode() + data)
+        if "--http" in sys.argv:
+            while b"\r\n\r\n" not in data and (more := client.recv(1024)):
+                data += more
+            body = f"{os.getpid()} {index} hello\n".encode()
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            client.sendall(head.encode() + body)
+        else:
+            client.sendall(f"{os.getpid()} {index} ".encode() + data)
         client.close()
 except OSError:
     if listener.fileno() != -1:
