@@ -339,6 +339,42 @@ mod tests {
     }
 
     #[test]
+    fn signals_parse_by_name_or_number() {
+        for s in ["TERM", "SIGTERM", "term", "15"] {
+            assert_eq!(parse_signal(s), Ok(Signal::SIGTERM), "{s}");
+        }
+        assert_eq!(parse_signal("usr1"), Ok(Signal::SIGUSR1));
+        assert!(parse_signal("NOPE")
+            .unwrap_err()
+            .contains("not a signal name"));
+        assert!(parse_signal("999").is_err());
+        let err = Config {
+            stop_signal: Signal::SIGKILL,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("invalid stop_signal"), "{err}");
+    }
+
+    #[test]
+    fn a_command_must_name_a_program_without_nul_bytes() {
+        let bad = |command: &[&str]| {
+            Config {
+                command: command.iter().map(|s| s.to_string()).collect(),
+                ..Config::default()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(bad(&[""]).contains("the program name is empty"));
+        assert!(bad(&["gunicorn", "a\0b"]).contains("argument 2 contains a NUL byte"));
+        assert_eq!("notify".parse::<Ready>().unwrap(), Ready::Notify);
+        assert!("soon".parse::<Ready>().is_err());
+    }
+
+    #[test]
     fn defaults_are_valid_and_bad_values_name_their_field() {
         assert!(Config::default().validate().is_ok());
         let err = Config {

@@ -485,6 +485,31 @@ mod tests {
     }
 
     #[test]
+    fn a_command_is_a_list_of_words_from_every_host() {
+        let words = Value::List(vec!["gunicorn".into(), "app:app".into()]);
+        let c = Config::from_settings(Host::Python, [("command", words)]).unwrap();
+        assert_eq!(c.command, ["gunicorn", "app:app"]);
+        let e = Config::from_settings(Host::Ruby, [("command", Value::Str("puma".into()))]);
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "invalid command: expected a list of strings (the program and its arguments), got a string (\"puma\")"
+        );
+        let c = cli(&[
+            ("stop_signal", "QUIT"),
+            ("ready", "notify"),
+            ("ready_delay", "250ms"),
+        ])
+        .unwrap();
+        assert_eq!(c.stop_signal, crate::config::Signal::SIGQUIT);
+        assert_eq!(c.ready_delay, Duration::from_millis(250));
+        let e = cli(&[("stop_signal", "NOPE")]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid --stop-signal: \"NOPE\" is not a signal name"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn every_setting_is_handled() {
         for s in SETTINGS {
             let value = match s.kind {

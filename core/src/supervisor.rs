@@ -508,10 +508,11 @@ impl Supervisor {
 
     fn status(&self) -> ServerStatus {
         let mut workers = self.server.stats.snapshot();
-        // The supervisor knows best who serves a listener: during a reload the old built-in worker still
-        // writes to the slot it shares with its successor.
-        for (w, p) in workers.iter_mut().zip(&self.procs) {
-            if let (Some(pid), true, None) = (p.pid, p.ready, self.draining) {
+        // The supervisor knows best who serves a listener: after a reload the old built-in worker, still
+        // draining, writes to the slot it shares with its successor.
+        for (i, (w, p)) in workers.iter_mut().zip(&self.procs).enumerate() {
+            let shared = self.retiring.iter().any(|(j, _)| *j == i);
+            if let (Some(pid), true, true, None) = (p.pid, p.ready, shared, self.draining) {
                 w.pid = pid.as_raw() as u32;
                 w.state = Phase::Serving;
             }

@@ -63,12 +63,8 @@ impl NotifySocket {
         let dir = control_dir();
         ensure_dir(&dir)?;
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(
-            "{}_{}.{}.{n}.notify",
-            addr.ip(),
-            addr.port(),
-            std::process::id()
-        ));
+        // Short: a unix socket path has at most 107 bytes, and test directories are long already.
+        let path = dir.join(format!("{}.{}.{n}.notify", addr.port(), std::process::id()));
         let ctx = |e| Error::io(format!("notify socket {}", path.display()), e);
         let _ = std::fs::remove_file(&path); // a stale file of an earlier process that had our pid
         let mut socket = Tracked::new(mio::net::UnixDatagram::bind(&path).map_err(ctx)?);

@@ -253,6 +253,7 @@ impl Supervisor {
 
     /// Reaps workers a reload replaced; they are not restarted.
     pub(super) fn reap_retiring(&mut self) {
+        let (procs, stats, draining) = (&self.procs, &self.server.stats, self.draining.is_some());
         self.retiring.retain_mut(|(i, w)| {
             let Some(pid) = w.pid else { return false };
             let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
@@ -265,6 +266,12 @@ impl Supervisor {
                 "worker {i} (pid {pid}, generation {}) retired: {status} {took:.2?} after it was asked to stop",
                 w.generation
             );
+            // A built-in worker's drain wrote `draining` into the slot its successor serves.
+            let current = &procs[*i];
+            let slot = stats.slot(*i);
+            if !draining && current.ready && current.pid.is_some_and(|p| p.as_raw() as u32 == slot.pid()) {
+                slot.set_state(Phase::Serving);
+            }
             false
         });
     }
