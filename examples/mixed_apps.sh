@@ -28,11 +28,11 @@ start() {
   pids+=($!)
   eval "${name}_pid=$!"
   for _ in $(seq 1 600); do
-    grep -q "ready:" "$work/$name.log" && break
+    grep -qs "ready:" "$work/$name.log" && break
     kill -0 "$!" 2>/dev/null || { echo "mixed_apps: $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1; }
     sleep 0.05
   done
-  grep -q "ready:" "$work/$name.log" || { echo "mixed_apps: $name not ready" >&2; cat "$work/$name.log" >&2; exit 1; }
+  grep -qs "ready:" "$work/$name.log" || { echo "mixed_apps: $name not ready" >&2; cat "$work/$name.log" >&2; exit 1; }
   PORT=$(grep -o "starting on 127.0.0.1:[0-9]*" "$work/$name.log" | head -1 | grep -o "[0-9]*$")
 }
 
