@@ -264,6 +264,15 @@ impl Config {
         if let Some(i) = self.command.iter().position(|a| a.contains('\0')) {
             return bad("command", format!("argument {} contains a NUL byte", i + 1));
         }
+        if self.ready == Ready::Delay && self.ready_delay >= self.ready_timeout {
+            return bad(
+                "ready_delay",
+                format!(
+                    "must be shorter than the ready timeout ({:?}), got {:?}",
+                    self.ready_timeout, self.ready_delay
+                ),
+            );
+        }
         if matches!(self.stop_signal, Signal::SIGKILL | Signal::SIGSTOP) {
             return bad(
                 "stop_signal",

@@ -394,7 +394,7 @@ impl Supervisor {
             return;
         };
         for sig in guard.drain() {
-            // Like nginx: HUP will mean reload; QUIT drains as TERM does.
+            // Like nginx: HUP reloads; QUIT drains as TERM does.
             let reason = match sig {
                 Signal::SIGHUP => {
                     log!("SIGHUP: reload");
