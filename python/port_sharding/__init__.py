@@ -135,7 +135,8 @@ class Server:
 
     def stats(self) -> List[Dict[str, Any]]:
         """Per-worker counters: ``index``, ``pid``, ``state``, ``accepted``, ``active``, ``bytes_in``,
-        ``bytes_out``, ``errors``, ``restarts``, ``queue_len``."""
+        ``bytes_out``, ``errors``, ``restarts``, ``queue_len``, ``kind`` (``"builtin"`` or ``"command"``) and
+        ``generation`` (1 for the first worker on a listener; each restart or reload adds one)."""
         stats: List[Dict[str, Any]] = json.loads(self._native.stats_json())
         return stats
 
