@@ -553,3 +553,23 @@ fn bench_http_workloads_verify_command_workers_answers() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["errors"]["total"], 5, "{report}");
 }
+
+#[test]
+fn built_in_and_command_servers_do_not_take_over_from_each_other() {
+    if !python("built_in_and_command_servers_do_not_take_over_from_each_other") {
+        return;
+    }
+    let old = Spawn::new(&["--port", "0", "-w", "1"]).start();
+    let port = old.port.to_string();
+    let script = worker_script();
+    let mut new = Spawn::new(&["--port", &port, "--takeover", "--", "python3", &script])
+        .dir(&old.dir.clone())
+        .spawn();
+    assert_eq!(new.wait_exit().code(), Some(1));
+    let refusal = new.wait_log("takeover failed");
+    assert!(
+        refusal.contains("this server runs built-in workers and the new one command workers"),
+        "{refusal}"
+    );
+    assert_eq!(round_trip(old.port, b"still mine"), b"still mine");
+}

@@ -79,7 +79,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
     let mut listeners = Vec::new();
     let mut predecessor = None;
     if config.takeover {
-        if let Some((p, adopted)) = take_over(wanted)? {
+        if let Some((p, adopted)) = take_over(wanted, !config.command.is_empty())? {
             listeners = adopted.into_iter().map(Tracked::new).collect();
             predecessor = Some(p);
         }
@@ -563,7 +563,7 @@ impl Supervisor {
                     log!("control: stop requested");
                     self.begin_drain(StopReason::Stop);
                 }
-                Request::Takeover { addr } => self.offer(id, addr),
+                Request::Takeover { addr, command } => self.offer(id, addr, command),
                 Request::Reload { batch } => self.reload_request(id, batch),
                 Request::Ready => self.respond(
                     id,

@@ -23,6 +23,10 @@ pub(crate) enum Request {
     Stop,
     Takeover {
         addr: SocketAddr,
+        /// The new server runs command workers, which use the sockets in blocking mode (`O_NONBLOCK`
+        /// belongs to the socket, so both sides must agree).
+        #[serde(default)]
+        command: bool,
     },
     Ready,
     /// Replace every worker in place, `batch` at a time (1 when absent).

@@ -38,6 +38,7 @@ fn as_takeover(e: Error) -> Error {
 /// (or only draining ones) runs there.
 pub(super) fn take_over(
     wanted: SocketAddr,
+    command: bool,
 ) -> Result<Option<(Predecessor, Vec<std::net::TcpListener>)>> {
     let found = control::find(Some(wanted), wanted.port()).map_err(as_takeover)?;
     if found.is_empty() {
@@ -61,7 +62,10 @@ pub(super) fn take_over(
     let mut refusals = Vec::new();
     for f in found.iter().rev() {
         let mut client = Client::connect(&f.path).map_err(as_takeover)?;
-        client.send(&Request::Takeover { addr: wanted })?;
+        client.send(&Request::Takeover {
+            addr: wanted,
+            command,
+        })?;
         let (offer, fds) = match client.offer() {
             Ok(got) => got,
             Err(Error::Control(msg)) if msg == control::DRAINING => continue,
@@ -206,7 +210,7 @@ impl Supervisor {
     }
 
     /// The old server's side: hands the listening sockets to a new server, if this one is serving.
-    pub(super) fn offer(&mut self, id: ConnId, wanted: SocketAddr) {
+    pub(super) fn offer(&mut self, id: ConnId, wanted: SocketAddr, command: bool) {
         let mine = self.server.addr;
         if self.draining.is_some() {
             return self.refuse_takeover(id, control::DRAINING);
@@ -221,6 +225,22 @@ impl Supervisor {
             return self.refuse_takeover(
                 id,
                 "this server is still starting (not every worker is serving yet); take over once it is serving",
+            );
+        }
+        let mine_command = !self.server.config.command.is_empty();
+        if command != mine_command {
+            let (this, new) = if mine_command {
+                ("command workers", "built-in workers")
+            } else {
+                ("built-in workers", "command workers")
+            };
+            return self.refuse_takeover(
+                id,
+                &format!(
+                    "this server runs {this} and the new one {new}: command workers use the listening sockets \
+                     in blocking mode, built-in workers nonblocking, and the mode belongs to the socket, so they \
+                     cannot share them; start the new server beside this one on the port, then stop this one"
+                ),
             );
         }
         if wanted != mine {
