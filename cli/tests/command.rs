@@ -300,7 +300,30 @@ fn reload_under_load(serve: &[&str], worker: &[&str], echo: bool) {
             "the new workers answered"
         );
     }
+    assert_capacity_kept(&srv.log(), &before, &after);
     eprintln!("reload under load: {answered} answered, 0 failed");
+}
+
+/// From the supervisor's log, in order: each old worker is asked to stop only once its successor is ready
+/// (never below N ready), and the next new worker starts only after that (never above N + 1).
+fn assert_capacity_kept(log: &[String], before: &[i32], after: &[i32]) {
+    let at = |needle: &str| {
+        log.iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no log line with {needle:?}: {log:#?}"))
+    };
+    let mut last_ready = 0;
+    for (i, (old, new)) in before.iter().zip(after).enumerate() {
+        let started = at(&format!("worker {i} started: pid {new},"));
+        let ready = at(&format!("is ready; pid {old} stops"));
+        let retired = at(&format!("(pid {old}, generation 1) retired"));
+        assert!(started < ready && ready < retired, "{log:#?}");
+        assert!(
+            i == 0 || started > last_ready,
+            "two new workers at once: {log:#?}"
+        );
+        last_ready = ready;
+    }
 }
 
 #[test]

@@ -36,6 +36,11 @@
 //! worker is forked on the same listener. A worker runs Rust only, closes every inherited fd it does not
 //! serve, and leaves with `_exit` — it never returns into a host interpreter (Python, Ruby).
 //!
+//! With [`Config::command`] set, each worker is instead that program, exec'd with its listener as fd 3 and
+//! the systemd socket-activation environment (`LISTEN_FDS`, `LISTEN_PID`, `NOTIFY_SOCKET`): gunicorn, Puma
+//! or your own loop on [`listen`] run unchanged. [`reload`] (or SIGHUP) replaces workers in place: a new one
+//! beside the old on the same listener, and the old one stops once the new one is ready.
+//!
 //! Per-worker counters live in a shared memory page ([`WorkerStats`]); a unix control socket answers
 //! [`status`], [`stop`] and `takeover` (a successor receives the listening sockets with `SCM_RIGHTS`, so
 //! nothing queued is reset during an upgrade).
