@@ -596,3 +596,27 @@ fn built_in_and_command_servers_do_not_take_over_from_each_other() {
     );
     assert_eq!(round_trip(old.port, b"still mine"), b"still mine");
 }
+
+#[test]
+fn a_dead_supervisors_command_workers_get_the_stop_signal() {
+    if !python("a_dead_supervisors_command_workers_get_the_stop_signal") {
+        return;
+    }
+    let script = worker_script();
+    let mut srv = Spawn::new(&args(
+        &["-w", "2", "--ready", "notify"],
+        &[&script, "--notify"],
+    ))
+    .start();
+    let workers = current_pids(&srv);
+    srv.signal(libc::SIGKILL);
+    srv.wait_exit();
+    // Each worker is in a process group of its own (Ctrl-C reaches only the supervisor), so nothing but
+    // PR_SET_PDEATHSIG tells it: it stops as the stop signal asks.
+    assert_all_gone(&workers);
+    for pid in workers {
+        let said = format!("fd3_worker {pid}: stopping on SIGTERM");
+        // Two workers write at once: Python writes a line and its newline separately, so lines may merge.
+        wait_until(&said, || srv.log().iter().any(|l| l.contains(&said)));
+    }
+}

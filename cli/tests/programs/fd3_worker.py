@@ -19,7 +19,7 @@ assert int(os.environ["PORT_SHARDING_PORT"]) == listener.getsockname()[1]
 
 
 def stop(signum: int, frame: object) -> None:
-    print(f"fd3_worker {os.getpid()}: stopping on {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+    os.write(2, f"fd3_worker {os.getpid()}: stopping on {signal.Signals(signum).name}\n".encode())  # one write
     listener.close()
 
 
