@@ -8,6 +8,6 @@ port = int(sys.argv[1]) if len(sys.argv) > 1 else 1234
 host = sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0"  # every server sharing a port must bind the same address
 
 try:
-    port_sharding.serve(port, host, mode="once")  # "once" is the talk's loop: one read, echo it, close
+    port_sharding.serve(port, host=host, mode="once")  # "once" is the talk's loop: one read, echo it, close
 except KeyboardInterrupt:
     print("drained, bye")

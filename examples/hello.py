@@ -10,6 +10,6 @@ port = int(sys.argv[1]) if len(sys.argv) > 1 else 1234
 host = sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0"  # every server sharing a port must bind the same address
 
 try:
-    port_sharding.serve(port, host, mode="hello")
+    port_sharding.serve(port, host=host, mode="hello")
 except KeyboardInterrupt:
     pass

@@ -47,7 +47,7 @@ setsid "$BIN" bench --port "$PORT" --workload conn --concurrency 8 --duration "$
 load_pid=$!; pids+=($load_pid)
 sleep 2
 echo "2. Ruby server takes over from Python (pid $python_pid)"
-start ruby ruby ruby/exe/port_sharding serve --takeover
+start ruby ruby ruby/exe/port-sharding serve --takeover
 wait_exit "$python_pid"
 sleep 2
 echo "3. Rust CLI takes over from Ruby (pid $ruby_pid)"

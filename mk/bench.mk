@@ -1,18 +1,31 @@
-# Benchmarks (issue 6): bench/run.py drives target/release/port-sharding bench against every server.
+# Benchmarks (issues 6 and 14): bench/harness (run as bench/run.py) drives target/release/port-sharding bench
+# against every server, the minimal C epoll server (the floor) and uvloop included.
 BENCH_DURATION ?= 3
-BENCH_RUNS     ?= 3
+BENCH_RUNS     ?= 5
 OUT            ?= bench-out
+CC             ?= cc
+C_SERVER       := target/bench/c_epoll_echo
 
-.PHONY: bench bench-quick bench-scaling bench-build
+.PHONY: bench bench-quick bench-scaling bench-floor bench-build
 
-bench-build: setup-rust
+$(C_SERVER): bench/servers/c_epoll_echo.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -Wextra -o $@ $<
+
+# uvloop is a third-party baseline (pip, user-level); without it its row says "skipped".
+bench-build: setup-rust $(C_SERVER)
 	$(CARGO) build --release --locked -q --bin port-sharding
+	@$(PYTHON) -c 'import uvloop' 2>/dev/null || $(PYTHON) -m pip install --user -q uvloop \
+		|| echo "make bench: uvloop not installed (pip failed): its row will be skipped"
 
-bench: bench-build ## servers x workloads (pinned, medians of 3) + memory, start-up, drain -> BENCHMARKS.md, bench/chart.svg
+bench: bench-build ## servers x workloads (pinned, medians of 5) + C floor, syscalls, memory, start-up, drain -> BENCHMARKS.md, bench/chart.svg
 	BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py matrix
 
 bench-quick: bench-build ## a fast smoke run of `make bench` (1 run of 1 s per cell; still rewrites BENCHMARKS.md)
 	BENCH_DURATION=1 BENCH_RUNS=1 $(PYTHON) bench/run.py matrix
 
-bench-scaling: bench-build ## workers 1,2,4,8,16 vs one multi-threaded load generator -> $(OUT)/scaling-*.md/json + BENCHMARKS.md
+bench-floor: bench-build ## the engine vs the minimal C server only: CPU and system calls per op -> stdout, $(OUT)/floor-*.json
+	OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py floor
+
+bench-scaling: bench-build ## workers 1,2,4,8,16, engine and C server side by side -> $(OUT)/scaling-*.md/json + BENCHMARKS.md
 	OUT=$(OUT) $(PYTHON) bench/run.py scaling

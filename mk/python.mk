@@ -1,8 +1,8 @@
 # The Python package (issue 3): `pip install ./python` builds it with maturin; `make serve` serves through it.
 PIP        ?= $(PYTHON) -m pip
 # Rebuild the package when any of these changed since the last install (else setup-python takes ~0.1 s).
-PY_SOURCES  = $(shell find python/src python/port_sharding core/src -type f ! -name '*.pyc' ! -name '*.so' 2>/dev/null) \
-              python/Cargo.toml python/pyproject.toml core/Cargo.toml Cargo.toml Cargo.lock
+PY_SOURCES  = $(shell find python/src python/port_sharding core/src cli/src -type f ! -name '*.pyc' ! -name '*.so' 2>/dev/null) \
+              python/Cargo.toml python/pyproject.toml core/Cargo.toml cli/Cargo.toml Cargo.toml Cargo.lock
 PY_STAMP   := target/.python-package-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
@@ -19,14 +19,15 @@ setup-python: setup-rust ## build and install the Python package (pip install ./
 PY_TYPED    = python/port_sharding python/tests examples/echo.py examples/seed_echo.py examples/hello.py
 
 test-python: setup-python ## Python package tests (pytest python/tests), stubs vs module (mypy.stubtest), mypy --strict
-	$(PYTHON) -m pytest -q -p no:cacheprovider python/tests
+	$(CARGO) build --locked -q -p port-sharding-cli  # the Rust CLI whose help and tables python -m must match
+	$(PYTHON) -m pytest -q -rs -p no:cacheprovider python/tests
 	cd target && $(PYTHON) -m mypy.stubtest port_sharding  # from target/: its .mypy_cache lands there
 	MYPY_CACHE_DIR=target/mypy-cache $(PYTHON) -m mypy --strict $(PY_TYPED)
 
 setup: setup-python
-TEST_TARGETS += test-python
+TEST_SUITES += python
 
 # The headline server: `make serve` is `port_sharding.serve(1234)` from the installed package.
 SERVE_DEPS = setup-python
-# `python -m port_sharding serve` is `port_sharding.serve(PORT)` with a clean Ctrl-C (exit 130, no traceback).
+# `python -m port_sharding serve` is the engine's command line (`port-sharding serve`) with a Python runtime.
 SERVE_CMD  = $(PYTHON) -m port_sharding serve --port $(PORT)

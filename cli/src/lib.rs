@@ -1,2 +1,263 @@
-//! The `port-sharding` command line, written once: the binary, `python -m port_sharding` and the gem's
-//! executable all call [`main`].
+//! The `port-sharding` command line, written once. The `port-sharding` binary, `python -m port_sharding`
+//! (and the Python package's `port-sharding` script) and the gem's `port-sharding` executable all call
+//! [`main`], so flags, help, tables, messages and exit codes are the same everywhere.
+//!
+//! Exit status: 0 done; 1 a drain was cut short, or any other failure; 2 a bad argument or address; 3 no
+//! server runs on the port; 130 a server drained after Ctrl-C (as shells report a SIGINT death).
+//!
+//! # Dependencies, and why
+//! - `clap` (builder API): `--help` on every subcommand, with `serve`'s options built from the engine's
+//!   one table of settings ([`port_sharding::SETTINGS`]), so a setting added there appears here.
+
+mod status;
+
+use std::ffi::OsString;
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Args as _, Command, FromArgMatches};
+use port_sharding::{Config, Error, Handle, Host, Kind, Server, Value, SETTINGS};
+use port_sharding_bench as load;
+
+/// The handle of the server `serve` runs in this process, for [`interrupt`].
+static SERVING: Mutex<Option<Handle>> = Mutex::new(None);
+
+/// Runs the command line on `args` (the first one is the program name, as in `std::env::args_os`) and
+/// returns the exit status. `host` is who runs it: a server started by `serve` reports that runtime
+/// (`rust`, `python`, `ruby`) in `status`, logs and `hello` replies.
+pub fn main<I, T>(args: I, host: Host) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = match command().try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => {
+            // --help and --version come here too: printed on stdout, exit 0; usage errors exit 2.
+            e.print().ok();
+            return e.exit_code().try_into().unwrap_or(2);
+        }
+    };
+    let result = match matches.subcommand() {
+        Some(("serve", m)) => serve(m, host),
+        Some(("status", m)) => status(m),
+        Some(("stop", m)) => stop(m),
+        Some(("bench", m)) => match load::BenchArgs::from_arg_matches(m) {
+            Ok(args) => return bench(&args),
+            Err(e) => {
+                e.print().ok();
+                return 2;
+            }
+        },
+        _ => unreachable!("clap requires a subcommand"),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("port-sharding: error: {e}");
+        exit_code(&e)
+    })
+}
+
+/// Starts the drain of the server `serve` runs in this process, if any, as SIGTERM would. For a host
+/// whose interpreter wants the command to stop (Ruby's unblocking function); safe from any thread.
+pub fn interrupt() {
+    let handle = SERVING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(h) = handle {
+        h.shutdown();
+    }
+}
+
+/// The exit status for an error: 2 for what the user typed, 3 when nothing runs there, 1 otherwise.
+pub fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::InvalidArgument { .. } | Error::WrongType { .. } | Error::InvalidAddress { .. } => 2,
+        Error::NotRunning { .. } => 3,
+        _ => 1,
+    }
+}
+
+/// The whole command line, as `--help` shows it.
+pub fn command() -> Command {
+    // The name is fixed, so `python -m port_sharding --help` prints what `port-sharding --help` does.
+    Command::new("port-sharding")
+        .bin_name("port-sharding")
+        .version(port_sharding::VERSION)
+        .about("Serve one TCP port from many processes with SO_REUSEPORT")
+        .after_help(SIGNALS)
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(serve_command())
+        .subcommand(
+            target_command(
+                "status",
+                "Show per-worker counters of the servers running on a port",
+            )
+            .arg(
+                Arg::new("json")
+                    .long("json")
+                    .action(ArgAction::SetTrue)
+                    .help("Print JSON instead of a table"),
+            ),
+        )
+        .subcommand(
+            target_command(
+                "stop",
+                "Ask the servers running on a port to drain and exit",
+            )
+            .arg(
+                Arg::new("wait")
+                    .long("wait")
+                    .value_name("DURATION")
+                    .value_parser(port_sharding::parse_duration)
+                    .help("Wait until they have exited, at most this long (e.g. 30s)"),
+            ),
+        )
+        .subcommand(load::BenchArgs::augment_args(Command::new("bench")))
+}
+
+const SIGNALS: &str = "Signals to a serving supervisor: SIGINT (Ctrl-C), SIGTERM or SIGQUIT drain (stop accepting, \
+finish open connections, exit; a second one stops at once); SIGHUP is logged and ignored. SIGTERM to one worker \
+drains it and a fresh one replaces it on the same listener.";
+
+fn serve_command() -> Command {
+    let mut cmd = Command::new("serve")
+        .about("Serve a port with N worker processes; SIGINT/SIGTERM drain, a second one stops at once")
+        .after_help(SIGNALS);
+    for s in SETTINGS {
+        let help = format!("{} [default: {}]", s.help, s.default);
+        let mut arg = Arg::new(s.name).long(s.name.replace('_', "-")).help(help);
+        if let Some(c) = s.short {
+            arg = arg.short(c);
+        }
+        arg = match s.kind {
+            Kind::Flag => arg.action(ArgAction::SetTrue),
+            Kind::Choice(words) => arg
+                .value_name(s.value_name)
+                .value_parser(words.to_vec())
+                .hide_possible_values(true),
+            // Negative numbers reach the engine, which says what range the setting takes.
+            Kind::Integer => arg.value_name(s.value_name).allow_negative_numbers(true),
+            Kind::Text | Kind::Duration => arg.value_name(s.value_name),
+        };
+        cmd = cmd.arg(arg);
+    }
+    cmd.arg(
+        Arg::new("quiet")
+            .long("quiet")
+            .short('q')
+            .action(ArgAction::SetTrue)
+            .help("Print no log lines"),
+    )
+}
+
+fn target_command(name: &'static str, about: &'static str) -> Command {
+    Command::new(name)
+        .about(about)
+        .arg(
+            Arg::new("port")
+                .long("port")
+                .short('p')
+                .value_name("PORT")
+                .default_value("1234")
+                .allow_negative_numbers(true)
+                .help("Port of the servers"),
+        )
+        .arg(
+            Arg::new("host")
+                .long("host")
+                .value_name("HOST")
+                .help("Only servers bound to this address"),
+        )
+}
+
+/// The settings the user gave on the command line, and only those: the engine fills in the rest.
+fn given_settings(m: &ArgMatches) -> Vec<(&'static str, Value)> {
+    SETTINGS
+        .iter()
+        .filter(|s| m.value_source(s.name) == Some(ValueSource::CommandLine))
+        .map(|s| {
+            let value = match s.kind {
+                Kind::Flag => Value::Bool(m.get_flag(s.name)),
+                _ => Value::Str(m.get_one::<String>(s.name).cloned().unwrap_or_default()),
+            };
+            (s.name, value)
+        })
+        .collect()
+}
+
+/// Runs the load generator; 0 when every operation succeeded, 1 when any failed, 2 on a bad target.
+fn bench(args: &load::BenchArgs) -> u8 {
+    let progress = !args.json && !args.quiet && std::io::stderr().is_terminal();
+    match load::run_with_progress(args, progress) {
+        Ok(report) => {
+            let out = if args.json {
+                serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
+            } else {
+                report.render()
+            };
+            std::io::stdout().write_all(out.as_bytes()).ok();
+            u8::from(report.errors.total != 0)
+        }
+        Err(e) => {
+            eprintln!("port-sharding bench: {e}");
+            2
+        }
+    }
+}
+
+fn serve(m: &ArgMatches, host: Host) -> port_sharding::Result<u8> {
+    port_sharding::set_quiet(m.get_flag("quiet"));
+    let config = Config {
+        runtime: host.runtime().to_string(),
+        ..Config::from_settings(Host::Cli, given_settings(m))?
+    };
+    let server = Server::bind(config)?;
+    *SERVING.lock().unwrap_or_else(|e| e.into_inner()) = Some(server.handle());
+    let report = server.run();
+    *SERVING.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    Ok(report?.exit_code())
+}
+
+/// `--port` and `--host` of `status` and `stop`, checked by the engine like `serve`'s.
+fn target(m: &ArgMatches) -> port_sharding::Result<(Option<String>, u16)> {
+    let port = m.get_one::<String>("port").cloned().unwrap_or_default();
+    let config = Config::from_settings(Host::Cli, [("port", Value::Str(port))])?;
+    Ok((m.get_one::<String>("host").cloned(), config.port))
+}
+
+fn status(m: &ArgMatches) -> port_sharding::Result<u8> {
+    let (host, port) = target(m)?;
+    let servers = port_sharding::status(host.as_deref(), port)?;
+    let out = if m.get_flag("json") {
+        serde_json::to_string_pretty(&servers).map_err(|e| Error::Internal(e.to_string()))? + "\n"
+    } else {
+        status::table(&servers)
+    };
+    // A closed stdout (`status | head`) is not an error worth reporting.
+    std::io::stdout().write_all(out.as_bytes()).ok();
+    Ok(0)
+}
+
+fn stop(m: &ArgMatches) -> port_sharding::Result<u8> {
+    let (host, port) = target(m)?;
+    let pids = port_sharding::stop(host.as_deref(), port)?;
+    for pid in &pids {
+        println!("asked server pid {pid} to drain");
+    }
+    let Some(&wait) = m.get_one::<Duration>("wait") else {
+        return Ok(0);
+    };
+    let until = Instant::now().checked_add(wait);
+    loop {
+        if !pids.iter().any(|&p| status::running(p)) {
+            println!("stopped");
+            return Ok(0);
+        }
+        if until.is_some_and(|t| Instant::now() >= t) {
+            eprintln!("port-sharding: error: still running after {wait:?}");
+            return Ok(1);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

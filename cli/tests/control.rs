@@ -45,7 +45,10 @@ fn status_lists_every_worker_with_counters() {
 #[test]
 fn another_uid_is_refused() {
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: switching to another uid needs root");
+        skip(
+            "another_uid_is_refused",
+            "switching to another uid needs root",
+        );
         return;
     }
     if std::process::Command::new("python3")
@@ -53,7 +56,10 @@ fn another_uid_is_refused() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: python3 is needed as the other user's client");
+        skip(
+            "another_uid_is_refused",
+            "python3 is needed as the other user's client",
+        );
         return;
     }
     let mut srv = Spawn::new(&["--port", "0", "--workers", "1"]).start();

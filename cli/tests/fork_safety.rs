@@ -23,7 +23,7 @@ fn a_host_child_forked_during_stop_neither_delays_it_nor_keeps_the_port() {
     let port = server.port();
     let handle = server.handle();
     let run = std::thread::spawn(move || server.run());
-    assert!(handle.wait_ready(PATIENCE));
+    assert!(handle.wait_ready(Some(PATIENCE)));
     // What `multiprocessing` does: fork the host; the child lives on for a while.
     // SAFETY: the child calls only async-signal-safe functions and leaves with _exit.
     let child = unsafe { libc::fork() };

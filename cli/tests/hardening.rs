@@ -543,8 +543,8 @@ fn huge_durations_are_a_clear_error() {
     ] {
         // Spawned, not `output()`: a server that accepted the value would run until killed.
         let mut srv = Spawn::new(&["--port", "0", flag, value]).spawn();
-        assert_eq!(srv.wait_exit().code(), Some(2), "{:#?}", srv.log());
-        let wanted = format!("invalid {name}: must be at most 365 days");
-        assert_eq!(srv.count_log(&wanted), 1, "{:#?}", srv.log());
+        assert_eq!(srv.wait_exit().code(), Some(2), "{name}: {:#?}", srv.log());
+        let wanted = format!("invalid {flag}: must be at most one year");
+        assert_eq!(srv.count_log(&wanted), 1, "{name}: {:#?}", srv.log());
     }
 }

@@ -133,17 +133,89 @@ fn sigterm_drains_slow_connections_and_leaves_no_orphans() {
 }
 
 #[test]
-fn second_signal_stops_at_once() {
+fn second_signal_stops_at_once_and_cuts_open_connections() {
     let mut srv = Spawn::new(&["--port", "0", "--workers", "1", "--drain-timeout", "60s"]).start();
     let workers = srv.worker_pids();
-    let _held = connect(srv.port); // keeps the drain from finishing
-    std::thread::sleep(Duration::from_millis(200)); // let the worker accept it
+    let mut held = connect(srv.port); // keeps the drain from finishing
+    held.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    held.read_exact(&mut b).unwrap(); // accepted and served
     srv.signal(libc::SIGINT);
     srv.wait_log("draining");
     srv.signal(libc::SIGINT);
     let status = srv.wait_exit();
     assert_eq!(status.code(), Some(1), "forced stop exits 1");
     assert_all_gone(&workers);
+    // Cut, not finished: the connection ends (EOF or reset) although the client never closed it.
+    match held.read(&mut b) {
+        Ok(0) => {}
+        Ok(n) => panic!("read {n} more bytes from a cut connection"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+}
+
+#[test]
+fn ctrl_c_drains_and_the_cli_exits_130() {
+    let mut srv = Spawn::new(&["--port", "0", "--workers", "1"]).start();
+    let mut open = connect(srv.port);
+    open.write_all(b"a").unwrap();
+    let mut b = [0u8; 1];
+    open.read_exact(&mut b).unwrap();
+    srv.signal(libc::SIGINT);
+    srv.wait_log("draining");
+    // Still served during the drain, then finished when the client closes.
+    open.write_all(b"b").unwrap();
+    open.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"b");
+    drop(open);
+    assert_eq!(
+        srv.wait_exit().code(),
+        Some(130),
+        "as shells report a SIGINT death"
+    );
+}
+
+#[test]
+fn a_dead_supervisors_workers_drain_and_exit() {
+    let mut srv = Spawn::new(&["--port", "0", "--workers", "2"]).start();
+    let workers = srv.worker_pids();
+    let mut open = connect(srv.port);
+    open.write_all(b"before").unwrap();
+    let mut buf = [0u8; 6];
+    open.read_exact(&mut buf).unwrap();
+    srv.signal(libc::SIGKILL);
+    srv.wait_exit();
+    // The worker serving `open` drains: it finishes this connection, then exits; the other exits at once.
+    open.write_all(b"after").unwrap();
+    open.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut open), b"after");
+    for &w in &workers {
+        wait_until("workers of a dead supervisor to exit", || !alive(w));
+    }
+}
+
+#[test]
+fn drain_serves_what_is_already_queued() {
+    let mut srv = Spawn::new(&["--port", "0", "--workers", "1"]).start();
+    let worker = srv.worker_pids()[0];
+    // SAFETY: stopping and resuming the worker our server forked.
+    unsafe { libc::kill(worker, libc::SIGSTOP) };
+    let mut queued: Vec<_> = (0..10)
+        .map(|i| {
+            let mut s = connect(srv.port);
+            s.write_all(format!("q{i}").as_bytes()).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            s
+        })
+        .collect();
+    assert_eq!(kernel_queues(srv.port), vec![10], "queued, not accepted");
+    srv.signal(libc::SIGTERM);
+    srv.wait_log("draining");
+    unsafe { libc::kill(worker, libc::SIGCONT) };
+    for (i, s) in queued.iter_mut().enumerate() {
+        assert_eq!(read_to_end(s), format!("q{i}").as_bytes(), "queued {i}");
+    }
+    assert_eq!(srv.wait_exit().code(), Some(0));
 }
 
 #[test]
@@ -190,12 +262,15 @@ fn stop_command_drains_through_the_control_socket() {
 }
 
 #[test]
-fn killed_worker_is_replaced_and_its_queue_is_served() {
+fn killed_worker_is_replaced_on_the_same_listener_and_its_queue_is_served() {
     let mut srv = Spawn::new(&["--port", "0", "--workers", "1"]).start();
     let first = srv.worker_pids()[0];
+    // Stop the supervisor first: while it is stopped nothing can accept or fork a replacement, so the
+    // connections below can only wait in the listener's queue — which must survive the worker's death.
+    srv.signal(libc::SIGSTOP);
     // SAFETY: killing the worker our server forked.
     unsafe { libc::kill(first, libc::SIGKILL) };
-    // These connect while no worker runs: they wait in the listener's queue, which the supervisor keeps.
+    wait_until("the killed worker to die", || !alive(first));
     let mut queued: Vec<_> = (0..50)
         .map(|i| {
             let mut s = connect(srv.port);
@@ -204,6 +279,12 @@ fn killed_worker_is_replaced_and_its_queue_is_served() {
             s
         })
         .collect();
+    assert_eq!(
+        kernel_queues(srv.port),
+        vec![50],
+        "all 50 wait in the one listener's queue"
+    );
+    srv.signal(libc::SIGCONT);
     srv.wait_log("restarting in");
     for (i, s) in queued.iter_mut().enumerate() {
         assert_eq!(read_to_end(s), format!("queued {i}").as_bytes());
@@ -217,20 +298,32 @@ fn killed_worker_is_replaced_and_its_queue_is_served() {
 #[test]
 fn fd_exhaustion_backs_off_and_recovers() {
     // A low fd limit: the worker runs out of descriptors after a few connections.
-    let srv = Spawn::new(&["--port", "0", "--workers", "1"])
+    let mut srv = Spawn::new(&["--port", "0", "--workers", "1"])
         .nofile(24)
         .start();
-    let mut held: Vec<_> = (0..40).map(|_| connect(srv.port)).collect();
-    let mut srv = srv;
+    let mut held: Vec<_> = (0..40)
+        .map(|i| {
+            let mut s = connect(srv.port);
+            s.write_all(format!("c{i:02}").as_bytes()).unwrap();
+            s
+        })
+        .collect();
     srv.wait_log("accept failed");
-    // The ones accepted still work.
-    held[0].write_all(b"alive").unwrap();
-    let mut buf = [0u8; 5];
+    // One listener's queue is first in, first out: the first `open` were accepted, the rest still wait.
+    let open = srv.status()[0]["workers"][0]["active"].as_u64().unwrap() as usize;
+    assert!(open > 0 && open < 40, "{open} accepted");
+    let mut buf = [0u8; 3];
     held[0].read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"alive");
-    // Free the descriptors: the queued connections and new ones are served.
-    held.truncate(1);
-    held.clear();
+    assert_eq!(&buf, b"c00", "the ones accepted still work");
+    // Free the descriptors: every queued connection, and a new one, is served (each closed once answered,
+    // so the worker, still short of descriptors, can take the next).
+    let queued = held.split_off(open);
+    drop(held);
+    for (i, mut s) in queued.into_iter().enumerate() {
+        s.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("queued {} of {open}..40: {e}; {}", open + i, srv.status()));
+        assert_eq!(buf, format!("c{:02}", open + i).as_bytes());
+    }
     assert_eq!(round_trip(srv.port, b"later"), b"later");
     assert!(
         srv.child.try_wait().unwrap().is_none(),
@@ -261,11 +354,123 @@ fn max_connections_pauses_accepting_until_one_closes() {
 }
 
 #[test]
-fn idle_timeout_closes_quiet_connections() {
-    let srv = Spawn::new(&["--port", "0", "--workers", "1", "--idle-timeout", "1s"]).start();
-    let mut s = connect(srv.port);
-    assert_eq!(read_to_end(&mut s), b"", "closed by the server");
+fn idle_timeout_closes_quiet_connections_but_not_busy_ones() {
+    let srv = Spawn::new(&["--port", "0", "--workers", "1", "--idle-timeout", "2s"]).start();
+    let started = std::time::Instant::now();
+    let mut quiet = connect(srv.port);
+    let mut busy = connect(srv.port);
+    // The busy one talks every 200 ms for 3 s, longer than the idle timeout: it must stay open.
+    for i in 0..15 {
+        let msg = format!("{i:02}");
+        busy.write_all(msg.as_bytes()).unwrap();
+        let mut buf = [0u8; 2];
+        busy.read_exact(&mut buf).unwrap();
+        assert_eq!(
+            buf,
+            msg.as_bytes(),
+            "busy connection cut after {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(read_to_end(&mut quiet), b"", "closed by the server");
+    // Never before the timeout (a lower bound only: a slow machine can only make it later).
+    assert!(started.elapsed() >= Duration::from_secs(2));
     assert_eq!(srv.status()[0]["workers"][0]["errors"], 1);
+}
+
+#[test]
+fn crash_loops_back_off() {
+    let mut srv = Spawn::new(&["--port", "0", "--workers", "1"]).start();
+    for delay in ["100ms", "200ms", "400ms"] {
+        let pid = *srv.worker_pids().last().unwrap();
+        // SAFETY: killing the worker our server forked, right after it started: a crash.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        srv.wait_log(&format!("restarting in {delay}"));
+        let n = srv.worker_pids().len();
+        wait_until("the replacement", || srv.worker_pids().len() > n);
+    }
+    assert_eq!(srv.status()[0]["workers"][0]["restarts"], 3);
+}
+
+#[test]
+fn workers_close_descriptors_they_do_not_serve() {
+    let srv = Spawn::new(&["--port", "0", "--workers", "2"])
+        .inherit_fd(77)
+        .start();
+    let fds = |pid: i32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        fds(srv.pid()).contains(&"77".to_string()),
+        "the supervisor inherited fd 77"
+    );
+    let workers = srv.worker_pids();
+    let listeners: Vec<String> = workers
+        .iter()
+        .map(|&w| {
+            let mine = fds(w);
+            assert!(
+                !mine.contains(&"77".to_string()),
+                "worker {w} kept fd 77: {mine:?}"
+            );
+            // Exactly one listening socket: its own, not its sibling's.
+            let sockets: Vec<_> = mine
+                .iter()
+                .filter_map(|fd| std::fs::read_link(format!("/proc/{w}/fd/{fd}")).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .filter(|l| l.starts_with("socket:"))
+                .collect();
+            assert_eq!(sockets.len(), 1, "worker {w}: {sockets:?}");
+            sockets[0].clone()
+        })
+        .collect();
+    assert_ne!(
+        listeners[0], listeners[1],
+        "each worker has its own listener"
+    );
+}
+
+#[test]
+fn status_shows_the_queue_of_a_stalled_worker() {
+    let srv = Spawn::new(&["--port", "0", "--workers", "1"]).start();
+    let worker = srv.worker_pids()[0];
+    // SAFETY: stopping and resuming the worker our server forked.
+    unsafe { libc::kill(worker, libc::SIGSTOP) };
+    let mut queued: Vec<_> = (0..5).map(|_| connect(srv.port)).collect();
+    wait_until("status to report 5 queued", || {
+        srv.status()[0]["workers"][0]["queue_len"] == 5
+    });
+    unsafe { libc::kill(worker, libc::SIGCONT) };
+    for s in &mut queued {
+        s.write_all(b"ok").unwrap();
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).unwrap();
+    }
+}
+
+#[test]
+fn serves_ipv6_loopback_and_localhost() {
+    for host in ["::1", "localhost"] {
+        if host == "::1" && std::net::TcpListener::bind("[::1]:0").is_err() {
+            skip(
+                "serves_ipv6_loopback_and_localhost",
+                "no IPv6 loopback on this machine",
+            );
+            continue;
+        }
+        let srv = Spawn::new(&["--port", "0", "--workers", "1"])
+            .host(host)
+            .start();
+        let target = if host == "::1" { "[::1]" } else { "localhost" };
+        let mut s = std::net::TcpStream::connect(format!("{target}:{}", srv.port)).unwrap();
+        s.write_all(b"v6?").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_end(&mut s), b"v6?", "{host}");
+    }
 }
 
 #[test]
@@ -290,7 +495,15 @@ fn bad_arguments_are_clear_errors() {
         ),
         (
             vec!["--port", "0", "--host", "127.0.0.1", "--workers", "0"],
-            "invalid workers",
+            "invalid --workers: must be at least 1",
+        ),
+        (
+            vec!["--host", "127.0.0.1", "--port", "-1"],
+            "invalid --port: must be ≥ 0",
+        ),
+        (
+            vec!["--port", "0", "--drain-timeout", "1000000h"],
+            "invalid --drain-timeout: must be at most one year",
         ),
         (
             vec!["--port", "0", "--host", "127.0.0.1", "--mode", "loud"],
@@ -298,10 +511,11 @@ fn bad_arguments_are_clear_errors() {
         ),
         (vec!["--host", "127.0.0.1", "--port", "70000"], "70000"),
     ] {
+        let dir = control_dir();
         let out = std::process::Command::new(bin())
             .arg("serve")
             .args(&args)
-            .env("PORT_SHARDING_CONTROL_DIR", control_dir())
+            .env("PORT_SHARDING_CONTROL_DIR", &*dir)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

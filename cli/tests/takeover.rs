@@ -64,11 +64,18 @@ impl Load {
         }
     }
 
-    /// Waits until `n` more connections have succeeded, so each step really runs under load.
+    /// Waits until `n` more connections have succeeded, so each step really runs under load (and the
+    /// server that took over answers them); fails the test when they do not come.
     fn wait_for(&self, n: u64) {
         let target = self.ok.load(Ordering::Relaxed) + n;
         let until = Instant::now() + PATIENCE;
-        while self.ok.load(Ordering::Relaxed) < target && Instant::now() < until {
+        while self.ok.load(Ordering::Relaxed) < target {
+            assert!(
+                Instant::now() < until,
+                "only {} of {target} connections answered (failed {})",
+                self.ok.load(Ordering::Relaxed),
+                self.failed.load(Ordering::Relaxed)
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -202,7 +209,7 @@ fn takeover_refuses_a_server_bound_to_another_address() {
             "--workers",
             "1",
         ])
-        .env("PORT_SHARDING_CONTROL_DIR", &dir)
+        .env("PORT_SHARDING_CONTROL_DIR", &*dir)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

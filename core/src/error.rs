@@ -10,13 +10,30 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A setting is out of range or unparsable. Python: `ConfigError` (a `ValueError`); Ruby: `ArgumentError`.
-    #[error("invalid {name}: {reason}")]
+    /// A setting is out of range, unknown or unparsable. Python: `ConfigError` (a `ValueError`); Ruby:
+    /// `ConfigError` (an `ArgumentError`).
+    #[error("invalid {shown}: {reason}")]
     InvalidArgument {
-        /// The parameter's name, as Config, the CLI, Python and Ruby spell it.
+        /// The setting's name, as [`Config`](crate::Config) spells it (`drain_timeout`).
         name: &'static str,
+        /// The setting as the caller wrote it: `--drain-timeout` (CLI), `drain_timeout=` (Python),
+        /// `drain_timeout:` (Ruby), `drain_timeout` (Rust). See [`Host::spell`](crate::Host::spell).
+        shown: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A setting was given a value of the wrong type. Python: `SettingTypeError` (a `ConfigError` and a
+    /// `TypeError`); Ruby: `SettingTypeError` (a `ConfigError`).
+    #[error("invalid {shown}: expected {expected}, got {got}")]
+    WrongType {
+        /// The setting's name, as [`Config`](crate::Config) spells it.
+        name: &'static str,
+        /// The setting as the caller wrote it (see `InvalidArgument`).
+        shown: String,
+        /// What it takes, e.g. `an integer`.
+        expected: &'static str,
+        /// What it was given, e.g. `a string ("80")`.
+        got: String,
     },
     /// The host is not an address this machine can bind.
     #[error("invalid address {host:?}: {reason}")]
@@ -46,15 +63,6 @@ pub enum Error {
         /// The OS error (errno `EACCES`).
         source: io::Error,
     },
-    /// The operating system does not balance `SO_REUSEPORT` (macOS, the BSDs): refuse rather than half-work.
-    #[error(
-        "port sharding needs Linux: on {os} SO_REUSEPORT does not spread connections over the sockets \
-         (the last one bound gets them all)"
-    )]
-    Unsupported {
-        /// `std::env::consts::OS`.
-        os: &'static str,
-    },
     /// No live server answers on the control socket for this host and port.
     #[error("no port-sharding server is running on {what} (no live control socket in {dir})")]
     NotRunning {
@@ -69,6 +77,9 @@ pub enum Error {
     /// The control socket answered something unexpected.
     #[error("control socket: {0}")]
     Control(String),
+    /// A bug: the engine panicked. Caught before it could cross into a host interpreter.
+    #[error("internal error in the port-sharding engine (please report it): {0}")]
+    Internal(String),
     /// Any other OS error, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -90,11 +101,111 @@ impl Error {
         }
     }
 
+    /// A setting that is out of range, named as Rust spells it (a host re-spells it with [`Error::spelled`]).
+    pub fn invalid(name: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            name,
+            shown: name.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error with a setting named as `host` writes it (`--drain-timeout`, `drain_timeout=`, …).
+    pub fn spelled(self, host: crate::Host) -> Error {
+        match self {
+            Error::InvalidArgument { name, reason, .. } => Error::InvalidArgument {
+                name,
+                shown: host.spell(name),
+                reason,
+            },
+            Error::WrongType {
+                name,
+                expected,
+                got,
+                ..
+            } => Error::WrongType {
+                name,
+                shown: host.spell(name),
+                expected,
+                got,
+            },
+            other => other,
+        }
+    }
+
+    /// The error a caught panic becomes.
+    pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Error {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        Error::Internal(what)
+    }
+
     /// Wraps an OS error with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+}
+
+/// Errors are cloned when several waiters ask how one background run ended. The OS error keeps its errno
+/// (and kind); its message is rebuilt from the errno, which is what `io::Error` shows anyway.
+impl Clone for Error {
+    fn clone(&self) -> Error {
+        fn io(e: &io::Error) -> io::Error {
+            match e.raw_os_error() {
+                Some(errno) => io::Error::from_raw_os_error(errno),
+                None => io::Error::new(e.kind(), e.to_string()),
+            }
+        }
+        match self {
+            Error::InvalidArgument {
+                name,
+                shown,
+                reason,
+            } => Error::InvalidArgument {
+                name,
+                shown: shown.clone(),
+                reason: reason.clone(),
+            },
+            Error::WrongType {
+                name,
+                shown,
+                expected,
+                got,
+            } => Error::WrongType {
+                name,
+                shown: shown.clone(),
+                expected,
+                got: got.clone(),
+            },
+            Error::InvalidAddress { host, reason } => Error::InvalidAddress {
+                host: host.clone(),
+                reason: reason.clone(),
+            },
+            Error::AddrInUse { addr, source } => Error::AddrInUse {
+                addr: *addr,
+                source: io(source),
+            },
+            Error::PermissionDenied { addr, source } => Error::PermissionDenied {
+                addr: *addr,
+                source: io(source),
+            },
+            Error::NotRunning { what, dir } => Error::NotRunning {
+                what: what.clone(),
+                dir: dir.clone(),
+            },
+            Error::Takeover(m) => Error::Takeover(m.clone()),
+            Error::Control(m) => Error::Control(m.clone()),
+            Error::Internal(m) => Error::Internal(m.clone()),
+            Error::Io { context, source } => Error::Io {
+                context: context.clone(),
+                source: io(source),
+            },
         }
     }
 }

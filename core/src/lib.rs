@@ -21,7 +21,7 @@
 //! let server = Server::bind(Config { host: "127.0.0.1".into(), port: 0, workers: 1, ..Default::default() })?;
 //! let handle = server.handle();
 //! let t = std::thread::spawn(move || server.run());
-//! handle.wait_ready(std::time::Duration::from_secs(10));
+//! handle.wait_ready(Some(std::time::Duration::from_secs(10)));
 //! handle.shutdown();
 //! t.join().unwrap()?;
 //! # Ok::<(), port_sharding::Error>(())
@@ -65,7 +65,7 @@
 //! # Platform notes
 //!
 //! Linux ≥ 3.9 only. macOS and the BSDs have an `SO_REUSEPORT` that does not balance (the last socket bound
-//! receives everything), so [`Server::bind`] refuses there with [`Error::Unsupported`]. Closing a listener
+//! receives everything), so the crate refuses to build there (one `compile_error!` saying why). Closing a listener
 //! resets the connections in its queue unless `net.ipv4.tcp_migrate_req=1`; the takeover path avoids it
 //! without privileges. Sockets of different users never share a group.
 //!
@@ -76,8 +76,6 @@
 //! - `nix` (and `libc` where nix has no wrapper, e.g. `TCP_INFO`): safe fork, waitpid, sigaction, `SCM_RIGHTS`.
 //! - `thiserror`: one typed [`Error`] enum with messages, no boxing.
 //! - `serde`/`serde_json`: the control socket's one-line JSON protocol, readable by any language.
-//! - `clap`: the `port-sharding` command line with `--help` on every subcommand.
-//! - `hdrhistogram`, `indicatif`: latency percentiles and the progress bar of `port-sharding bench`.
 
 // SO_REUSEPORT balances connections on Linux only; elsewhere the engine would silently half-work.
 #[cfg(not(target_os = "linux"))]
@@ -86,27 +84,31 @@ compile_error!(
      over the listening sockets (the last one bound receives them all)"
 );
 
-pub mod bench;
 mod config;
 mod control;
 mod error;
 mod fds;
+mod lifecycle;
 mod listener;
 mod log;
 mod migrate;
+mod server;
+mod settings;
 mod signals;
 mod stats;
 mod supervisor;
 mod worker;
 
-pub use config::{default_workers, parse_duration, Config, Mode, MAX_WORKERS};
+pub use config::{default_workers, parse_duration, Config, Mode, MAX_DURATION, MAX_WORKERS};
 pub use control::{control_dir, status, stop, ServerStatus};
 pub use error::{Error, Result};
 pub use fds::close_in_forked_child;
+pub use lifecycle::{Phase, Report, StopReason};
 pub use listener::{listen, resolve};
 pub use log::set_quiet;
-pub use stats::{WorkerState, WorkerStats};
-pub use supervisor::{Handle, Report, Server, StopReason};
+pub use server::{Handle, Running, Server};
+pub use settings::{setting, Host, Kind, Setting, Value, SETTINGS};
+pub use stats::WorkerStats;
 
 /// The version shared by the crate, the CLI, the Python package and the Ruby gem.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

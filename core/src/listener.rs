@@ -40,10 +40,9 @@ pub fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
 /// [`Error::Io`].
 ///
 /// # Notes
-/// Linux only. On macOS and the BSDs `SO_REUSEPORT` exists but does not balance (the last socket bound
-/// receives every connection), so this returns [`Error::Unsupported`] there.
+/// Linux only: on macOS and the BSDs `SO_REUSEPORT` exists but does not balance (the last socket bound
+/// receives every connection), so the crate refuses to build there (`compile_error!` in lib.rs).
 pub fn bind(addr: SocketAddr, backlog: u32, nonblocking: bool) -> Result<TcpListener> {
-    ensure_linux()?;
     let ctx = |what: &'static str| move |e: io::Error| Error::io(format!("{what} for {addr}"), e);
     let mut ty = Type::STREAM.cloexec();
     if nonblocking {
@@ -69,17 +68,6 @@ pub fn bind(addr: SocketAddr, backlog: u32, nonblocking: bool) -> Result<TcpList
         .listen(backlog.min(i32::MAX as u32) as i32)
         .map_err(ctx("listen"))?;
     Ok(socket.into())
-}
-
-/// Refuses to run where `SO_REUSEPORT` would not balance.
-pub fn ensure_linux() -> Result<()> {
-    if cfg!(target_os = "linux") {
-        Ok(())
-    } else {
-        Err(Error::Unsupported {
-            os: std::env::consts::OS,
-        })
-    }
 }
 
 /// Length of a listener's accept queue right now (`TCP_INFO.tcpi_unacked` on a listening socket).
@@ -111,10 +99,7 @@ pub fn queue_len(listener: &impl std::os::fd::AsRawFd) -> Option<u32> {
 /// ```
 pub fn listen(host: &str, port: u16, backlog: u32) -> Result<TcpListener> {
     if backlog == 0 {
-        return Err(Error::InvalidArgument {
-            name: "backlog",
-            reason: "must be at least 1".to_string(),
-        });
+        return Err(Error::invalid("backlog", "must be at least 1"));
     }
     bind(resolve(host, port)?, backlog, false)
 }

@@ -9,31 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::lifecycle::Phase;
 
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerState {
-    /// Forked, not yet polling its listener.
-    Starting = 0,
-    /// Accepting and serving.
-    Serving = 1,
-    /// Stopped accepting; finishing open connections.
-    Draining = 2,
-    /// Exited.
-    Stopped = 3,
-}
-
-impl WorkerState {
-    fn from_u64(v: u64) -> WorkerState {
-        match v {
-            1 => WorkerState::Serving,
-            2 => WorkerState::Draining,
-            3 => WorkerState::Stopped,
-            _ => WorkerState::Starting,
-        }
-    }
-}
+/// The old name of a worker's [`Phase`], kept inside the crate until every module says `Phase`.
+pub(crate) type WorkerState = Phase;
 
 /// A snapshot of one worker's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,8 +21,8 @@ pub struct WorkerStats {
     pub index: usize,
     /// Process id of the worker now on this slot (0 before the first fork).
     pub pid: u32,
-    /// Where the worker is in its life.
-    pub state: WorkerState,
+    /// Where the worker is in its life: starting, serving, draining or stopped.
+    pub state: Phase,
     /// Connections accepted on this slot, across restarts.
     pub accepted: u64,
     /// Connections open now.
@@ -80,19 +59,19 @@ impl Slot {
     pub fn begin(&self, pid: u32) {
         self.pid.store(pid.into(), Relaxed);
         self.active.store(0, Relaxed);
-        self.set_state(WorkerState::Starting);
+        self.set_state(Phase::Starting);
     }
     /// Process id of the worker on this slot.
     pub fn pid(&self) -> u32 {
         self.pid.load(Relaxed) as u32
     }
     /// Records a state change.
-    pub fn set_state(&self, state: WorkerState) {
+    pub fn set_state(&self, state: Phase) {
         self.state.store(state as u64, Relaxed);
     }
     /// The last recorded state.
-    pub fn state(&self) -> WorkerState {
-        WorkerState::from_u64(self.state.load(Relaxed))
+    pub fn state(&self) -> Phase {
+        Phase::from_u64(self.state.load(Relaxed))
     }
     /// One connection accepted (and now open).
     pub fn accepted(&self) {

@@ -5,8 +5,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
@@ -18,15 +18,19 @@ use crate::config::Config;
 use crate::control::{self, ConnId, ControlSocket, Request, ServerStatus};
 use crate::error::{Error, Result};
 use crate::fds::Tracked;
+use crate::lifecycle::{Phase, Report, StopReason};
 use crate::listener;
 use crate::log::log;
 use crate::migrate::{enable_migration, migrate_req};
 use crate::signals::SignalGuard;
-use crate::stats::{StatsArea, WorkerState, WorkerStats};
+use crate::stats::StatsArea;
 use crate::worker;
 
 mod process;
+mod shared;
 mod takeover;
+
+pub(crate) use shared::Shared;
 
 use process::{child_main, describe, on_main_thread};
 use takeover::{take_over, Predecessor};
@@ -44,196 +48,72 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Byte on a worker's drain pipe that means "drain" (any byte but [`worker::HANDOVER`] does).
 const DRAIN_BYTE: u8 = b'd';
 
-/// Why [`Server::run`] returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// SIGINT (Ctrl-C). The Python binding raises `KeyboardInterrupt`, the Ruby one `Interrupt`.
-    Interrupt,
-    /// SIGTERM.
-    Terminate,
-    /// [`Handle::shutdown`].
-    Shutdown,
-    /// A `stop` request on the control socket.
-    Stop,
-    /// A successor took over the sockets and reported ready.
-    TakenOver,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
-    /// What started the drain.
-    pub reason: StopReason,
-    /// A second signal (or the drain timeout) ended it early: connections may have been cut.
-    pub forced: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Starting,
-    Ready,
-    Stopped,
-}
-
-struct Shared {
-    waker: Waker,
-    shutdown: AtomicBool,
-    phase: Mutex<Phase>,
-    changed: Condvar,
+/// A bound server: listeners open (connections queue from now on), workers not started yet. The public
+/// face is [`crate::Server`]; this is what the supervisor owns while it runs.
+pub(crate) struct Bound {
+    pub(crate) config: Config,
+    pub(crate) addr: SocketAddr,
+    pub(crate) listeners: Vec<Tracked<std::net::TcpListener>>,
     stats: Arc<StatsArea>,
-    addr: SocketAddr,
-}
-
-impl Shared {
-    fn set_phase(&self, phase: Phase) {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
-        self.changed.notify_all();
-    }
-}
-
-/// A cloneable remote control for a [`Server`] running on another thread.
-#[derive(Clone)]
-pub struct Handle {
-    shared: Arc<Shared>,
-}
-
-impl Handle {
-    /// Starts a graceful drain, as SIGTERM would. Returns at once; `run` returns when drained.
-    pub fn shutdown(&self) {
-        self.shared.shutdown.store(true, Ordering::SeqCst);
-        let _ = self.shared.waker.wake();
-    }
-
-    /// Per-worker counters, read from shared memory.
-    pub fn stats(&self) -> Vec<WorkerStats> {
-        self.shared.stats.snapshot()
-    }
-
-    /// The bound address (with the real port when 0 was asked).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.shared.addr
-    }
-
-    /// Waits until every worker is serving; `false` on timeout or when the server stopped first.
-    pub fn wait_ready(&self, timeout: Duration) -> bool {
-        let phase = self.shared.phase.lock().unwrap_or_else(|e| e.into_inner());
-        let (phase, _) = self
-            .shared
-            .changed
-            .wait_timeout_while(phase, timeout, |p| *p == Phase::Starting)
-            .unwrap_or_else(|e| e.into_inner());
-        *phase == Phase::Ready
-    }
-
-    /// Whether the server has stopped serving: a drain has begun, `run` has returned, or it failed to start.
-    pub fn is_stopped(&self) -> bool {
-        *self.shared.phase.lock().unwrap_or_else(|e| e.into_inner()) == Phase::Stopped
-    }
-}
-
-/// A bound server: listeners are open (connections queue from now on); [`Server::run`] starts the workers.
-pub struct Server {
-    config: Config,
-    addr: SocketAddr,
-    listeners: Vec<Tracked<std::net::TcpListener>>,
-    stats: Arc<StatsArea>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     poll: Tracked<Poll>,
     control: Option<ControlSocket>,
     predecessor: Option<Predecessor>,
 }
 
-impl Server {
-    /// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
-    /// and opens the control socket.
-    ///
-    /// # Errors
-    /// Bad settings, an address that cannot be bound (see [`listener::bind`]), a failed takeover (the old
-    /// server keeps serving), or a non-Linux OS.
-    pub fn bind(config: Config) -> Result<Server> {
-        config.validate()?;
-        listener::ensure_linux()?;
-        let wanted = listener::resolve(&config.host, config.port)?;
-        if config.migrate {
-            enable_migration()?;
-        }
-        let mut listeners = Vec::new();
-        let mut predecessor = None;
-        if config.takeover {
-            if let Some((p, adopted)) = take_over(wanted)? {
-                listeners = adopted.into_iter().map(Tracked::new).collect();
-                predecessor = Some(p);
-            }
-        }
-        let mut addr = match listeners.first() {
-            Some(l) => l.local_addr().map_err(|e| Error::io("getsockname", e))?,
-            None => wanted,
-        };
-        while listeners.len() < config.workers {
-            let l = listener::bind(addr, config.backlog, true)?;
-            addr = l.local_addr().map_err(|e| Error::io("getsockname", e))?;
-            listeners.push(Tracked::new(l));
-        }
-        let stats = Arc::new(StatsArea::new(listeners.len())?);
-        let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);
-        let waker = Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?;
-        let control = if config.control {
-            Some(ControlSocket::bind(addr, poll.registry(), CONTROL)?)
-        } else {
-            None
-        };
-        let shared = Arc::new(Shared {
-            waker,
-            shutdown: AtomicBool::new(false),
-            phase: Mutex::new(Phase::Starting),
-            changed: Condvar::new(),
-            stats: stats.clone(),
-            addr,
-        });
-        Ok(Server {
-            config,
-            addr,
-            listeners,
-            stats,
-            shared,
-            poll,
-            control,
-            predecessor,
-        })
+/// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
+/// and opens the control socket.
+pub(crate) fn bind(config: Config) -> Result<Bound> {
+    config.validate()?;
+    let wanted = listener::resolve(&config.host, config.port)?;
+    if config.migrate {
+        enable_migration()?;
     }
-
-    /// The bound address (with the real port when 0 was asked).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The bound port.
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// Number of workers `run` will start (more than `Config::workers` when a takeover received more sockets).
-    pub fn workers(&self) -> usize {
-        self.listeners.len()
-    }
-
-    /// A handle to stop the server or read its stats from another thread.
-    pub fn handle(&self) -> Handle {
-        Handle {
-            shared: self.shared.clone(),
+    let mut listeners = Vec::new();
+    let mut predecessor = None;
+    if config.takeover {
+        if let Some((p, adopted)) = take_over(wanted)? {
+            listeners = adopted.into_iter().map(Tracked::new).collect();
+            predecessor = Some(p);
         }
     }
-
-    /// Forks the workers and supervises them until drained. Blocks.
-    ///
-    /// # Errors
-    /// A failed `fork` or `epoll`; workers already started are stopped first.
-    pub fn run(self) -> Result<Report> {
-        let shared = self.shared.clone();
-        let result = Supervisor::new(self).and_then(|mut s| s.run());
-        shared.set_phase(Phase::Stopped);
-        result
+    let mut addr = match listeners.first() {
+        Some(l) => l.local_addr().map_err(|e| Error::io("getsockname", e))?,
+        None => wanted,
+    };
+    while listeners.len() < config.workers {
+        let l = listener::bind(addr, config.backlog, true)?;
+        addr = l.local_addr().map_err(|e| Error::io("getsockname", e))?;
+        listeners.push(Tracked::new(l));
     }
+    let stats = Arc::new(StatsArea::new(listeners.len())?);
+    let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);
+    let waker = Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?;
+    let control = if config.control {
+        Some(ControlSocket::bind(addr, poll.registry(), CONTROL)?)
+    } else {
+        None
+    };
+    let shared = Arc::new(Shared::new(waker, stats.clone(), addr));
+    Ok(Bound {
+        config,
+        addr,
+        listeners,
+        stats,
+        shared,
+        poll,
+        control,
+        predecessor,
+    })
+}
+
+/// Forks the workers and supervises them until drained; the shared phase is `stopped` afterwards,
+/// whatever happened.
+pub(crate) fn run(bound: Bound) -> Result<Report> {
+    let shared = bound.shared.clone();
+    let result = Supervisor::new(bound).and_then(|mut s| s.run());
+    shared.set_phase(Phase::Stopped);
+    result
 }
 
 struct WorkerProc {
@@ -246,7 +126,7 @@ struct WorkerProc {
 }
 
 struct Supervisor {
-    server: Server,
+    server: Bound,
     procs: Vec<WorkerProc>,
     signals: Option<SignalGuard>,
     /// A new server that holds our sockets and owes us `ready`, and since when.
@@ -258,7 +138,7 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn new(server: Server) -> Result<Supervisor> {
+    fn new(server: Bound) -> Result<Supervisor> {
         let signals = if server.config.handle_signals && on_main_thread() {
             Some(SignalGuard::install(
                 server.poll.registry(),
@@ -341,11 +221,12 @@ impl Supervisor {
             self.restart_due();
             self.sample_queues();
             self.check_ready();
+            self.publish_phase();
             if let Some((since, reason)) = self.draining {
                 if self.procs.iter().all(|p| p.pid.is_none()) {
                     log!(
                         "stopped ({}): all workers exited after {:.2?}; served {} connection(s)",
-                        reason_name(reason),
+                        reason.cause(),
                         since.elapsed(),
                         self.server
                             .stats
@@ -403,7 +284,7 @@ impl Supervisor {
             };
             let slot = self.server.stats.slot(i);
             if slot.pid() == pid.as_raw() as u32 {
-                slot.set_state(WorkerState::Stopped);
+                slot.set_state(Phase::Stopped);
             }
             let p = &mut self.procs[i];
             p.pid = None;
@@ -459,13 +340,13 @@ impl Supervisor {
         }
         let stats = self.server.stats.snapshot();
         let all = self.procs.iter().zip(&stats).all(|(p, s)| {
-            p.pid.is_some_and(|pid| s.pid == pid.as_raw() as u32) && s.state == WorkerState::Serving
+            p.pid.is_some_and(|pid| s.pid == pid.as_raw() as u32) && s.state == Phase::Serving
         });
         if !all {
             return;
         }
         self.ready = true;
-        self.server.shared.set_phase(Phase::Ready);
+        self.server.shared.set_phase(Phase::Serving);
         log!(
             "ready: {} worker(s) serving {}",
             self.procs.len(),
@@ -525,7 +406,7 @@ impl Supervisor {
         let open: u64 = self.server.stats.snapshot().iter().map(|s| s.active).sum();
         log!(
             "draining ({}): {} worker(s) stop accepting, {open} connection(s) open, timeout {:?}",
-            reason_name(reason),
+            reason.cause(),
             self.procs.iter().filter(|p| p.pid.is_some()).count(),
             self.server.config.drain_timeout
         );
@@ -537,23 +418,26 @@ impl Supervisor {
         };
         for p in &mut self.procs {
             if let Some(pipe) = &p.drain {
-                let _ = nix::unistd::write(pipe, &[byte]);
+                // A worker that already exited cannot read it (EPIPE); closing the pipe below says the same.
+                nix::unistd::write(pipe, &[byte]).ok();
             }
             p.drain = None;
             p.restart_at = None;
         }
         // Our copies must not keep the sockets in the group once the workers close theirs.
         self.server.listeners.clear();
-        self.server.shared.set_phase(Phase::Stopped);
+        self.server.shared.set_phase(Phase::Draining);
         if let Some((mut s, _)) = self.successor.take() {
-            let _ = self.server.poll.registry().deregister(&mut s);
+            // Dropping `s` closes it, which removes it from epoll anyway.
+            self.server.poll.registry().deregister(&mut s).ok();
         }
     }
 
     fn kill_all(&mut self) {
         for p in &self.procs {
             if let Some(pid) = p.pid {
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                // ESRCH: it is already gone, which is what we want.
+                nix::sys::signal::kill(pid, Signal::SIGKILL).ok();
             }
         }
     }
@@ -575,20 +459,34 @@ impl Supervisor {
         }
     }
 
-    fn status(&self) -> ServerStatus {
-        let state = if self.draining.is_some() {
-            "draining"
+    /// The server's phase, from what the supervisor knows.
+    fn phase(&self) -> Phase {
+        if self.draining.is_some() {
+            Phase::Draining
         } else if self.successor.is_some() {
-            "handing over"
+            Phase::HandingOver
+        } else if self.ready {
+            Phase::Serving
         } else {
-            "serving"
-        };
+            Phase::Starting
+        }
+    }
+
+    /// Publishes the phase to [`crate::Handle`]s when it changed (starting → serving, handing over and back).
+    fn publish_phase(&self) {
+        let phase = self.phase();
+        if self.server.shared.phase() != phase {
+            self.server.shared.set_phase(phase);
+        }
+    }
+
+    fn status(&self) -> ServerStatus {
         ServerStatus {
             pid: std::process::id(),
             runtime: self.server.config.runtime.clone(),
             addr: self.server.addr,
             mode: self.server.config.mode.to_string(),
-            state: state.to_string(),
+            state: self.phase(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
             control_socket: self
                 .server
@@ -636,15 +534,5 @@ impl Supervisor {
         if let Some(control) = self.server.control.as_mut() {
             control.respond(self.server.poll.registry(), id, line);
         }
-    }
-}
-
-fn reason_name(r: StopReason) -> &'static str {
-    match r {
-        StopReason::Interrupt => "SIGINT",
-        StopReason::Terminate => "SIGTERM",
-        StopReason::Shutdown => "shutdown",
-        StopReason::Stop => "stop request",
-        StopReason::TakenOver => "taken over",
     }
 }

@@ -11,104 +11,60 @@ Signals during ``serve()`` on the main thread: SIGINT (Ctrl-C) drains, then rais
 SIGTERM drains, then ``serve()`` returns normally; a second signal stops at once. Python's own handlers
 are back in place once ``serve()`` returns. On any other thread ``serve()`` leaves signals alone: stop it
 with ``port_sharding.stop(port)``, or use a ``Server`` and its ``stop()``.
+
+Settings are keyword arguments; ``None`` (or leaving one out) means the engine's default. The engine
+checks them and names the one at fault: ``ConfigError`` (a ``ValueError``) for a bad value,
+``SettingTypeError`` (also a ``TypeError``) for a value of the wrong type.
 """
 
 import json
+import os
 import socket
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Type
 
 from . import _port_sharding as _native
-from ._errors import (
-    AddressError,
-    AddrInUseError,
-    ConfigError,
-    ControlError,
-    Error,
-    IoError,
-    NotRunningError,
-    PermissionDeniedError,
-    TakeoverError,
-    UnsupportedPlatformError,
-)
+from ._errors import (AddressError, AddrInUseError, ConfigError, ControlError, Error, IoError, NotRunningError,
+                      PermissionDeniedError, SettingTypeError, TakeoverError)
 
 __version__: str = _native.VERSION
 
-__all__ = [
-    "__version__",
-    "serve",
-    "Server",
-    "listen",
-    "status",
-    "stop",
-    "set_quiet",
-    "Error",
-    "ConfigError",
-    "AddressError",
-    "AddrInUseError",
-    "PermissionDeniedError",
-    "UnsupportedPlatformError",
-    "NotRunningError",
-    "TakeoverError",
-    "ControlError",
-    "IoError",
-]
+# A child this process forks (os.fork, multiprocessing) must not keep a server's listeners in the port's group
+# or hold its drain pipes open: it closes the engine's descriptors at once. Workers the engine forks itself
+# close what they do not serve on their own.
+os.register_at_fork(after_in_child=_native.close_in_forked_child)
+__all__ = ["__version__", "serve", "Server", "listen", "status", "stop", "set_quiet",
+           # One exception class per engine error, all under Error (see _errors.py).
+           "Error", "ConfigError", "SettingTypeError", "AddressError", "AddrInUseError", "PermissionDeniedError",
+           "NotRunningError", "TakeoverError", "ControlError", "IoError"]
 
 
-# Types each argument must have (None allowed where marked), so a wrong type is a TypeError naming it.
-_TYPES: Dict[str, Tuple[Tuple[type, ...], bool]] = {
-    "port": ((int,), False),
-    "host": ((str,), False),
-    "workers": ((int,), True),
-    "mode": ((str,), False),
-    "backlog": ((int,), False),
-    "drain_timeout": ((int, float), False),
-    "max_connections": ((int,), False),
-    "idle_timeout": ((int, float), True),
-    "takeover": ((bool,), False),
-    "migrate": ((bool,), False),
-}
-
-
-def _native_server(**args: Any) -> _native.Server:
-    """Type-check ``args`` (ranges are checked by the engine, which names the parameter too) and bind."""
-    for name, value in args.items():
-        types, optional = _TYPES[name]
-        # bool is an int subclass: port=True is a mistake, not port 1.
-        ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
-        if not ok and not (optional and value is None):
-            wanted = " or ".join(t.__name__ for t in types) + (" or None" if optional else "")
-            raise TypeError(f"{name} must be {wanted}, not {type(value).__name__}")
-    return _native.Server(**args)
+def _given(args: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings a caller gave (a function's ``locals()``, first thing): the engine fills in the rest."""
+    return {name: value for name, value in args.items() if value is not None and name != "self"}
 
 
 def serve(
-    port: int = 1234,
-    host: str = "0.0.0.0",
+    port: Optional[int] = None,
+    *,
+    host: Optional[str] = None,
     workers: Optional[int] = None,
-    mode: str = "echo",
-    backlog: int = 1024,
-    drain_timeout: float = 30.0,
-    max_connections: int = 10000,
+    mode: Optional[str] = None,
+    backlog: Optional[int] = None,
+    drain_timeout: Optional[float] = None,
+    max_connections: Optional[int] = None,
     idle_timeout: Optional[float] = None,
-    takeover: bool = False,
-    migrate: bool = False,
-) -> None:
-    """Serve ``host:port`` with ``workers`` processes (default: one per CPU) until drained.
-
-    ``mode``: ``"echo"`` (echo until the client closes), ``"once"`` (the talk's loop: one read, echo,
-    close) or ``"hello"`` (``Hello from python process <pid>``). ``takeover=True`` adopts the sockets of
-    the server already on this port (a rolling upgrade). The GIL is released meanwhile: other Python
-    threads keep running. Raises ``KeyboardInterrupt`` after a Ctrl-C drain; returns after SIGTERM,
-    ``stop()`` or a takeover by a newer server.
+    takeover: Optional[bool] = None,
+    migrate: Optional[bool] = None,
+) -> str:
+    """Serve ``host:port`` with ``workers`` processes until drained; returns why it stopped (``"terminate"``,
+    ``"stop"``, ``"taken_over"``, …) and raises ``KeyboardInterrupt`` after a Ctrl-C drain. The GIL is
+    released meanwhile: other Python threads keep running.
     """
-    server = _native_server(
-        port=port, host=host, workers=workers, mode=mode, backlog=backlog, drain_timeout=drain_timeout,
-        max_connections=max_connections, idle_timeout=idle_timeout, takeover=takeover, migrate=migrate,
-    )
-    reason, _forced = server.run()
+    reason = _native.Server(_given(locals())).run()
     if reason == "interrupt":
         raise KeyboardInterrupt
+    return reason
 
 
 class Server:
@@ -117,26 +73,24 @@ class Server:
     Binding happens here, so ``Server(port=0).port`` is the real port and connections queue from now on::
 
         with port_sharding.Server(port=0, host="127.0.0.1", workers=2) as server:
-            print(server.port, server.stats())
+            print(server.port, server.phase, server.stats())
     """
 
     def __init__(
         self,
-        port: int = 1234,
-        host: str = "0.0.0.0",
+        port: Optional[int] = None,
+        *,
+        host: Optional[str] = None,
         workers: Optional[int] = None,
-        mode: str = "echo",
-        backlog: int = 1024,
-        drain_timeout: float = 30.0,
-        max_connections: int = 10000,
+        mode: Optional[str] = None,
+        backlog: Optional[int] = None,
+        drain_timeout: Optional[float] = None,
+        max_connections: Optional[int] = None,
         idle_timeout: Optional[float] = None,
-        takeover: bool = False,
-        migrate: bool = False,
+        takeover: Optional[bool] = None,
+        migrate: Optional[bool] = None,
     ) -> None:
-        self._native = _native_server(
-            port=port, host=host, workers=workers, mode=mode, backlog=backlog, drain_timeout=drain_timeout,
-            max_connections=max_connections, idle_timeout=idle_timeout, takeover=takeover, migrate=migrate,
-        )
+        self._native = _native.Server(_given(locals()))
 
     @property
     def port(self) -> int:
@@ -149,14 +103,25 @@ class Server:
         return self._native.host
 
     @property
-    def stopped(self) -> bool:
-        """Whether the server has stopped."""
-        return self._native.stopped
+    def phase(self) -> str:
+        """``"starting"``, ``"serving"``, ``"handing over"``, ``"draining"`` or ``"stopped"``."""
+        return self._native.phase
 
     def start(self, timeout: float = 30.0) -> "Server":
-        """Fork the workers; return once every one is serving (``ControlError`` if not within ``timeout``)."""
+        """Fork the workers; return once every one is serving (``ControlError`` if not within ``timeout``
+        seconds). Ctrl-C meanwhile begins the drain."""
         self._native.start(timeout)
         return self
+
+    def stop(self, timeout: Optional[float] = None) -> bool:
+        """Drain: stop accepting, finish open connections, then return ``True``. ``False`` when ``timeout``
+        seconds passed first (the drain goes on, bounded by ``drain_timeout``)."""
+        return self._native.stop(timeout)
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[str]:
+        """Wait until the server has stopped, at most ``timeout`` seconds (``None``: no limit); returns why
+        it stopped (``"shutdown"``, ``"stop"``, ``"taken_over"``, …), or ``None`` on timeout."""
+        return self._native.wait(timeout)
 
     def stats(self) -> List[Dict[str, Any]]:
         """Per-worker counters: ``index``, ``pid``, ``state``, ``accepted``, ``active``, ``bytes_in``,
@@ -164,35 +129,32 @@ class Server:
         stats: List[Dict[str, Any]] = json.loads(self._native.stats_json())
         return stats
 
-    def stop(self, timeout: Optional[float] = None) -> bool:
-        """Drain: stop accepting, finish open connections, then return ``True``. ``False`` when ``timeout``
-        seconds passed first (the drain goes on, bounded by ``drain_timeout``)."""
-        return self._native.stop(timeout)
-
     def __enter__(self) -> "Server":
         if not self._native.started:
             self.start()
         return self
 
     def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
     ) -> None:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<port_sharding.Server {self.host}:{self.port}{' stopped' if self.stopped else ''}>"
+        return f"<port_sharding.Server {self.host}:{self.port} {self.phase}>"
 
 
-def listen(port: int, host: str = "0.0.0.0", backlog: int = 1024) -> socket.socket:
+# The settings and their help, as the engine (and `port-sharding serve --help`) gives them.
+_SETTINGS_DOC = "\n\nSettings (``None``: the default shown):\n\n" + "\n".join(
+    f"- ``{name}``: {help} [default: {default}]" for name, help, default in _native.settings()
+)
+serve.__doc__ = (serve.__doc__ or "").rstrip() + _SETTINGS_DOC
+Server.__init__.__doc__ = "Bind; nothing runs until ``start()``." + _SETTINGS_DOC
+
+
+def listen(port: Optional[int] = None, host: Optional[str] = None, backlog: Optional[int] = None) -> socket.socket:
     """A blocking listening ``socket.socket`` with SO_REUSEPORT, made by the engine with the same options as
     its workers' sockets, so a plain accept/recv/send/close loop shares ``port`` with engine servers."""
-    for name, value in (("port", port), ("backlog", backlog)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be int, not {type(value).__name__}")
-    return socket.socket(fileno=_native.listen(host, port, backlog))
+    return socket.socket(fileno=_native.listen(_given(locals())))
 
 
 def status(port: int, host: Optional[str] = None) -> List[Dict[str, Any]]:

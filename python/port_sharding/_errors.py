@@ -10,10 +10,10 @@ from typing import Optional
 __all__ = [
     "Error",
     "ConfigError",
+    "SettingTypeError",
     "AddressError",
     "AddrInUseError",
     "PermissionDeniedError",
-    "UnsupportedPlatformError",
     "NotRunningError",
     "TakeoverError",
     "ControlError",
@@ -26,11 +26,15 @@ class Error(Exception):
 
 
 class ConfigError(Error, ValueError):
-    """A setting is out of range or unparsable; ``param`` names it (e.g. ``"workers"``)."""
+    """A setting is unknown or out of range; ``param`` names it (e.g. ``"workers"``)."""
 
     def __init__(self, message: str, param: Optional[str] = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class SettingTypeError(ConfigError, TypeError):
+    """A setting was given a value of the wrong type (``port="80"``); ``param`` names it."""
 
 
 class AddressError(Error, ValueError):
@@ -44,10 +48,6 @@ class AddrInUseError(Error, OSError):
 
 class PermissionDeniedError(Error, PermissionError):
     """Binding was refused, e.g. a port below 1024 without privilege. ``errno`` is ``EACCES``."""
-
-
-class UnsupportedPlatformError(Error):
-    """Not Linux: elsewhere SO_REUSEPORT does not spread connections over the sockets."""
 
 
 class NotRunningError(Error):
@@ -67,6 +67,5 @@ class IoError(Error, OSError):
 
 
 # Tracebacks and reprs name them as users import them: port_sharding.AddrInUseError.
-for _cls in (Error, ConfigError, AddressError, AddrInUseError, PermissionDeniedError, UnsupportedPlatformError,
-             NotRunningError, TakeoverError, ControlError, IoError):
-    _cls.__module__ = "port_sharding"
+for _name in __all__:
+    globals()[_name].__module__ = "port_sharding"

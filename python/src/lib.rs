@@ -1,53 +1,65 @@
 //! The native half of the Python package: `port_sharding._port_sharding`. Private — users import
-//! `port_sharding`, whose pure-Python façade gives the defaults, docstrings and exceptions. This file only
-//! converts arguments, errors and the GIL around the core crate.
+//! `port_sharding`, whose façade gives signatures, docstrings and exceptions. This crate only converts
+//! values, errors and the GIL around the engine (`port_sharding`) and its command line
+//! (`port_sharding_cli`).
 
 mod errors;
+mod keywords;
 mod server;
 
+use std::ffi::OsString;
+use std::io::Write as _;
 use std::os::fd::IntoRawFd;
 
+use port_sharding::{Error, Host};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
-use crate::errors::to_py;
+use crate::errors::{no_panic, to_py};
 
-/// A blocking reuseport listening socket made by the core; returns its file descriptor, which the caller
-/// owns (the façade wraps it in `socket.socket(fileno=...)`).
+/// The `port-sharding` command line (`argv[0]` is the program name); prints what it prints and returns
+/// the exit status. The GIL is released for the whole call: `serve` blocks until drained, and on the
+/// main thread the engine handles SIGINT/SIGTERM itself meanwhile.
 #[pyfunction]
-fn listen(py: Python<'_>, host: &str, port: i64, backlog: i64) -> PyResult<i32> {
-    let arg = |name, v: i64, max: i64| {
-        if (0..=max).contains(&v) {
-            Ok(v)
-        } else {
-            let reason = format!("must be between 0 and {max}, got {v}");
-            Err(to_py(
-                py,
-                port_sharding::Error::InvalidArgument { name, reason },
-            ))
-        }
-    };
-    let port = arg("port", port, u16::MAX.into())? as u16;
-    let backlog = arg("backlog", backlog, i32::MAX.into())? as u32;
-    let listener = port_sharding::listen(host, port, backlog).map_err(|e| to_py(py, e))?;
-    Ok(listener.into_raw_fd())
+fn cli_main(py: Python<'_>, argv: Vec<OsString>) -> u8 {
+    py.detach(|| {
+        let code = std::panic::catch_unwind(|| port_sharding_cli::main(argv, Host::Python))
+            .unwrap_or_else(|panic| {
+                eprintln!(
+                    "port-sharding: error: {}",
+                    Error::from_panic(panic.as_ref())
+                );
+                1
+            });
+        std::io::stdout().flush().ok();
+        code
+    })
+}
+
+/// A blocking reuseport listening socket made by the engine, with the given settings (`port`, `host`,
+/// `backlog`); returns its file descriptor, which the caller owns.
+#[pyfunction]
+fn listen(py: Python<'_>, settings: &Bound<'_, PyDict>) -> PyResult<i32> {
+    let c = keywords::config(settings).map_err(|e| to_py(py, e))?;
+    let listener = no_panic(|| port_sharding::listen(&c.host, c.port, c.backlog));
+    Ok(listener.map_err(|e| to_py(py, e))?.into_raw_fd())
 }
 
 /// `status` of every server on `port` (bound to `host`, when given), as a JSON array.
 #[pyfunction]
 #[pyo3(signature = (port, host=None))]
 fn status_json(py: Python<'_>, port: u16, host: Option<String>) -> PyResult<String> {
-    let servers = py
-        .detach(|| port_sharding::status(host.as_deref(), port))
-        .map_err(|e| to_py(py, e))?;
-    serde_json::to_string(&servers)
-        .map_err(|e| to_py(py, port_sharding::Error::Control(e.to_string())))
+    let servers = py.detach(|| no_panic(|| port_sharding::status(host.as_deref(), port)));
+    let json =
+        servers.and_then(|s| serde_json::to_string(&s).map_err(|e| Error::Internal(e.to_string())));
+    json.map_err(|e| to_py(py, e))
 }
 
 /// Asks every server on `port` (bound to `host`, when given) to drain; returns their pids.
 #[pyfunction]
 #[pyo3(signature = (port, host=None))]
 fn stop(py: Python<'_>, port: u16, host: Option<String>) -> PyResult<Vec<u32>> {
-    py.detach(|| port_sharding::stop(host.as_deref(), port))
+    py.detach(|| no_panic(|| port_sharding::stop(host.as_deref(), port)))
         .map_err(|e| to_py(py, e))
 }
 
@@ -57,31 +69,32 @@ fn set_quiet(quiet: bool) {
     port_sharding::set_quiet(quiet);
 }
 
-/// The core `Config` defaults, so a test can check that the façade's keyword defaults match them.
+/// In a child the host forked (`os.fork`, `multiprocessing`): let go of the engine's listeners, pipes and
+/// control sockets, so the child neither keeps a server's port in its group nor delays its drain.
 #[pyfunction]
-fn config_defaults(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
-    let c = port_sharding::Config::default();
-    let d = pyo3::types::PyDict::new(py);
-    d.set_item("port", c.port)?;
-    d.set_item("host", c.host)?;
-    d.set_item("mode", c.mode.as_str())?;
-    d.set_item("backlog", c.backlog)?;
-    d.set_item("drain_timeout", c.drain_timeout.as_secs_f64())?;
-    d.set_item("max_connections", c.max_connections)?;
-    d.set_item("idle_timeout", c.idle_timeout.map(|t| t.as_secs_f64()))?;
-    d.set_item("takeover", c.takeover)?;
-    d.set_item("migrate", c.migrate)?;
-    Ok(d)
+fn close_in_forked_child() {
+    port_sharding::close_in_forked_child();
+}
+
+/// Every setting `serve` and `Server` take, as `(name, help, default)`, from the engine's one table.
+#[pyfunction]
+fn settings() -> Vec<(&'static str, &'static str, &'static str)> {
+    port_sharding::SETTINGS
+        .iter()
+        .map(|s| (s.name, s.help, s.default))
+        .collect()
 }
 
 #[pymodule]
 fn _port_sharding(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("VERSION", port_sharding::VERSION)?;
     m.add_class::<server::Server>()?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(listen, m)?)?;
     m.add_function(wrap_pyfunction!(status_json, m)?)?;
     m.add_function(wrap_pyfunction!(stop, m)?)?;
     m.add_function(wrap_pyfunction!(set_quiet, m)?)?;
-    m.add_function(wrap_pyfunction!(config_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(close_in_forked_child, m)?)?;
+    m.add_function(wrap_pyfunction!(settings, m)?)?;
     Ok(())
 }

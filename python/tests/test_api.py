@@ -1,4 +1,4 @@
-"""In-process tests of the façade: Server, listen, status, errors, defaults, version and stubs."""
+"""In-process tests of the façade: Server, listen, status, errors, settings, version and stubs."""
 
 import errno
 import inspect
@@ -25,14 +25,15 @@ def test_server_context_manager_echoes_and_reports_stats() -> None:
         assert all(w["state"] == "serving" and w["pid"] > 0 for w in stats)
         assert sum(w["accepted"] for w in stats) == 1
         pids = [w["pid"] for w in stats]
-    assert server.stopped
+    assert server.phase == "stopped"
     assert wait_gone(pids) == []
 
 
 def test_server_start_stop_and_status() -> None:
     server = port_sharding.Server(port=0, host="127.0.0.1", workers=1, mode="hello")
-    assert not server.stopped
+    assert server.phase == "starting"
     assert server.start() is server
+    assert server.phase == "serving"
     try:
         reply = echo(server.port, b"")
         assert re.fullmatch(rb"Hello from python process \d+\n", reply), reply
@@ -42,6 +43,7 @@ def test_server_start_stop_and_status() -> None:
         assert [w["pid"] for w in found["workers"]] == [w["pid"] for w in server.stats()]
     finally:
         assert server.stop(timeout=30) is True
+    assert server.phase == "stopped" and server.wait() == "shutdown"
     with pytest.raises(port_sharding.NotRunningError):
         port_sharding.status(server.port)
 
@@ -53,6 +55,7 @@ def test_stop_waits_for_an_open_connection() -> None:
     assert recv_exactly(conn, 3) == b"one"
     # Draining: the open connection is still served; stop() reports it has not finished yet.
     assert server.stop(timeout=0.2) is False
+    assert server.phase == "draining" and server.wait(timeout=0.1) is None
     conn.sendall(b"two")
     assert recv_exactly(conn, 3) == b"two"
     conn.close()
@@ -63,6 +66,7 @@ def test_stop_before_start_closes_the_listeners() -> None:
     server = port_sharding.Server(port=0, host="127.0.0.1", workers=1)
     port = server.port
     assert server.stop() is True
+    assert server.phase == "stopped"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
@@ -92,13 +96,38 @@ def test_listen_ipv6() -> None:
         assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
 
 
-def test_defaults_match_the_core_config() -> None:
-    core = port_sharding._native.config_defaults()
+def test_wait_returns_the_stop_reason() -> None:
+    server = port_sharding.Server(port=0, host="127.0.0.1", workers=1).start()
+    assert server.wait(timeout=0.1) is None  # still serving
+    assert port_sharding.stop(server.port) == [os.getpid()]  # a stop request on the control socket
+    assert server.wait(float("inf")) == "stop"
+    assert server.phase == "stopped"
+    assert server.stop(timeout=0) is True and server.wait(timeout=0) == "stop"
+    with pytest.raises(RuntimeError, match="not started"):
+        port_sharding.Server(port=0, host="127.0.0.1", workers=1).wait(0)
+
+
+def test_settings_are_the_engines() -> None:
+    """Every engine setting is a keyword of serve() and Server() (and nothing else is), None by default;
+    their docstrings carry the engine's help."""
+    names = {name for name, _help, _default in port_sharding._native.settings()}
+    assert {"port", "host", "workers", "drain_timeout", "takeover"} <= names
     for fn in (port_sharding.serve, port_sharding.Server.__init__):
-        params = inspect.signature(fn).parameters
-        for name, default in core.items():
-            assert params[name].default == default, (fn, name)
-        assert params["workers"].default is None  # the core's default is "one per CPU"
+        params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+        assert {p.name for p in params} == names, fn
+        assert all(p.default is None for p in params), fn
+        assert all(p.kind is p.KEYWORD_ONLY for p in params if p.name != "port"), fn
+        for name, help, _default in port_sharding._native.settings():
+            assert f"``{name}``: {help}" in (fn.__doc__ or ""), (fn, name)
+
+
+def test_unknown_or_positional_settings_are_python_type_errors() -> None:
+    for call in (port_sharding.Server, port_sharding.serve):
+        with pytest.raises(TypeError, match="wrokers") as info:
+            call(port=0, wrokers=2)  # type: ignore[call-arg]
+        assert not isinstance(info.value, port_sharding.Error)  # Python's own: it is a real signature
+        with pytest.raises(TypeError, match="positional"):
+            call(0, "127.0.0.1")  # type: ignore[call-arg]
 
 
 def test_version_is_the_workspace_version() -> None:
@@ -119,12 +148,14 @@ def test_all_names_exist() -> None:
         ({"mode": "loud"}, "mode"),
         ({"port": 70000}, "port"),
         ({"port": -1}, "port"),
+        ({"port": 2**70}, "port"),
         ({"workers": 0}, "workers"),
         ({"workers": 100000}, "workers"),
         ({"backlog": 0}, "backlog"),
         ({"drain_timeout": 0}, "drain_timeout"),
         ({"drain_timeout": float("nan")}, "drain_timeout"),
         ({"idle_timeout": -1.0}, "idle_timeout"),
+        ({"idle_timeout": float("inf")}, "idle_timeout"),
         ({"max_connections": 0}, "max_connections"),
     ],
 )
@@ -134,19 +165,22 @@ def test_bad_values_raise_config_error_naming_the_parameter(kwargs: Dict[str, An
             call(**{"host": "127.0.0.1", **kwargs})
         assert isinstance(info.value, ValueError) and isinstance(info.value, port_sharding.Error)
         assert info.value.param == param
-        assert param in str(info.value)
+        assert str(info.value).startswith(f"invalid {param}=: "), info.value
 
 
 @pytest.mark.parametrize(
     "kwargs, param",
     [({"port": "1234"}, "port"), ({"port": True}, "port"), ({"workers": 1.5}, "workers"),
-     ({"mode": 1}, "mode"), ({"host": None}, "host"), ({"takeover": 1}, "takeover")],
+     ({"mode": 1}, "mode"), ({"host": b"127.0.0.1"}, "host"), ({"takeover": 1}, "takeover"),
+     ({"drain_timeout": [1]}, "drain_timeout")],
 )
-def test_bad_types_raise_type_error_naming_the_parameter(kwargs: Dict[str, Any], param: str) -> None:
-    with pytest.raises(TypeError, match=param):
-        port_sharding.Server(**{"host": "127.0.0.1", **kwargs})
-    with pytest.raises(TypeError, match=param):
-        port_sharding.serve(**{"host": "127.0.0.1", **kwargs})
+def test_bad_types_raise_setting_type_error_naming_the_parameter(kwargs: Dict[str, Any], param: str) -> None:
+    for call in (port_sharding.Server, port_sharding.serve):
+        with pytest.raises(port_sharding.SettingTypeError) as info:
+            call(**{"port": 0, **kwargs})
+        assert isinstance(info.value, TypeError) and isinstance(info.value, port_sharding.ConfigError)
+        assert info.value.param == param
+        assert str(info.value).startswith(f"invalid {param}=: expected "), info.value
 
 
 def test_bad_host_raises_address_error() -> None:
@@ -199,8 +233,9 @@ def test_exception_hierarchy() -> None:
     assert issubclass(e.AddrInUseError, OSError) and issubclass(e.IoError, OSError)
     assert issubclass(e.PermissionDeniedError, PermissionError)
     assert issubclass(e.ConfigError, ValueError) and issubclass(e.AddressError, ValueError)
-    for cls in (e.ConfigError, e.AddressError, e.AddrInUseError, e.PermissionDeniedError, e.IoError,
-                e.UnsupportedPlatformError, e.NotRunningError, e.TakeoverError, e.ControlError):
+    assert issubclass(e.SettingTypeError, e.ConfigError) and issubclass(e.SettingTypeError, TypeError)
+    for cls in (e.ConfigError, e.SettingTypeError, e.AddressError, e.AddrInUseError, e.PermissionDeniedError, e.IoError,
+                e.NotRunningError, e.TakeoverError, e.ControlError):
         assert issubclass(cls, e.Error)
 
 

@@ -6,8 +6,12 @@ import re
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
+from pathlib import Path
 from typing import Callable, List, Set
+
+import pytest
 
 import port_sharding
 from conftest import REPO, TIMEOUT, Proc, alive, connect, echo, recv_exactly, wait_gone
@@ -32,8 +36,8 @@ threading.Thread(target=tick, daemon=True).start()
 mode, workers = sys.argv[1], int(sys.argv[2])
 port = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 try:
-    port_sharding.serve(port, "127.0.0.1", workers=workers, mode=mode, drain_timeout=20)
-    print("serve returned", flush=True)
+    reason = port_sharding.serve(port, host="127.0.0.1", workers=workers, mode=mode, drain_timeout=20)
+    print("serve returned", reason, flush=True)
 except KeyboardInterrupt:
     print("KeyboardInterrupt", flush=True)
     stop_ticks.set()
@@ -79,7 +83,7 @@ def test_serve_echoes_keeps_threads_running_and_sigterm_returns(spawn: Spawn) ->
     pids = worker_pids(port)
     os.kill(p.pid, signal.SIGTERM)
     assert p.finish() == 0, p.describe()
-    assert "serve returned" in p.out
+    assert "serve returned terminate" in p.out
     ran_once(p)
     assert wait_gone(pids) == []
 
@@ -131,18 +135,18 @@ def test_two_python_processes_share_a_port(spawn: Spawn) -> None:
     assert sorted(port_sharding.stop(port)) == sorted([first.pid, second.pid])
     for p in (first, second):
         assert p.finish() == 0, p.describe()
-        assert "serve returned" in p.out
+        assert "serve returned stop" in p.out
 
 
 def test_takeover_between_python_servers(spawn: Spawn) -> None:
     old = server(spawn, mode="hello", workers=1)
     port = old.ready_port()
-    new = spawn("-c", "import port_sharding, sys\nport_sharding.serve(int(sys.argv[1]), '127.0.0.1', workers=1, "
+    new = spawn("-c", "import port_sharding, sys\nport_sharding.serve(int(sys.argv[1]), host='127.0.0.1', workers=1, "
                 "mode='hello', takeover=True)\nprint('serve returned', flush=True)", str(port))
     assert new.ready_port() == port
     # The old server hands its sockets over and drains: serve() returns there.
     assert old.finish() == 0, old.describe()
-    assert "serve returned" in old.out
+    assert "serve returned taken_over" in old.out
     [running] = port_sharding.status(port)
     assert running["pid"] == new.pid
     assert echo(port, b"").startswith(b"Hello from python process ")
@@ -209,6 +213,24 @@ print("serve thread done" if done.is_set() else "serve thread still running", fl
     assert "serve thread done" in p.out
 
 
+def test_ctrl_c_interrupts_server_wait(spawn: Spawn) -> None:
+    code = r"""
+import port_sharding
+server = port_sharding.Server(port=0, host="127.0.0.1", workers=1).start()
+try:
+    print("waiting", flush=True)
+    server.wait()
+except KeyboardInterrupt:  # Python's handler ran between two waits; the server still serves
+    print("interrupted while", server.phase, flush=True)
+print("stopped:", server.stop(30), server.wait(), flush=True)
+"""
+    p = spawn("-c", code)
+    p.wait_for("^waiting$", stream="out")
+    os.kill(p.pid, signal.SIGINT)  # to the Python process only: its workers ignore SIGINT anyway
+    assert p.finish() == 0, p.describe()
+    assert p.out == ["waiting", "interrupted while serving", "stopped: True shutdown"], p.describe()
+
+
 def run_cli(*args: str) -> "subprocess.CompletedProcess[str]":
     return subprocess.run([sys.executable, "-m", "port_sharding", *args], capture_output=True, text=True,
                           timeout=TIMEOUT, env=os.environ.copy())
@@ -247,4 +269,42 @@ def test_python_m_port_sharding_errors() -> None:
     bad = run_cli("serve", "--port", "0", "--drain-timeout", "soon")
     assert bad.returncode == 2 and "duration" in bad.stderr
     version = run_cli("--version")
-    assert version.stdout.strip() == f"port_sharding {port_sharding.__version__}"
+    assert version.stdout.strip() == f"port-sharding {port_sharding.__version__}"
+
+
+def rust_cli() -> Path:
+    """The Rust `port-sharding` binary of this checkout (`cargo build -p port-sharding-cli`)."""
+    # `make test` says where cargo put it (PORT_SHARDING_BIN, from `cargo metadata`).
+    default = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug" / "port-sharding"
+    binary = Path(os.environ.get("PORT_SHARDING_BIN", default))
+    if not binary.exists():
+        pytest.skip(f"{binary} is missing: run `cargo build -p port-sharding-cli` to compare with the Rust CLI")
+    return binary
+
+
+def test_python_m_port_sharding_is_the_rust_command_line() -> None:
+    binary = rust_cli()
+    for args in ([], ["--help"], ["serve", "--help"], ["status", "--help"], ["stop", "--help"], ["bench", "--help"],
+                 ["serve", "-w", "0"], ["serve", "--drain_timeout=1"]):
+        ours = run_cli(*args)
+        theirs = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=TIMEOUT)
+        assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr), args
+
+
+def test_status_table_is_the_rust_one() -> None:
+    binary = rust_cli()
+    with port_sharding.Server(port=0, host="127.0.0.1", workers=2) as server:
+        ours = run_cli("status", "--port", str(server.port)).stdout
+        theirs = subprocess.run([str(binary), "status", "--port", str(server.port)], capture_output=True, text=True,
+                                timeout=TIMEOUT, env=os.environ.copy()).stdout
+    assert f"python server pid {os.getpid()} on 127.0.0.1:{server.port}" in ours
+    uptime = re.compile(r"up \d+s")  # the one cell that may tick between the two calls
+    assert uptime.sub("up Ns", ours) == uptime.sub("up Ns", theirs)
+
+
+def test_port_sharding_script_runs_the_command_line() -> None:
+    script = Path(sysconfig.get_path("scripts")) / "port-sharding"
+    if not script.exists():
+        pytest.skip(f"{script} is missing: the package was not installed with its console script")
+    ran = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert (ran.returncode, ran.stdout.strip()) == (0, f"port-sharding {port_sharding.__version__}")

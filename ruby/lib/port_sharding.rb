@@ -1,11 +1,14 @@
 # frozen_string_literal: true
 
+require "json"
+require "rbconfig"
 require "socket"
-require_relative "port_sharding/version"
 require_relative "port_sharding/error"
-require_relative "port_sharding/options"
-require "port_sharding/port_sharding" # the native extension (Rust, Magnus)
+# The native extension (Rust, Magnus): the one `rake compile` put next to this file, else the installed one.
+native = File.join(__dir__, "port_sharding", "port_sharding.#{RbConfig::CONFIG['DLEXT']}")
+File.file?(native) ? require(native) : require("port_sharding/port_sharding")
 require_relative "port_sharding/server"
+require_relative "port_sharding/fork_hook"
 
 # Many processes serving one TCP port with SO_REUSEPORT, on the port-sharding engine (Linux only).
 #
@@ -15,41 +18,45 @@ require_relative "port_sharding/server"
 # The engine forks worker processes that run Rust only and leave with _exit: no `at_exit` block, finalizer
 # or Ruby code runs in them. Python and Ruby servers on the same port share it.
 module PortSharding
-  unless CORE_VERSION == VERSION
-    warn "port_sharding: the native extension is #{CORE_VERSION} but the Ruby code is #{VERSION}; reinstall the gem"
-  end
-
   class << self
     # Serves `port` until drained, in this thread, with the GVL released (other Ruby threads keep running).
-    # Keywords: host: "0.0.0.0", workers: one per CPU, mode: :echo (:once, :hello), backlog: 1024,
-    # drain_timeout: 30.0 (s), max_connections: 10_000 (per worker), idle_timeout: nil (s),
-    # takeover: false (adopt the running server's sockets), migrate: false (set tcp_migrate_req, root).
+    # The settings are the engine's (`port-sharding serve --help` says the same; a nil one is the default):
+    #   host:            address to bind, an IPv4/IPv6 literal or "localhost" (default "0.0.0.0")
+    #   port:            the port, also the first argument; 0 picks a free one (default 1234)
+    #   workers:         worker processes, each with its own listener (default: one per CPU)
+    #   mode:            :echo, :once (one read, echo, close: the talk's loop) or :hello (default :echo)
+    #   backlog:         listen(2) backlog per listener (default 1024)
+    #   drain_timeout:   longest a drain may take, in seconds (default 30)
+    #   max_connections: open connections per worker (default 10_000)
+    #   idle_timeout:    close connections idle this many seconds (default: never)
+    #   takeover:        true: adopt the sockets of the server running on host:port (a rolling upgrade)
+    #   migrate:         true: set net.ipv4.tcp_migrate_req=1 (needs CAP_NET_ADMIN)
+    # A bad value raises ConfigError (SettingTypeError for a wrong type) naming the keyword.
     #
     # On the main thread the engine owns SIGINT/SIGTERM meanwhile (Ruby's handlers are back afterwards):
     # Ctrl-C drains, then raises Interrupt; SIGTERM drains, then returns :terminate; a second signal stops
     # at once. Thread#raise, Timeout.timeout and Thread#kill drain, then raise/kill as usual. Otherwise
     # returns why it stopped: :stop (the `stop` command) or :taken_over (a newer server took over).
-    def serve(port = Options::DEFAULT_PORT, **options)
-      _serve(Options.build(port, **options))
+    def serve(port = nil, **settings)
+      _serve({ port: port, **settings }.compact)
     end
 
     # A listening ::Socket on host:port in the port's SO_REUSEPORT group, made by the engine, for your own
     # accept loop next to engine servers (the talk's loop runs unchanged on it).
-    def listen(port = Options::DEFAULT_PORT, host: "0.0.0.0", backlog: 1024)
-      opts = Options.build(port, host: host, backlog: backlog)
-      Socket.for_fd(_listen(opts[:host], opts[:port], opts[:backlog]))
+    def listen(port = nil, host: nil, backlog: nil)
+      Socket.for_fd(_listen({ port: port, host: host, backlog: backlog }.compact))
     end
 
     # What every server running on `port` (only those bound to `host`, when given) reports through its
     # control socket: an Array of Hashes (:pid, :runtime, :addr, :mode, :state, :workers => [Hash, …], …).
     # Raises NotRunningError when none answers.
-    def status(port = Options::DEFAULT_PORT, host: nil)
-      _status(host && Options.build(port, host: host)[:host], Options.build(port)[:port])
+    def status(port = nil, host: nil)
+      JSON.parse(_status({ port: port }.compact, host), symbolize_names: true)
     end
 
     # Asks every server on `port` (and `host`) to drain and exit; returns their pids.
-    def stop(port = Options::DEFAULT_PORT, host: nil)
-      _stop(host && Options.build(port, host: host)[:host], Options.build(port)[:port])
+    def stop(port = nil, host: nil)
+      _stop({ port: port }.compact, host)
     end
 
     # true silences the engine's log lines (on stderr) in this process.

@@ -6,16 +6,17 @@ require_relative "test_helper"
 class TestErrors < Minitest::Test
   include PortShardingTest
 
-  # keyword => bad values; each must raise an ArgumentError (ConfigError) naming the keyword.
+  # keyword => bad values; each must raise an ArgumentError (ConfigError) naming the keyword. nil is not
+  # bad: it means the engine's default.
   BAD = {
-    port: [70_000, -1, "1234", nil],
+    port: [70_000, -1, "1234", 2**70],
     workers: [0, 10_000, -2, 2.5, "4"],
     mode: [:bogus, "ECHO", 1],
     backlog: [0, -5, 1.5],
     drain_timeout: [0, -1, "30", Float::NAN],
     max_connections: [0, -1, "10"],
     idle_timeout: [0, -3, "60"],
-    takeover: ["yes", 1, nil],
+    takeover: ["yes", 1, [true]],
     migrate: ["no", 0]
   }.freeze
 
@@ -29,15 +30,31 @@ class TestErrors < Minitest::Test
           error = assert_raises(ArgumentError, "#{keyword}: #{value.inspect}") { call.call }
           assert_kind_of PortSharding::ConfigError, error
           assert_equal keyword, error.keyword, "#{keyword}: #{value.inspect} → #{error.message}"
-          assert_includes error.message, keyword.to_s
+          assert_includes error.message, "#{keyword}:"
         end
       end
     end
   end
 
-  def test_unknown_keyword_is_rubys_argument_error
-    error = assert_raises(ArgumentError) { PortSharding.serve(0, wrokers: 2) }
-    assert_match(/unknown keyword: :wrokers/, error.message)
+  def test_a_wrong_type_is_a_setting_type_error
+    { port: "80", mode: 1, takeover: "yes", host: [1], drain_timeout: Object.new }.each do |keyword, value|
+      error = assert_raises(PortSharding::SettingTypeError) { PortSharding::Server.new(0, keyword => value) }
+      assert_equal keyword, error.keyword
+      assert_match(/\binvalid #{keyword}:.*expected/, error.message)
+    end
+  end
+
+  def test_symbols_rationals_and_nil_are_settings_too
+    server = PortSharding::Server.new(nil, port: 0, host: :"127.0.0.1", workers: 1, mode: :once,
+                                           drain_timeout: 3/2r, idle_timeout: nil)
+    assert_operator server.port, :>, 0
+  ensure
+    server&.stop
+  end
+
+  def test_unknown_keyword_is_the_engines_config_error
+    error = assert_raises(PortSharding::ConfigError) { PortSharding.serve(0, wrokers: 2) }
+    assert_match(/wrokers: is not a setting \(known: host:, port:/, error.message)
   end
 
   def test_bad_host_is_an_address_error
@@ -68,10 +85,11 @@ class TestErrors < Minitest::Test
   end
 
   def test_exception_hierarchy
-    %i[AddressError NotRunningError TakeoverError ControlError UnsupportedPlatformError].each do |name|
+    %i[AddressError NotRunningError TakeoverError ControlError].each do |name|
       assert_operator PortSharding.const_get(name), :<, PortSharding::Error
     end
     assert_operator PortSharding::Error, :<, StandardError
     assert_operator PortSharding::ConfigError, :<, ArgumentError
+    assert_operator PortSharding::SettingTypeError, :<, PortSharding::ConfigError
   end
 end

@@ -145,6 +145,19 @@ class TestServe < Minitest::Test
     assert_includes server.stdout, "returned stop"
   end
 
+  def test_a_takeover_ends_serve_and_server_wait_with_taken_over
+    server = spawn_ruby("-e", SERVE).ready
+    first = PortSharding::Server.new(server.port, host: "127.0.0.1", takeover: true).start
+    assert_predicate server.wait_exit, :success?, server.stderr
+    assert_includes server.stdout, "returned taken_over"
+    second = PortSharding::Server.new(server.port, host: "127.0.0.1", takeover: true).start
+    assert_equal :taken_over, first.wait(timeout: PortShardingTest::PATIENCE)
+    assert_equal "echo me", exchange(second.port, "echo me")
+  ensure
+    first&.stop
+    second&.stop
+  end
+
   def test_workers_do_not_run_at_exit_blocks
     script = <<~RUBY
       require "port_sharding"

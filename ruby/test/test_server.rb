@@ -61,6 +61,57 @@ class TestServer < Minitest::Test
     server&.stop
   end
 
+  def test_phase_follows_the_lifecycle
+    server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1)
+    assert_equal "starting", server.phase
+    assert_nil server.wait(timeout: 0), "nothing to wait for before start"
+    server.start(timeout: nil)
+    assert_equal "serving", server.phase
+    assert_match(/serving>\z/, server.inspect)
+    assert_equal :shutdown, server.stop(timeout: Float::INFINITY)
+    assert_equal "stopped", server.phase
+  ensure
+    server&.stop
+  end
+
+  def test_huge_and_infinite_timeouts_mean_no_limit
+    server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1).start(timeout: 1e19)
+    [1e19, Float::INFINITY, 10**30].each do |timeout|
+      assert_nil server.wait(timeout: 0.05)
+      waiter = Thread.new { server.wait(timeout: timeout) }
+      PortShardingTest.eventually("the waiter to block") { waiter.status == "sleep" || !waiter.alive? }
+      assert_predicate waiter, :alive?, "wait(timeout: #{timeout}) returned at once"
+      waiter.kill.join # Thread#kill interrupts a wait; the server goes on
+      assert_predicate server, :running?
+    end
+    stopper = Thread.new { PortSharding.stop(server.port, host: "127.0.0.1") }
+    assert_equal :stop, server.wait(timeout: Float::INFINITY)
+    stopper.join
+  ensure
+    server&.stop
+  end
+
+  def test_bad_timeouts_are_argument_errors
+    server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1)
+    assert_raises(ArgumentError) { server.start(timeout: -1) }
+    assert_raises(ArgumentError) { server.wait(timeout: Float::NAN) }
+    assert_raises(TypeError) { server.wait(timeout: "1") }
+  ensure
+    server&.stop
+  end
+
+  def test_thread_raise_interrupts_a_wait
+    server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1).start
+    waiter = Thread.new { Thread.current.report_on_exception = false; server.wait }
+    PortShardingTest.eventually("the waiter to block") { waiter.status == "sleep" }
+    waiter.raise(RuntimeError, "enough")
+    error = assert_raises(RuntimeError) { waiter.join }
+    assert_equal "enough", error.message
+    assert_equal "serving", server.phase
+  ensure
+    server&.stop
+  end
+
   def test_version_is_the_crate_version
     cargo = File.read(File.join(PortShardingTest::REPO, "Cargo.toml")) rescue nil
     assert_equal PortSharding::CORE_VERSION, PortSharding::VERSION

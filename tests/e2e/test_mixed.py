@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import PATIENCE, RUBY_EXE, Server, assert_gone, runtime_available
+from .harness import PATIENCE, RUBY_EXE, Server, assert_gone, runtime_available
 
 CONNECTIONS = 200
 HELLO = re.compile(r"^Hello from (\w+) process (\d+)\n$")

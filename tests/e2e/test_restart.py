@@ -1,4 +1,6 @@
-"""Plain rolling restart (a second server joins, SIGTERM drains the first) in a throwaway network namespace."""
+"""Plain rolling restart (a second server joins, SIGTERM drains the first) in a throwaway network namespace.
+
+What the clients saw is counted independently of the servers (harness.ClientLoad)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN
+from .harness import BIN
 
 SCENARIO = Path(__file__).with_name("plain_restart.py")
 
@@ -24,32 +26,34 @@ def run_in_netns(migrate: int) -> dict:
     if not BIN.exists():
         pytest.skip(f"{BIN} is not built")
     out = subprocess.run(["unshare", "-n", sys.executable, str(SCENARIO), "--migrate", str(migrate)],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"plain restart, tcp_migrate_req={migrate}: {result}")
+    assert result["old_exit"] == 0
+    assert result["answered_after_old_exit"] > 0, "the load ran on after the old server exited"
+    assert result["wrong"] == 0, result
     return result
 
 
-def test_plain_restart_with_migration_loses_nothing_queued():
+def test_plain_restart_with_migration_loses_at_most_the_close_race():
     r = run_in_netns(1)
     assert r["tcp_migrate_req"] == 1
-    assert r["old_exit"] == 0
-    assert r["connections"] > 1000
-    # The kernel moves queued and half-open connections to the remaining listeners. What it cannot move is a
-    # SYN already matched to a listener in the instant that listener closes: measured here as 1 reset in 2 of
-    # ~40 runs (~50k connections each), never more. Takeover (test_takeover.py) has no such window and must
-    # lose nothing; here more than 1 in 10,000 would mean queued connections are being reset.
-    assert r["failed"] * 10_000 <= r["connections"], r
     assert not r["warned"], "no reset warning when migration is on"
+    # The kernel moves queued and half-open connections to the remaining listeners. What it cannot move is a
+    # SYN matched to a listener in the instant that listener closes: measured as 1 reset in 2 of ~40 runs,
+    # never more. Queued connections being reset would show as many. (Takeover has no such window: see
+    # test_takeover.py, which allows none.)
+    assert r["failed"] <= 1, r
+    assert set(r["errors"]) <= {"ECONNRESET"}, r
 
 
-def test_plain_restart_without_migration_reports_its_loss():
+def test_plain_restart_without_migration_warns_and_loses_only_by_reset():
     r = run_in_netns(0)
     assert r["tcp_migrate_req"] == 0
-    assert r["old_exit"] == 0
-    assert r["connections"] > 1000
-    # Whether any connection was reset depends on timing; what must hold is that the risk is announced
-    # and the count is measured and reported (printed above), not hidden.
+    # Whether a connection is queued on the old listeners when they close depends on timing; what must hold
+    # is that the risk is announced, and that whatever the clients lost was reset (closing a listener resets
+    # its queue) — not timed out, refused or answered wrong.
     assert r["warned"], "the server warns that closing listeners can reset queued connections"
-    assert r["failed"] == sum(v for k, v in r["errors"].items() if k != "total")
+    assert set(r["errors"]) <= {"ECONNRESET"}, r
+    print(f"measured: {r['failed']} of {r['connections']} connections reset")

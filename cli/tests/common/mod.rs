@@ -16,13 +16,55 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_port-sharding")
 }
 
-/// A private control directory, so tests never see each other's (or a developer's) servers.
-pub fn control_dir() -> PathBuf {
+/// Reports a test that cannot run here and returns nothing: the reason goes to stderr and to
+/// `$PORT_SHARDING_SKIP_LOG`, which `make test`'s summary counts (and CI fails on).
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(path) = std::env::var_os("PORT_SHARDING_SKIP_LOG") {
+        let line = format!("{test}: {reason}\n");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
+        file.and_then(|mut f| f.write_all(line.as_bytes())).ok();
+    }
+}
+
+/// A private control directory, so tests never see each other's (or a developer's) servers; removed on
+/// drop.
+pub struct ControlDir(PathBuf);
+
+impl std::ops::Deref for ControlDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for ControlDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ControlDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for ControlDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+pub fn control_dir() -> ControlDir {
     let dir = std::env::temp_dir().join(format!("ps-test-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).unwrap();
     // Servers and clients refuse a control directory other users may enter.
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    dir
+    ControlDir(dir)
 }
 
 fn unique() -> u64 {
@@ -36,8 +78,8 @@ pub struct ServerProc {
     pub child: Child,
     pub port: u16,
     pub dir: PathBuf,
-    /// The control directory was made for this server alone (not passed in): remove it on drop.
-    owns_dir: bool,
+    /// The control directory made for this server alone (when none was passed in), removed on drop.
+    own_dir: Option<ControlDir>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -45,6 +87,9 @@ pub struct Spawn {
     pub args: Vec<String>,
     pub dir: Option<PathBuf>,
     pub nofile: Option<u64>,
+    pub host: String,
+    /// An fd number the supervisor inherits without CLOEXEC (a dup of stderr), to see workers close it.
+    pub inherit_fd: Option<i32>,
 }
 
 impl Spawn {
@@ -53,7 +98,17 @@ impl Spawn {
             args: args.iter().map(|s| s.to_string()).collect(),
             dir: None,
             nofile: None,
+            host: "127.0.0.1".to_string(),
+            inherit_fd: None,
         }
+    }
+    pub fn host(mut self, host: &str) -> Spawn {
+        self.host = host.to_string();
+        self
+    }
+    pub fn inherit_fd(mut self, fd: i32) -> Spawn {
+        self.inherit_fd = Some(fd);
+        self
     }
     pub fn dir(mut self, dir: &std::path::Path) -> Spawn {
         self.dir = Some(dir.to_path_buf());
@@ -71,10 +126,12 @@ impl Spawn {
     }
     /// Starts the process without waiting.
     pub fn spawn(self) -> ServerProc {
-        let owns_dir = self.dir.is_none();
-        let dir = self.dir.unwrap_or_else(control_dir);
+        let own_dir = self.dir.is_none().then(control_dir);
+        let dir = self
+            .dir
+            .unwrap_or_else(|| own_dir.as_ref().unwrap().to_path_buf());
         let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--host", "127.0.0.1"])
+        cmd.args(["serve", "--host", &self.host])
             .args(&self.args)
             .env("PORT_SHARDING_CONTROL_DIR", &dir)
             .stdin(Stdio::null())
@@ -96,6 +153,17 @@ impl Spawn {
                 });
             }
         }
+        if let Some(fd) = self.inherit_fd {
+            // SAFETY: dup2 is async-signal-safe; the new fd has no CLOEXEC, so `serve` inherits it.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(2, fd) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("spawn port-sharding");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -110,21 +178,14 @@ impl Spawn {
             child,
             port: 0,
             dir,
-            owns_dir,
+            own_dir,
             log,
         };
         if let Some(line) = proc.try_wait_log("server starting on") {
-            let addr = line
-                .split("starting on ")
-                .nth(1)
-                .unwrap()
-                .split(':')
-                .nth(1)
-                .unwrap();
-            proc.port = addr
-                .trim_end_matches(|c: char| !c.is_ascii_digit())
-                .parse()
-                .unwrap();
+            // "… server starting on 127.0.0.1:41234: 2 worker(s), …" or "… on [::1]:41234: …"
+            let addr = line.split("starting on ").nth(1).unwrap();
+            let addr = addr.split(": ").next().unwrap();
+            proc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
         }
         proc
     }
@@ -208,15 +269,35 @@ impl ServerProc {
 }
 
 impl Drop for ServerProc {
+    /// Kills the whole process group even when the supervisor has exited: workers it left behind (the
+    /// orphans the tests look for) must not outlive the test. The group was created for the process we
+    /// started (pgid == its pid), so this kills only what we started.
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: the group was created for the process we started (pgid == its pid).
-            unsafe { libc::killpg(self.pid(), libc::SIGKILL) };
-            let _ = self.child.wait();
-        }
-        if self.owns_dir {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        // SAFETY: plain syscalls on our own group; ESRCH (nothing left) is fine.
+        unsafe { libc::killpg(self.pid(), libc::SIGKILL) };
+        self.child.wait().ok();
+    }
+}
+
+/// The accept-queue lengths of the listeners on `port` (127.0.0.1), from the kernel (`ss`), independent of
+/// what the server reports: a listener's Recv-Q is its queue.
+pub fn kernel_queues(port: u16) -> Vec<u64> {
+    let out = Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) is installed by make setup");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect()
+}
+
+/// Waits until `cond()` holds; panics with `what` after PATIENCE.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -45,8 +45,8 @@ pub struct ServerStatus {
     pub addr: SocketAddr,
     /// `echo`, `once` or `hello`.
     pub mode: String,
-    /// `serving`, `handing over` or `draining`.
-    pub state: String,
+    /// Where the server is: serving, handing over or draining (a stopped server no longer answers).
+    pub state: crate::lifecycle::Phase,
     /// Seconds since the server started.
     pub uptime_secs: f64,
     /// Path of its control socket.

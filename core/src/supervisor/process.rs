@@ -4,7 +4,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::wait::WaitStatus;
 
-use super::Server;
+use super::Bound;
 use crate::worker;
 
 /// How a worker ended, for the log.
@@ -24,7 +24,7 @@ pub(super) fn on_main_thread() -> bool {
 }
 
 /// The forked child: serve listener `i`, then `_exit`. Never returns into the caller (or a host interpreter).
-pub(super) fn child_main(i: usize, listener_fd: RawFd, drain: OwnedFd, server: &Server) -> ! {
+pub(super) fn child_main(i: usize, listener_fd: RawFd, drain: OwnedFd, server: &Bound) -> ! {
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         crate::signals::reset_for_worker();
         close_fds_except(&[0, 1, 2, listener_fd, drain.as_raw_fd()]);

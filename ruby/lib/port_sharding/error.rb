@@ -1,7 +1,8 @@
 # frozen_string_literal: true
 
 module PortSharding
-  # Base class of the gem's own failures; the native extension raises these subclasses by name.
+  # Base class of the gem's own failures (and of a bug in the engine, which never panics into Ruby); the
+  # native extension raises these subclasses by name.
   # Two kinds of failure keep Ruby's standard classes instead, so plain Ruby code handles them:
   # - a bad argument is a ConfigError, an ArgumentError (Ruby has no multiple inheritance, and
   #   `rescue ArgumentError` is the idiom), whose #keyword names the argument;
@@ -9,7 +10,7 @@ module PortSharding
   #   1024 without privilege `Errno::EACCES`.
   class Error < StandardError; end
 
-  # A keyword argument is out of range or of the wrong type, e.g. `workers: 0`.
+  # A setting is out of range or unknown, e.g. `workers: 0` or `wrokers: 2`; #keyword names it.
   class ConfigError < ArgumentError
     # The keyword at fault, as a Symbol (:workers, :mode, …), or nil.
     attr_reader :keyword
@@ -19,6 +20,9 @@ module PortSharding
       @keyword = keyword&.to_sym
     end
   end
+
+  # A setting got a value of the wrong type, e.g. `port: "80"` (strings are not parsed).
+  class SettingTypeError < ConfigError; end
 
   # `host:` is not an IPv4/IPv6 literal or "localhost" (names are not resolved).
   class AddressError < Error; end
@@ -31,7 +35,4 @@ module PortSharding
 
   # A control socket answered something unexpected, or its directory is unusable.
   class ControlError < Error; end
-
-  # Not Linux: SO_REUSEPORT elsewhere does not spread connections, so the engine refuses to start.
-  class UnsupportedPlatformError < Error; end
 end

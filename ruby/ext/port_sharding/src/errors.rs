@@ -1,15 +1,16 @@
 //! Core errors → Ruby exceptions. The classes are declared in Ruby (`lib/port_sharding/error.rb`) so they
-//! carry documentation; here we only pick the class and its arguments.
+//! carry documentation; here we only pick the class and its arguments, one class per core variant:
 //!
 //! | core variant | Ruby |
 //! |---|---|
-//! | `InvalidArgument` | `PortSharding::ConfigError` (an `ArgumentError`), `#keyword` names the argument |
+//! | `InvalidArgument` | `PortSharding::ConfigError` (an `ArgumentError`), `#keyword` names the setting |
+//! | `WrongType` | `PortSharding::SettingTypeError` (a `ConfigError`), `#keyword` names the setting |
 //! | `AddrInUse`, `PermissionDenied`, `Io` | `SystemCallError.new(msg, errno)`, i.e. `Errno::EADDRINUSE` … |
 //! | `InvalidAddress` | `PortSharding::AddressError` |
-//! | `Unsupported` | `PortSharding::UnsupportedPlatformError` |
 //! | `NotRunning` | `PortSharding::NotRunningError` |
 //! | `Takeover` | `PortSharding::TakeoverError` |
 //! | `Control` | `PortSharding::ControlError` |
+//! | `Internal` (a caught panic) | `PortSharding::Error` |
 
 use magnus::{prelude::*, Error, ExceptionClass, RModule, Ruby};
 
@@ -17,50 +18,33 @@ use magnus::{prelude::*, Error, ExceptionClass, RModule, Ruby};
 pub fn to_ruby(ruby: &Ruby, err: port_sharding::Error) -> Error {
     use port_sharding::Error as E;
     let message = err.to_string();
-    if let Some(errno) = err.errno() {
-        // SystemCallError.new picks the Errno:: subclass, so `rescue Errno::EADDRINUSE` works.
-        return match ruby
-            .exception_system_call_error()
-            .new_instance((message.clone(), errno))
-        {
-            Ok(exception) => exception.into(),
-            Err(_) => Error::new(ruby.exception_runtime_error(), message),
-        };
-    }
-    let name = match &err {
+    let class = match &err {
         E::InvalidArgument { name, .. } => return raise(ruby, "ConfigError", (message, *name)),
+        E::WrongType { name, .. } => return raise(ruby, "SettingTypeError", (message, *name)),
+        E::AddrInUse { .. } | E::PermissionDenied { .. } | E::Io { .. } => match err.errno() {
+            // SystemCallError.new picks the Errno:: subclass, so `rescue Errno::EADDRINUSE` works.
+            Some(errno) => {
+                let class = ruby.exception_system_call_error();
+                return match class.new_instance((message.clone(), errno)) {
+                    Ok(exception) => exception.into(),
+                    Err(e) => e,
+                };
+            }
+            None => "Error",
+        },
         E::InvalidAddress { .. } => "AddressError",
-        E::Unsupported { .. } => "UnsupportedPlatformError",
         E::NotRunning { .. } => "NotRunningError",
         E::Takeover(_) => "TakeoverError",
         E::Control(_) => "ControlError",
+        E::Internal(_) => "Error",
         // The core enum is non_exhaustive: a variant added later still raises our base class.
         _ => "Error",
     };
-    raise(ruby, name, (message,))
+    raise(ruby, class, (message,))
 }
 
-/// `PortSharding::Error` for a Rust panic caught before it reached Ruby.
-pub fn from_panic(ruby: &Ruby, what: &str) -> Error {
-    let message = format!("internal error in the port-sharding engine (please report it): {what}");
-    raise(ruby, "Error", (message,))
-}
-
-/// `PortSharding::<name>` with `message`, e.g. for a misuse the engine cannot see.
-pub fn error(ruby: &Ruby, name: &str, message: String) -> Error {
-    raise(ruby, name, (message,))
-}
-
-/// `ArgumentError` naming the keyword, for a value Ruby handed us that does not fit.
-pub fn bad_argument(ruby: &Ruby, keyword: &str, reason: impl std::fmt::Display) -> Error {
-    raise(
-        ruby,
-        "ConfigError",
-        (format!("invalid {keyword}: {reason}"), keyword.to_string()),
-    )
-}
-
-fn raise<A: magnus::ArgList>(ruby: &Ruby, name: &str, args: A) -> Error {
+/// `PortSharding::<name>.new(*args)`.
+pub fn raise<A: magnus::ArgList>(ruby: &Ruby, name: &str, args: A) -> Error {
     let built = ruby
         .class_object()
         .const_get::<_, RModule>("PortSharding")

@@ -1,15 +1,15 @@
 //! The Ruby extension `port_sharding/port_sharding.so`: a thin layer over the [`port_sharding`] engine.
 //!
-//! Ruby code (`lib/port_sharding.rb`) declares the module, the exception classes and every keyword
-//! argument; this crate converts values, errors and the GVL, and nothing else. One file per Ruby class:
-//! [`module`] is `PortSharding`'s native functions, [`server`] is `PortSharding::Server`.
+//! Ruby code (`lib/port_sharding.rb`) declares the module and the exception classes; this crate converts
+//! values ([`settings`], records as JSON), errors ([`errors`]) and the GVL ([`nogvl`]), and nothing else: the
+//! engine checks settings, runs servers and the command line. [`module`] is `PortSharding`'s native
+//! functions, [`server`] is `PortSharding::Server`.
 
-mod convert;
 mod errors;
 mod module;
 mod nogvl;
-mod options;
 mod server;
+mod settings;
 
 /// Ruby's entry point. In a private module because the macro adds an undocumented public
 /// `extern "C" fn Init_port_sharding`, which the `missing_docs` lint would flag at the crate root.
@@ -19,7 +19,7 @@ mod entry {
     #[magnus::init(name = "port_sharding")]
     fn init(ruby: &Ruby) -> Result<(), Error> {
         let namespace = ruby.define_module("PortSharding")?;
-        super::module::init(ruby, namespace)?;
+        super::module::init(namespace)?;
         super::server::init(ruby, namespace)?;
         Ok(())
     }

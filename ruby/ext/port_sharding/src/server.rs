@@ -1,35 +1,32 @@
-//! `PortSharding::Server`: a server that runs on a Rust thread of this process, so Ruby keeps going.
+//! `PortSharding::Server`: the engine's background runner ([`Running`]) as a Ruby object.
 //!
-//! `new` binds (connections queue from then on), `start` forks the workers and returns once they all
-//! serve, `stop` drains and waits. The Mutex is never held while the GVL is released: a Ruby thread
-//! blocked on it while holding the GVL would deadlock with us waiting to get the GVL back.
+//! `new` binds (connections queue from then on), `start` forks the workers on the engine's own thread
+//! and returns once they all serve, `stop` drains and waits, `wait` waits. Every wait releases the GVL
+//! in slices and lets Ruby raise pending interrupts between them. The Mutex is never held while the GVL
+//! is released: a Ruby thread blocked on it while holding the GVL would deadlock with us.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Symbol, Value};
-use port_sharding::{Handle, Report, Server, StopReason};
+use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Symbol};
+use port_sharding::{Handle, Running, Server};
 
-use crate::errors::{error, from_panic, to_ruby};
-use crate::nogvl::{nogvl, Outcome};
-use crate::{convert, options};
+use crate::errors::{raise, to_ruby};
+use crate::module::json;
+use crate::nogvl::nogvl;
+use crate::settings;
 
 /// How long one GVL-free wait lasts before Ruby gets a chance to raise a pending interrupt.
 const SLICE: Duration = Duration::from_millis(100);
 
-type Run = JoinHandle<port_sharding::Result<Report>>;
-
 enum State {
     /// Bound, workers not started.
     Bound(Box<Server>),
-    /// The supervisor runs on this thread.
-    Running(Run),
-    /// A `stop`/`wait` is waiting for the thread (it took the JoinHandle out).
-    Joining,
-    /// Done.
-    Stopped,
+    /// Started; shared so a waiting thread can hold it without the lock.
+    Started(Arc<Running>),
+    /// Stopped, and a `stop`/`wait` has returned why.
+    Done,
 }
 
 #[magnus::wrap(class = "PortSharding::Server", free_immediately, size)]
@@ -45,17 +42,35 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_singleton_method("_bind", function!(RbServer::bind, 1))?;
     class.define_method("port", method!(RbServer::port, 0))?;
     class.define_method("host", method!(RbServer::host, 0))?;
-    class.define_method("_start", method!(RbServer::start, 1))?;
-    class.define_method("_finish", method!(RbServer::finish, 2))?;
-    class.define_method("stats", method!(RbServer::stats, 0))?;
+    class.define_method("phase", method!(RbServer::phase, 0))?;
+    class.define_method("_stats", method!(RbServer::stats, 0))?;
     class.define_method("running?", method!(RbServer::is_running, 0))?;
+    class.define_method("_start", method!(RbServer::start, 1))?;
+    class.define_method("_stop", method!(RbServer::stop, 1))?;
+    class.define_method("_wait", method!(RbServer::wait, 1))?;
     Ok(())
 }
 
+/// When a wait of `timeout` started now ends; `None`: never.
+fn deadline(ruby: &Ruby, timeout: Option<f64>) -> Result<Option<Instant>, Error> {
+    Ok(settings::timeout(ruby, timeout)?.and_then(|t| Instant::now().checked_add(t)))
+}
+
+/// The next slice of a wait that ends at `until` (zero once it has passed).
+fn slice(until: Option<Instant>) -> Duration {
+    until.map_or(SLICE, |t| {
+        t.saturating_duration_since(Instant::now()).min(SLICE)
+    })
+}
+
+/// Whether a wait that ends at `until` is over.
+fn passed(until: Option<Instant>) -> bool {
+    until.is_some_and(|t| Instant::now() >= t)
+}
+
 impl RbServer {
-    fn bind(ruby: &Ruby, opts: RHash) -> Result<RbServer, Error> {
-        let config = options::config(ruby, opts)?; // handle_signals: false — not the main thread
-        let server = Server::bind(config).map_err(|e| to_ruby(ruby, e))?;
+    fn bind(ruby: &Ruby, given: RHash) -> Result<RbServer, Error> {
+        let server = Server::bind(settings::config(ruby, given)?).map_err(|e| to_ruby(ruby, e))?;
         Ok(RbServer {
             handle: server.handle(),
             addr: server.local_addr(),
@@ -71,151 +86,95 @@ impl RbServer {
         self.addr.ip().to_string()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn phase(&self) -> &'static str {
+        self.handle.phase().as_str()
+    }
+
+    fn stats(ruby: &Ruby, rb_self: &Self) -> Result<String, Error> {
+        json(ruby, &rb_self.handle.stats())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn is_running(&self) -> bool {
-        matches!(*self.lock(), State::Running(_) | State::Joining) && !self.handle.is_stopped()
+    /// The background run, if started and not yet reported.
+    fn running(&self) -> Option<Arc<Running>> {
+        match &*self.lock() {
+            State::Started(running) => Some(running.clone()),
+            _ => None,
+        }
     }
 
-    /// Forks the workers on a new thread and waits (GVL released, in slices) until all serve.
-    fn start(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<(), Error> {
+    fn is_running(&self) -> bool {
+        self.running().is_some_and(|r| !r.is_finished())
+    }
+
+    /// Forks the workers on the engine's thread and waits until all serve, at most `timeout` seconds.
+    fn start(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<(), Error> {
+        let until = deadline(ruby, timeout)?;
         // Taken in its own statement: a guard in a `match` scrutinee would live through the arms.
-        let taken = std::mem::replace(&mut *rb_self.lock(), State::Joining);
+        let taken = std::mem::replace(&mut *rb_self.lock(), State::Done);
         let server = match taken {
             State::Bound(server) => server,
             other => {
                 *rb_self.lock() = other;
-                return Err(error(
-                    ruby,
-                    "Error",
-                    "this server was already started".to_string(),
-                ));
+                let message = format!(
+                    "the server on {} was already started or stopped",
+                    rb_self.addr
+                );
+                return Err(raise(ruby, "Error", (message,)));
             }
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("port-sharding {}", rb_self.addr))
-            .spawn(move || server.run())
-            .map_err(|e| {
-                *rb_self.lock() = State::Stopped; // the closure, and the server in it, are dropped
-                to_ruby(ruby, port_sharding::Error::io("start the server thread", e))
-            })?;
-        *rb_self.lock() = State::Running(thread);
-        let limit = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::MAX);
-        let until = Instant::now().checked_add(limit);
+        let running = Arc::new(server.start().map_err(|e| to_ruby(ruby, e))?);
+        *rb_self.lock() = State::Started(running.clone());
         loop {
-            let handle = rb_self.handle.clone();
-            let ready = match nogvl(move || handle.wait_ready(SLICE), || {}) {
-                Outcome::Done(ready) => ready,
-                Outcome::NotRun => false,
-                Outcome::Panicked(what) => return Err(from_panic(ruby, &what)),
-            };
-            if ready {
-                return Ok(());
-            }
-            if rb_self.handle.is_stopped() {
-                // It failed to start (or was stopped meanwhile): raise what `run` returned.
-                return Self::finish(ruby, rb_self, false, None).map(|_| ());
+            match nogvl(ruby, || running.wait_ready(Some(slice(until))), || {})? {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    *rb_self.lock() = State::Done;
+                    return Err(to_ruby(ruby, e));
+                }
             }
             if let Err(e) = ruby.thread_check_ints() {
-                rb_self.handle.shutdown(); // an interrupted start leaves nothing serving
+                running.handle().shutdown(); // an interrupted start leaves nothing serving
                 return Err(e);
             }
-            if until.is_some_and(|t| Instant::now() >= t) {
-                rb_self.handle.shutdown();
-                let _ = Self::finish(ruby, rb_self, false, None);
-                return Err(error(
-                    ruby,
-                    "Error",
-                    format!("the workers were not serving after {timeout} s"),
-                ));
+            if passed(until) {
+                Self::stop(ruby, rb_self, None)?;
+                let message = format!("the workers on {} were not serving in time", rb_self.addr);
+                return Err(raise(ruby, "Error", (message,)));
             }
         }
     }
 
-    /// `stop` (shutdown = true) or `wait`: waits until `run` returns, with the GVL released in slices so
-    /// Ctrl-C and `Thread#raise` still work; `nil` when `timeout` (seconds) passed first.
-    fn finish(
-        ruby: &Ruby,
-        rb_self: &Self,
-        shutdown: bool,
-        timeout: Option<f64>,
-    ) -> Result<Option<Symbol>, Error> {
-        if shutdown {
-            rb_self.handle.shutdown();
+    /// Starts a drain (closes the listeners if never started), then waits as `wait` does.
+    fn stop(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<Option<Symbol>, Error> {
+        rb_self.handle.shutdown();
+        if matches!(*rb_self.lock(), State::Bound(_)) {
+            *rb_self.lock() = State::Done; // dropping the bound server closes its listeners
         }
-        let taken = std::mem::replace(&mut *rb_self.lock(), State::Joining);
-        let thread = match taken {
-            State::Running(thread) => thread,
-            // Never started: closing the listeners is all a stop needs; a wait has nothing to wait for.
-            State::Bound(server) => {
-                *rb_self.lock() = if shutdown {
-                    State::Stopped
-                } else {
-                    State::Bound(server)
-                };
+        Self::wait(ruby, rb_self, timeout)
+    }
+
+    /// Waits until the run has ended and returns why (`:stop`, `:taken_over`, …), or raises what it failed
+    /// with; `nil` after `timeout` seconds, when never started, or when that was already reported.
+    fn wait(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<Option<Symbol>, Error> {
+        let until = deadline(ruby, timeout)?;
+        let Some(running) = rb_self.running() else {
+            return Ok(None);
+        };
+        loop {
+            if let Some(result) = nogvl(ruby, || running.wait(Some(slice(until))), || {})? {
+                *rb_self.lock() = State::Done;
+                let report = result.map_err(|e| to_ruby(ruby, e))?;
+                return Ok(Some(ruby.to_symbol(report.reason.as_str())));
+            }
+            ruby.thread_check_ints()?;
+            if passed(until) {
                 return Ok(None);
             }
-            other => {
-                *rb_self.lock() = other;
-                return Ok(None);
-            }
-        };
-        let until = timeout
-            .map(|t| Instant::now() + Duration::try_from_secs_f64(t).unwrap_or(Duration::ZERO));
-        while !thread.is_finished() {
-            let _ = nogvl(
-                || {
-                    let end = Instant::now() + SLICE;
-                    while !thread.is_finished() && Instant::now() < end {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                },
-                || {},
-            );
-            let interrupted = ruby.thread_check_ints();
-            if interrupted.is_err() || until.is_some_and(|t| Instant::now() >= t) {
-                *rb_self.lock() = State::Running(thread); // still running: a later stop/wait joins it
-                return interrupted.map(|_| None);
-            }
         }
-        *rb_self.lock() = State::Stopped;
-        let report = match thread.join() {
-            Ok(result) => result.map_err(|e| to_ruby(ruby, e))?,
-            Err(payload) => {
-                return Err(from_panic(
-                    ruby,
-                    &crate::nogvl::panic_message(payload.as_ref()),
-                ))
-            }
-        };
-        Ok(Some(ruby.to_symbol(reason_name(report.reason))))
-    }
-
-    fn stats(ruby: &Ruby, rb_self: &Self) -> Result<Value, Error> {
-        convert::to_ruby(ruby, &rb_self.handle.stats())
-    }
-}
-
-impl Drop for RbServer {
-    /// A Server garbage-collected (or left at exit) while running starts its drain; its workers also drain
-    /// by themselves when this process exits.
-    fn drop(&mut self) {
-        if !self.handle.is_stopped() {
-            self.handle.shutdown();
-        }
-    }
-}
-
-fn reason_name(reason: StopReason) -> &'static str {
-    match reason {
-        StopReason::Interrupt => "interrupt",
-        StopReason::Terminate => "terminate",
-        StopReason::Shutdown => "shutdown",
-        StopReason::Stop => "stop",
-        StopReason::TakenOver => "taken_over",
-        #[allow(unreachable_patterns)]
-        _ => "stopped",
     }
 }

@@ -6,80 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::{new_histogram, ThreadResult};
-use super::{BenchArgs, Workload};
-
-/// Why an operation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The connection was refused (nothing listening, or the queue refused it).
-    Refused,
-    /// The connection was reset (`ECONNRESET`, `ECONNABORTED`, `EPIPE`).
-    Reset,
-    /// A connect or an echo took longer than its timeout.
-    Timeout,
-    /// The echo differed from what was sent (a changed, missing, extra or foreign byte).
-    WrongEcho,
-    /// The server closed the connection before echoing everything.
-    Closed,
-    /// Anything else (e.g. `EADDRNOTAVAIL` when the client runs out of ports).
-    Other,
-}
-
-/// Failed operations by kind.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorCounts {
-    /// See [`ErrorKind::Refused`].
-    pub refused: u64,
-    /// See [`ErrorKind::Reset`].
-    pub reset: u64,
-    /// See [`ErrorKind::Timeout`].
-    pub timeout: u64,
-    /// See [`ErrorKind::WrongEcho`].
-    pub wrong_echo: u64,
-    /// See [`ErrorKind::Closed`].
-    pub closed: u64,
-    /// See [`ErrorKind::Other`].
-    pub other: u64,
-    /// All of the above.
-    pub total: u64,
-}
-
-impl ErrorCounts {
-    /// Counts one failure.
-    pub fn add(&mut self, kind: ErrorKind) {
-        *match kind {
-            ErrorKind::Refused => &mut self.refused,
-            ErrorKind::Reset => &mut self.reset,
-            ErrorKind::Timeout => &mut self.timeout,
-            ErrorKind::WrongEcho => &mut self.wrong_echo,
-            ErrorKind::Closed => &mut self.closed,
-            ErrorKind::Other => &mut self.other,
-        } += 1;
-        self.total += 1;
-    }
-
-    fn merge(&mut self, o: &ErrorCounts) {
-        self.refused += o.refused;
-        self.reset += o.reset;
-        self.timeout += o.timeout;
-        self.wrong_echo += o.wrong_echo;
-        self.closed += o.closed;
-        self.other += o.other;
-        self.total += o.total;
-    }
-
-    fn pairs(&self) -> [(&'static str, u64); 6] {
-        [
-            ("refused", self.refused),
-            ("reset", self.reset),
-            ("timeout", self.timeout),
-            ("wrong echo", self.wrong_echo),
-            ("closed early", self.closed),
-            ("other", self.other),
-        ]
-    }
-}
+use crate::args::{BenchArgs, Workload};
+use crate::record::{new_histogram, ErrorCounts, ThreadResult};
 
 /// Latency of successful operations, in microseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -341,34 +269,6 @@ mod tests {
         assert_eq!(group(999), "999");
         assert_eq!(group(1000), "1,000");
         assert_eq!(group(1234567), "1,234,567");
-    }
-
-    #[test]
-    fn counts_each_kind() {
-        let mut e = ErrorCounts::default();
-        for k in [
-            ErrorKind::Refused,
-            ErrorKind::Reset,
-            ErrorKind::Reset,
-            ErrorKind::Timeout,
-            ErrorKind::WrongEcho,
-            ErrorKind::Closed,
-            ErrorKind::Other,
-        ] {
-            e.add(k);
-        }
-        assert_eq!(
-            (
-                e.refused,
-                e.reset,
-                e.timeout,
-                e.wrong_echo,
-                e.closed,
-                e.other,
-                e.total
-            ),
-            (1, 2, 1, 1, 1, 1, 7)
-        );
     }
 
     #[test]

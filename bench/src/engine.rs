@@ -8,16 +8,15 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use super::report::{ErrorCounts, ErrorKind};
-use super::{Shared, Workload};
+use crate::args::Workload;
+use crate::record::{ErrorKind, ThreadResult};
 
 /// Period of the byte pattern (a prime, so message sizes that are powers of two never line up with it).
 const PERIOD: usize = 65_521;
@@ -50,6 +49,18 @@ pub(crate) fn pattern() -> &'static [u8] {
     })
 }
 
+/// Shared between the load threads and the thread drawing progress.
+pub(crate) struct Shared {
+    /// Operations started (tickets handed out), checked against `--connections`.
+    pub started: AtomicU64,
+    /// Operations completed, for the progress bar.
+    pub ops: AtomicU64,
+    /// Operations failed, for the progress bar.
+    pub errors: AtomicU64,
+    /// Set to stop every thread early.
+    pub stop: AtomicBool,
+}
+
 /// What one thread is asked to do.
 pub(crate) struct ThreadConfig {
     pub id: usize,
@@ -64,36 +75,6 @@ pub(crate) struct ThreadConfig {
     pub timeout: Duration,
     /// Source addresses to spread connections over (one: let the kernel choose).
     pub sources: Vec<std::net::Ipv4Addr>,
-}
-
-/// What one thread measured.
-pub(crate) struct ThreadResult {
-    pub ops: u64,
-    pub bytes: u64,
-    pub errors: ErrorCounts,
-    pub latency_ns: Histogram<u64>,
-    pub samples: Vec<String>,
-    pub finished: Instant,
-}
-
-impl ThreadResult {
-    pub fn new() -> ThreadResult {
-        ThreadResult {
-            ops: 0,
-            bytes: 0,
-            errors: ErrorCounts::default(),
-            latency_ns: new_histogram(),
-            samples: Vec::new(),
-            finished: Instant::now(),
-        }
-    }
-
-    pub fn panicked() -> ThreadResult {
-        let mut r = ThreadResult::new();
-        r.errors.add(ErrorKind::Other);
-        r.samples.push("a load thread panicked".into());
-        r
-    }
 }
 
 /// Starts a nonblocking connect to `addr`, from one of `sources` (picked by `pick`) when there are several.
@@ -130,11 +111,6 @@ fn open(
         Err(e) => return Err(e),
     }
     Ok(TcpStream::from_std(socket.into()))
-}
-
-/// Latencies from 1 ns to 1 hour, 3 significant digits.
-pub(crate) fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
 }
 
 struct Conn {

@@ -1,0 +1,55 @@
+"""The bench's command line: `python3 -m harness COMMAND` from bench/ (or `python3 bench/run.py COMMAND`).
+
+    matrix                  servers x workloads, memory, start-up, drain, system calls -> BENCHMARKS.md + bench/chart.svg
+    floor                   the engine vs the minimal C server only (once, echo, pingpong; CPU and system calls
+                            per operation) -> stdout + $OUT/floor-*.json; BENCHMARKS.md untouched
+    scaling                 workers 1..16 against one load generator -> $OUT/ + BENCHMARKS.md
+    report                  rewrite BENCHMARKS.md + chart from bench/results/matrix.json
+    merge-scaling FILE.md   add a scaling table measured on another machine
+
+Environment: BENCH_DURATION (seconds per run, default 3), BENCH_RUNS (default 3), BENCH_ONLY (comma list
+of server keys), OUT (scaling: output folder, default bench-out), BENCH_WORKERS (scaling: default
+1,2,4,8,16), BENCH_THREADS (scaling: load threads, default half the CPUs), BENCH_PIN (0 disables taskset),
+BENCH_KEEP_LOGS=1 (keep the servers' logs in /tmp/ps-bench-logs-*), PORT_SHARDING_BIN (the engine's binary),
+BENCH_C_SERVER (the C server's binary, default target/bench/c_epoll_echo), BENCH_STRACE=0 (no system-call counts).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .context import Context
+from .matrix import cmd_floor, cmd_matrix, cmd_report
+from .scaling import cmd_merge_scaling, cmd_scaling
+
+
+def main(argv: list[str]) -> int:
+    cmd = argv[0] if argv else "matrix"
+    control_dir = Path(tempfile.mkdtemp(prefix="ps-bench-"))
+    logs = Path(tempfile.mkdtemp(prefix="ps-bench-logs-"))
+    ctx = Context.from_env(control_dir, logs)
+    try:
+        if cmd == "matrix":
+            return cmd_matrix(ctx)
+        if cmd == "floor":
+            return cmd_floor(ctx)
+        if cmd == "report":
+            return cmd_report(ctx)
+        if cmd == "merge-scaling" and len(argv) > 1:
+            return cmd_merge_scaling(ctx, argv[1])
+        if cmd == "scaling":
+            return cmd_scaling(ctx)
+        print(__doc__)
+        return 2
+    finally:
+        shutil.rmtree(control_dir, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP_LOGS") != "1":  # failures already quote the server's log tail
+            shutil.rmtree(logs, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,71 @@
+//! What `status` prints: one heading line per server, then a row per worker.
+
+use std::fmt::Write as _;
+
+use port_sharding::ServerStatus;
+
+const HEADINGS: [&str; 10] = [
+    "worker",
+    "pid",
+    "state",
+    "accepted",
+    "active",
+    "bytes in",
+    "bytes out",
+    "errors",
+    "restarts",
+    "queue",
+];
+
+/// The status table of `servers`.
+pub(crate) fn table(servers: &[ServerStatus]) -> String {
+    let mut out = String::new();
+    for s in servers {
+        writeln!(
+            out,
+            "{} server pid {} on {} — {}, mode {}, up {:.0}s",
+            s.runtime, s.pid, s.addr, s.state, s.mode, s.uptime_secs
+        )
+        .ok();
+        row(&mut out, HEADINGS.map(str::to_string));
+        for w in &s.workers {
+            row(
+                &mut out,
+                [
+                    w.index.to_string(),
+                    w.pid.to_string(),
+                    w.state.to_string(),
+                    w.accepted.to_string(),
+                    w.active.to_string(),
+                    w.bytes_in.to_string(),
+                    w.bytes_out.to_string(),
+                    w.errors.to_string(),
+                    w.restarts.to_string(),
+                    w.queue_len.to_string(),
+                ],
+            );
+        }
+    }
+    out
+}
+
+fn row(out: &mut String, cells: [String; 10]) {
+    let [a, b, c, d, e, f, g, h, i, j] = cells;
+    writeln!(
+        out,
+        "  {a:>6} {b:>8} {c:>9} {d:>10} {e:>8} {f:>12} {g:>12} {h:>7} {i:>8} {j:>6}"
+    )
+    .ok();
+}
+
+/// Whether `pid` exists and has not exited (a zombie waiting for its parent counts as gone).
+pub(crate) fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
