@@ -295,12 +295,38 @@ fn killed_worker_is_replaced_on_the_same_listener_and_its_queue_is_served() {
     assert_eq!(srv.status()[0]["workers"][0]["restarts"], 1);
 }
 
+/// Lowers a running process's open-files limit (as `prlimit --pid` does).
+fn set_nofile(pid: i32, n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: prlimit on a process we started; no old limit is read back.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn max_connections_is_clipped_to_the_open_files_limit() {
+    // Hard limit 64: 16 descriptors are kept for the worker itself, so it serves at most 48 at once.
+    let mut srv = Spawn::new(&["--port", "0", "--workers", "1"])
+        .nofile(64)
+        .start();
+    srv.wait_log("each worker serves at most 48 at once");
+    let _held: Vec<_> = (0..60).map(|_| connect(srv.port)).collect();
+    wait_until("48 accepted and 12 queued", || {
+        let w = &srv.status()[0]["workers"][0];
+        w["active"] == 48 && w["queue_len"] == 12
+    });
+    assert_eq!(srv.count_log("accept failed"), 0, "it paused instead");
+}
+
 #[test]
 fn fd_exhaustion_backs_off_and_recovers() {
-    // A low fd limit: the worker runs out of descriptors after a few connections.
-    let mut srv = Spawn::new(&["--port", "0", "--workers", "1"])
-        .nofile(24)
-        .start();
+    // The worker runs out of descriptors at run time (its limit lowered after it started): accepts fail
+    // with EMFILE, it backs off, and serves again once descriptors are free.
+    let mut srv = Spawn::new(&["--port", "0", "--workers", "1"]).start();
+    set_nofile(srv.worker_pids()[0], 24);
     let mut held: Vec<_> = (0..40)
         .map(|i| {
             let mut s = connect(srv.port);

@@ -181,6 +181,14 @@ impl Supervisor {
             c.backlog,
             c.drain_timeout
         );
+        let room = process::connection_room();
+        if c.max_connections > room {
+            log!(
+                "note: max_connections {} is more than the open-files limit allows (RLIMIT_NOFILE hard limit): \
+                 each worker serves at most {room} at once",
+                c.max_connections
+            );
+        }
         if migrate_req() == Some(false) && self.server.predecessor.is_none() {
             log!(
                 "note: net.ipv4.tcp_migrate_req=0: closing a listener resets connections queued on it; \
