@@ -130,12 +130,17 @@ def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: in
                 row.append(f"{c['ops_per_server_cpu_s'] / b['ops_per_server_cpu_s']:.2f}× ({fmt_num(c['ops_per_server_cpu_s'])})")
         L.append(f"| {labels.get(k, k)} | " + " | ".join(row) + " |")
     L.append("")
-    if syscalls:
-        traced = [w for w in wkeys if any(w in by for by in syscalls.values())]
-        L.append("### System calls per operation (`strace -c -f` attached to the serving process, bounded runs)\n")
+    titles = {"perf": "at full speed (perf's syscall tracepoints, one timed run)",
+              "strace": "under `strace -c -f` (a bounded run; strace slows the server several times, so a client's "
+                        "bytes are usually there when its connection is accepted)"}
+    for tracer, by_server in (syscalls or {}).items():
+        if tracer not in titles:  # results written before the counts were split by tool
+            continue
+        traced = [w for w in wkeys if any(w in by for by in by_server.values())]
+        L.append(f"### System calls per operation {titles[tracer]}\n")
         L.append("| server | " + " | ".join(traced) + " |")
         L.append("|---|" + "---|" * len(traced))
-        for k, by in syscalls.items():
+        for k, by in by_server.items():
             row = []
             for w in traced:
                 r = by.get(w)
@@ -145,8 +150,12 @@ def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: in
                 parts = ", ".join(f"{n} {v:.2f}" for n, v in r["per_op"].items() if v >= 0.005)
                 row.append(f"**{r['total_per_op']:.2f}**: {parts}")
             L.append(f"| {labels.get(k, k)} | " + " | ".join(row) + " |")
-        L.append("\nCalls (failed ones included, e.g. `EAGAIN`) divided by the operations completed; `epoll_wait` is shared by "
-                 "all the connections ready at once, so it falls as concurrency rises.\n")
+        L.append("")
+    if syscalls:
+        L.append("Calls of the serving processes (the engine's worker, the C server's child) divided by the operations "
+                 "completed; strace counts failed calls too (`EAGAIN`). `epoll_wait` is shared by all the connections "
+                 "ready at once. The `accept4` beyond 1 per connection is the one that returns `EAGAIN` and ends each "
+                 "batch.\n")
     return "\n".join(L)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from .context import Context
 from .markdown import floor_table, svg_chart, targets, write_benchmarks
 from .measure import (CLIENT_CPU, SERVER_CPU, WORKLOADS, bench, machine, machine_key, measure_drain, measure_memory,
-                      measure_startup, median_of, syscalls_per_op)
+                      measure_startup, median_of, trace_server)
 from .servers import Server, ServerKind, available, free_port, log, server_kinds
 
 
@@ -87,25 +87,27 @@ def run_matrix(ctx: Context, kinds: list[ServerKind], workloads: list[tuple] = W
     }
 
 
-SYSCALL_SERVERS = ("engine-cli", "c-epoll")
+SYSCALL_SERVERS = ("engine-cli", "engine-baseline", "c-epoll")
 SYSCALL_WORKLOADS = {"once-32": 4000, "conn-32": 4000, "pingpong-32": 20000}  # workload -> operations traced
 
 
 def measure_syscalls(ctx: Context, kinds: list[ServerKind], skipped: dict) -> dict:
-    """System calls per operation of the engine and the C floor (issue 14), each workload bounded."""
+    """System calls per operation of the engine and the C floor (issue 14): counted at full speed with
+    perf's tracepoints, and under strace (which also counts failed calls), each run bounded."""
     out: dict[str, dict] = {}
-    for k in kinds:
-        if k.key not in SYSCALL_SERVERS or k.key in skipped:
-            continue
-        for wkey, ops in SYSCALL_WORKLOADS.items():
-            try:
-                r = syscalls_per_op(ctx, k, wkey, ops, (SERVER_CPU, CLIENT_CPU))
-            except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
-                log(f"system calls {k.key} {wkey}: {e}")
+    for tracer in ("perf", "strace"):
+        for k in kinds:
+            if k.key not in SYSCALL_SERVERS or k.key in skipped:
                 continue
-            out.setdefault(k.key, {})[wkey] = r
-            top = ", ".join(f"{n} {v:.2f}" for n, v in list(r["per_op"].items())[:6])
-            log(f"  {k.key:10} {wkey:12} {r['total_per_op']:.2f} system calls per op ({top})")
+            for wkey, ops in SYSCALL_WORKLOADS.items():
+                try:
+                    r = trace_server(ctx, k, wkey, (SERVER_CPU, CLIENT_CPU), tracer, ops)
+                except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+                    log(f"system calls ({tracer}) {k.key} {wkey}: {e}")
+                    continue
+                out.setdefault(tracer, {}).setdefault(k.key, {})[wkey] = r
+                top = ", ".join(f"{n} {v:.2f}" for n, v in list(r["per_op"].items())[:7])
+                log(f"  {tracer:6} {k.key:15} {wkey:12} {r['total_per_op']:.2f} system calls per op ({top})")
     return out
 
 

@@ -332,40 +332,75 @@ def parse_strace_c(text: str) -> dict[str, int]:
     return calls
 
 
-def syscalls_per_op(ctx: Context, kind: ServerKind, wkey: str, ops: int, cpus: tuple[str | None, str | None]) -> dict:
-    """System calls the server's serving processes make per operation: `strace -c -f` attached to them
-    (the children of the started process, or the process itself when it has none) during a run bounded
-    to `ops` operations (and 60 s). The start-up and the supervisor's own housekeeping are not counted."""
-    strace = shutil.which("strace")
-    if strace is None:
-        raise RuntimeError("strace not installed")
+PERF_SYSCALLS = ("accept4", "read", "recvfrom", "write", "sendto", "close", "shutdown", "epoll_ctl", "epoll_wait",
+                 "epoll_pwait", "brk", "mmap", "munmap", "clock_gettime")
+
+
+def parse_perf_stat(text: str) -> dict[str, int]:
+    """`perf stat -x,` output -> count per event (`raw_syscalls:sys_enter` as `total`)."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split(",")
+        if len(parts) < 3 or line.startswith("#") or not parts[0].strip().isdigit():
+            continue
+        event = parts[2].strip()
+        name = "total" if event == "raw_syscalls:sys_enter" else event.removeprefix("syscalls:sys_enter_")
+        counts[name] = int(parts[0])
+    return counts
+
+
+def trace_server(ctx: Context, kind: ServerKind, wkey: str, cpus: tuple[str | None, str | None], tracer: str,
+                 ops: int) -> dict:
+    """System calls the server's serving processes make per operation, counted by `tracer` attached to them
+    (the children of the started process, or the process itself when it has none) during one run; the
+    start-up and the supervisor's own housekeeping are not counted.
+
+    - `perf`: the kernel's syscall tracepoints (`perf stat`), at full speed, during a `ctx.duration` run.
+    - `strace`: `strace -c -f`, which slows the server down several times (so, e.g., a client's data is
+      usually there by the time a connection is accepted); bounded to `ops` operations. It also counts
+      failed calls (`EAGAIN`)."""
+    binary = shutil.which(tracer)
+    if binary is None:
+        raise RuntimeError(f"{tracer} not installed")
     w = next(w for w in WORKLOADS if w[0] == wkey)
     argv = kind.argv_for(w[4])
     if argv is None:
         raise RuntimeError(f"{kind.key} has no {w[4]} mode")
     port = free_port()
-    out_file = ctx.logs / f"strace-{kind.key}-{wkey}.txt"
-    with Server(ctx, argv, port, cpus[0], f"strace-{kind.key}") as srv:
+    out_file = ctx.logs / f"{tracer}-{kind.key}-{wkey}.txt"
+    with Server(ctx, argv, port, cpus[0], f"{tracer}-{kind.key}") as srv:
         srv.wait_ready()
         pids = children(srv.pid) or [srv.pid]
-        cmd = [strace, "-c", "-f", "-q", "-o", str(out_file)] + [a for p in pids for a in ("-p", str(p))]
-        tracer = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if tracer == "perf":
+            events = ",".join(["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{n}" for n in PERF_SYSCALLS])
+            cmd = [binary, "stat", "-x,", "-e", events, "-o", str(out_file), "-p", ",".join(map(str, pids))]
+        else:
+            cmd = [binary, "-c", "-f", "-q", "-o", str(out_file)] + [a for p in pids for a in ("-p", str(p))]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             time.sleep(0.5)  # attaching
-            if tracer.poll() is not None:
-                raise RuntimeError(f"strace exited: {tracer.stderr.read().decode(errors='replace')[-300:]}")
-            r = bench(ctx, port, w[1], w[2], w[3], 60.0, cpus[1], connections=ops)
-            # The traced server lags behind (ptrace is slow): let it finish the closes the run left it.
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"{tracer} exited: {err[-300:]}")
+            if tracer == "perf":
+                r = bench(ctx, port, w[1], w[2], w[3], ctx.duration, cpus[1])
+            else:
+                r = bench(ctx, port, w[1], w[2], w[3], 60.0, cpus[1], connections=ops)
+            # A traced server lags behind (ptrace is slow): let it finish the closes the run left it.
             settle(pids, time.monotonic() + 15)
         finally:
-            tracer.send_signal(signal.SIGINT)  # detaches and writes the summary
+            proc.send_signal(signal.SIGINT)  # detaches and writes the summary
             try:
-                tracer.wait(timeout=30)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                tracer.kill()
-                tracer.wait(timeout=10)
-    calls = parse_strace_c(out_file.read_text())
+                proc.kill()
+                proc.wait(timeout=10)
+    text = out_file.read_text()
+    calls = parse_perf_stat(text) if tracer == "perf" else parse_strace_c(text)
+    total = calls.pop("total", None)
+    if total is None:
+        total = sum(calls.values())
     done = max(r["ops"], 1)
-    return {"ops": r["ops"], "errors": r["errors"]["total"], "processes": len(pids),
-            "per_op": {k: v / done for k, v in sorted(calls.items(), key=lambda kv: -kv[1])},
-            "total_per_op": sum(calls.values()) / done}
+    return {"tool": tracer, "ops": r["ops"], "errors": r["errors"]["total"], "processes": len(pids),
+            "per_op": {k: v / done for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v},
+            "total_per_op": total / done}
