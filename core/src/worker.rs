@@ -124,6 +124,9 @@ struct Loop<'a> {
     /// Tokens that ran out of budget and must be driven again without waiting for an event.
     again: Vec<usize>,
     accept_paused_until: Option<Instant>,
+    /// When the last `poll` returned: the clock for idle and linger times, read once per wake-up instead
+    /// of once per read and write (a second's sweep needs no finer one).
+    now: Instant,
     /// Connections left to register without reading first (see [`FIRST_READ_SKIP`]).
     first_read_skip: u32,
     drain_started: Option<Instant>,
@@ -169,6 +172,7 @@ impl<'a> Loop<'a> {
             again: Vec::new(),
             accept_paused_until: None,
             first_read_skip: 0,
+            now,
             drain_started: None,
             close_listener_at: now,
             next_sweep: now + Duration::from_secs(1),
@@ -188,6 +192,7 @@ impl<'a> Loop<'a> {
                 }
                 return Err(e);
             }
+            self.now = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -212,6 +217,7 @@ impl<'a> Loop<'a> {
                 self.drive(key);
             }
             let now = Instant::now();
+            self.now = now;
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
                 self.accept_all();
@@ -248,7 +254,7 @@ impl<'a> Loop<'a> {
         if !self.again.is_empty() {
             return Some(Duration::ZERO);
         }
-        let now = Instant::now();
+        let now = self.now; // read at the end of this pass through the loop
         let mut wake = self.next_sweep;
         if let Some(t) = self.accept_paused_until {
             wake = wake.min(t);
@@ -353,7 +359,7 @@ impl<'a> Loop<'a> {
             write_interest: false,
             heard: false,
             hangup: false,
-            last_active: Instant::now(),
+            last_active: self.now,
             deadline: None,
         };
         if self.config.mode == Mode::Hello {
@@ -370,7 +376,13 @@ impl<'a> Loop<'a> {
         if !probe {
             self.first_read_skip -= 1;
         }
-        let first = step(&mut conn, &mut self.scratch, self.config.mode, self.slot);
+        let first = step(
+            &mut conn,
+            &mut self.scratch,
+            self.config.mode,
+            self.slot,
+            self.now,
+        );
         if probe && self.config.mode != Mode::Hello {
             let hit = conn.heard || matches!(first, Step::Close { .. });
             self.first_read_skip = if hit { 0 } else { FIRST_READ_SKIP };
@@ -410,7 +422,13 @@ impl<'a> Loop<'a> {
         let Some(Some(conn)) = self.conns.get_mut(key) else {
             return;
         };
-        match step(conn, &mut self.scratch, self.config.mode, self.slot) {
+        match step(
+            conn,
+            &mut self.scratch,
+            self.config.mode,
+            self.slot,
+            self.now,
+        ) {
             Step::Keep if !conn.pending.is_empty() && !conn.write_interest => {
                 // The socket is full: ask for the edge that says it has room again. Adding the interest
                 // reports writability that is already there, so nothing is missed in between.
@@ -495,7 +513,7 @@ fn nothing_unread(conn: &mut Conn, scratch: &mut [u8], slot: &Slot) -> bool {
 }
 
 /// Advances one connection as far as it can go without blocking.
-fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot) -> Step {
+fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot, now: Instant) -> Step {
     for _ in 0..BUDGET {
         // 1. Unsent bytes first: until they are out we read nothing more (backpressure).
         if conn.sent < conn.pending.len() {
@@ -503,7 +521,7 @@ fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot) -> Step {
                 Ok(n) => {
                     slot.bytes_out(n);
                     conn.sent += n;
-                    conn.last_active = Instant::now();
+                    conn.last_active = now;
                     if conn.sent < conn.pending.len() {
                         return Step::Keep; // a short write: the send buffer is full, wait for room
                     }
@@ -524,7 +542,7 @@ fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot) -> Step {
                 return Step::Close { error: false };
             }
             conn.lingering = true;
-            conn.deadline = Some(Instant::now() + LINGER);
+            conn.deadline = Some(now + LINGER);
             if conn.stream.shutdown(Shutdown::Write).is_err() {
                 return Step::Close { error: false };
             }
@@ -553,7 +571,7 @@ fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot) -> Step {
         if n < limit && !conn.hangup {
             conn.readable = false; // the receive queue is empty; the next arrival raises a new edge
         }
-        conn.last_active = Instant::now();
+        conn.last_active = now;
         if conn.lingering || mode == Mode::Hello {
             continue; // discard: our reply is complete
         }
