@@ -253,8 +253,9 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
                 txt += f" ⚠ {c['errors']} err"
             row.append(txt)
         L.append(f"| {labels[k]} | " + " | ".join(row) + " |")
-    L.append("\n(×) = ratio to the talk's Python loop. n/a: the talk's loops do one `recv` per connection and close, so only "
-             "`conn` applies to them. ⚠ = failed operations summed over the runs (see the JSON).\n")
+    L.append("\n(×) = ratio to the talk's Python loop. n/a: the server does not serve that workload — the talk's loops do "
+             "one `recv` per connection and close, so only `conn` and `once` apply to them; asyncio has no `once` mode. "
+             "⚠ = failed operations summed over the runs (see the JSON).\n")
     # Ratios to asyncio.
     aio = summary.get("asyncio", {})
     if aio:
