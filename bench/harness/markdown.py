@@ -6,101 +6,12 @@ import re
 import statistics
 
 from .context import Context
+from .format import fmt_num, fmt_us
 from .measure import WORKLOADS
+from .targets import targets
 
-def fmt_num(v: float) -> str:
-    if v != v:  # nan
-        return "—"
-    if v >= 100:
-        return f"{v:,.0f}"
-    return f"{v:,.1f}"
-
-
-def fmt_us(v: float) -> str:
-    if v >= 1e6:
-        return f"{v / 1e6:.2f} s"
-    if v >= 1000:
-        return f"{v / 1000:.1f} ms"
-    return f"{v:.0f} µs"
-
-
-def targets(summary: dict, memory: dict | None) -> list[tuple[str, str, str, str]]:
-    def cell(srv, w, f="ops_per_sec"):
-        return summary.get(srv, {}).get(w, {}).get(f)
-
-    rows = []
-
-    def ratio_row(name, srv, base, w, need):
-        a, b = cell(srv, w), cell(base, w)
-        if a is None or b is None or not b:
-            rows.append((name, f"≥ {need}×", "not measured", "—"))
-            return
-        r = a / b
-        ea, eb = cell(srv, w, "ops_per_server_cpu_s"), cell(base, w, "ops_per_server_cpu_s")
-        eff = ea / eb if ea and eb else float("nan")
-        client = cell(srv, w, "client_cpu") or 0
-        txt = (f"{r:.2f}× ops/s; {eff:.2f}× ops per server CPU-second; cores busy: server "
-               f"{cell(srv, w, 'server_cpu') or 0:.0%}, load generator {client:.0%}")
-        if r >= need:
-            verdict = "met"
-        elif eff >= need:
-            verdict = "**missed** in ops/s, met per server CPU-second"
-        else:
-            verdict = "**missed**"
-        rows.append((name, f"≥ {need}×", txt, verdict))
-
-    for w in ("once-32", "conn-32", "pingpong-32"):
-        a, b = cell("engine-cli", w, "ops_per_server_cpu_s"), cell("c-epoll", w, "ops_per_server_cpu_s")
-        name = f"{w}: engine (CLI) vs the minimal C epoll server, ops per server CPU-second (issue 14)"
-        if a and b:
-            rows.append((name, "≥ 1.0×", f"{a / b:.2f}× ({a:,.0f} vs {b:,.0f})", "met" if a >= b else "**missed**"))
-        else:
-            rows.append((name, "≥ 1.0×", "not measured", "—"))
-    ratio_row("conn-32: engine (CLI) vs the talk's Python loop", "engine-cli", "talk-python", "conn-32", 1.4)
-    ratio_row("pingpong-32: engine (CLI) vs asyncio", "engine-cli", "asyncio", "pingpong-32", 2.0)
-    # The CLI's own run-to-run spread, to tell a real difference from noise.
-    spread = 0.0
-    for w, *_ in WORKLOADS:
-        runs = summary.get("engine-cli", {}).get(w, {}).get("all_ops_per_sec") or []
-        if len(runs) > 1 and statistics.median(runs):
-            spread = max(spread, (max(runs) - min(runs)) / statistics.median(runs))
-    for host in ("engine-python", "engine-ruby"):
-        worst = worst_cpu = None
-        for w, *_ in WORKLOADS:
-            a, b = cell(host, w), cell("engine-cli", w)
-            if a is not None and b:
-                d = (a - b) / b
-                worst = d if worst is None or abs(d) > abs(worst) else worst
-            a, b = cell(host, w, "ops_per_server_cpu_s"), cell("engine-cli", w, "ops_per_server_cpu_s")
-            if a and b:
-                d = (a - b) / b
-                worst_cpu = d if worst_cpu is None or abs(d) > abs(worst_cpu) else worst_cpu
-        name = f"{'Python' if host == 'engine-python' else 'Ruby'}-hosted serve vs CLI (worst workload)"
-        if worst is None:
-            rows.append((name, "within 5%", "not measured (package not installed)", "—"))
-            continue
-        per = []
-        for w, *_ in WORKLOADS:
-            a, b = cell(host, w), cell("engine-cli", w)
-            if a is not None and b:
-                per.append(f"{w} {(a - b) / b * 100:+.0f}%")
-        txt = f"worst {worst * 100:+.1f}% ops/s ({', '.join(per)})"
-        if worst_cpu is not None:
-            txt += f"; worst {worst_cpu * 100:+.1f}% per server CPU-second"
-        txt += f"; the CLI's own run-to-run spread: up to {spread * 100:.0f}%"
-        if abs(worst) <= 0.05:
-            verdict = "met"
-        elif abs(worst) <= spread:
-            verdict = "**missed** as measured, within the run-to-run noise"
-        else:
-            verdict = "**missed**"
-        rows.append((name, "within 5%", txt, verdict))
-    if memory and "engine" in memory:
-        b = memory["engine"]["per_conn_idle"]
-        b2 = memory["engine"]["per_conn_after_echo"]
-        rows.append(("user-space memory per idle connection (engine worker RSS)", "≤ 1 KiB",
-                     f"{b:.0f} B (after one echo each: {b2:.0f} B)", "met" if max(b, b2) <= 1024 else "**missed**"))
-    return rows
+# The scaling section is kept between these markers when the rest of the file is rewritten.
+SCALING_BEGIN, SCALING_END = "<!-- scaling:begin -->", "<!-- scaling:end -->"
 
 
 def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: int, labels: dict[str, str] | None = None,
@@ -157,44 +68,6 @@ def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: in
                  "ready at once. The `accept4` beyond 1 per connection is the one that returns `EAGAIN` and ends each "
                  "batch.\n")
     return "\n".join(L)
-
-
-def svg_chart(summary: dict, labels: dict[str, str], order: list[str]) -> str:
-    """Grouped horizontal bars: one panel per workload, one bar per server (median, runs as ticks)."""
-    panels = [(w, "ops/s" if w != "stream-4" else "MB/s") for w, *_ in WORKLOADS]
-    colors = {"engine-cli": "#1f77b4", "engine-python": "#4c9be8", "engine-ruby": "#9ecae9", "talk-python": "#d62728",
-              "c-epoll": "#555555", "uvloop": "#98df8a",
-              "talk-ruby": "#ff9896", "asyncio": "#2ca02c"}
-    bar_h, gap, panel_gap, left, width = 16, 4, 36, 180, 460
-    y = 40
-    parts = []
-    for w, unit in panels:
-        rows = [k for k in order if w in summary.get(k, {})]
-        field_ = "mb_per_sec" if unit == "MB/s" else "ops_per_sec"
-        vmax = max([summary[k][w][field_] for k in rows] + [1e-9])
-        parts.append(f'<text x="10" y="{y}" font-weight="bold" font-size="14">{w} ({unit}, median of runs)</text>')
-        y += 10
-        for k in rows:
-            v = summary[k][w][field_]
-            bw = width * v / vmax
-            parts.append(f'<text x="{left - 8}" y="{y + bar_h - 4}" text-anchor="end" font-size="12">{esc(labels.get(k, k))}</text>')
-            parts.append(f'<rect x="{left}" y="{y}" width="{bw:.1f}" height="{bar_h}" fill="{colors.get(k, "#888")}"/>')
-            parts.append(f'<text x="{left + bw + 6:.1f}" y="{y + bar_h - 4}" font-size="12">{fmt_num(v)}</text>')
-            y += bar_h + gap
-        y += panel_gap
-    height = y
-    total_w = left + width + 120
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{height}" font-family="sans-serif">\n'
-            f'<rect width="100%" height="100%" fill="white"/>\n'
-            f'<text x="10" y="20" font-size="15">port-sharding bench: one server worker on CPU 0, load generator on CPU 1 (higher is better)</text>\n'
-            + "\n".join(parts) + "\n</svg>\n")
-
-
-def esc(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "")
-
-
-SCALING_BEGIN, SCALING_END = "<!-- scaling:begin -->", "<!-- scaling:end -->"
 
 
 def existing_scaling(ctx: Context) -> str:

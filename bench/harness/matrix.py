@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 from .context import Context
-from .markdown import floor_table, svg_chart, targets, write_benchmarks
-from .measure import (CLIENT_CPU, SERVER_CPU, WORKLOADS, bench, machine, machine_key, measure_drain, measure_memory,
-                      measure_startup, median_of, trace_server)
+from .chart import svg_chart
+from .footprint import measure_drain, measure_memory, measure_startup
+from .markdown import floor_table, write_benchmarks
+from .measure import CLIENT_CPU, SERVER_CPU, WORKLOADS, bench, machine, machine_key, median_of
+from .syscalls import trace_server
+from .targets import targets
 from .servers import Server, ServerKind, available, free_port, log, server_kinds
 
 
