@@ -127,7 +127,8 @@ def cmd_floor(ctx: Context) -> int:
     if not ctx.bin.exists():
         log(f"{ctx.bin} missing: run `cargo build --release`")
         return 2
-    kinds = [k for k in server_kinds(ctx) if k.key in SYSCALL_SERVERS]
+    also = {k for k in os.environ.get("BENCH_FLOOR_ALSO", "").split(",") if k}  # e.g. engine-python
+    kinds = [k for k in server_kinds(ctx) if k.key in SYSCALL_SERVERS or k.key in also]
     workloads = [w for w in WORKLOADS if w[0] in SYSCALL_WORKLOADS]
     matrix = run_matrix(ctx, kinds, workloads)
     summary = summarize(matrix)

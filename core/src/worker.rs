@@ -500,6 +500,7 @@ fn nothing_unread(conn: &mut Conn, scratch: &mut [u8], slot: &Slot) -> bool {
             Ok(0) => return true,
             Ok(n) => {
                 slot.bytes_in(n);
+                conn.readable = true; // there may be more: the linger goes on discarding it
                 return false;
             }
             Err(e) if interrupted(&e) => continue,
