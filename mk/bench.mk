@@ -33,4 +33,4 @@ bench-scaling: bench-build ## workers 1,2,4,8,16, engine and C server side by si
 test-bench-harness: ## the bench harness: no side effects at import, parsers, report, the C server (pytest)
 	$(PYTHON) -m pytest -q -p no:cacheprovider bench/harness_tests
 
-TEST_TARGETS += test-bench-harness
+TEST_SUITES += bench-harness

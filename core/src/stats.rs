@@ -11,9 +11,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::lifecycle::Phase;
 
-/// The old name of a worker's [`Phase`], kept inside the crate until every module says `Phase`.
-pub(crate) type WorkerState = Phase;
-
 /// A snapshot of one worker's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStats {

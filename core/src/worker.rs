@@ -7,15 +7,16 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::{Config, Mode};
+use crate::lifecycle::Phase;
 use crate::log::log;
-use crate::stats::{Slot, WorkerState};
+use crate::stats::Slot;
 
 const LISTENER: Token = Token(usize::MAX);
 const DRAIN_PIPE: Token = Token(usize::MAX - 1);
@@ -124,6 +125,13 @@ struct Loop<'a> {
     /// Tokens that ran out of budget and must be driven again without waiting for an event.
     again: Vec<usize>,
     accept_paused_until: Option<Instant>,
+    /// A connection closed while accepts were paused at `max_connections`: accept again once this
+    /// wake-up's events are handled (not from inside `close`, which `accept_all` itself can reach).
+    resume_accept: bool,
+    /// Failed accepts not yet logged, and when the last "accept failed" line was written: at most one
+    /// line a second, with a count.
+    accept_failures: u64,
+    accept_logged_at: Option<Instant>,
     /// When the last `poll` returned: the clock for idle and linger times, read once per wake-up instead
     /// of once per read and write (a second's sweep needs no finer one).
     now: Instant,
@@ -140,9 +148,7 @@ impl<'a> Loop<'a> {
         let mut listener = TcpListener::from_std(w.listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        // SAFETY: the supervisor gave us this pipe's read end and nothing else owns it.
-        let mut drain_pipe =
-            unsafe { mio::unix::pipe::Receiver::from_raw_fd(w.drain_pipe.into_raw_fd()) };
+        let mut drain_pipe = mio::unix::pipe::Receiver::from(w.drain_pipe);
         drain_pipe.set_nonblocking(true)?;
         poll.registry()
             .register(&mut drain_pipe, DRAIN_PIPE, Interest::READABLE)?;
@@ -171,6 +177,9 @@ impl<'a> Loop<'a> {
             config: w.config,
             again: Vec::new(),
             accept_paused_until: None,
+            resume_accept: false,
+            accept_failures: 0,
+            accept_logged_at: None,
             first_read_skip: 0,
             now,
             drain_started: None,
@@ -180,7 +189,7 @@ impl<'a> Loop<'a> {
     }
 
     fn run(&mut self) -> io::Result<()> {
-        self.slot.set_state(WorkerState::Serving);
+        self.slot.set_state(Phase::Serving);
         let mut events = Events::with_capacity(1024);
         // Connections may have queued before we existed (or while our predecessor was dead).
         self.accept_all();
@@ -220,6 +229,9 @@ impl<'a> Loop<'a> {
             self.now = now;
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
+                self.resume_accept = true;
+            }
+            if std::mem::take(&mut self.resume_accept) {
                 self.accept_all();
             }
             if now >= self.next_sweep {
@@ -251,7 +263,7 @@ impl<'a> Loop<'a> {
     }
 
     fn timeout(&self) -> Option<Duration> {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || self.resume_accept {
             return Some(Duration::ZERO);
         }
         let now = self.now; // read at the end of this pass through the loop
@@ -260,7 +272,11 @@ impl<'a> Loop<'a> {
             wake = wake.min(t);
         }
         if let Some(started) = self.drain_started {
-            wake = wake.min(started + self.config.drain_timeout);
+            wake = wake.min(
+                started
+                    .checked_add(self.config.drain_timeout)
+                    .unwrap_or(wake),
+            );
             if self.listener.is_some() {
                 // Poll the queue again soon: closing the listener waits for it to stay empty.
                 wake = wake.min(now + Duration::from_millis(20));
@@ -290,7 +306,7 @@ impl<'a> Loop<'a> {
             let now = Instant::now();
             self.drain_started = Some(now);
             self.close_listener_at = if handover { now } else { now + DRAIN_GRACE };
-            self.slot.set_state(WorkerState::Draining);
+            self.slot.set_state(Phase::Draining);
             let _ = self.poll.registry().deregister(&mut self.drain_pipe);
             let how = if handover {
                 "handed over its listener"
@@ -336,11 +352,22 @@ impl<'a> Loop<'a> {
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS/ENOMEM: the queue stays in the kernel; retrying now would spin.
                     self.slot.error();
-                    log!(
-                        "worker {}: accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}",
-                        self.index
-                    );
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.accept_failures += 1;
+                    let now = Instant::now();
+                    if self
+                        .accept_logged_at
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
+                        log!(
+                            "worker {}: accept failed ({e}), {} time(s) since the last report; pausing \
+                             accepts for {ACCEPT_BACKOFF:?} each time",
+                            self.index,
+                            self.accept_failures
+                        );
+                        self.accept_failures = 0;
+                        self.accept_logged_at = Some(now);
+                    }
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                     return;
                 }
             }
@@ -454,7 +481,7 @@ impl<'a> Loop<'a> {
             self.open -= 1;
             self.slot.closed(error);
             if self.open + 1 == self.config.max_connections {
-                self.accept_all();
+                self.resume_accept = true;
             }
         }
     }
