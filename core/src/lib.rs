@@ -92,6 +92,7 @@ mod lifecycle;
 mod listener;
 mod log;
 mod migrate;
+mod reuseport;
 mod server;
 mod settings;
 mod signals;

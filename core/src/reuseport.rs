@@ -1,0 +1,352 @@
+//! The port's reuseport group as the kernel keeps it: a classic BPF program that chooses the listener for
+//! each new connection, and how many listening sockets the group holds.
+//!
+//! `SO_ATTACH_REUSEPORT_CBPF` needs no privilege. The program runs on each SYN and returns an *index into
+//! the group*: the position of a socket in join order (bind order), where a socket that leaves is
+//! replaced by the group's last one. An index at or past the group's size makes the kernel fall back to
+//! its own hash, and the program is the group's, not the attaching socket's: it stays after that socket
+//! closes (see `shared/notes/kernel-facts.md`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use libc::sock_filter;
+
+/// `SO_ATTACH_REUSEPORT_CBPF` and `SO_DETACH_REUSEPORT_BPF` (Linux 4.5 and 5.3): libc defines them only
+/// for some targets. asm-generic's numbers (x86, arm, riscv, mips, powerpc), and sparc's.
+#[cfg(not(target_arch = "sparc64"))]
+mod opt {
+    pub const ATTACH_CBPF: libc::c_int = 51;
+    pub const DETACH_BPF: libc::c_int = 68;
+}
+#[cfg(target_arch = "sparc64")]
+mod opt {
+    pub const ATTACH_CBPF: libc::c_int = 0x35;
+    pub const DETACH_BPF: libc::c_int = 0x47;
+}
+
+/// Multiplier of the final mix (2^32 / φ, Knuth's multiplicative hash): spreads hashes whose low bits
+/// repeat (ephemeral ports are mostly even) before the modulo.
+const GOLDEN: u32 = 0x9E37_79B1;
+
+const fn stmt(code: u32, k: u32) -> sock_filter {
+    sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// `A = u32 at network header + off` (a negative `SKF_NET_OFF` load: the program sees the skb past the TCP
+/// header, where a SYN has no bytes).
+fn load_net(size: u32, off: u32) -> sock_filter {
+    stmt(
+        libc::BPF_LD | size | libc::BPF_ABS,
+        (libc::SKF_NET_OFF as u32).wrapping_add(off),
+    )
+}
+
+/// The program that sends each new connection to one of `targets` (group indexes, not empty), the same
+/// one for every packet of a flow, evenly over the flows:
+///
+/// ```text
+///      ld   [rxhash]            A = skb->hash (set on loopback and by NICs with RSS)
+///      jeq  #0, tuple, mix      no hash: make one from the source address and port
+/// tuple:
+///      ld   [net+12]            IPv4 source address (IPv6: xor of its four words at net+8…20)
+///      tax
+///      ldh  [net+20]            source port (IPv6: net+40); assumes no IP options / extension headers,
+///      xor  x                   which only makes the spread worse, never the choice wrong
+/// mix: mul  #0x9E3779B1
+///      rsh  #16
+///      mod  #k                  k = targets.len()
+///      jeq  #0 / ret #targets[0] … jeq #k-1 / ret #targets[k-1]
+///      ret  #targets[0]         (not reached)
+/// ```
+///
+/// Every path ends in a `ret` of one of `targets`. A load past the packet would end the program with
+/// index 0; no SYN is that short.
+pub(crate) fn steer_to(targets: &[u32], v6: bool) -> Vec<sock_filter> {
+    assert!(!targets.is_empty(), "steering to no listener");
+    let mut tuple = Vec::new();
+    if v6 {
+        tuple.push(load_net(libc::BPF_W, 8));
+        for off in [12, 16, 20] {
+            tuple.push(stmt(libc::BPF_MISC | libc::BPF_TAX, 0));
+            tuple.push(load_net(libc::BPF_W, off));
+            tuple.push(stmt(libc::BPF_ALU | libc::BPF_XOR | libc::BPF_X, 0));
+        }
+        tuple.push(stmt(libc::BPF_MISC | libc::BPF_TAX, 0));
+        tuple.push(load_net(libc::BPF_H, 40));
+    } else {
+        tuple.push(load_net(libc::BPF_W, 12));
+        tuple.push(stmt(libc::BPF_MISC | libc::BPF_TAX, 0));
+        tuple.push(load_net(libc::BPF_H, 20));
+    }
+    tuple.push(stmt(libc::BPF_ALU | libc::BPF_XOR | libc::BPF_X, 0));
+
+    let mut prog = vec![
+        stmt(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            (libc::SKF_AD_OFF + libc::SKF_AD_RXHASH) as u32,
+        ),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            0,
+            0,
+            tuple.len() as u8,
+        ),
+    ];
+    prog.extend(tuple);
+    prog.push(stmt(libc::BPF_ALU | libc::BPF_MUL | libc::BPF_K, GOLDEN));
+    prog.push(stmt(libc::BPF_ALU | libc::BPF_RSH | libc::BPF_K, 16));
+    prog.push(stmt(
+        libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K,
+        targets.len() as u32,
+    ));
+    for (i, &t) in targets.iter().enumerate() {
+        prog.push(jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            i as u32,
+            0,
+            1,
+        ));
+        prog.push(stmt(libc::BPF_RET | libc::BPF_K, t));
+    }
+    prog.push(stmt(libc::BPF_RET | libc::BPF_K, targets[0]));
+    prog
+}
+
+/// A program that returns an index past any group: the kernel falls back to its own hash (used where
+/// `SO_DETACH_REUSEPORT_BPF` is missing, before Linux 5.3).
+fn even() -> Vec<sock_filter> {
+    vec![stmt(libc::BPF_RET | libc::BPF_K, u32::MAX)]
+}
+
+/// Attaches `prog` to the reuseport group of `socket` (replacing any program the group had).
+pub(crate) fn attach(socket: &impl AsRawFd, prog: &[sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut sock_filter,
+    };
+    // SAFETY: the kernel copies `len` instructions from `filter`, which `prog` holds for this call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt::ATTACH_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Gives the group of `socket` back to the kernel's hash: detaches its program (none attached is fine).
+pub(crate) fn restore_even(socket: &impl AsRawFd) -> io::Result<()> {
+    let zero: libc::c_int = 0;
+    // SAFETY: setsockopt reads one int from `zero`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt::DETACH_BPF,
+            (&zero as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(()),
+        Some(libc::ENOPROTOOPT) => attach(socket, &even()),
+        _ => Err(e),
+    }
+}
+
+/// How many sockets listen on exactly `addr` in this network namespace (`/proc/net/tcp` or `tcp6`): the
+/// members of its reuseport group, ours and anyone else's. Reads every TCP socket's line, so callers use it
+/// rarely (at bind, and about once a second while steering).
+pub(crate) fn listening_on(addr: SocketAddr) -> io::Result<usize> {
+    let path = if addr.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let table = std::fs::read_to_string(path)?;
+    Ok(count_listening(&table, addr))
+}
+
+/// Counts the `LISTEN` (`0A`) lines of a `/proc/net/tcp*` table whose local address is `addr`.
+fn count_listening(table: &str, addr: SocketAddr) -> usize {
+    let want = local_field(addr);
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut f = line.split_whitespace();
+            let local = f.nth(1);
+            let state = f.nth(1);
+            state == Some("0A") && local.is_some_and(|l| l.eq_ignore_ascii_case(&want))
+        })
+        .count()
+}
+
+/// `addr` as `/proc/net/tcp*` prints a local address: each 32-bit word of the address in hex as the
+/// machine stores it, then `:` and the port in hex.
+fn local_field(addr: SocketAddr) -> String {
+    let words: Vec<[u8; 4]> = match addr {
+        SocketAddr::V4(a) => vec![a.ip().octets()],
+        SocketAddr::V6(a) => a
+            .ip()
+            .octets()
+            .chunks(4)
+            .map(|c| [c[0], c[1], c[2], c[3]])
+            .collect(),
+    };
+    let mut s: String = words
+        .iter()
+        .map(|w| format!("{:08X}", u32::from_ne_bytes(*w)))
+        .collect();
+    s.push_str(&format!(":{:04X}", addr.port()));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    fn group(n: usize) -> Vec<TcpListener> {
+        let first = crate::listener::bind("127.0.0.1:0".parse().unwrap(), 1024, true).unwrap();
+        let addr = first.local_addr().unwrap();
+        let mut all = vec![first];
+        while all.len() < n {
+            all.push(crate::listener::bind(addr, 1024, true).unwrap());
+        }
+        all
+    }
+
+    /// Connects `n` times (nobody accepts) and returns how many connections queued on each listener.
+    fn spread(listeners: &[TcpListener], n: usize) -> Vec<u32> {
+        let addr = listeners[0].local_addr().unwrap();
+        let clients: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let queues = listeners
+            .iter()
+            .map(|l| crate::listener::queue_len(l).unwrap())
+            .collect();
+        drop(clients);
+        queues
+    }
+
+    #[test]
+    fn every_path_of_the_program_returns_a_target() {
+        for (targets, v6) in [
+            (&[2u32][..], false),
+            (&[0, 3, 5][..], false),
+            (&[1, 2][..], true),
+        ] {
+            let prog = steer_to(targets, v6);
+            let rets: Vec<u32> = prog
+                .iter()
+                .filter(|i| u32::from(i.code) == libc::BPF_RET | libc::BPF_K)
+                .map(|i| i.k)
+                .collect();
+            assert_eq!(rets.len(), targets.len() + 1);
+            assert!(rets.iter().all(|r| targets.contains(r)), "{rets:?}");
+            // The jump table: entry i compares with i and returns targets[i].
+            let table = &prog[prog.len() - 1 - 2 * targets.len()..prog.len() - 1];
+            for (i, pair) in table.chunks(2).enumerate() {
+                assert_eq!((pair[0].k, pair[0].jt, pair[0].jf), (i as u32, 0, 1));
+                assert_eq!(pair[1].k, targets[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_kernel_sends_new_connections_only_to_the_chosen_listeners() {
+        let listeners = group(4);
+        attach(&listeners[0], &steer_to(&[1, 3], false)).unwrap();
+        let q = spread(&listeners, 200);
+        assert_eq!((q[0], q[2]), (0, 0), "steered away from 0 and 2: {q:?}");
+        assert_eq!(q[1] + q[3], 200, "{q:?}");
+        assert!(q[1] > 40 && q[3] > 40, "spread over both targets: {q:?}");
+        // The program belongs to the group: detaching through another member restores the kernel's hash.
+        restore_even(&listeners[2]).unwrap();
+        let q = spread(&listeners, 400);
+        assert!(q.iter().all(|&n| n > 40), "even hashing again: {q:?}");
+        restore_even(&listeners[2]).unwrap(); // nothing attached: still fine
+    }
+
+    #[test]
+    fn without_an_rx_hash_the_source_port_spreads_the_flows() {
+        // Force the `skb->hash == 0` path: the first load becomes `ld #0`.
+        let listeners = group(3);
+        let mut prog = steer_to(&[0, 2], false);
+        prog[0] = stmt(libc::BPF_LD | libc::BPF_IMM, 0);
+        attach(&listeners[1], &prog).unwrap();
+        let q = spread(&listeners, 200);
+        assert_eq!((q[1], q[0] + q[2]), (0, 200), "{q:?}");
+        assert!(q[0] > 40 && q[2] > 40, "spread by source port: {q:?}");
+    }
+
+    #[test]
+    fn ipv6_groups_are_steered_too() {
+        let Ok(first) = crate::listener::bind("[::1]:0".parse().unwrap(), 1024, true) else {
+            eprintln!("SKIPPED ipv6_groups_are_steered_too: no ::1 here");
+            return;
+        };
+        let addr = first.local_addr().unwrap();
+        let listeners = vec![first, crate::listener::bind(addr, 1024, true).unwrap()];
+        attach(&listeners[1], &steer_to(&[0], true)).unwrap();
+        assert_eq!(spread(&listeners, 50), vec![50, 0]);
+        assert_eq!(listening_on(addr).unwrap(), 2);
+    }
+
+    #[test]
+    fn the_group_is_counted_from_proc() {
+        let listeners = group(3);
+        let addr = listeners[0].local_addr().unwrap();
+        assert_eq!(listening_on(addr).unwrap(), 3);
+        let other: SocketAddr = format!("127.0.0.2:{}", addr.port()).parse().unwrap();
+        assert_eq!(
+            listening_on(other).unwrap(),
+            0,
+            "another address is another group"
+        );
+        drop(listeners);
+        assert_eq!(listening_on(addr).unwrap(), 0);
+    }
+
+    #[test]
+    fn proc_addresses_are_spelled_like_the_kernel() {
+        let a: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let want = if cfg!(target_endian = "little") {
+            "0100007F:1F90"
+        } else {
+            "7F000001:1F90"
+        };
+        assert_eq!(local_field(a), want);
+        let table = format!(
+            "  sl  local_address rem_address   st\n   0: {want} 00000000:0000 0A 0\n   1: {want} 0100007F:D431 01 0\n"
+        );
+        assert_eq!(count_listening(&table, a), 1);
+    }
+}
