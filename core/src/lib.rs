@@ -101,7 +101,7 @@ mod supervisor;
 mod worker;
 
 pub use config::{default_workers, parse_duration, Config, Mode, MAX_DURATION, MAX_WORKERS};
-pub use control::{control_dir, status, stop, ServerStatus};
+pub use control::{control_dir, status, stop, ServerStatus, SteeringState, SteeringStatus};
 pub use error::{Error, Result};
 pub use fds::close_in_forked_child;
 pub use lifecycle::{Phase, Report, StopReason};
@@ -109,7 +109,7 @@ pub use listener::{listen, resolve};
 pub use log::set_quiet;
 pub use server::{Handle, Running, Server};
 pub use settings::{setting, Host, Kind, Setting, Value, SETTINGS};
-pub use stats::WorkerStats;
+pub use stats::{Health, WorkerStats};
 
 /// The version shared by the crate, the CLI, the Python package and the Ruby gem.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -28,11 +28,13 @@ use crate::worker;
 
 mod process;
 mod shared;
+mod steering;
 mod takeover;
 
 pub(crate) use shared::Shared;
 
 use process::{child_main, describe, on_main_thread};
+use steering::Steering;
 use takeover::{take_over, Predecessor};
 
 const WAKER: Token = Token(0);
@@ -59,6 +61,8 @@ pub(crate) struct Bound {
     poll: Tracked<Poll>,
     control: Option<ControlSocket>,
     predecessor: Option<Predecessor>,
+    /// Each listener's index in the port's reuseport group, or why it is unknown (see `steering`).
+    group_order: std::result::Result<Vec<u32>, String>,
 }
 
 /// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
@@ -77,6 +81,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
             predecessor = Some(p);
         }
     }
+    let adopted = listeners.len();
     let mut addr = match listeners.first() {
         Some(l) => l.local_addr().map_err(|e| Error::io("getsockname", e))?,
         None => wanted,
@@ -86,6 +91,8 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         addr = l.local_addr().map_err(|e| Error::io("getsockname", e))?;
         listeners.push(Tracked::new(l));
     }
+    let adopted_order = predecessor.as_ref().and_then(|p| p.order.as_deref());
+    let group_order = steering::group_order(addr, adopted, adopted_order, listeners.len());
     let stats = Arc::new(StatsArea::new(listeners.len())?);
     let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);
     let waker = Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?;
@@ -104,6 +111,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         poll,
         control,
         predecessor,
+        group_order,
     })
 }
 
@@ -135,10 +143,11 @@ struct Supervisor {
     forced: bool,
     ready: bool,
     started: Instant,
+    steering: Steering,
 }
 
 impl Supervisor {
-    fn new(server: Bound) -> Result<Supervisor> {
+    fn new(mut server: Bound) -> Result<Supervisor> {
         let signals = if server.config.handle_signals && on_main_thread() {
             Some(SignalGuard::install(
                 server.poll.registry(),
@@ -158,7 +167,10 @@ impl Supervisor {
                 restart_at: None,
             })
             .collect();
+        let order = std::mem::replace(&mut server.group_order, Err(String::new()));
+        let steering = Steering::new(&server.config, server.addr, order);
         Ok(Supervisor {
+            steering,
             server,
             procs,
             signals,
@@ -220,6 +232,7 @@ impl Supervisor {
             self.reap();
             self.restart_due();
             self.sample_queues();
+            self.steer();
             self.check_ready();
             self.publish_phase();
             if let Some((since, reason)) = self.draining {
@@ -495,6 +508,7 @@ impl Supervisor {
                 .map(|c| c.path.clone())
                 .unwrap_or_default(),
             workers: self.server.stats.snapshot(),
+            steering: self.steering.status(),
         }
     }
 

@@ -1,0 +1,310 @@
+//! Steering new connections away from a stalled worker, end to end: real `serve` processes, real clients on
+//! 127.0.0.1, a worker stopped with SIGSTOP. Outcomes are counted (timed-out connections, queue lengths from
+//! the kernel); nothing is timed.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Clients of the load: each does connect, a 16-byte echo, close, with a 1 s timeout, in a loop.
+const CLIENTS: usize = 4;
+/// How long the worker stays stopped.
+const STALL: Duration = Duration::from_secs(3);
+
+#[derive(Default)]
+struct Outcomes {
+    ok: AtomicU64,
+    timed_out: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// One connect/echo/close with 1 s timeouts: `Ok(true)` echoed, `Ok(false)` timed out.
+fn echo_once(port: u16) -> std::io::Result<bool> {
+    let limit = Duration::from_secs(1);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = match TcpStream::connect_timeout(&addr, limit) {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::TimedOut => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    s.set_read_timeout(Some(limit))?;
+    s.set_write_timeout(Some(limit))?;
+    s.write_all(b"0123456789abcdef")?;
+    let mut buf = [0u8; 16];
+    match s.read_exact(&mut buf) {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `CLIENTS` threads of connect/echo/close until `stop` (bounded: at most 60 s and 1,000,000 each).
+struct Load {
+    stop: Arc<AtomicBool>,
+    out: Arc<Outcomes>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let out = Arc::new(Outcomes::default());
+        let threads = (0..CLIENTS)
+            .map(|_| {
+                let (stop, out) = (stop.clone(), out.clone());
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(60);
+                    for _ in 0..1_000_000 {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > until {
+                            break;
+                        }
+                        let counter = match echo_once(port) {
+                            Ok(true) => &out.ok,
+                            Ok(false) => &out.timed_out,
+                            Err(_) => &out.failed,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load { stop, out, threads }
+    }
+
+    /// Stops the clients; returns (echoed, timed out, failed otherwise).
+    fn finish(self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let o = &self.out;
+        (
+            o.ok.load(Ordering::Relaxed),
+            o.timed_out.load(Ordering::Relaxed),
+            o.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Connections waiting in the port's accept queues, from the kernel (`ss`): the running workers empty
+/// theirs at once, so this is the stopped worker's queue (give or take a connection being accepted).
+fn queued(port: u16) -> u64 {
+    kernel_queues(port).iter().sum()
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: signalling a worker of the server this test started.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn worker_field(status: &serde_json::Value, i: usize, field: &str) -> serde_json::Value {
+    status[0]["workers"][i][field].clone()
+}
+
+/// Stops worker 1 of `workers` for [`STALL`] under load; returns the timed-out connections, and checks what
+/// must hold either way (the load ran, the stopped worker is served again afterwards).
+fn stall_one(workers: usize, steering: bool) -> u64 {
+    let n = workers.to_string();
+    let flag = format!("--steering={steering}");
+    let mut srv = Spawn::new(&["--port", "0", "--workers", &n, &flag]).start();
+    let stopped = srv.worker_pids()[1];
+    let load = Load::start(srv.port);
+    wait_until("the load to reach every worker", || {
+        accepted(&srv.status()).iter().all(|&a| a > 0)
+    });
+    signal(stopped, libc::SIGSTOP);
+    srv.wait_log("worker 1 (pid");
+    let grew = if steering {
+        srv.wait_log("steering started");
+        // From here on nothing new may queue on the stopped worker's listener, bar SYNs already in flight.
+        let at_start = queued(srv.port);
+        std::thread::sleep(STALL);
+        let at_end = queued(srv.port);
+        let status = srv.status();
+        assert_eq!(status[0]["steering"]["state"], "active", "{status}");
+        assert_eq!(worker_field(&status, 1, "health"), "stalled");
+        at_end.saturating_sub(at_start)
+    } else {
+        std::thread::sleep(STALL);
+        assert_eq!(srv.status()[0]["steering"]["state"], "off");
+        0
+    };
+    signal(stopped, libc::SIGCONT);
+    if steering {
+        srv.wait_log("steering ended");
+        assert_eq!(srv.status()[0]["steering"]["state"], "idle");
+    }
+    let (ok, timed_out, failed) = load.finish();
+    eprintln!(
+        "{workers} workers, steering {steering}: {ok} echoed, {timed_out} timed out, {failed} failed; \
+         stopped listener's queue grew by {grew} while steering"
+    );
+    assert!(ok > 0);
+    assert!(
+        grew <= CLIENTS as u64,
+        "new connections kept queuing on the stopped worker: +{grew}"
+    );
+    // Even hashing again: the resumed worker gets new connections.
+    let before = accepted(&srv.status())[1];
+    for i in 0..200 {
+        let msg = format!("after {i}");
+        assert_eq!(round_trip(srv.port, msg.as_bytes()), msg.as_bytes());
+    }
+    let after = accepted(&srv.status())[1];
+    assert!(after > before, "the resumed worker got no new connection");
+    timed_out
+}
+
+fn compare(workers: usize) {
+    let on = stall_one(workers, true);
+    let off = stall_one(workers, false);
+    eprintln!(
+        "{workers} workers, one stopped for {STALL:?}: timed out with steering {on}, without {off}"
+    );
+    // Only connections queued before the detection window closed may time out: at most one per client.
+    assert!(on <= CLIENTS as u64, "steering on: {on} timed out");
+    assert!(off > on, "steering made no difference: on {on}, off {off}");
+}
+
+#[test]
+fn a_stopped_worker_of_two_stops_getting_connections() {
+    compare(2);
+}
+
+#[test]
+fn a_stopped_worker_of_four_stops_getting_connections() {
+    compare(4);
+}
+
+#[test]
+fn a_group_shared_with_another_process_is_left_to_the_kernel() {
+    let ctl_a = control_dir();
+    let ctl_b = control_dir();
+    let mut a = Spawn::new(&["--port", "0", "--workers", "2"])
+        .dir(&ctl_a)
+        .start();
+    let port = a.port.to_string();
+    // Another process's listener in the same group: a second server with its own control directory.
+    let mut b = Spawn::new(&["--port", &port, "--workers", "2"])
+        .dir(&ctl_b)
+        .start();
+    let stopped = a.worker_pids()[1];
+    signal(stopped, libc::SIGSTOP);
+    let mut clients: Vec<TcpStream> = Vec::new();
+    // Until a connection queues on the stopped worker (a third of them should), bounded.
+    for _ in 0..300 {
+        clients.push(connect(a.port));
+        if kernel_queues(a.port).iter().any(|&q| q > 0) {
+            break;
+        }
+    }
+    a.wait_log("worker 1 (pid");
+    let why = a.wait_log("steering off:");
+    assert!(why.contains("2 socket(s) of another process"), "{why}");
+    let status = a.status();
+    assert_eq!(status[0]["steering"]["state"], "off", "{status}");
+    assert!(status[0]["steering"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("another process"));
+    assert_eq!(a.count_log("steering started"), 0);
+    // The other server was the second to bind: it cannot know the group's order, and says so if it must.
+    let b_worker = b.worker_pids()[1];
+    signal(b_worker, libc::SIGSTOP);
+    for _ in 0..300 {
+        clients.push(connect(a.port));
+        if b.count_log("stalled") > 0 {
+            break;
+        }
+    }
+    let why = b.wait_log("steering off:");
+    assert!(why.contains("besides this server's 2"), "{why}");
+    signal(b_worker, libc::SIGCONT);
+    signal(stopped, libc::SIGCONT);
+    assert_eq!(a.count_log("steering off:"), 1, "said once");
+    drop(clients);
+}
+
+#[test]
+fn a_worker_stalled_too_long_is_replaced_and_its_queue_served() {
+    let mut srv = Spawn::new(&[
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--stall-restart-after",
+        "1s",
+    ])
+    .start();
+    let stopped = srv.worker_pids()[1];
+    signal(stopped, libc::SIGSTOP);
+    // Clients that wait patiently: those hashed to the stopped worker queue there until its replacement.
+    let mut clients: Vec<(TcpStream, String)> = Vec::new();
+    for i in 0..40 {
+        let mut s = connect(srv.port);
+        let msg = format!("patient {i}");
+        s.write_all(msg.as_bytes()).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        clients.push((s, msg));
+        if queued(srv.port) >= 5 {
+            break;
+        }
+    }
+    assert!(queued(srv.port) > 0, "nothing queued on the stopped worker");
+    srv.wait_log("steering started");
+    srv.wait_log("(stall_restart_after): replacing it");
+    srv.wait_log("steering ended");
+    for (s, msg) in &mut clients {
+        assert_eq!(read_to_end(s), msg.as_bytes(), "served by the replacement");
+    }
+    let status = srv.status();
+    assert_eq!(worker_field(&status, 1, "restarts"), 1);
+    assert_ne!(worker_field(&status, 1, "pid"), stopped);
+    assert!(!alive(stopped));
+}
+
+#[test]
+fn a_worker_replaced_while_steering_keeps_the_program_right() {
+    let mut srv = Spawn::new(&["--port", "0", "--workers", "4"]).start();
+    let pids = srv.worker_pids();
+    signal(pids[1], libc::SIGSTOP);
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        clients.push(connect(srv.port));
+        if srv.count_log("steering started") > 0 {
+            break;
+        }
+    }
+    srv.wait_log("steering started: new connections go to worker(s) 0, 2, 3 only");
+    drop(clients);
+    // Replace a healthy worker: same listener, same index in the group, new process.
+    signal(pids[3], libc::SIGKILL);
+    srv.wait_log("restarting in");
+    wait_until("worker 3's replacement", || srv.worker_pids().len() == 5);
+    let stuck = queued(srv.port);
+    let before = accepted(&srv.status());
+    for i in 0..300 {
+        let msg = format!("m{i}");
+        assert_eq!(round_trip(srv.port, msg.as_bytes()), msg.as_bytes());
+    }
+    let after = accepted(&srv.status());
+    assert_eq!(
+        queued(srv.port),
+        stuck,
+        "nothing new for the stopped worker"
+    );
+    assert!(after[3] > before[3], "the replacement gets connections");
+    assert_eq!(after[1], before[1]);
+    assert_eq!(
+        srv.status()[0]["steering"]["to"],
+        serde_json::json!([0, 2, 3])
+    );
+    signal(pids[1], libc::SIGCONT);
+    srv.wait_log("steering ended");
+}
