@@ -156,7 +156,8 @@ impl Steering {
             order,
             v6: addr.is_ipv6(),
             watch: (0..n).map(|_| Watch::new(0, 0, 0, now)).collect(),
-            applied: Some(Vec::new()),
+            // Unknown: a predecessor may have left its program on the group; the first tick resets it.
+            applied: None,
             active_since: None,
             others: 0,
             counted_at: None,
@@ -404,5 +405,95 @@ impl Supervisor {
             }
             (false, true) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steering(stall_after_ms: u64) -> Steering {
+        let config = Config {
+            workers: 2,
+            backlog: 100,
+            stall_after: Duration::from_millis(stall_after_ms),
+            ..Config::default()
+        };
+        Steering::new(&config, "127.0.0.1:1".parse().unwrap(), Ok(vec![0, 1]))
+    }
+
+    #[test]
+    fn a_worker_stalls_only_with_a_queue_and_no_progress_for_stall_after() {
+        let mut s = steering(100);
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        assert_eq!(s.judge(0, 7, 10, 0, ms(0)), Health::Serving);
+        // Queued, nothing accepted, but not for long enough yet.
+        assert_eq!(s.judge(0, 7, 10, 3, ms(50)), Health::Serving);
+        assert_eq!(s.judge(0, 7, 10, 3, ms(100)), Health::Stalled);
+        assert_eq!(s.judge(0, 7, 10, 5, ms(150)), Health::Stalled);
+        // The counter moved: serving again.
+        assert_eq!(s.judge(0, 7, 11, 5, ms(200)), Health::Serving);
+        // A queue that shrinks is progress too (a worker whose accepts are not counted).
+        assert_eq!(s.judge(0, 7, 11, 4, ms(400)), Health::Serving);
+        assert_eq!(s.judge(0, 7, 11, 4, ms(450)), Health::Serving);
+        assert_eq!(s.judge(0, 7, 11, 4, ms(500)), Health::Stalled);
+        // A new process on the slot starts with a clean record.
+        assert_eq!(s.judge(0, 8, 11, 4, ms(510)), Health::Serving);
+        // Idle (nothing queued) is never stalled.
+        assert_eq!(s.judge(1, 9, 0, 0, ms(5000)), Health::Serving);
+    }
+
+    #[test]
+    fn overload_has_hysteresis() {
+        let mut s = steering(1000);
+        let t = Instant::now();
+        let mut accepted = 0;
+        let mut at = |q| {
+            accepted += 1;
+            s.judge(0, 7, accepted, q, t)
+        };
+        assert_eq!(at(50), Health::Serving);
+        assert_eq!(at(51), Health::Overloaded);
+        assert_eq!(at(30), Health::Overloaded);
+        assert_eq!(at(25), Health::Serving);
+    }
+
+    #[test]
+    fn a_restart_is_due_once_per_stall() {
+        let mut s = steering(100);
+        s.restart_after = Some(Duration::from_secs(1));
+        let t = Instant::now();
+        s.judge(0, 7, 0, 0, t);
+        s.judge(0, 7, 0, 2, t + Duration::from_millis(200));
+        assert_eq!(s.due_for_restart(0, t + Duration::from_millis(900)), None);
+        assert!(s
+            .due_for_restart(0, t + Duration::from_millis(1300))
+            .is_some());
+        assert_eq!(s.due_for_restart(0, t + Duration::from_millis(1400)), None);
+    }
+
+    #[test]
+    fn an_adopted_order_must_be_a_permutation() {
+        assert!(is_permutation(&[1, 0, 2], 3));
+        assert!(!is_permutation(&[1, 1, 2], 3));
+        assert!(!is_permutation(&[0, 1], 3));
+        assert!(!is_permutation(&[0, 3, 1], 3));
+    }
+
+    #[test]
+    fn the_order_is_known_only_when_the_group_was_ours_alone() {
+        let a = crate::listener::bind("127.0.0.1:0".parse().unwrap(), 16, true).unwrap();
+        let addr = a.local_addr().unwrap();
+        let b = crate::listener::bind(addr, 16, true).unwrap();
+        assert_eq!(group_order(addr, 0, None, 2), Ok(vec![0, 1]));
+        assert_eq!(group_order(addr, 1, Some(&[0]), 2), Ok(vec![0, 1]));
+        let why = group_order(addr, 1, None, 2).unwrap_err();
+        assert!(why.contains("without their order"), "{why}");
+        // A third socket we did not bind.
+        let c = crate::listener::bind(addr, 16, true).unwrap();
+        let why = group_order(addr, 0, None, 2).unwrap_err();
+        assert!(why.contains("held 1 socket(s) besides"), "{why}");
+        drop((a, b, c));
     }
 }
