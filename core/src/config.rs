@@ -102,8 +102,9 @@ pub struct Config {
     ///
     /// Default value: `false`.
     pub takeover: bool,
-    /// Set `net.ipv4.tcp_migrate_req=1` in this network namespace at start, so closing a listener moves its
-    /// queued connections to the rest of the group instead of resetting them. Needs privilege.
+    /// Make closing a listener move its queued connections to the rest of the group instead of resetting
+    /// them: a `SELECT_OR_MIGRATE` eBPF program on this server's group where permitted (`CAP_BPF`), else
+    /// `net.ipv4.tcp_migrate_req=1` for the whole network namespace (`CAP_NET_ADMIN`). Needs privilege.
     ///
     /// Default value: `false`.
     pub migrate: bool,

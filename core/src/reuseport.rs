@@ -18,11 +18,13 @@ use libc::sock_filter;
 #[cfg(not(target_arch = "sparc64"))]
 mod opt {
     pub const ATTACH_CBPF: libc::c_int = 51;
+    pub const ATTACH_EBPF: libc::c_int = 52;
     pub const DETACH_BPF: libc::c_int = 68;
 }
 #[cfg(target_arch = "sparc64")]
 mod opt {
     pub const ATTACH_CBPF: libc::c_int = 0x35;
+    pub const ATTACH_EBPF: libc::c_int = 0x36;
     pub const DETACH_BPF: libc::c_int = 0x47;
 }
 
@@ -148,6 +150,89 @@ pub(crate) fn attach(socket: &impl AsRawFd, prog: &[sock_filter]) -> io::Result<
             opt::ATTACH_CBPF,
             (&fprog as *const libc::sock_fprog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `bpf(2)` command, program type and attach type numbers from `linux/bpf.h`.
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
+const BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: u32 = 40;
+
+/// Loads the eBPF program that makes the group migrate: `r0 = SK_PASS; exit`, of type `SK_REUSEPORT`,
+/// loaded for `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`.
+///
+/// It selects no socket, so new connections are hashed as without a program; but a group whose program has
+/// that attach type moves a closing listener's queue (and its half-open connections) to a live listener of
+/// the group instead of resetting them, whatever `net.ipv4.tcp_migrate_req` says — in this group only.
+/// Needs `CAP_BPF` (or root) to load and `CAP_NET_ADMIN` for the migration; fails with `EPERM` otherwise.
+pub(crate) fn load_migrate_program() -> io::Result<std::os::fd::OwnedFd> {
+    // struct bpf_insn: code, dst_reg:4|src_reg:4, off (i16), imm (i32).
+    #[repr(C)]
+    struct Insn {
+        code: u8,
+        regs: u8,
+        off: i16,
+        imm: i32,
+    }
+    let insns = [
+        // BPF_ALU64 | BPF_MOV | BPF_K: r0 = 1 (SK_PASS)
+        Insn {
+            code: 0xb7,
+            regs: 0,
+            off: 0,
+            imm: 1,
+        },
+        // BPF_JMP | BPF_EXIT
+        Insn {
+            code: 0x95,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+    let license = b"MIT\0";
+    // The BPF_PROG_LOAD part of union bpf_attr, up to expected_attach_type (offset 68).
+    let mut attr = [0u8; 72];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SK_REUSEPORT.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[48..58].copy_from_slice(b"ps_migrate"); // prog_name, NUL-padded to 16 bytes
+    attr[68..72].copy_from_slice(&BPF_SK_REUSEPORT_SELECT_OR_MIGRATE.to_ne_bytes());
+    // SAFETY: the kernel reads `attr` (72 bytes) and, through it, `insns` and `license`, which live until
+    // the call returns; it returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd the kernel just returned, owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches a loaded eBPF program (`SO_ATTACH_REUSEPORT_EBPF`) to the group of `socket`.
+pub(crate) fn attach_ebpf(socket: &impl AsRawFd, prog: &impl AsRawFd) -> io::Result<()> {
+    let fd: libc::c_int = prog.as_raw_fd();
+    // SAFETY: setsockopt reads one int from `fd`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt::ATTACH_EBPF,
+            (&fd as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc == 0 {

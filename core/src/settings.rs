@@ -187,8 +187,9 @@ pub const SETTINGS: &[Setting] = &[
         short: None,
         kind: Kind::Flag,
         value_name: "",
-        help: "Set net.ipv4.tcp_migrate_req=1 so closing a listener moves its queue instead of resetting it \
-               (needs CAP_NET_ADMIN)",
+        help: "Closing a listener moves its queue to the others instead of resetting it: a reuseport eBPF \
+               program on this server's group where permitted (CAP_BPF), else net.ipv4.tcp_migrate_req=1 \
+               (CAP_NET_ADMIN)",
         default: "off",
     },
     Setting {

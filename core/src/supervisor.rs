@@ -21,7 +21,7 @@ use crate::fds::Tracked;
 use crate::lifecycle::{Phase, Report, StopReason};
 use crate::listener;
 use crate::log::log;
-use crate::migrate::{enable_migration, migrate_req};
+use crate::migrate::migrate_req;
 use crate::signals::SignalGuard;
 use crate::stats::StatsArea;
 use crate::worker;
@@ -63,6 +63,8 @@ pub(crate) struct Bound {
     predecessor: Option<Predecessor>,
     /// Each listener's index in the port's reuseport group, or why it is unknown (see `steering`).
     group_order: std::result::Result<Vec<u32>, String>,
+    /// The group's migrate program (`--migrate` where eBPF is permitted), attached again after steering.
+    migrate_prog: Option<OwnedFd>,
 }
 
 /// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
@@ -70,9 +72,6 @@ pub(crate) struct Bound {
 pub(crate) fn bind(config: Config) -> Result<Bound> {
     config.validate()?;
     let wanted = listener::resolve(&config.host, config.port)?;
-    if config.migrate {
-        enable_migration()?;
-    }
     let mut listeners = Vec::new();
     let mut predecessor = None;
     if config.takeover {
@@ -91,6 +90,10 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         addr = l.local_addr().map_err(|e| Error::io("getsockname", e))?;
         listeners.push(Tracked::new(l));
     }
+    let migrate_prog = match (config.migrate, listeners.first()) {
+        (true, Some(l)) => crate::migrate::enable(l)?,
+        _ => None,
+    };
     let adopted_order = predecessor.as_ref().and_then(|p| p.order.as_deref());
     let group_order = steering::group_order(addr, adopted, adopted_order, listeners.len());
     let stats = Arc::new(StatsArea::new(listeners.len())?);
@@ -112,6 +115,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         control,
         predecessor,
         group_order,
+        migrate_prog,
     })
 }
 
@@ -168,7 +172,12 @@ impl Supervisor {
             })
             .collect();
         let order = std::mem::replace(&mut server.group_order, Err(String::new()));
-        let steering = Steering::new(&server.config, server.addr, order);
+        let steering = Steering::new(
+            &server.config,
+            server.addr,
+            order,
+            server.migrate_prog.take(),
+        );
         Ok(Supervisor {
             steering,
             server,
@@ -193,7 +202,10 @@ impl Supervisor {
             c.backlog,
             c.drain_timeout
         );
-        if migrate_req() == Some(false) && self.server.predecessor.is_none() {
+        if migrate_req() == Some(false)
+            && self.server.predecessor.is_none()
+            && !self.steering.migrates()
+        {
             log!(
                 "note: net.ipv4.tcp_migrate_req=0: closing a listener resets connections queued on it; \
                  use --takeover for rolling upgrades, or sysctl net.ipv4.tcp_migrate_req=1"

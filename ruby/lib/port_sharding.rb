@@ -30,7 +30,8 @@ module PortSharding
     #   max_connections: open connections per worker (default 10_000)
     #   idle_timeout:    close connections idle this many seconds (default: never)
     #   takeover:        true: adopt the sockets of the server running on host:port (a rolling upgrade)
-    #   migrate:         true: set net.ipv4.tcp_migrate_req=1 (needs CAP_NET_ADMIN)
+    #   migrate:         true: closing a listener moves its queue to the others (an eBPF program on the
+    #                    group with CAP_BPF, else net.ipv4.tcp_migrate_req=1 with CAP_NET_ADMIN)
     #   steering:        false: leave new connections to the kernel's hash even while a worker is stalled
     #                    (default true)
     #   stall_after:     seconds a worker with connections queued may accept none before it counts as

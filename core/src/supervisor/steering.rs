@@ -16,6 +16,7 @@
 //! knows only ours: while the group holds any, steering stays off and says why once.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -143,6 +144,9 @@ pub(super) struct Steering {
     counted_at: Option<Instant>,
     /// Why steering cannot work, once it could not (logged once).
     blocked: Option<String>,
+    /// The migrate program (`--migrate` with eBPF): "even hashing" means this program, not none, and steering
+    /// replaces it for as long as it lasts (the group has one program).
+    migrate: Option<OwnedFd>,
 }
 
 impl Steering {
@@ -150,6 +154,7 @@ impl Steering {
         config: &Config,
         addr: SocketAddr,
         order: Result<Vec<u32>, String>,
+        migrate: Option<OwnedFd>,
     ) -> Steering {
         let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
             .ok()
@@ -158,6 +163,13 @@ impl Steering {
         let backlog = u64::from(config.backlog).min(somaxconn).max(2);
         let now = Instant::now();
         let n = order.as_ref().map_or(config.workers, Vec::len);
+        // Unknown where we own the group (a predecessor may have left its program on it): the first tick
+        // resets it. Where others were there first it is theirs to set, and we never touch it.
+        let applied = if order.is_ok() {
+            None
+        } else {
+            Some(Vec::new())
+        };
         Steering {
             enabled: config.steering,
             stall_after: config.stall_after,
@@ -167,13 +179,18 @@ impl Steering {
             order,
             v6: addr.is_ipv6(),
             watch: (0..n).map(|_| Watch::new(0, 0, 0, now)).collect(),
-            // Unknown: a predecessor may have left its program on the group; the first tick resets it.
-            applied: None,
+            applied,
             active_since: None,
             others: 0,
             counted_at: None,
             blocked: None,
+            migrate,
         }
+    }
+
+    /// Whether the group migrates closing listeners' queues by our eBPF program.
+    pub(super) fn migrates(&self) -> bool {
+        self.migrate.is_some()
     }
 
     /// The group index of each listener, for a successor; `None` when unknown.
@@ -387,7 +404,10 @@ impl Supervisor {
                 let targets: Vec<u32> = want.iter().map(|&i| order[i]).collect();
                 reuseport::attach(listener, &reuseport::steer_to(&targets, s.v6))
             }
-            _ => reuseport::restore_even(listener),
+            _ => match &s.migrate {
+                Some(prog) => reuseport::attach_ebpf(listener, prog),
+                None => reuseport::restore_even(listener),
+            },
         };
         if let Err(e) = result {
             s.block(format!("the reuseport program could not be changed ({e})"));
@@ -448,7 +468,12 @@ mod tests {
             stall_after: Duration::from_millis(stall_after_ms),
             ..Config::default()
         };
-        Steering::new(&config, "127.0.0.1:1".parse().unwrap(), Ok(vec![0, 1]))
+        Steering::new(
+            &config,
+            "127.0.0.1:1".parse().unwrap(),
+            Ok(vec![0, 1]),
+            None,
+        )
     }
 
     #[test]
