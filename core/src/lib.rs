@@ -40,6 +40,18 @@
 //! [`status`], [`stop`] and `takeover` (a successor receives the listening sockets with `SCM_RIGHTS`, so
 //! nothing queued is reset during an upgrade).
 //!
+//! # Stalled workers
+//!
+//! The kernel's hash ignores load: it keeps queuing new connections on a worker that is stopped, in a long
+//! pause or hung. The supervisor judges every worker each tick from what it already samples (its listener's
+//! queue and the worker's `accepted` counter): *stalled* when connections are queued and none was accepted for
+//! [`Config::stall_after`], *overloaded* when the queue passes half the backlog. While some are and others are
+//! not, it attaches a classic BPF program to the port's reuseport group that hashes new connections onto the
+//! healthy listeners only, and gives the group back to the kernel's hash when they recover
+//! ([`Config::steering`]; `status` shows each worker's [`Health`]). Where other processes' sockets share the
+//! group it stays off, since such a program would starve them. [`Config::stall_restart_after`] replaces a
+//! worker stalled that long.
+//!
 //! # Signals
 //!
 //! | signal | effect |

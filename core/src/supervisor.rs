@@ -61,10 +61,8 @@ pub(crate) struct Bound {
     poll: Tracked<Poll>,
     control: Option<ControlSocket>,
     predecessor: Option<Predecessor>,
-    /// Each listener's index in the port's reuseport group, or why it is unknown (see `steering`).
-    group_order: std::result::Result<Vec<u32>, String>,
-    /// The group's migrate program (`--migrate` where eBPF is permitted), attached again after steering.
-    migrate_prog: Option<OwnedFd>,
+    /// Stall detection and the group's program (see `steering`).
+    steering: Steering,
 }
 
 /// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
@@ -96,6 +94,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
     };
     let adopted_order = predecessor.as_ref().and_then(|p| p.order.as_deref());
     let group_order = steering::group_order(addr, adopted, adopted_order, listeners.len());
+    let steering = Steering::new(&config, addr, group_order, migrate_prog);
     let stats = Arc::new(StatsArea::new(listeners.len())?);
     let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);
     let waker = Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?;
@@ -114,8 +113,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         poll,
         control,
         predecessor,
-        group_order,
-        migrate_prog,
+        steering,
     })
 }
 
@@ -147,11 +145,10 @@ struct Supervisor {
     forced: bool,
     ready: bool,
     started: Instant,
-    steering: Steering,
 }
 
 impl Supervisor {
-    fn new(mut server: Bound) -> Result<Supervisor> {
+    fn new(server: Bound) -> Result<Supervisor> {
         let signals = if server.config.handle_signals && on_main_thread() {
             Some(SignalGuard::install(
                 server.poll.registry(),
@@ -171,15 +168,7 @@ impl Supervisor {
                 restart_at: None,
             })
             .collect();
-        let order = std::mem::replace(&mut server.group_order, Err(String::new()));
-        let steering = Steering::new(
-            &server.config,
-            server.addr,
-            order,
-            server.migrate_prog.take(),
-        );
         Ok(Supervisor {
-            steering,
             server,
             procs,
             signals,
@@ -204,7 +193,7 @@ impl Supervisor {
         );
         if migrate_req() == Some(false)
             && self.server.predecessor.is_none()
-            && !self.steering.migrates()
+            && !self.server.steering.migrates()
         {
             log!(
                 "note: net.ipv4.tcp_migrate_req=0: closing a listener resets connections queued on it; \
@@ -520,7 +509,7 @@ impl Supervisor {
                 .map(|c| c.path.clone())
                 .unwrap_or_default(),
             workers: self.server.stats.snapshot(),
-            steering: self.steering.status(),
+            steering: self.server.steering.status(),
         }
     }
 

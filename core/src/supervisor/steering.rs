@@ -325,7 +325,11 @@ impl Supervisor {
             return;
         }
         let now = Instant::now();
-        let n = self.server.listeners.len().min(self.steering.watch.len());
+        let n = self
+            .server
+            .listeners
+            .len()
+            .min(self.server.steering.watch.len());
         let mut healthy = Vec::with_capacity(n);
         for i in 0..n {
             let slot = self.server.stats.slot(i);
@@ -335,21 +339,22 @@ impl Supervisor {
                 queue: slot.queue_len(),
                 starting: pid != 0 && slot.state() == crate::lifecycle::Phase::Starting,
             };
-            let health = self.steering.judge(i, pid, sample, now);
+            let health = self.server.steering.judge(i, pid, sample, now);
             slot.set_health(health);
             if health == Health::Serving {
                 healthy.push(i);
             }
-            if let (Some(stalled), Some(pid)) =
-                (self.steering.due_for_restart(i, now), self.procs[i].pid)
-            {
+            if let (Some(stalled), Some(pid)) = (
+                self.server.steering.due_for_restart(i, now),
+                self.procs[i].pid,
+            ) {
                 log!("worker {i} (pid {pid}) stalled for {stalled:.2?} (stall_restart_after): replacing it");
                 nix::sys::signal::kill(pid, Signal::SIGKILL).ok();
             }
         }
         if self.successor.is_some() {
             // The new server decides the group's program once it runs; ours is stale from now.
-            self.steering.forget_program();
+            self.server.steering.forget_program();
             return;
         }
         let mut want = if healthy.is_empty() || healthy.len() == n {
@@ -357,18 +362,18 @@ impl Supervisor {
         } else {
             healthy
         };
-        if !want.is_empty() && !self.steering.enabled {
+        if !want.is_empty() && !self.server.steering.enabled {
             want.clear();
         }
         if !want.is_empty() {
-            if let Err(why) = &self.steering.order {
+            if let Err(why) = &self.server.steering.order {
                 let why = why.clone();
-                self.steering.block(why);
+                self.server.steering.block(why);
                 want.clear();
             }
         }
         if !want.is_empty() {
-            let s = &mut self.steering;
+            let s = &mut self.server.steering;
             let stale = s
                 .counted_at
                 .is_none_or(|t| now.duration_since(t) >= RECOUNT);
@@ -390,14 +395,14 @@ impl Supervisor {
                 want.clear();
             }
         }
-        if self.steering.applied.as_ref() != Some(&want) {
+        if self.server.steering.applied.as_ref() != Some(&want) {
             self.apply(want, now);
         }
     }
 
     /// Attaches the program for `want` (empty: the kernel's hash) and logs the change.
     fn apply(&mut self, want: Vec<usize>, now: Instant) {
-        let s = &mut self.steering;
+        let s = &mut self.server.steering;
         let listener = &self.server.listeners[0];
         let result = match &s.order {
             Ok(order) if !want.is_empty() => {

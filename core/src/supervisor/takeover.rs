@@ -251,7 +251,7 @@ impl Supervisor {
             runtime: self.server.config.runtime.clone(),
             addr: mine,
             sockets: fds.len(),
-            order: self.steering.order(),
+            order: self.server.steering.order(),
         };
         if let Err(e) = control::send_offer(&stream, &offer, &fds) {
             log!("takeover aborted: could not send the listening sockets ({e}); still serving");
