@@ -96,10 +96,10 @@ impl Load {
     }
 }
 
-/// Connections waiting in the port's accept queues, from the kernel (`ss`): the running workers empty
-/// theirs at once, so this is the stopped worker's queue (give or take a connection being accepted).
+/// The longest accept queue on the port, from the kernel (`ss`): the stopped worker's, since the running
+/// ones empty theirs at once (a sum would count a connection they are just accepting).
 fn queued(port: u16) -> u64 {
-    kernel_queues(port).iter().sum()
+    kernel_queues(port).into_iter().max().unwrap_or(0)
 }
 
 /// Opens connections to `port` (left open, returned) until `srv` logs `needle` once more than before, or
