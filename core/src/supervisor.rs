@@ -94,7 +94,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
     };
     let adopted_order = predecessor.as_ref().and_then(|p| p.order.as_deref());
     let group_order = steering::group_order(addr, adopted, adopted_order, listeners.len());
-    let steering = Steering::new(&config, addr, group_order, migrate_prog);
+    let steering = Steering::new(&config, addr, group_order, migrate_prog, adopted > 0);
     let stats = Arc::new(StatsArea::new(listeners.len())?);
     let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);
     let waker = Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?;

@@ -155,6 +155,7 @@ impl Steering {
         addr: SocketAddr,
         order: Result<Vec<u32>, String>,
         migrate: Option<OwnedFd>,
+        adopted: bool,
     ) -> Steering {
         let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
             .ok()
@@ -163,9 +164,9 @@ impl Steering {
         let backlog = u64::from(config.backlog).min(somaxconn).max(2);
         let now = Instant::now();
         let n = order.as_ref().map_or(config.workers, Vec::len);
-        // Unknown where we own the group (a predecessor may have left its program on it): the first tick
-        // resets it. Where others were there first it is theirs to set, and we never touch it.
-        let applied = if order.is_ok() {
+        // A group we adopted may still carry our predecessor's program: unknown, so the first tick resets it.
+        // A group we founded has none (or our migrate program); one others founded is theirs to set.
+        let applied = if adopted && order.is_ok() {
             None
         } else {
             Some(Vec::new())
@@ -478,6 +479,7 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             Ok(vec![0, 1]),
             None,
+            false,
         )
     }
 
