@@ -2,12 +2,13 @@
 
 use std::fmt::Write as _;
 
-use port_sharding::ServerStatus;
+use port_sharding::{Health, ServerStatus, SteeringState, WorkerStats};
 
-const HEADINGS: [&str; 10] = [
+const HEADINGS: [&str; 11] = [
     "worker",
     "pid",
     "state",
+    "health",
     "accepted",
     "active",
     "bytes in",
@@ -21,9 +22,22 @@ const HEADINGS: [&str; 10] = [
 pub(crate) fn table(servers: &[ServerStatus]) -> String {
     let mut out = String::new();
     for s in servers {
+        let steering = match (&s.steering.state, &s.steering.note) {
+            (SteeringState::Active, _) => format!(
+                "steering new connections to worker(s) {}",
+                s.steering
+                    .to
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (SteeringState::Off, Some(why)) => format!("steering off: {why}"),
+            (state, _) => format!("steering {state}"),
+        };
         writeln!(
             out,
-            "{} server pid {} on {} — {}, mode {}, up {:.0}s",
+            "{} server pid {} on {} — {}, mode {}, up {:.0}s, {steering}",
             s.runtime, s.pid, s.addr, s.state, s.mode, s.uptime_secs
         )
         .ok();
@@ -35,6 +49,7 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
                     w.index.to_string(),
                     w.pid.to_string(),
                     w.state.to_string(),
+                    health(w),
                     w.accepted.to_string(),
                     w.active.to_string(),
                     w.bytes_in.to_string(),
@@ -49,11 +64,19 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
     out
 }
 
-fn row(out: &mut String, cells: [String; 10]) {
-    let [a, b, c, d, e, f, g, h, i, j] = cells;
+/// `serving`, `stalled 3.2s` or `overloaded`.
+fn health(w: &WorkerStats) -> String {
+    match (w.health, w.stalled_ms) {
+        (Health::Stalled, Some(ms)) => format!("stalled {:.1}s", ms as f64 / 1000.0),
+        (h, _) => h.to_string(),
+    }
+}
+
+fn row(out: &mut String, cells: [String; 11]) {
+    let [a, b, c, x, d, e, f, g, h, i, j] = cells;
     writeln!(
         out,
-        "  {a:>6} {b:>8} {c:>9} {d:>10} {e:>8} {f:>12} {g:>12} {h:>7} {i:>8} {j:>6}"
+        "  {a:>6} {b:>8} {c:>9} {x:>13} {d:>10} {e:>8} {f:>12} {g:>12} {h:>7} {i:>8} {j:>6}"
     )
     .ok();
 }

@@ -21,18 +21,20 @@ use crate::fds::Tracked;
 use crate::lifecycle::{Phase, Report, StopReason};
 use crate::listener;
 use crate::log::log;
-use crate::migrate::{enable_migration, migrate_req};
+use crate::migrate::migrate_req;
 use crate::signals::SignalGuard;
 use crate::stats::StatsArea;
 use crate::worker;
 
 mod process;
 mod shared;
+mod steering;
 mod takeover;
 
 pub(crate) use shared::Shared;
 
 use process::{child_main, describe, on_main_thread};
+use steering::Steering;
 use takeover::{take_over, Predecessor};
 
 const WAKER: Token = Token(0);
@@ -59,6 +61,8 @@ pub(crate) struct Bound {
     poll: Tracked<Poll>,
     control: Option<ControlSocket>,
     predecessor: Option<Predecessor>,
+    /// Stall detection and the group's program (see `steering`).
+    steering: Steering,
 }
 
 /// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
@@ -66,9 +70,6 @@ pub(crate) struct Bound {
 pub(crate) fn bind(config: Config) -> Result<Bound> {
     config.validate()?;
     let wanted = listener::resolve(&config.host, config.port)?;
-    if config.migrate {
-        enable_migration()?;
-    }
     let mut listeners = Vec::new();
     let mut predecessor = None;
     if config.takeover {
@@ -77,6 +78,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
             predecessor = Some(p);
         }
     }
+    let adopted = listeners.len();
     let mut addr = match listeners.first() {
         Some(l) => l.local_addr().map_err(|e| Error::io("getsockname", e))?,
         None => wanted,
@@ -86,6 +88,13 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         addr = l.local_addr().map_err(|e| Error::io("getsockname", e))?;
         listeners.push(Tracked::new(l));
     }
+    let migrate_prog = match (config.migrate, listeners.first()) {
+        (true, Some(l)) => crate::migrate::enable(l)?,
+        _ => None,
+    };
+    let adopted_order = predecessor.as_ref().and_then(|p| p.order.as_deref());
+    let group_order = steering::group_order(addr, adopted, adopted_order, listeners.len());
+    let steering = Steering::new(&config, addr, group_order, migrate_prog, adopted > 0);
     let stats = Arc::new(StatsArea::new(listeners.len())?);
     let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);
     let waker = Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?;
@@ -104,6 +113,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         poll,
         control,
         predecessor,
+        steering,
     })
 }
 
@@ -189,7 +199,10 @@ impl Supervisor {
                 c.max_connections
             );
         }
-        if migrate_req() == Some(false) && self.server.predecessor.is_none() {
+        if migrate_req() == Some(false)
+            && self.server.predecessor.is_none()
+            && !self.server.steering.migrates()
+        {
             log!(
                 "note: net.ipv4.tcp_migrate_req=0: closing a listener resets connections queued on it; \
                  use --takeover for rolling upgrades, or sysctl net.ipv4.tcp_migrate_req=1"
@@ -228,6 +241,7 @@ impl Supervisor {
             self.reap();
             self.restart_due();
             self.sample_queues();
+            self.steer();
             self.check_ready();
             self.publish_phase();
             if let Some((since, reason)) = self.draining {
@@ -503,6 +517,7 @@ impl Supervisor {
                 .map(|c| c.path.clone())
                 .unwrap_or_default(),
             workers: self.server.stats.snapshot(),
+            steering: self.server.steering.status(),
         }
     }
 

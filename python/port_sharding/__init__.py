@@ -56,6 +56,9 @@ def serve(
     idle_timeout: Optional[float] = None,
     takeover: Optional[bool] = None,
     migrate: Optional[bool] = None,
+    steering: Optional[bool] = None,
+    stall_after: Optional[float] = None,
+    stall_restart_after: Optional[float] = None,
 ) -> str:
     """Serve ``host:port`` with ``workers`` processes until drained; returns why it stopped (``"terminate"``,
     ``"stop"``, ``"taken_over"``, …) and raises ``KeyboardInterrupt`` after a Ctrl-C drain. The GIL is
@@ -89,6 +92,9 @@ class Server:
         idle_timeout: Optional[float] = None,
         takeover: Optional[bool] = None,
         migrate: Optional[bool] = None,
+        steering: Optional[bool] = None,
+        stall_after: Optional[float] = None,
+        stall_restart_after: Optional[float] = None,
     ) -> None:
         self._native = _native.Server(_given(locals()))
 
@@ -125,7 +131,8 @@ class Server:
 
     def stats(self) -> List[Dict[str, Any]]:
         """Per-worker counters: ``index``, ``pid``, ``state``, ``accepted``, ``active``, ``bytes_in``,
-        ``bytes_out``, ``errors``, ``restarts``, ``queue_len``."""
+        ``bytes_out``, ``errors``, ``restarts``, ``queue_len``, ``health`` (``"serving"``, ``"stalled"`` or
+        ``"overloaded"``) and ``stalled_ms`` (how long it has been stalled, else ``None``)."""
         stats: List[Dict[str, Any]] = json.loads(self._native.stats_json())
         return stats
 

@@ -30,7 +30,13 @@ module PortSharding
     #   max_connections: open connections per worker (default 10_000)
     #   idle_timeout:    close connections idle this many seconds (default: never)
     #   takeover:        true: adopt the sockets of the server running on host:port (a rolling upgrade)
-    #   migrate:         true: set net.ipv4.tcp_migrate_req=1 (needs CAP_NET_ADMIN)
+    #   migrate:         true: closing a listener moves its queue to the others (an eBPF program on the
+    #                    group with CAP_BPF, else net.ipv4.tcp_migrate_req=1 with CAP_NET_ADMIN)
+    #   steering:        false: leave new connections to the kernel's hash even while a worker is stalled
+    #                    (default true)
+    #   stall_after:     seconds a worker with connections queued may accept none before it counts as
+    #                    stalled (default 0.1)
+    #   stall_restart_after: replace a worker stalled this many seconds (default: never)
     # A bad value raises ConfigError (SettingTypeError for a wrong type) naming the keyword.
     #
     # On the main thread the engine owns SIGINT/SIGTERM meanwhile (Ruby's handlers are back afterwards):

@@ -16,7 +16,7 @@ mod registry;
 mod server;
 
 pub use client::{status, stop};
-pub use protocol::ServerStatus;
+pub use protocol::{ServerStatus, SteeringState, SteeringStatus};
 pub use registry::control_dir;
 
 pub(crate) use client::Client;
