@@ -40,7 +40,7 @@ lint: setup-rust ## rustfmt and clippy (-D warnings)
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 # In this order: the Python fragment sets the headline server, which serve.mk defaults only if unset.
-include mk/python.mk mk/ruby.mk mk/e2e.mk mk/bench.mk mk/serve.mk
+include mk/python.mk mk/ruby.mk mk/e2e.mk mk/bench.mk mk/lint.mk mk/serve.mk
 
 # `serve` and `test` are completed by the fragments in mk/: the headline server and every suite.
 serve: $(SERVE_DEPS) ## set up, then serve echo on :$(PORT) from every core

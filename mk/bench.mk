@@ -6,7 +6,7 @@ OUT            ?= bench-out
 CC             ?= cc
 C_SERVER       := target/bench/c_epoll_echo
 
-.PHONY: bench bench-quick bench-scaling bench-floor bench-build
+.PHONY: bench bench-quick bench-scaling bench-floor bench-build test-bench-harness
 
 $(C_SERVER): bench/servers/c_epoll_echo.c
 	@mkdir -p $(dir $@)
@@ -29,3 +29,8 @@ bench-floor: bench-build ## the engine vs the minimal C server only: CPU and sys
 
 bench-scaling: bench-build ## workers 1,2,4,8,16, engine and C server side by side -> $(OUT)/scaling-*.md/json + BENCHMARKS.md
 	OUT=$(OUT) $(PYTHON) bench/run.py scaling
+
+test-bench-harness: ## the bench harness: no side effects at import, parsers, report, the C server (pytest)
+	$(PYTHON) -m pytest -q -p no:cacheprovider bench/harness_tests
+
+TEST_SUITES += bench-harness

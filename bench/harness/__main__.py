@@ -11,7 +11,9 @@ Environment: BENCH_DURATION (seconds per run, default 3), BENCH_RUNS (default 3)
 of server keys), OUT (scaling: output folder, default bench-out), BENCH_WORKERS (scaling: default
 1,2,4,8,16), BENCH_THREADS (scaling: load threads, default half the CPUs), BENCH_PIN (0 disables taskset),
 BENCH_KEEP_LOGS=1 (keep the servers' logs in /tmp/ps-bench-logs-*), PORT_SHARDING_BIN (the engine's binary),
-BENCH_C_SERVER (the C server's binary, default target/bench/c_epoll_echo), BENCH_STRACE=0 (no system-call counts).
+BENCH_C_SERVER (the C server's binary, default target/bench/c_epoll_echo), BENCH_STRACE=0 (no system-call counts),
+BENCH_BASELINE_BIN (another engine build, measured beside the current one: before/after a change),
+BENCH_FLOOR_ALSO (floor: more server keys to measure, e.g. engine-python,engine-ruby).
 """
 
 from __future__ import annotations

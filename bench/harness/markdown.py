@@ -6,101 +6,12 @@ import re
 import statistics
 
 from .context import Context
+from .format import fmt_num, fmt_us
 from .measure import WORKLOADS
+from .targets import targets
 
-def fmt_num(v: float) -> str:
-    if v != v:  # nan
-        return "—"
-    if v >= 100:
-        return f"{v:,.0f}"
-    return f"{v:,.1f}"
-
-
-def fmt_us(v: float) -> str:
-    if v >= 1e6:
-        return f"{v / 1e6:.2f} s"
-    if v >= 1000:
-        return f"{v / 1000:.1f} ms"
-    return f"{v:.0f} µs"
-
-
-def targets(summary: dict, memory: dict | None) -> list[tuple[str, str, str, str]]:
-    def cell(srv, w, f="ops_per_sec"):
-        return summary.get(srv, {}).get(w, {}).get(f)
-
-    rows = []
-
-    def ratio_row(name, srv, base, w, need):
-        a, b = cell(srv, w), cell(base, w)
-        if a is None or b is None or not b:
-            rows.append((name, f"≥ {need}×", "not measured", "—"))
-            return
-        r = a / b
-        ea, eb = cell(srv, w, "ops_per_server_cpu_s"), cell(base, w, "ops_per_server_cpu_s")
-        eff = ea / eb if ea and eb else float("nan")
-        client = cell(srv, w, "client_cpu") or 0
-        txt = (f"{r:.2f}× ops/s; {eff:.2f}× ops per server CPU-second; cores busy: server "
-               f"{cell(srv, w, 'server_cpu') or 0:.0%}, load generator {client:.0%}")
-        if r >= need:
-            verdict = "met"
-        elif eff >= need:
-            verdict = "**missed** in ops/s, met per server CPU-second"
-        else:
-            verdict = "**missed**"
-        rows.append((name, f"≥ {need}×", txt, verdict))
-
-    for w in ("once-32", "conn-32", "pingpong-32"):
-        a, b = cell("engine-cli", w, "ops_per_server_cpu_s"), cell("c-epoll", w, "ops_per_server_cpu_s")
-        name = f"{w}: engine (CLI) vs the minimal C epoll server, ops per server CPU-second (issue 14)"
-        if a and b:
-            rows.append((name, "≥ 1.0×", f"{a / b:.2f}× ({a:,.0f} vs {b:,.0f})", "met" if a >= b else "**missed**"))
-        else:
-            rows.append((name, "≥ 1.0×", "not measured", "—"))
-    ratio_row("conn-32: engine (CLI) vs the talk's Python loop", "engine-cli", "talk-python", "conn-32", 1.4)
-    ratio_row("pingpong-32: engine (CLI) vs asyncio", "engine-cli", "asyncio", "pingpong-32", 2.0)
-    # The CLI's own run-to-run spread, to tell a real difference from noise.
-    spread = 0.0
-    for w, *_ in WORKLOADS:
-        runs = summary.get("engine-cli", {}).get(w, {}).get("all_ops_per_sec") or []
-        if len(runs) > 1 and statistics.median(runs):
-            spread = max(spread, (max(runs) - min(runs)) / statistics.median(runs))
-    for host in ("engine-python", "engine-ruby"):
-        worst = worst_cpu = None
-        for w, *_ in WORKLOADS:
-            a, b = cell(host, w), cell("engine-cli", w)
-            if a is not None and b:
-                d = (a - b) / b
-                worst = d if worst is None or abs(d) > abs(worst) else worst
-            a, b = cell(host, w, "ops_per_server_cpu_s"), cell("engine-cli", w, "ops_per_server_cpu_s")
-            if a and b:
-                d = (a - b) / b
-                worst_cpu = d if worst_cpu is None or abs(d) > abs(worst_cpu) else worst_cpu
-        name = f"{'Python' if host == 'engine-python' else 'Ruby'}-hosted serve vs CLI (worst workload)"
-        if worst is None:
-            rows.append((name, "within 5%", "not measured (package not installed)", "—"))
-            continue
-        per = []
-        for w, *_ in WORKLOADS:
-            a, b = cell(host, w), cell("engine-cli", w)
-            if a is not None and b:
-                per.append(f"{w} {(a - b) / b * 100:+.0f}%")
-        txt = f"worst {worst * 100:+.1f}% ops/s ({', '.join(per)})"
-        if worst_cpu is not None:
-            txt += f"; worst {worst_cpu * 100:+.1f}% per server CPU-second"
-        txt += f"; the CLI's own run-to-run spread: up to {spread * 100:.0f}%"
-        if abs(worst) <= 0.05:
-            verdict = "met"
-        elif abs(worst) <= spread:
-            verdict = "**missed** as measured, within the run-to-run noise"
-        else:
-            verdict = "**missed**"
-        rows.append((name, "within 5%", txt, verdict))
-    if memory and "engine" in memory:
-        b = memory["engine"]["per_conn_idle"]
-        b2 = memory["engine"]["per_conn_after_echo"]
-        rows.append(("user-space memory per idle connection (engine worker RSS)", "≤ 1 KiB",
-                     f"{b:.0f} B (after one echo each: {b2:.0f} B)", "met" if max(b, b2) <= 1024 else "**missed**"))
-    return rows
+# The scaling section is kept between these markers when the rest of the file is rewritten.
+SCALING_BEGIN, SCALING_END = "<!-- scaling:begin -->", "<!-- scaling:end -->"
 
 
 def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: int, labels: dict[str, str] | None = None,
@@ -130,12 +41,17 @@ def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: in
                 row.append(f"{c['ops_per_server_cpu_s'] / b['ops_per_server_cpu_s']:.2f}× ({fmt_num(c['ops_per_server_cpu_s'])})")
         L.append(f"| {labels.get(k, k)} | " + " | ".join(row) + " |")
     L.append("")
-    if syscalls:
-        traced = [w for w in wkeys if any(w in by for by in syscalls.values())]
-        L.append("### System calls per operation (`strace -c -f` attached to the serving process, bounded runs)\n")
+    titles = {"perf": "at full speed (perf's syscall tracepoints, one timed run)",
+              "strace": "under `strace -c -f` (a bounded run; strace slows the server several times, so a client's "
+                        "bytes are usually there when its connection is accepted)"}
+    for tracer, by_server in (syscalls or {}).items():
+        if tracer not in titles:  # results written before the counts were split by tool
+            continue
+        traced = [w for w in wkeys if any(w in by for by in by_server.values())]
+        L.append(f"### System calls per operation {titles[tracer]}\n")
         L.append("| server | " + " | ".join(traced) + " |")
         L.append("|---|" + "---|" * len(traced))
-        for k, by in syscalls.items():
+        for k, by in by_server.items():
             row = []
             for w in traced:
                 r = by.get(w)
@@ -145,47 +61,13 @@ def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: in
                 parts = ", ".join(f"{n} {v:.2f}" for n, v in r["per_op"].items() if v >= 0.005)
                 row.append(f"**{r['total_per_op']:.2f}**: {parts}")
             L.append(f"| {labels.get(k, k)} | " + " | ".join(row) + " |")
-        L.append("\nCalls (failed ones included, e.g. `EAGAIN`) divided by the operations completed; `epoll_wait` is shared by "
-                 "all the connections ready at once, so it falls as concurrency rises.\n")
+        L.append("")
+    if syscalls:
+        L.append("Calls of the serving processes (the engine's worker, the C server's child) divided by the operations "
+                 "completed; strace counts failed calls too (`EAGAIN`). `epoll_wait` is shared by all the connections "
+                 "ready at once. The `accept4` beyond 1 per connection is the one that returns `EAGAIN` and ends each "
+                 "batch.\n")
     return "\n".join(L)
-
-
-def svg_chart(summary: dict, labels: dict[str, str], order: list[str]) -> str:
-    """Grouped horizontal bars: one panel per workload, one bar per server (median, runs as ticks)."""
-    panels = [(w, "ops/s" if w != "stream-4" else "MB/s") for w, *_ in WORKLOADS]
-    colors = {"engine-cli": "#1f77b4", "engine-python": "#4c9be8", "engine-ruby": "#9ecae9", "talk-python": "#d62728",
-              "c-epoll": "#555555", "uvloop": "#98df8a",
-              "talk-ruby": "#ff9896", "asyncio": "#2ca02c"}
-    bar_h, gap, panel_gap, left, width = 16, 4, 36, 180, 460
-    y = 40
-    parts = []
-    for w, unit in panels:
-        rows = [k for k in order if w in summary.get(k, {})]
-        field_ = "mb_per_sec" if unit == "MB/s" else "ops_per_sec"
-        vmax = max([summary[k][w][field_] for k in rows] + [1e-9])
-        parts.append(f'<text x="10" y="{y}" font-weight="bold" font-size="14">{w} ({unit}, median of runs)</text>')
-        y += 10
-        for k in rows:
-            v = summary[k][w][field_]
-            bw = width * v / vmax
-            parts.append(f'<text x="{left - 8}" y="{y + bar_h - 4}" text-anchor="end" font-size="12">{esc(labels.get(k, k))}</text>')
-            parts.append(f'<rect x="{left}" y="{y}" width="{bw:.1f}" height="{bar_h}" fill="{colors.get(k, "#888")}"/>')
-            parts.append(f'<text x="{left + bw + 6:.1f}" y="{y + bar_h - 4}" font-size="12">{fmt_num(v)}</text>')
-            y += bar_h + gap
-        y += panel_gap
-    height = y
-    total_w = left + width + 120
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{height}" font-family="sans-serif">\n'
-            f'<rect width="100%" height="100%" fill="white"/>\n'
-            f'<text x="10" y="20" font-size="15">port-sharding bench: one server worker on CPU 0, load generator on CPU 1 (higher is better)</text>\n'
-            + "\n".join(parts) + "\n</svg>\n")
-
-
-def esc(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "")
-
-
-SCALING_BEGIN, SCALING_END = "<!-- scaling:begin -->", "<!-- scaling:end -->"
 
 
 def existing_scaling(ctx: Context) -> str:
@@ -244,8 +126,9 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
                 txt += f" ⚠ {c['errors']} err"
             row.append(txt)
         L.append(f"| {labels[k]} | " + " | ".join(row) + " |")
-    L.append("\n(×) = ratio to the talk's Python loop. n/a: the talk's loops do one `recv` per connection and close, so only "
-             "`conn` applies to them. ⚠ = failed operations summed over the runs (see the JSON).\n")
+    L.append("\n(×) = ratio to the talk's Python loop. n/a: the server does not serve that workload — the talk's loops do "
+             "one `recv` per connection and close, so only `conn` and `once` apply to them; asyncio has no `once` mode. "
+             "⚠ = failed operations summed over the runs (see the JSON).\n")
     # Ratios to asyncio.
     aio = summary.get("asyncio", {})
     if aio:
@@ -356,15 +239,17 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
         L.append(ctx.notes.read_text().rstrip() + "\n")
     L.append("## Reproduce\n")
     L.append("```sh")
-    L.append("make bench            # this file and bench/chart.svg (BENCH_DURATION=3 BENCH_RUNS=3 by default)")
-    L.append("make bench-scaling    # workers 1,2,4,8,16: writes $OUT/scaling-*.md/json and the section below")
+    L.append("make bench            # this file and bench/chart.svg (BENCH_DURATION=3 BENCH_RUNS=5 by default)")
+    L.append("make bench-floor      # the engine vs the minimal C server only: CPU and system calls per op (stdout, $OUT)")
+    L.append("make bench-scaling    # workers 1,2,4,8,16, engine and C server: $OUT/scaling-*.md/json and the section below")
     L.append("python3 bench/run.py merge-scaling bench/results/scaling-X.md   # add a table measured on another machine")
     L.append("python3 bench/run.py report   # rewrite this file from bench/results/matrix.json (after editing bench/NOTES.md)")
     L.append("# one cell by hand, e.g. the engine under conn-32:")
     L.append("taskset -c 0 target/release/port-sharding serve --host 127.0.0.1 --port 0 -w 1 --mode echo &   # prints the port")
     L.append("taskset -c 1 target/release/port-sharding bench --host 127.0.0.1 -p PORT --workload conn -c 32 -d 3s --size 64")
     L.append("# the baselines: python3 bench/servers/talk_echo.py PORT 127.0.0.1 | ruby bench/servers/talk_echo.rb PORT 127.0.0.1 |")
-    L.append("#                python3 bench/servers/asyncio_echo.py PORT")
+    L.append("#                python3 bench/servers/asyncio_echo.py PORT | python3 bench/servers/uvloop_echo.py PORT [--once] |")
+    L.append("#                target/bench/c_epoll_echo -p PORT -w 1 -m echo|once   (built by make bench)")
     L.append("```\n")
     L.append(f"Raw results: `{ctx.rel(ctx.results / 'matrix.json')}`.\n")
     L.append(SCALING_BEGIN)

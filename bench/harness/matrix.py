@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 from .context import Context
-from .markdown import floor_table, svg_chart, targets, write_benchmarks
-from .measure import (CLIENT_CPU, SERVER_CPU, WORKLOADS, bench, machine, machine_key, measure_drain, measure_memory,
-                      measure_startup, median_of, syscalls_per_op)
+from .chart import svg_chart
+from .footprint import measure_drain, measure_memory, measure_startup
+from .markdown import floor_table, write_benchmarks
+from .measure import CLIENT_CPU, SERVER_CPU, WORKLOADS, bench, machine, machine_key, median_of
+from .syscalls import trace_server
+from .targets import targets
 from .servers import Server, ServerKind, available, free_port, log, server_kinds
 
 
@@ -87,25 +90,27 @@ def run_matrix(ctx: Context, kinds: list[ServerKind], workloads: list[tuple] = W
     }
 
 
-SYSCALL_SERVERS = ("engine-cli", "c-epoll")
+SYSCALL_SERVERS = ("engine-cli", "engine-baseline", "c-epoll")
 SYSCALL_WORKLOADS = {"once-32": 4000, "conn-32": 4000, "pingpong-32": 20000}  # workload -> operations traced
 
 
 def measure_syscalls(ctx: Context, kinds: list[ServerKind], skipped: dict) -> dict:
-    """System calls per operation of the engine and the C floor (issue 14), each workload bounded."""
+    """System calls per operation of the engine and the C floor (issue 14): counted at full speed with
+    perf's tracepoints, and under strace (which also counts failed calls), each run bounded."""
     out: dict[str, dict] = {}
-    for k in kinds:
-        if k.key not in SYSCALL_SERVERS or k.key in skipped:
-            continue
-        for wkey, ops in SYSCALL_WORKLOADS.items():
-            try:
-                r = syscalls_per_op(ctx, k, wkey, ops, (SERVER_CPU, CLIENT_CPU))
-            except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
-                log(f"system calls {k.key} {wkey}: {e}")
+    for tracer in ("perf", "strace"):
+        for k in kinds:
+            if k.key not in SYSCALL_SERVERS or k.key in skipped:
                 continue
-            out.setdefault(k.key, {})[wkey] = r
-            top = ", ".join(f"{n} {v:.2f}" for n, v in list(r["per_op"].items())[:6])
-            log(f"  {k.key:10} {wkey:12} {r['total_per_op']:.2f} system calls per op ({top})")
+            for wkey, ops in SYSCALL_WORKLOADS.items():
+                try:
+                    r = trace_server(ctx, k, wkey, (SERVER_CPU, CLIENT_CPU), tracer, ops)
+                except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+                    log(f"system calls ({tracer}) {k.key} {wkey}: {e}")
+                    continue
+                out.setdefault(tracer, {}).setdefault(k.key, {})[wkey] = r
+                top = ", ".join(f"{n} {v:.2f}" for n, v in list(r["per_op"].items())[:7])
+                log(f"  {tracer:6} {k.key:15} {wkey:12} {r['total_per_op']:.2f} system calls per op ({top})")
     return out
 
 
@@ -122,7 +127,8 @@ def cmd_floor(ctx: Context) -> int:
     if not ctx.bin.exists():
         log(f"{ctx.bin} missing: run `cargo build --release`")
         return 2
-    kinds = [k for k in server_kinds(ctx) if k.key in SYSCALL_SERVERS]
+    also = {k for k in os.environ.get("BENCH_FLOOR_ALSO", "").split(",") if k}  # e.g. engine-python
+    kinds = [k for k in server_kinds(ctx) if k.key in SYSCALL_SERVERS or k.key in also]
     workloads = [w for w in WORKLOADS if w[0] in SYSCALL_WORKLOADS]
     matrix = run_matrix(ctx, kinds, workloads)
     summary = summarize(matrix)

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from .context import Context
-from .markdown import fmt_num, fmt_us, merge_scaling
+from .format import fmt_num, fmt_us
+from .markdown import merge_scaling
 from .measure import bench, machine, machine_key, median_of
 from .servers import Server, free_port, log, raise_nofile
 

@@ -87,9 +87,17 @@ def server_kinds(ctx: Context) -> list[ServerKind]:
     uvloop = [ctx.py, str(servers / "uvloop_echo.py"), "{port}", "127.0.0.1"]
     # The talk's loops echo one read and close: they serve conn (the client sends one message) and once.
     talk_only = {"conn-1", "conn-32", "once-32"}
+    def engine_at(binary: str, mode: str) -> list[str]:
+        return [binary, *engine(mode)[1:]]
+
+    # Another build of the engine, measured in the same session (e.g. before a change to the worker).
+    baseline = os.environ.get("BENCH_BASELINE_BIN")
+    before = [ServerKind(key="engine-baseline", short="engine (baseline build)", label=f"engine, baseline build `{baseline}`",
+                         argv=engine_at(baseline, "echo"), argv_once=engine_at(baseline, "once"))] if baseline else []
     return [
         ServerKind(key="engine-cli", short="engine (CLI)", label="engine, CLI (`port-sharding serve -w 1`)", argv=engine("echo"),
                    argv_once=engine("once")),
+        *before,
         ServerKind(
             key="c-epoll",
             short="minimal C epoll",

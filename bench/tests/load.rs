@@ -39,6 +39,8 @@ enum Behavior {
 /// A thread-per-connection test server on 127.0.0.1, stopped on drop.
 struct TestServer {
     port: u16,
+    /// The source address of every connection accepted.
+    peers: Arc<std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>>,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
 }
@@ -50,12 +52,15 @@ impl TestServer {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let peers = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let seen = peers.clone();
         let accept = std::thread::spawn(move || {
             let until = Instant::now() + SERVER_LIFETIME;
             // Bounded by the stop flag and SERVER_LIFETIME.
             while !flag.load(Ordering::Relaxed) && Instant::now() < until {
                 match listener.accept() {
-                    Ok((s, _)) => {
+                    Ok((s, peer)) => {
+                        seen.lock().unwrap().insert(peer.ip());
                         let flag = flag.clone();
                         std::thread::spawn(move || handle(s, behavior, &flag, until));
                     }
@@ -65,6 +70,7 @@ impl TestServer {
         });
         TestServer {
             port,
+            peers,
             stop,
             accept: Some(accept),
         }
@@ -192,6 +198,10 @@ fn several_source_addresses_still_count_every_operation() {
     })
     .unwrap();
     assert_eq!((r.ops, r.errors.total), (200, 0), "{:?}", r.error_samples);
+    let mut peers: Vec<_> = srv.peers.lock().unwrap().iter().copied().collect();
+    peers.sort();
+    let want: Vec<std::net::IpAddr> = (1..=4).map(|i| [127, 0, 0, i].into()).collect();
+    assert_eq!(peers, want, "connections came from 127.0.0.1 to 127.0.0.4");
     // More than one source address only makes sense on IPv4 loopback.
     assert!(run(&BenchArgs {
         host: "::1".into(),

@@ -160,7 +160,15 @@ fn serve_command() -> Command {
             arg = arg.short(c);
         }
         arg = match s.kind {
-            Kind::Flag => arg.action(ArgAction::SetTrue),
+            // `--takeover` turns a setting on; `--steering=false` (or off, no, 0) turns a default-on one off.
+            Kind::Flag => arg
+                .action(ArgAction::Set)
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true")
+                .value_name("BOOL")
+                .value_parser(clap::builder::BoolishValueParser::new())
+                .hide_possible_values(true),
             Kind::Choice(words) => arg
                 .value_name(s.value_name)
                 .value_parser(words.to_vec())
@@ -214,7 +222,7 @@ fn given_settings(m: &ArgMatches) -> Vec<(&'static str, Value)> {
         .filter(|s| m.value_source(s.name) == Some(ValueSource::CommandLine))
         .map(|s| {
             let value = match s.kind {
-                Kind::Flag => Value::Bool(m.get_flag(s.name)),
+                Kind::Flag => Value::Bool(m.get_one::<bool>(s.name).copied().unwrap_or(true)),
                 Kind::List => Value::List(
                     m.get_many::<String>(s.name)
                         .map(|v| v.cloned().collect())

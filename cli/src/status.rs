@@ -2,14 +2,15 @@
 
 use std::fmt::Write as _;
 
-use port_sharding::ServerStatus;
+use port_sharding::{Health, ServerStatus, SteeringState, WorkerStats};
 
-const HEADINGS: [&str; 12] = [
+const HEADINGS: [&str; 13] = [
     "worker",
     "kind",
     "gen",
     "pid",
     "state",
+    "health",
     "accepted",
     "active",
     "bytes in",
@@ -23,6 +24,19 @@ const HEADINGS: [&str; 12] = [
 pub(crate) fn table(servers: &[ServerStatus]) -> String {
     let mut out = String::new();
     for s in servers {
+        let steering = match (&s.steering.state, &s.steering.note) {
+            (SteeringState::Active, _) => format!(
+                "steering new connections to worker(s) {}",
+                s.steering
+                    .to
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (SteeringState::Off, Some(why)) => format!("steering off: {why}"),
+            (state, _) => format!("steering {state}"),
+        };
         let what = if s.command.is_empty() {
             format!("mode {}", s.mode)
         } else {
@@ -30,7 +44,7 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
         };
         writeln!(
             out,
-            "{} server pid {} on {} — {}, {what}, up {:.0}s",
+            "{} server pid {} on {} — {}, {what}, up {:.0}s, {steering}",
             s.runtime, s.pid, s.addr, s.state, s.uptime_secs
         )
         .ok();
@@ -47,6 +61,7 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
                     w.generation.to_string(),
                     w.pid.to_string(),
                     w.state.to_string(),
+                    health(w),
                     w.accepted.to_string(),
                     w.active.to_string(),
                     w.bytes_in.to_string(),
@@ -61,11 +76,19 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
     out
 }
 
-fn row(out: &mut String, cells: [String; 12]) {
-    let [a, k, n, b, c, d, e, f, g, h, i, j] = cells;
+/// `serving`, `stalled 3.2s` or `overloaded`.
+fn health(w: &WorkerStats) -> String {
+    match (w.health, w.stalled_ms) {
+        (Health::Stalled, Some(ms)) => format!("stalled {:.1}s", ms as f64 / 1000.0),
+        (h, _) => h.to_string(),
+    }
+}
+
+fn row(out: &mut String, cells: [String; 13]) {
+    let [a, k, n, b, c, x, d, e, f, g, h, i, j] = cells;
     writeln!(
         out,
-        "  {a:>6} {k:>7} {n:>4} {b:>8} {c:>9} {d:>10} {e:>8} {f:>12} {g:>12} {h:>7} {i:>8} {j:>6}"
+        "  {a:>6} {k:>7} {n:>4} {b:>8} {c:>9} {x:>13} {d:>10} {e:>8} {f:>12} {g:>12} {h:>7} {i:>8} {j:>6}"
     )
     .ok();
 }

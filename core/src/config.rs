@@ -182,11 +182,26 @@ pub struct Config {
     ///
     /// Default value: `false`.
     pub takeover: bool,
-    /// Set `net.ipv4.tcp_migrate_req=1` in this network namespace at start, so closing a listener moves its
-    /// queued connections to the rest of the group instead of resetting them. Needs privilege.
+    /// Make closing a listener move its queued connections to the rest of the group instead of resetting
+    /// them: a `SELECT_OR_MIGRATE` eBPF program on this server's group where permitted (`CAP_BPF`), else
+    /// `net.ipv4.tcp_migrate_req=1` for the whole network namespace (`CAP_NET_ADMIN`). Needs privilege.
     ///
     /// Default value: `false`.
     pub migrate: bool,
+    /// Steer new connections away from stalled or overloaded workers while others are healthy (a classic
+    /// BPF program on the port's reuseport group); off, or where the group also holds other processes'
+    /// sockets, the kernel's even hashing decides alone.
+    ///
+    /// Default value: `true`.
+    pub steering: bool,
+    /// A worker with connections queued that accepts none for this long is *stalled*.
+    ///
+    /// Default value: 100 ms.
+    pub stall_after: Duration,
+    /// Replace (SIGKILL, then fork anew on the same listener) a worker stalled this long; `None` never does.
+    ///
+    /// Default value: `None`.
+    pub stall_restart_after: Option<Duration>,
     /// Install SIGINT/SIGTERM handlers while [`Server::run`](crate::Server::run) runs (only on the main
     /// thread); the previous handlers are restored when it returns.
     ///
@@ -217,6 +232,9 @@ impl Default for Config {
             runtime: "rust".to_string(),
             takeover: false,
             migrate: false,
+            steering: true,
+            stall_after: Duration::from_millis(100),
+            stall_restart_after: None,
             handle_signals: true,
             control: true,
         }
@@ -287,6 +305,8 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("ready_delay", Some(self.ready_delay)),
             ("ready_timeout", Some(self.ready_timeout)),
+            ("stall_after", Some(self.stall_after)),
+            ("stall_restart_after", self.stall_restart_after),
         ] {
             match t {
                 Some(t) if t.is_zero() => {

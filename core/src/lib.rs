@@ -45,6 +45,18 @@
 //! [`status`], [`stop`] and `takeover` (a successor receives the listening sockets with `SCM_RIGHTS`, so
 //! nothing queued is reset during an upgrade).
 //!
+//! # Stalled workers
+//!
+//! The kernel's hash ignores load: it keeps queuing new connections on a worker that is stopped, in a long
+//! pause or hung. The supervisor judges every worker each tick from what it already samples (its listener's
+//! queue and the worker's `accepted` counter): *stalled* when connections are queued and none was accepted for
+//! [`Config::stall_after`], *overloaded* when the queue passes half the backlog. While some are and others are
+//! not, it attaches a classic BPF program to the port's reuseport group that hashes new connections onto the
+//! healthy listeners only, and gives the group back to the kernel's hash when they recover
+//! ([`Config::steering`]; `status` shows each worker's [`Health`]). Where other processes' sockets share the
+//! group it stays off, since such a program would starve them. [`Config::stall_restart_after`] replaces a
+//! worker stalled that long.
+//!
 //! # Signals
 //!
 //! | signal | effect |
@@ -97,6 +109,7 @@ mod lifecycle;
 mod listener;
 mod log;
 mod migrate;
+mod reuseport;
 mod server;
 mod settings;
 mod signals;
@@ -110,6 +123,7 @@ pub use config::{
 };
 pub use control::{
     control_dir, reload, status, stop, ReloadFailure, ReloadReport, Replaced, ServerStatus,
+    SteeringState, SteeringStatus,
 };
 pub use error::{Error, Result};
 pub use fds::close_in_forked_child;
@@ -118,7 +132,7 @@ pub use listener::{listen, resolve};
 pub use log::set_quiet;
 pub use server::{Handle, Running, Server};
 pub use settings::{setting, Host, Kind, Setting, Value, SETTINGS};
-pub use stats::{WorkerKind, WorkerStats};
+pub use stats::{Health, WorkerKind, WorkerStats};
 
 /// The version shared by the crate, the CLI, the Python package and the Ruby gem.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

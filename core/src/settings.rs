@@ -84,7 +84,7 @@ pub enum Kind {
     Integer,
     /// Seconds (a number), or on the CLI `30s`, `500ms`, `2m`, `1.5h`.
     Duration,
-    /// On or off; a flag on the CLI.
+    /// On or off; on the CLI a flag (`--takeover`) that also takes `=false` (`--steering=false`).
     Flag,
     /// One of these words.
     Choice(&'static [&'static str]),
@@ -236,8 +236,34 @@ pub const SETTINGS: &[Setting] = &[
         short: None,
         kind: Kind::Flag,
         value_name: "",
-        help: "Set net.ipv4.tcp_migrate_req=1 so closing a listener moves its queue instead of resetting it \
-               (needs CAP_NET_ADMIN)",
+        help: "Closing a listener moves its queue to the others instead of resetting it: a reuseport eBPF \
+               program on this server's group where permitted (CAP_BPF), else net.ipv4.tcp_migrate_req=1 \
+               (CAP_NET_ADMIN)",
+        default: "off",
+    },
+    Setting {
+        name: "steering",
+        short: None,
+        kind: Kind::Flag,
+        value_name: "",
+        help: "Steer new connections away from stalled or overloaded workers while others are healthy \
+               (a cBPF program on the port's group; off where other processes share the port)",
+        default: "on",
+    },
+    Setting {
+        name: "stall_after",
+        short: None,
+        kind: Kind::Duration,
+        value_name: "DURATION",
+        help: "A worker with connections queued that accepts none for this long is stalled",
+        default: "100ms",
+    },
+    Setting {
+        name: "stall_restart_after",
+        short: None,
+        kind: Kind::Duration,
+        value_name: "DURATION",
+        help: "Replace a worker stalled this long (SIGKILL; a new one serves its queue)",
         default: "off",
     },
 ];
@@ -310,6 +336,9 @@ impl Config {
             }
             "takeover" => self.takeover = flag(s, value)?,
             "migrate" => self.migrate = flag(s, value)?,
+            "steering" => self.steering = flag(s, value)?,
+            "stall_after" => self.stall_after = duration(s, value, cli)?,
+            "stall_restart_after" => self.stall_restart_after = Some(duration(s, value, cli)?),
             other => unreachable!("setting {other} is in SETTINGS but not handled"),
         }
         Ok(())
@@ -336,6 +365,9 @@ fn every_field_is_a_setting(c: Config) {
         stop_signal: _,
         takeover: _,
         migrate: _,
+        steering: _,
+        stall_after: _,
+        stall_restart_after: _,
         // Decided by the host, not by its user:
         runtime: _,
         handle_signals: _,

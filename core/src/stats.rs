@@ -11,8 +11,45 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::lifecycle::Phase;
 
-/// The old name of a worker's [`Phase`], kept inside the crate until every module says `Phase`.
-pub(crate) type WorkerState = Phase;
+/// Whether a worker keeps up with its listener, as the supervisor last judged it (see `Config::stall_after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Accepting what its listener queues (or nothing is queued).
+    #[default]
+    Serving,
+    /// Connections are queued and it accepted none for `stall_after` (stopped, busy in user code, hung).
+    Stalled,
+    /// Its queue holds more than half the backlog.
+    Overloaded,
+}
+
+impl Health {
+    fn from_u64(n: u64) -> Health {
+        match n {
+            1 => Health::Stalled,
+            2 => Health::Overloaded,
+            _ => Health::Serving,
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Serving => "serving",
+            Health::Stalled => "stalled",
+            Health::Overloaded => "overloaded",
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch, for "stalled since" in shared memory (an `Instant` is per process).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// What runs on a worker slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -54,6 +91,12 @@ pub struct WorkerStats {
     /// How many workers this slot has started (the first is 1); a restart or a reload makes a new one.
     #[serde(default)]
     pub generation: u64,
+    /// Whether it keeps up with its listener, as the supervisor last judged it.
+    #[serde(default)]
+    pub health: Health,
+    /// How long it has been stalled (milliseconds), while it is.
+    #[serde(default)]
+    pub stalled_ms: Option<u64>,
 }
 
 /// One worker's slot; all fields are counters or gauges updated with relaxed atomics.
@@ -71,6 +114,9 @@ pub struct Slot {
     queue_len: AtomicU64,
     kind: AtomicU64,
     generation: AtomicU64,
+    health: AtomicU64,
+    /// When it stalled, in [`unix_ms`]; 0 while it is not stalled.
+    stalled_at: AtomicU64,
 }
 
 impl Slot {
@@ -78,6 +124,7 @@ impl Slot {
     pub fn begin(&self, pid: u32) {
         self.pid.store(pid.into(), Relaxed);
         self.active.store(0, Relaxed);
+        self.set_health(Health::Serving);
         self.set_state(Phase::Starting);
     }
     /// Records a process taking this slot beside the one it replaces (a reload): the connections the old
@@ -131,11 +178,31 @@ impl Slot {
     pub fn restarted(&self) {
         self.restarts.fetch_add(1, Relaxed);
     }
+    /// Connections accepted on this slot so far (the supervisor watches it move).
+    pub fn accepted_so_far(&self) -> u64 {
+        self.accepted.load(Relaxed)
+    }
+    /// The accept-queue length last sampled.
+    pub fn queue_len(&self) -> u64 {
+        self.queue_len.load(Relaxed)
+    }
     /// Samples the accept-queue length.
     pub fn set_queue_len(&self, n: u64) {
         self.queue_len.store(n, Relaxed);
     }
+    /// Records the supervisor's judgement; becoming stalled stamps the time, anything else clears it.
+    pub fn set_health(&self, health: Health) {
+        if health == Health::Stalled {
+            if self.stalled_at.load(Relaxed) == 0 {
+                self.stalled_at.store(unix_ms().max(1), Relaxed);
+            }
+        } else {
+            self.stalled_at.store(0, Relaxed);
+        }
+        self.health.store(health as u64, Relaxed);
+    }
     fn snapshot(&self, index: usize) -> WorkerStats {
+        let stalled_at = self.stalled_at.load(Relaxed);
         WorkerStats {
             index,
             pid: self.pid.load(Relaxed) as u32,
@@ -153,6 +220,8 @@ impl Slot {
                 WorkerKind::Builtin
             },
             generation: self.generation.load(Relaxed),
+            health: Health::from_u64(self.health.load(Relaxed)),
+            stalled_ms: (stalled_at != 0).then(|| unix_ms().saturating_sub(stalled_at)),
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::fds::Tracked;
 use crate::lifecycle::{Phase, Report, StopReason};
 use crate::listener;
 use crate::log::log;
-use crate::migrate::{enable_migration, migrate_req};
+use crate::migrate::migrate_req;
 use crate::signals::SignalGuard;
 use crate::stats::StatsArea;
 use crate::worker;
@@ -30,6 +30,7 @@ mod notify;
 mod process;
 mod reload;
 mod shared;
+mod steering;
 mod takeover;
 mod workers;
 
@@ -38,6 +39,7 @@ pub(crate) use shared::Shared;
 use notify::NotifySocket;
 use process::{describe, on_main_thread};
 use reload::Reload;
+use steering::Steering;
 use takeover::{take_over, Predecessor};
 use workers::WorkerProc;
 
@@ -66,6 +68,8 @@ pub(crate) struct Bound {
     poll: Tracked<Poll>,
     control: Option<ControlSocket>,
     predecessor: Option<Predecessor>,
+    /// Stall detection and the group's program (see `steering`).
+    steering: Steering,
 }
 
 /// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
@@ -73,9 +77,6 @@ pub(crate) struct Bound {
 pub(crate) fn bind(config: Config) -> Result<Bound> {
     config.validate()?;
     let wanted = listener::resolve(&config.host, config.port)?;
-    if config.migrate {
-        enable_migration()?;
-    }
     let mut listeners = Vec::new();
     let mut predecessor = None;
     if config.takeover {
@@ -84,6 +85,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
             predecessor = Some(p);
         }
     }
+    let adopted = listeners.len();
     let mut addr = match listeners.first() {
         Some(l) => l.local_addr().map_err(|e| Error::io("getsockname", e))?,
         None => wanted,
@@ -93,6 +95,13 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         addr = l.local_addr().map_err(|e| Error::io("getsockname", e))?;
         listeners.push(Tracked::new(l));
     }
+    let migrate_prog = match (config.migrate, listeners.first()) {
+        (true, Some(l)) => crate::migrate::enable(l)?,
+        _ => None,
+    };
+    let adopted_order = predecessor.as_ref().and_then(|p| p.order.as_deref());
+    let group_order = steering::group_order(addr, adopted, adopted_order, listeners.len());
+    let steering = Steering::new(&config, addr, group_order, migrate_prog, adopted > 0);
     let stats = Arc::new(StatsArea::new(listeners.len())?);
     let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);
     let waker = Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?;
@@ -111,6 +120,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         poll,
         control,
         predecessor,
+        steering,
     })
 }
 
@@ -194,7 +204,18 @@ impl Supervisor {
             c.backlog,
             c.drain_timeout
         );
-        if migrate_req() == Some(false) && self.server.predecessor.is_none() {
+        let room = process::connection_room();
+        if c.max_connections > room {
+            log!(
+                "note: max_connections {} is more than the open-files limit allows (RLIMIT_NOFILE hard limit): \
+                 each worker serves at most {room} at once",
+                c.max_connections
+            );
+        }
+        if migrate_req() == Some(false)
+            && self.server.predecessor.is_none()
+            && !self.server.steering.migrates()
+        {
             log!(
                 "note: net.ipv4.tcp_migrate_req=0: closing a listener resets connections queued on it; \
                  use --takeover for rolling upgrades, or sysctl net.ipv4.tcp_migrate_req=1"
@@ -237,6 +258,7 @@ impl Supervisor {
             self.restart_due();
             self.escalate();
             self.sample_queues();
+            self.steer();
             self.check_ready();
             self.publish_phase();
             if let Some((since, reason)) = self.draining {
@@ -537,6 +559,7 @@ impl Supervisor {
                 .map(|c| c.path.clone())
                 .unwrap_or_default(),
             workers,
+            steering: self.server.steering.status(),
         }
     }
 

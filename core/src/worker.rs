@@ -7,15 +7,16 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::{Config, Mode};
+use crate::lifecycle::Phase;
 use crate::log::log;
-use crate::stats::{Slot, WorkerState};
+use crate::stats::Slot;
 
 const LISTENER: Token = Token(usize::MAX);
 const DRAIN_PIPE: Token = Token(usize::MAX - 1);
@@ -32,9 +33,12 @@ const BUDGET: usize = 16;
 /// then closes right after a pass that found its queue empty. A handover closes it at once instead: the
 /// successor holds the same socket and serves its queue.
 const DRAIN_GRACE: Duration = Duration::from_millis(100);
-/// After replying in `once`/`hello` mode we half-close and wait this long for the client's FIN, so unread
-/// client bytes do not turn our close into a reset that could discard the reply.
+/// After replying in `once`/`hello` mode with client bytes still unread, we half-close and wait this long
+/// for the client's FIN, so those bytes do not turn our close into a reset that could discard the reply.
 const LINGER: Duration = Duration::from_secs(2);
+/// After a read right after `accept` found nothing, this many connections wait for their first readable
+/// event instead (one probe in `FIRST_READ_SKIP + 1` then costs an `EAGAIN` while the guess stays wrong).
+const FIRST_READ_SKIP: u32 = 32;
 /// Pause after EMFILE/ENFILE before trying `accept` again; the queued connections wait in the kernel.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -53,10 +57,25 @@ struct Conn {
     /// Bytes still to send, from `sent` on. Empty (and unallocated) most of the time.
     pending: Vec<u8>,
     sent: usize,
-    /// Reply written in full: half-close, then wait for the client's FIN (once, hello).
+    /// Reply written in full: finish the connection (once, hello) — close at once when no client byte is
+    /// left unread, else half-close and wait for the client's FIN.
     finish_after_flush: bool,
+    /// `once`: the request read was shorter than asked, so the receive queue was empty after it.
+    drained: bool,
     /// Our side is shut down; discard input until EOF or `deadline`.
     lingering: bool,
+    /// Bytes may be waiting: set by an (edge-triggered) readable event, cleared by a read that returned
+    /// less than it asked for or `EAGAIN`. Every new arrival raises a new edge, so a read is tried only
+    /// when there can be something to read, and no system call is spent only to learn there is not.
+    readable: bool,
+    /// Registered for writability too: only once a write would have blocked, so a socket that always
+    /// takes its echo at once raises no writable events (each would be one more wake-up).
+    write_interest: bool,
+    /// A client byte (or its FIN) has been read.
+    heard: bool,
+    /// The peer's FIN (or an error) was signalled: it sits behind any data, so reads go on until they see
+    /// it — a short read no longer means "drained", because no further edge is coming.
+    hangup: bool,
     last_active: Instant,
     deadline: Option<Instant>,
 }
@@ -106,6 +125,18 @@ struct Loop<'a> {
     /// Tokens that ran out of budget and must be driven again without waiting for an event.
     again: Vec<usize>,
     accept_paused_until: Option<Instant>,
+    /// A connection closed while accepts were paused at `max_connections`: accept again once this
+    /// wake-up's events are handled (not from inside `close`, which `accept_all` itself can reach).
+    resume_accept: bool,
+    /// Failed accepts not yet logged, and when the last "accept failed" line was written: at most one
+    /// line a second, with a count.
+    accept_failures: u64,
+    accept_logged_at: Option<Instant>,
+    /// When the last `poll` returned: the clock for idle and linger times, read once per wake-up instead
+    /// of once per read and write (a second's sweep needs no finer one).
+    now: Instant,
+    /// Connections left to register without reading first (see [`FIRST_READ_SKIP`]).
+    first_read_skip: u32,
     drain_started: Option<Instant>,
     close_listener_at: Instant,
     next_sweep: Instant,
@@ -117,9 +148,7 @@ impl<'a> Loop<'a> {
         let mut listener = TcpListener::from_std(w.listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        // SAFETY: the supervisor gave us this pipe's read end and nothing else owns it.
-        let mut drain_pipe =
-            unsafe { mio::unix::pipe::Receiver::from_raw_fd(w.drain_pipe.into_raw_fd()) };
+        let mut drain_pipe = mio::unix::pipe::Receiver::from(w.drain_pipe);
         drain_pipe.set_nonblocking(true)?;
         poll.registry()
             .register(&mut drain_pipe, DRAIN_PIPE, Interest::READABLE)?;
@@ -148,6 +177,11 @@ impl<'a> Loop<'a> {
             config: w.config,
             again: Vec::new(),
             accept_paused_until: None,
+            resume_accept: false,
+            accept_failures: 0,
+            accept_logged_at: None,
+            first_read_skip: 0,
+            now,
             drain_started: None,
             close_listener_at: now,
             next_sweep: now + Duration::from_secs(1),
@@ -155,7 +189,7 @@ impl<'a> Loop<'a> {
     }
 
     fn run(&mut self) -> io::Result<()> {
-        self.slot.set_state(WorkerState::Serving);
+        self.slot.set_state(Phase::Serving);
         let mut events = Events::with_capacity(1024);
         // Connections may have queued before we existed (or while our predecessor was dead).
         self.accept_all();
@@ -167,6 +201,7 @@ impl<'a> Loop<'a> {
                 }
                 return Err(e);
             }
+            self.now = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -177,15 +212,26 @@ impl<'a> Loop<'a> {
                             self.begin_drain(false);
                         }
                     }
-                    Token(key) => self.drive(key),
+                    Token(key) => {
+                        if let Some(Some(conn)) = self.conns.get_mut(key) {
+                            let closed = event.is_read_closed() || event.is_error();
+                            conn.hangup |= closed;
+                            conn.readable |= event.is_readable() || closed;
+                        }
+                        self.drive(key);
+                    }
                 }
             }
             for key in std::mem::take(&mut self.again) {
                 self.drive(key);
             }
             let now = Instant::now();
+            self.now = now;
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
+                self.resume_accept = true;
+            }
+            if std::mem::take(&mut self.resume_accept) {
                 self.accept_all();
             }
             if now >= self.next_sweep {
@@ -217,16 +263,20 @@ impl<'a> Loop<'a> {
     }
 
     fn timeout(&self) -> Option<Duration> {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || self.resume_accept {
             return Some(Duration::ZERO);
         }
-        let now = Instant::now();
+        let now = self.now; // read at the end of this pass through the loop
         let mut wake = self.next_sweep;
         if let Some(t) = self.accept_paused_until {
             wake = wake.min(t);
         }
         if let Some(started) = self.drain_started {
-            wake = wake.min(started + self.config.drain_timeout);
+            wake = wake.min(
+                started
+                    .checked_add(self.config.drain_timeout)
+                    .unwrap_or(wake),
+            );
             if self.listener.is_some() {
                 // Poll the queue again soon: closing the listener waits for it to stay empty.
                 wake = wake.min(now + Duration::from_millis(20));
@@ -256,7 +306,7 @@ impl<'a> Loop<'a> {
             let now = Instant::now();
             self.drain_started = Some(now);
             self.close_listener_at = if handover { now } else { now + DRAIN_GRACE };
-            self.slot.set_state(WorkerState::Draining);
+            self.slot.set_state(Phase::Draining);
             let _ = self.poll.registry().deregister(&mut self.drain_pipe);
             let how = if handover {
                 "handed over its listener"
@@ -302,55 +352,121 @@ impl<'a> Loop<'a> {
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS/ENOMEM: the queue stays in the kernel; retrying now would spin.
                     self.slot.error();
-                    log!(
-                        "worker {}: accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}",
-                        self.index
-                    );
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.accept_failures += 1;
+                    let now = Instant::now();
+                    if self
+                        .accept_logged_at
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
+                        log!(
+                            "worker {}: accept failed ({e}), {} time(s) since the last report; pausing \
+                             accepts for {ACCEPT_BACKOFF:?} each time",
+                            self.index,
+                            self.accept_failures
+                        );
+                        self.accept_failures = 0;
+                        self.accept_logged_at = Some(now);
+                    }
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                     return;
                 }
             }
         }
     }
 
-    fn add(&mut self, mut stream: TcpStream) {
-        let key = self.free.pop().unwrap_or_else(|| {
-            self.conns.push(None);
-            self.conns.len() - 1
-        });
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            log!("worker {}: register connection: {e}", self.index);
-            self.slot.closed(true);
-            self.free.push(key);
-            return;
-        }
+    fn add(&mut self, stream: TcpStream) {
         let mut conn = Conn {
             stream,
             pending: Vec::new(),
             sent: 0,
             finish_after_flush: false,
+            drained: false,
             lingering: false,
-            last_active: Instant::now(),
+            readable: false, // set by `add`
+            write_interest: false,
+            heard: false,
+            hangup: false,
+            last_active: self.now,
             deadline: None,
         };
         if self.config.mode == Mode::Hello {
             conn.pending = self.greeting.clone();
             conn.finish_after_flush = true;
         }
+        // When connections queue up, a client's first bytes are usually there by the time it is accepted:
+        // serve them before registering (`once` then needs no epoll_ctl at all). When the worker keeps up,
+        // they are not, and the read would only return EAGAIN: after such a miss the next connections
+        // wait for their first event. Registering after a read loses nothing either way: epoll reports
+        // readiness that is already there when a socket is added.
+        let probe = self.first_read_skip == 0;
+        conn.readable = probe;
+        if !probe {
+            self.first_read_skip -= 1;
+        }
+        let first = step(
+            &mut conn,
+            &mut self.scratch,
+            self.config.mode,
+            self.slot,
+            self.now,
+        );
+        if probe && self.config.mode != Mode::Hello {
+            let hit = conn.heard || matches!(first, Step::Close { .. });
+            self.first_read_skip = if hit { 0 } else { FIRST_READ_SKIP };
+        }
+        if let Step::Close { error } = first {
+            self.slot.closed(error);
+            return;
+        }
+        let key = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        conn.write_interest = !conn.pending.is_empty();
+        let interest = if conn.write_interest {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut conn.stream, Token(key), interest)
+        {
+            log!("worker {}: register connection: {e}", self.index);
+            self.slot.closed(true);
+            self.free.push(key);
+            return;
+        }
         self.conns[key] = Some(conn);
         self.open += 1;
-        self.drive(key);
+        if let Step::Again = first {
+            self.again.push(key);
+        }
     }
 
     fn drive(&mut self, key: usize) {
         let Some(Some(conn)) = self.conns.get_mut(key) else {
             return;
         };
-        match step(conn, &mut self.scratch, self.config.mode, self.slot) {
+        match step(
+            conn,
+            &mut self.scratch,
+            self.config.mode,
+            self.slot,
+            self.now,
+        ) {
+            Step::Keep if !conn.pending.is_empty() && !conn.write_interest => {
+                // The socket is full: ask for the edge that says it has room again. Adding the interest
+                // reports writability that is already there, so nothing is missed in between.
+                conn.write_interest = true;
+                let registry = self.poll.registry();
+                let both = Interest::READABLE | Interest::WRITABLE;
+                if let Err(e) = registry.reregister(&mut conn.stream, Token(key), both) {
+                    log!("worker {}: reregister connection: {e}", self.index);
+                    self.close(key, true);
+                }
+            }
             Step::Keep => {}
             Step::Again => self.again.push(key),
             Step::Close { error } => self.close(key, error),
@@ -358,13 +474,14 @@ impl<'a> Loop<'a> {
     }
 
     fn close(&mut self, key: usize, error: bool) {
-        if let Some(mut conn) = self.conns[key].take() {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+        // Dropping the stream closes the fd, and closing removes it from the epoll set (no fd is shared
+        // with another process or dup'ed): a `deregister` first would be one more system call per connection.
+        if self.conns[key].take().is_some() {
             self.free.push(key);
             self.open -= 1;
             self.slot.closed(error);
             if self.open + 1 == self.config.max_connections {
-                self.accept_all();
+                self.resume_accept = true;
             }
         }
     }
@@ -402,8 +519,29 @@ impl<'a> Loop<'a> {
     }
 }
 
+/// Whether the client has no byte waiting: one read that finds none (or the client's FIN). Bytes it finds
+/// are discarded: `once` and `hello` have replied already.
+fn nothing_unread(conn: &mut Conn, scratch: &mut [u8], slot: &Slot) -> bool {
+    loop {
+        match conn.stream.read(scratch) {
+            Ok(0) => return true,
+            Ok(n) => {
+                slot.bytes_in(n);
+                conn.readable = true; // there may be more: the linger goes on discarding it
+                return false;
+            }
+            Err(e) if interrupted(&e) => continue,
+            Err(e) if would_block(&e) => {
+                conn.readable = false;
+                return true;
+            }
+            Err(_) => return true, // broken: closing is all that is left
+        }
+    }
+}
+
 /// Advances one connection as far as it can go without blocking.
-fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot) -> Step {
+fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot, now: Instant) -> Step {
     for _ in 0..BUDGET {
         // 1. Unsent bytes first: until they are out we read nothing more (backpressure).
         if conn.sent < conn.pending.len() {
@@ -411,11 +549,12 @@ fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot) -> Step {
                 Ok(n) => {
                     slot.bytes_out(n);
                     conn.sent += n;
-                    conn.last_active = Instant::now();
-                    if conn.sent == conn.pending.len() {
-                        conn.pending = Vec::new(); // free it: idle connections hold no buffer
-                        conn.sent = 0;
+                    conn.last_active = now;
+                    if conn.sent < conn.pending.len() {
+                        return Step::Keep; // a short write: the send buffer is full, wait for room
                     }
+                    conn.pending = Vec::new(); // free it: idle connections hold no buffer
+                    conn.sent = 0;
                     continue;
                 }
                 Err(e) if would_block(&e) => return Step::Keep,
@@ -425,13 +564,21 @@ fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot) -> Step {
         }
         if conn.finish_after_flush {
             conn.finish_after_flush = false;
+            // With nothing unread, our close sends a plain FIN behind the reply. With bytes unread it would
+            // send a reset, which can discard the reply at the client: half-close and wait for its FIN.
+            if conn.drained || nothing_unread(conn, scratch, slot) {
+                return Step::Close { error: false };
+            }
             conn.lingering = true;
-            conn.deadline = Some(Instant::now() + LINGER);
+            conn.deadline = Some(now + LINGER);
             if conn.stream.shutdown(Shutdown::Write).is_err() {
                 return Step::Close { error: false };
             }
         }
-        // 2. Read.
+        // 2. Read, when something can be there.
+        if !conn.readable {
+            return Step::Keep;
+        }
         let limit = if mode == Mode::Once {
             ONCE_READ
         } else {
@@ -440,17 +587,25 @@ fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot) -> Step {
         let n = match conn.stream.read(&mut scratch[..limit]) {
             Ok(0) => return Step::Close { error: false }, // peer's FIN: everything owed is already sent
             Ok(n) => n,
-            Err(e) if would_block(&e) => return Step::Keep,
+            Err(e) if would_block(&e) => {
+                conn.readable = false;
+                return Step::Keep;
+            }
             Err(e) if interrupted(&e) => continue,
             Err(_) => return Step::Close { error: true },
         };
         slot.bytes_in(n);
-        conn.last_active = Instant::now();
+        conn.heard = true;
+        if n < limit && !conn.hangup {
+            conn.readable = false; // the receive queue is empty; the next arrival raises a new edge
+        }
+        conn.last_active = now;
         if conn.lingering || mode == Mode::Hello {
             continue; // discard: our reply is complete
         }
         if mode == Mode::Once {
             conn.finish_after_flush = true;
+            conn.drained = n < limit;
         }
         // 3. Echo straight from the scratch buffer; keep only what the socket would not take.
         let written = match conn.stream.write(&scratch[..n]) {
@@ -461,6 +616,7 @@ fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot) -> Step {
         slot.bytes_out(written);
         if written < n {
             conn.pending.extend_from_slice(&scratch[written..n]);
+            return Step::Keep; // the send buffer is full: trying again now would only return EAGAIN
         }
     }
     Step::Again

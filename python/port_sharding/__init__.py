@@ -61,6 +61,9 @@ def serve(
     stop_signal: Optional[str] = None,
     takeover: Optional[bool] = None,
     migrate: Optional[bool] = None,
+    steering: Optional[bool] = None,
+    stall_after: Optional[float] = None,
+    stall_restart_after: Optional[float] = None,
 ) -> str:
     """Serve ``host:port`` with ``workers`` processes until drained; returns why it stopped (``"terminate"``,
     ``"stop"``, ``"taken_over"``, …) and raises ``KeyboardInterrupt`` after a Ctrl-C drain. The GIL is
@@ -99,6 +102,9 @@ class Server:
         stop_signal: Optional[str] = None,
         takeover: Optional[bool] = None,
         migrate: Optional[bool] = None,
+        steering: Optional[bool] = None,
+        stall_after: Optional[float] = None,
+        stall_restart_after: Optional[float] = None,
     ) -> None:
         self._native = _native.Server(_given(locals()))
 
@@ -135,8 +141,9 @@ class Server:
 
     def stats(self) -> List[Dict[str, Any]]:
         """Per-worker counters: ``index``, ``pid``, ``state``, ``accepted``, ``active``, ``bytes_in``,
-        ``bytes_out``, ``errors``, ``restarts``, ``queue_len``, ``kind`` (``"builtin"`` or ``"command"``) and
-        ``generation`` (1 for the first worker on a listener; each restart or reload adds one)."""
+        ``bytes_out``, ``errors``, ``restarts``, ``queue_len``, ``health`` (``"serving"``, ``"stalled"`` or
+        ``"overloaded"``), ``stalled_ms`` (how long it has been stalled, else ``None``), ``kind`` (``"builtin"`` or
+        ``"command"``) and ``generation`` (1 for the first worker on a listener; each restart or reload adds one)."""
         stats: List[Dict[str, Any]] = json.loads(self._native.stats_json())
         return stats
 

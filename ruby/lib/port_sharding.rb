@@ -36,7 +36,13 @@ module PortSharding
     #   ready_timeout:   seconds a new worker may take to be ready before its start failed (default 30)
     #   stop_signal:     signal that stops a command worker gracefully, "TERM" (default); SIGKILL after drain_timeout
     #   takeover:        true: adopt the sockets of the server running on host:port (a rolling upgrade)
-    #   migrate:         true: set net.ipv4.tcp_migrate_req=1 (needs CAP_NET_ADMIN)
+    #   migrate:         true: closing a listener moves its queue to the others (an eBPF program on the
+    #                    group with CAP_BPF, else net.ipv4.tcp_migrate_req=1 with CAP_NET_ADMIN)
+    #   steering:        false: leave new connections to the kernel's hash even while a worker is stalled
+    #                    (default true)
+    #   stall_after:     seconds a worker with connections queued may accept none before it counts as
+    #                    stalled (default 0.1)
+    #   stall_restart_after: replace a worker stalled this many seconds (default: never)
     # A bad value raises ConfigError (SettingTypeError for a wrong type) naming the keyword.
     #
     # On the main thread the engine owns SIGINT/SIGTERM meanwhile (Ruby's handlers are back afterwards):

@@ -17,7 +17,10 @@ class TestErrors < Minitest::Test
     max_connections: [0, -1, "10"],
     idle_timeout: [0, -3, "60"],
     takeover: ["yes", 1, [true]],
-    migrate: ["no", 0]
+    migrate: ["no", 0],
+    steering: ["off", 1],
+    stall_after: [0, -1, "100ms"],
+    stall_restart_after: [0, "5"]
   }.freeze
 
   def test_each_bad_keyword_raises_argument_error_naming_it

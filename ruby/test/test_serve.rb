@@ -41,7 +41,15 @@ class TestServe < Minitest::Test
     server = spawn_ruby("-e", SERVE).ready
     assert_equal "hello, engine\n", exchange(server.port, "hello, engine\n")
     assert_equal "x" * 100_000, exchange(server.port, "x" * 100_000)
-    Process.kill(:TERM, server.pid)
+    Socket.tcp("127.0.0.1", server.port, connect_timeout: 5) do |open|
+      open.write("open at SIGTERM ")
+      assert_equal "open at SIGTERM ", open.readpartial(100) # accepted before the signal
+      Process.kill(:TERM, server.pid)
+      server.wait_log("SIGTERM: draining")
+      open.write("finished")
+      open.close_write
+      assert_equal "finished", read_all(open), "the drain lets an open connection finish"
+    end
     assert_predicate server.wait_exit, :success?, server.stderr
     assert_includes server.stdout, "returned terminate"
     assert_match(/stopped \(SIGTERM\)/, server.stderr)

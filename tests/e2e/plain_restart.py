@@ -2,8 +2,9 @@
 """The talk's plain rolling restart, measured: run inside a throwaway network namespace (`unshare -n`).
 
 Server A serves under continuous load; server B joins the port (no takeover); A gets SIGTERM and drains.
-With net.ipv4.tcp_migrate_req=1 (set by A's --migrate) the kernel moves A's queued connections to B;
-with 0, connections queued on A's listeners when they close are reset. Each step waits for an event (a log
+With A's --migrate the kernel moves A's queued connections to B: by the select-or-migrate eBPF program A
+attaches to the group where bpf() is permitted (the sysctl stays 0), else by net.ipv4.tcp_migrate_req=1,
+which A then sets. Without, connections queued on A's listeners when they close are reset. Each step waits for an event (a log
 line, connections answered) rather than sleeping, so the restart always happens during the load: the load
 answers connections before B joins, between B's start and A's SIGTERM, and after A has exited. Prints one
 JSON line with what the clients saw.
@@ -61,6 +62,8 @@ def main() -> int:
         "tcp_migrate_req": int(SYSCTL.read_text()),
         "old_exit": a_exit,
         "warned": any("tcp_migrate_req=0" in line for line in a.lines),
+        "migrated_by": "ebpf" if any("attached a reuseport eBPF program" in line for line in a.lines)
+        else "sysctl" if args.migrate else None,
         "answered_after_old_exit": report["answered"] - answered_before_exit,
         **report,
     }))

@@ -38,7 +38,8 @@ def run_in_netns(migrate: int) -> dict:
 
 def test_plain_restart_with_migration_loses_at_most_the_close_race():
     r = run_in_netns(1)
-    assert r["tcp_migrate_req"] == 1
+    # --migrate prefers the group's eBPF program (root here) and leaves the sysctl at 0; else it sets it.
+    assert r["tcp_migrate_req"] == (0 if r["migrated_by"] == "ebpf" else 1), r
     assert not r["warned"], "no reset warning when migration is on"
     # The kernel moves queued and half-open connections to the remaining listeners. What it cannot move is a
     # SYN matched to a listener in the instant that listener closes: measured as 1 reset in 2 of ~40 runs,

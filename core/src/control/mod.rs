@@ -16,7 +16,9 @@ mod registry;
 mod server;
 
 pub use client::{reload, status, stop};
-pub use protocol::{ReloadFailure, ReloadReport, Replaced, ServerStatus};
+pub use protocol::{
+    ReloadFailure, ReloadReport, Replaced, ServerStatus, SteeringState, SteeringStatus,
+};
 pub use registry::control_dir;
 
 pub(crate) use client::Client;

@@ -43,6 +43,10 @@ pub(crate) struct Offer {
     pub runtime: String,
     pub addr: SocketAddr,
     pub sockets: usize,
+    /// Each socket's index in the port's reuseport group (join order), when the old server knows it: the
+    /// new one's steering program needs it. Older servers leave it out.
+    #[serde(default)]
+    pub order: Option<Vec<u32>>,
 }
 
 /// A running server as `status` reports it.
@@ -67,6 +71,44 @@ pub struct ServerStatus {
     pub control_socket: PathBuf,
     /// One entry per worker slot.
     pub workers: Vec<WorkerStats>,
+    /// Whether new connections are being steered away from stalled or overloaded workers.
+    #[serde(default)]
+    pub steering: SteeringStatus,
+}
+
+/// What a server does about workers that do not keep up (see [`Config::steering`](crate::Config::steering)).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SteeringStatus {
+    /// `active`: new connections go to `to` only; `idle`: the kernel's even hash (nothing to steer around);
+    /// `off`: the setting is off, or steering cannot work here now (`note` says why).
+    pub state: SteeringState,
+    /// While active: the workers that receive new connections.
+    pub to: Vec<usize>,
+    /// Why steering is off, when it is.
+    pub note: Option<String>,
+}
+
+/// See [`SteeringStatus::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SteeringState {
+    /// Not steering: the setting is off or it cannot work here.
+    #[default]
+    Off,
+    /// Ready to steer; every worker keeps up (or none does), so the kernel hashes evenly.
+    Idle,
+    /// New connections go only to the workers that keep up.
+    Active,
+}
+
+impl std::fmt::Display for SteeringState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SteeringState::Off => "off",
+            SteeringState::Idle => "idle",
+            SteeringState::Active => "active",
+        })
+    }
 }
 
 /// What a reload of one server did.

@@ -43,16 +43,46 @@ pub(super) fn child_main(
         }
         // SAFETY: the supervisor's copy of this fd is never dropped in this process (we _exit).
         let listener = unsafe { std::net::TcpListener::from_raw_fd(listener_fd) };
+        // Room for max_connections: the soft fd limit up to the hard one (in this worker only), and never
+        // more connections than that allows, so a full worker pauses accepting instead of hitting EMFILE.
+        let room = raise_open_files_limit();
+        let mut config = server.config.clone();
+        config.max_connections = config.max_connections.min(room);
         worker::run(worker::Worker {
             index: i,
             listener,
             drain_pipe: drain,
             slot,
-            config: &server.config,
+            config: &config,
         })
     }));
     // SAFETY: _exit skips atexit handlers and destructors: nothing of the parent (or of Python/Ruby) runs twice.
     unsafe { libc::_exit(code.unwrap_or(101)) }
+}
+
+/// Descriptors a worker needs besides its connections: stdio, listener, drain pipe, epoll, and spares.
+const FDS_RESERVED: u64 = 16;
+
+/// How many connections the open-files limit leaves room for, once the soft limit is raised to the hard
+/// one (which needs no privilege): what `max_connections` is clipped to.
+pub(super) fn connection_room() -> usize {
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap_or((0, 0));
+    hard.saturating_sub(FDS_RESERVED)
+        .try_into()
+        .unwrap_or(usize::MAX)
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; returns [`connection_room`].
+fn raise_open_files_limit() -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            // Failure leaves the soft limit; EMFILE then backs off as before.
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok();
+        }
+    }
+    connection_room()
 }
 
 /// Closes every fd except `keep`: an inherited listener would keep its socket in the group after the

@@ -25,6 +25,8 @@ pub(super) struct Predecessor {
     pub(super) client: Client,
     pub(super) pid: u32,
     pub(super) runtime: String,
+    /// The group index of each adopted socket, as the old server knew it.
+    pub(super) order: Option<Vec<u32>>,
 }
 
 fn as_takeover(e: Error) -> Error {
@@ -87,6 +89,7 @@ pub(super) fn take_over(
             client,
             pid: offer.pid,
             runtime: offer.runtime,
+            order: offer.order,
         };
         return Ok(Some((p, listeners)));
     }
@@ -268,6 +271,7 @@ impl Supervisor {
             runtime: self.server.config.runtime.clone(),
             addr: mine,
             sockets: fds.len(),
+            order: self.server.steering.order(),
         };
         if let Err(e) = control::send_offer(&stream, &offer, &fds) {
             log!("takeover aborted: could not send the listening sockets ({e}); still serving");

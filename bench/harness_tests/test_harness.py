@@ -1,0 +1,161 @@
+"""The bench harness itself (bench/harness): importing it does nothing, its parsers read what strace and
+perf print, `report` rewrites BENCHMARKS.md from saved results, and the minimal C server echoes. Real
+processes and loopback sockets; no timing assertions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BENCH))
+
+from harness.context import Context  # noqa: E402
+from harness.markdown import SCALING_BEGIN, merge_scaling  # noqa: E402
+from harness.matrix import cmd_report  # noqa: E402
+from harness.servers import echo_once, free_port  # noqa: E402
+from harness.syscalls import parse_perf_stat, parse_strace_c  # noqa: E402
+
+MODULES = ["__main__", "chart", "context", "footprint", "format", "markdown", "matrix", "measure", "scaling", "servers",
+           "syscalls", "targets"]
+
+
+def test_importing_the_harness_creates_nothing(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = "import importlib\n" + "".join(f"importlib.import_module('harness.{m}')\n" for m in MODULES)
+    r = subprocess.run([sys.executable, "-c", code], cwd=BENCH, env={**os.environ, "TMPDIR": str(tmp)},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout, r.stderr) == ("", "")
+    assert list(tmp.iterdir()) == [], "a module made temp files at import"
+
+
+def test_no_module_keeps_global_state() -> None:
+    for m in MODULES:
+        assert "global " not in (BENCH / "harness" / f"{m}.py").read_text(), m
+
+
+def test_strace_summary_is_parsed() -> None:
+    text = """% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 40.00    0.004000           2      2000       500 recvfrom
+ 30.00    0.003000           3      1000           sendto
+  0.10    0.000010          10         1           epoll_ctl
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.007010                  3001       500 total
+"""
+    assert parse_strace_c(text) == {"recvfrom": 2000, "sendto": 1000, "epoll_ctl": 1}
+
+
+def test_perf_stat_is_parsed() -> None:
+    text = """# started on Sun Nov 29 10:00:00 2026
+
+394861,,raw_syscalls:sys_enter,2000000,100.00,,
+94231,,syscalls:sys_enter_accept4,2000000,100.00,,
+0,,syscalls:sys_enter_read,2000000,100.00,,
+<not counted>,,syscalls:sys_enter_brk,0,0.00,,
+"""
+    assert parse_perf_stat(text) == {"total": 394861, "accept4": 94231, "read": 0}
+
+
+def context(root: Path, tmp: Path) -> Context:
+    ctx = Context.from_env(tmp / "control", tmp / "logs")
+    return Context(**{**ctx.__dict__, "root": root})
+
+
+def test_report_rewrites_benchmarks_from_saved_results(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    (root / "bench" / "results").mkdir(parents=True)
+    shutil.copy(BENCH / "results" / "matrix.json", root / "bench" / "results" / "matrix.json")
+    (root / "bench" / "NOTES.md").write_text("## Notes\n\nhand-written\n")
+    ctx = context(root, tmp_path)
+    assert cmd_report(ctx) == 0
+    text = (root / "BENCHMARKS.md").read_text()
+    saved = json.loads((root / "bench" / "results" / "matrix.json").read_text())
+    for heading in ("## Throughput", "## Latency", "## Targets", "## Notes", "## Reproduce", SCALING_BEGIN):
+        assert heading in text, heading
+    assert ("## Against the C floor" in text) == ("c-epoll" in saved["summary"])
+    assert (root / "bench" / "chart.svg").read_text().startswith("<svg")
+
+    # A scaling table measured elsewhere lands between the markers and replaces the same machine's one.
+    merge_scaling(ctx, "### 16 × Test CPU\n\n| workers |\n|---|\n| 1 |\n", "16 × Test CPU")
+    merge_scaling(ctx, "### 16 × Test CPU\n\n| workers |\n|---|\n| 2 |\n", "16 × Test CPU")
+    text = (root / "BENCHMARKS.md").read_text()
+    assert text.count("### 16 × Test CPU") == 1 and "| 2 |" in text and "| 1 |\n" not in text
+
+
+@pytest.fixture(scope="module")
+def c_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        pytest.skip("no C compiler")
+    out = tmp_path_factory.mktemp("c") / "c_epoll_echo"
+    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(BENCH / "servers" / "c_epoll_echo.c")],
+                   check=True, timeout=120)
+    return out
+
+
+def start(binary: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([str(binary), "-p", str(port), *args], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    until = time.monotonic() + 10
+    while not echo_once(port, timeout=0.5):  # bounded by `until`
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < until, "the C server did not answer"
+        time.sleep(0.01)
+    return proc, port
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+def test_c_server_echoes_until_the_client_closes(c_server: Path) -> None:
+    proc, port = start(c_server, "-w", "2", "-m", "echo")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            data = bytes(range(256)) * 2000  # 512 KB: more than the socket buffers, so backpressure is exercised
+            s.sendall(data[:1000])
+            got = b""
+            while len(got) < 1000:
+                got += s.recv(65536)
+            s.sendall(data[1000:])
+            s.shutdown(socket.SHUT_WR)
+            while chunk := s.recv(65536):
+                got += chunk
+            assert got == data
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+
+
+def test_c_server_once_replies_then_closes(c_server: Path) -> None:
+    proc, port = start(c_server, "-m", "once")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"ping")
+            got = b""
+            while chunk := s.recv(100):
+                got += chunk
+            assert got == b"ping"
+    finally:
+        stop(proc)
+
+
+def test_c_server_refuses_bad_arguments(c_server: Path) -> None:
+    for args in (["-p", "0"], ["-p", "80000"], ["-p", "9", "-w", "0"], ["-p", "9", "-m", "loud"], ["-p", "9", "-H", "::1"]):
+        r = subprocess.run([str(c_server), *args], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.strip(), args

@@ -1,0 +1,579 @@
+//! Stall detection and steering: the supervisor judges every worker from what it already samples each tick
+//! (its listener's queue length and the worker's `accepted` counter in shared memory), and while some
+//! workers are stalled or overloaded and others keep up, it attaches a cBPF program to the port's group
+//! that hashes new connections onto the healthy listeners only ([`crate::reuseport`]). When they recover it
+//! gives the group back to the kernel's even hash.
+//!
+//! A worker is *stalled* when its queue is not empty and it made no progress for `stall_after`: progress is
+//! its `accepted` counter moving, or its queue getting shorter (for workers whose accepts the engine cannot
+//! count), and an empty queue counts as keeping up. It is *overloaded* while its queue holds more than half
+//! the backlog (until it is down to a quarter). Judging costs a few loads and compares per worker per tick.
+//!
+//! The program returns indexes into the group, which follow join order. The supervisor binds every
+//! listener itself, so it knows the order when the group held nothing else at bind time (counted with
+//! `sock_diag`), and a takeover passes the order along with the sockets. Other processes' sockets
+//! in the group (a second server on the port, a plain `listen()` user) would be starved by a program that
+//! knows only ours: while the group holds any, steering stays off and says why once.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::Supervisor;
+use crate::config::Config;
+use crate::control::{SteeringState, SteeringStatus};
+use crate::log::log;
+use crate::reuseport;
+use crate::stats::Health;
+
+/// While steering, how often the group is recounted for other processes' sockets (a `sock_diag` dump of
+/// the port's listeners: tens of microseconds).
+const RECOUNT: Duration = Duration::from_secs(1);
+
+/// Each listener's index in the port's group, in `listeners` order; `Err(why)` when it cannot be known.
+///
+/// `adopted` listeners came from a takeover with the old server's `order` for them; the rest were bound
+/// after them. The order holds only if the group held no one else's socket when we bound (a socket that
+/// leaves moves the group's last one into its slot).
+pub(super) fn group_order(
+    addr: SocketAddr,
+    adopted: usize,
+    adopted_order: Option<&[u32]>,
+    total: usize,
+) -> Result<Vec<u32>, String> {
+    let members = reuseport::listening_on(addr)
+        .map_err(|e| format!("the port's group cannot be counted ({e})"))?;
+    if members != total {
+        return Err(format!(
+            "the port's group held {} socket(s) besides this server's {total} when it bound, so which \
+             listener the kernel numbers which is unknown",
+            members.saturating_sub(total)
+        ));
+    }
+    let mut order = match adopted_order {
+        _ if adopted == 0 => Vec::new(),
+        Some(o) if is_permutation(o, adopted) => o.to_vec(),
+        _ => {
+            return Err(
+                "the adopted sockets came without their order in the group (an older server)"
+                    .into(),
+            )
+        }
+    };
+    order.extend(adopted as u32..total as u32);
+    Ok(order)
+}
+
+fn is_permutation(order: &[u32], n: usize) -> bool {
+    let mut seen = vec![false; n];
+    order.len() == n
+        && order
+            .iter()
+            .all(|&i| (i as usize) < n && !std::mem::replace(&mut seen[i as usize], true))
+}
+
+/// What the supervisor knows about one worker slot.
+struct Watch {
+    /// The worker judged (0: none running); a new one starts with a clean record.
+    pid: u32,
+    accepted: u64,
+    queue: u64,
+    /// The last sample that showed progress or an empty queue.
+    progress_at: Instant,
+    stalled_since: Option<Instant>,
+    overloaded: bool,
+    /// `stall_restart_after` has sent it SIGKILL.
+    killed: bool,
+}
+
+impl Watch {
+    fn new(pid: u32, accepted: u64, queue: u64, now: Instant) -> Watch {
+        Watch {
+            pid,
+            accepted,
+            queue,
+            progress_at: now,
+            stalled_since: None,
+            overloaded: false,
+            killed: false,
+        }
+    }
+
+    fn health(&self) -> Health {
+        if self.stalled_since.is_some() {
+            Health::Stalled
+        } else if self.overloaded {
+            Health::Overloaded
+        } else {
+            Health::Serving
+        }
+    }
+}
+
+/// What the supervisor sees of a worker at one tick.
+#[derive(Clone, Copy)]
+struct Sample {
+    /// Its slot's `accepted` counter.
+    accepted: u64,
+    /// Its listener's accept-queue length.
+    queue: u64,
+    /// It has not said `serving` yet.
+    starting: bool,
+}
+
+/// The supervisor's steering state.
+pub(super) struct Steering {
+    enabled: bool,
+    stall_after: Duration,
+    restart_after: Option<Duration>,
+    /// Queue lengths at which a worker becomes, and stops being, overloaded.
+    overload_at: u64,
+    calm_at: u64,
+    /// See [`group_order`].
+    order: Result<Vec<u32>, String>,
+    v6: bool,
+    watch: Vec<Watch>,
+    /// The workers the group's program sends new connections to (empty: the kernel's hash); `None` when
+    /// unknown (another server may have changed it during a hand-over).
+    applied: Option<Vec<usize>>,
+    active_since: Option<Instant>,
+    /// Other processes' sockets in the group at the last count, and when that was.
+    others: usize,
+    counted_at: Option<Instant>,
+    /// Why steering cannot work, once it could not (logged once).
+    blocked: Option<String>,
+    /// The migrate program (`--migrate` with eBPF): "even hashing" means this program, not none, and steering
+    /// replaces it for as long as it lasts (the group has one program).
+    migrate: Option<OwnedFd>,
+}
+
+impl Steering {
+    pub(super) fn new(
+        config: &Config,
+        addr: SocketAddr,
+        order: Result<Vec<u32>, String>,
+        migrate: Option<OwnedFd>,
+        adopted: bool,
+    ) -> Steering {
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(4096);
+        let backlog = u64::from(config.backlog).min(somaxconn).max(2);
+        let now = Instant::now();
+        let n = order.as_ref().map_or(config.workers, Vec::len);
+        // A group we adopted may still carry our predecessor's program: unknown, so the first tick resets it.
+        // A group we founded has none (or our migrate program); one others founded is theirs to set.
+        let applied = if adopted && order.is_ok() {
+            None
+        } else {
+            Some(Vec::new())
+        };
+        Steering {
+            enabled: config.steering,
+            stall_after: config.stall_after,
+            restart_after: config.stall_restart_after,
+            overload_at: backlog / 2,
+            calm_at: backlog / 4,
+            order,
+            v6: addr.is_ipv6(),
+            watch: (0..n).map(|_| Watch::new(0, 0, 0, now)).collect(),
+            applied,
+            active_since: None,
+            others: 0,
+            counted_at: None,
+            blocked: None,
+            migrate,
+        }
+    }
+
+    /// Whether the group migrates closing listeners' queues by our eBPF program.
+    pub(super) fn migrates(&self) -> bool {
+        self.migrate.is_some()
+    }
+
+    /// The group index of each listener, for a successor; `None` when unknown.
+    pub(super) fn order(&self) -> Option<Vec<u32>> {
+        self.order.as_ref().ok().cloned()
+    }
+
+    /// The group's program is unknown from now (a successor holds our sockets): re-apply ours later.
+    pub(super) fn forget_program(&mut self) {
+        self.applied = None;
+        self.active_since = None;
+    }
+
+    pub(super) fn status(&self) -> SteeringStatus {
+        let off = |note: String| SteeringStatus {
+            state: SteeringState::Off,
+            to: Vec::new(),
+            note: Some(note),
+        };
+        if !self.enabled {
+            return off(self
+                .blocked
+                .clone()
+                .unwrap_or_else(|| "turned off (steering = false)".into()));
+        }
+        if let Err(why) = &self.order {
+            return off(why.clone());
+        }
+        if self.others > 0 {
+            return off(others_note(self.others));
+        }
+        match &self.applied {
+            Some(to) if !to.is_empty() => SteeringStatus {
+                state: SteeringState::Active,
+                to: to.clone(),
+                note: None,
+            },
+            _ => SteeringStatus {
+                state: SteeringState::Idle,
+                to: Vec::new(),
+                note: None,
+            },
+        }
+    }
+
+    /// Judges worker `i` from one sample; logs when its health changes.
+    fn judge(&mut self, i: usize, pid: u32, sample: Sample, now: Instant) -> Health {
+        let Sample {
+            accepted,
+            queue,
+            starting,
+        } = sample;
+        let stall_after = self.stall_after;
+        let (overload_at, calm_at) = (self.overload_at, self.calm_at);
+        let w = &mut self.watch[i];
+        if w.pid != pid {
+            *w = Watch::new(pid, accepted, queue, now);
+        }
+        // A worker still starting is given `stall_after` from when it serves; a slot with no worker at
+        // all (waiting out a crash back-off) is judged like a stopped one.
+        if queue == 0 || accepted != w.accepted || queue < w.queue || starting {
+            w.progress_at = now;
+        }
+        (w.accepted, w.queue) = (accepted, queue);
+        let stuck = now.saturating_duration_since(w.progress_at);
+        match (w.stalled_since, queue > 0 && stuck >= stall_after) {
+            (None, true) => {
+                w.stalled_since = Some(w.progress_at);
+                log!("worker {i} (pid {pid}) stalled: {queue} connection(s) queued, none accepted for {stuck:.0?}");
+            }
+            (Some(since), false) => {
+                w.stalled_since = None;
+                w.killed = false;
+                log!(
+                    "worker {i} (pid {pid}) is serving again after {:.2?} stalled",
+                    now.saturating_duration_since(since)
+                );
+            }
+            _ => {}
+        }
+        if !w.overloaded && queue > overload_at {
+            w.overloaded = true;
+            log!("worker {i} (pid {pid}) overloaded: {queue} connection(s) queued (more than half the backlog)");
+        } else if w.overloaded && queue <= calm_at {
+            w.overloaded = false;
+            log!("worker {i} (pid {pid}) no longer overloaded: {queue} queued");
+        }
+        w.health()
+    }
+
+    /// The worker to replace, if one has been stalled for `stall_restart_after` (each one once).
+    fn due_for_restart(&mut self, i: usize, now: Instant) -> Option<Duration> {
+        let limit = self.restart_after?;
+        let w = &mut self.watch[i];
+        let stalled = now.saturating_duration_since(w.stalled_since?);
+        if w.pid == 0 || w.killed || stalled < limit {
+            return None;
+        }
+        w.killed = true;
+        Some(stalled)
+    }
+
+    /// Logs once why steering cannot do what it would, and remembers it for `status`.
+    fn block(&mut self, why: String) {
+        if self.blocked.is_none() {
+            log!("steering off: {why}; the kernel's hash keeps sending new connections to every worker");
+        }
+        self.blocked = Some(why);
+    }
+}
+
+fn others_note(n: usize) -> String {
+    format!(
+        "the port's group also holds {n} socket(s) of another process, which a program that knows only \
+         this server's listeners would starve"
+    )
+}
+
+fn list(workers: &[usize]) -> String {
+    workers
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Supervisor {
+    /// Judges every worker from the queue lengths [`Supervisor::sample_queues`] just stored, replaces one
+    /// stalled past `stall_restart_after`, and points the group's program at the healthy listeners.
+    pub(super) fn steer(&mut self) {
+        if self.draining.is_some() || self.server.listeners.is_empty() {
+            return;
+        }
+        if !self.server.config.command.is_empty() {
+            // Programs count nothing in the stats slots: a busy queue would look like a stall.
+            self.server.steering.block(
+                "command workers report no accepted connections, so a stall cannot be told from a busy queue"
+                    .to_string(),
+            );
+            return;
+        }
+        let now = Instant::now();
+        let n = self
+            .server
+            .listeners
+            .len()
+            .min(self.server.steering.watch.len());
+        let mut healthy = Vec::with_capacity(n);
+        for i in 0..n {
+            let slot = self.server.stats.slot(i);
+            let pid = self.procs[i].pid.map_or(0, |p| p.as_raw() as u32);
+            let sample = Sample {
+                accepted: slot.accepted_so_far(),
+                queue: slot.queue_len(),
+                starting: pid != 0 && slot.state() == crate::lifecycle::Phase::Starting,
+            };
+            let health = self.server.steering.judge(i, pid, sample, now);
+            slot.set_health(health);
+            if health == Health::Serving {
+                healthy.push(i);
+            }
+            if let (Some(stalled), Some(pid)) = (
+                self.server.steering.due_for_restart(i, now),
+                self.procs[i].pid,
+            ) {
+                log!("worker {i} (pid {pid}) stalled for {stalled:.2?} (stall_restart_after): replacing it");
+                nix::sys::signal::kill(pid, Signal::SIGKILL).ok();
+            }
+        }
+        if self.successor.is_some() {
+            // The new server decides the group's program once it runs; ours is stale from now.
+            self.server.steering.forget_program();
+            return;
+        }
+        let mut want = if healthy.is_empty() || healthy.len() == n {
+            Vec::new()
+        } else {
+            healthy
+        };
+        if !want.is_empty() && !self.server.steering.enabled {
+            want.clear();
+        }
+        if !want.is_empty() {
+            if let Err(why) = &self.server.steering.order {
+                let why = why.clone();
+                self.server.steering.block(why);
+                want.clear();
+            }
+        }
+        if !want.is_empty() {
+            let s = &mut self.server.steering;
+            let stale = s
+                .counted_at
+                .is_none_or(|t| now.duration_since(t) >= RECOUNT);
+            if stale || s.applied.as_ref() != Some(&want) {
+                s.counted_at = Some(now);
+                match reuseport::listening_on(self.server.addr) {
+                    Ok(members) => s.others = members.saturating_sub(n),
+                    Err(e) => {
+                        s.block(format!("the port's group cannot be counted ({e})"));
+                        s.enabled = false;
+                    }
+                }
+                if s.others > 0 {
+                    let note = others_note(s.others);
+                    s.block(note);
+                }
+            }
+            if s.others > 0 || !s.enabled {
+                want.clear();
+            }
+        }
+        if self.server.steering.applied.as_ref() != Some(&want) {
+            self.apply(want, now);
+        }
+    }
+
+    /// Attaches the program for `want` (empty: the kernel's hash) and logs the change.
+    fn apply(&mut self, want: Vec<usize>, now: Instant) {
+        let s = &mut self.server.steering;
+        let listener = &self.server.listeners[0];
+        let result = match &s.order {
+            Ok(order) if !want.is_empty() => {
+                let targets: Vec<u32> = want.iter().map(|&i| order[i]).collect();
+                reuseport::attach(listener, &reuseport::steer_to(&targets, s.v6))
+            }
+            _ => match &s.migrate {
+                Some(prog) => reuseport::attach_ebpf(listener, prog),
+                None => reuseport::restore_even(listener),
+            },
+        };
+        if let Err(e) = result {
+            s.block(format!("the reuseport program could not be changed ({e})"));
+            s.enabled = false;
+            if !want.is_empty() {
+                reuseport::restore_even(listener).ok();
+            }
+            s.applied = Some(Vec::new());
+            return;
+        }
+        let before = s.applied.replace(want.clone());
+        let was_active = before.as_ref().is_some_and(|b| !b.is_empty());
+        match (was_active, want.is_empty()) {
+            (false, false) => {
+                s.active_since = Some(now);
+                let away: Vec<usize> = (0..s.watch.len()).filter(|i| !want.contains(i)).collect();
+                log!(
+                    "steering started: new connections go to worker(s) {} only, away from worker(s) {}",
+                    list(&want),
+                    list(&away)
+                );
+            }
+            (true, false) => log!(
+                "steering: new connections now go to worker(s) {}",
+                list(&want)
+            ),
+            (true, true) => {
+                let lasted = s
+                    .active_since
+                    .take()
+                    .map(|t| now.saturating_duration_since(t));
+                log!(
+                    "steering ended after {:.2?}: the kernel's hash spreads new connections over every worker again",
+                    lasted.unwrap_or_default()
+                );
+            }
+            (false, true) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(accepted: u64, queue: u64) -> Sample {
+        Sample {
+            accepted,
+            queue,
+            starting: false,
+        }
+    }
+
+    fn steering(stall_after_ms: u64) -> Steering {
+        let config = Config {
+            workers: 2,
+            backlog: 100,
+            stall_after: Duration::from_millis(stall_after_ms),
+            ..Config::default()
+        };
+        Steering::new(
+            &config,
+            "127.0.0.1:1".parse().unwrap(),
+            Ok(vec![0, 1]),
+            None,
+            false,
+        )
+    }
+
+    #[test]
+    fn a_worker_stalls_only_with_a_queue_and_no_progress_for_stall_after() {
+        let mut s = steering(100);
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        assert_eq!(s.judge(0, 7, at(10, 0), ms(0)), Health::Serving);
+        // Queued, nothing accepted, but not for long enough yet.
+        assert_eq!(s.judge(0, 7, at(10, 3), ms(50)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(10, 3), ms(100)), Health::Stalled);
+        assert_eq!(s.judge(0, 7, at(10, 5), ms(150)), Health::Stalled);
+        // The counter moved: serving again.
+        assert_eq!(s.judge(0, 7, at(11, 5), ms(200)), Health::Serving);
+        // A queue that shrinks is progress too (a worker whose accepts are not counted).
+        assert_eq!(s.judge(0, 7, at(11, 4), ms(400)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(11, 4), ms(450)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(11, 4), ms(500)), Health::Stalled);
+        // A new process on the slot starts with a clean record.
+        assert_eq!(s.judge(0, 8, at(11, 4), ms(510)), Health::Serving);
+        // Idle (nothing queued) is never stalled.
+        assert_eq!(s.judge(1, 9, at(0, 0), ms(5000)), Health::Serving);
+        // A worker still starting is not stalled; its time counts from when it serves.
+        let starting = Sample {
+            starting: true,
+            ..at(0, 6)
+        };
+        assert_eq!(s.judge(1, 9, starting, ms(5500)), Health::Serving);
+        assert_eq!(s.judge(1, 9, at(0, 6), ms(5550)), Health::Serving);
+        assert_eq!(s.judge(1, 9, at(0, 6), ms(5600)), Health::Stalled);
+        // No worker at all on the slot (a crash back-off): judged like a stopped one.
+        assert_eq!(s.judge(1, 0, at(0, 6), ms(5610)), Health::Serving);
+        assert_eq!(s.judge(1, 0, at(0, 7), ms(5710)), Health::Stalled);
+    }
+
+    #[test]
+    fn overload_has_hysteresis() {
+        let mut s = steering(1000);
+        let t = Instant::now();
+        let mut accepted = 0;
+        let mut at = |q| {
+            accepted += 1;
+            s.judge(0, 7, at(accepted, q), t)
+        };
+        assert_eq!(at(50), Health::Serving);
+        assert_eq!(at(51), Health::Overloaded);
+        assert_eq!(at(30), Health::Overloaded);
+        assert_eq!(at(25), Health::Serving);
+    }
+
+    #[test]
+    fn a_restart_is_due_once_per_stall() {
+        let mut s = steering(100);
+        s.restart_after = Some(Duration::from_secs(1));
+        let t = Instant::now();
+        s.judge(0, 7, at(0, 0), t);
+        s.judge(0, 7, at(0, 2), t + Duration::from_millis(200));
+        assert_eq!(s.due_for_restart(0, t + Duration::from_millis(900)), None);
+        assert!(s
+            .due_for_restart(0, t + Duration::from_millis(1300))
+            .is_some());
+        assert_eq!(s.due_for_restart(0, t + Duration::from_millis(1400)), None);
+    }
+
+    #[test]
+    fn an_adopted_order_must_be_a_permutation() {
+        assert!(is_permutation(&[1, 0, 2], 3));
+        assert!(!is_permutation(&[1, 1, 2], 3));
+        assert!(!is_permutation(&[0, 1], 3));
+        assert!(!is_permutation(&[0, 3, 1], 3));
+    }
+
+    #[test]
+    fn the_order_is_known_only_when_the_group_was_ours_alone() {
+        let a = crate::listener::bind("127.0.0.1:0".parse().unwrap(), 16, true).unwrap();
+        let addr = a.local_addr().unwrap();
+        let b = crate::listener::bind(addr, 16, true).unwrap();
+        assert_eq!(group_order(addr, 0, None, 2), Ok(vec![0, 1]));
+        assert_eq!(group_order(addr, 1, Some(&[0]), 2), Ok(vec![0, 1]));
+        let why = group_order(addr, 1, None, 2).unwrap_err();
+        assert!(why.contains("without their order"), "{why}");
+        // A third socket we did not bind.
+        let c = crate::listener::bind(addr, 16, true).unwrap();
+        let why = group_order(addr, 0, None, 2).unwrap_err();
+        assert!(why.contains("held 1 socket(s) besides"), "{why}");
+        drop((a, b, c));
+    }
+}
