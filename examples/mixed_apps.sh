@@ -38,7 +38,7 @@ start() {
 
 start gunicorn -- "$PYTHON" -m gunicorn -w 1 --no-control-socket --chdir examples/gunicorn app:app
 echo "1. gunicorn workers (supervisor pid $gunicorn_pid) on 127.0.0.1:$PORT"
-start puma -- sh -c 'exec puma -b tcp://127.0.0.1:$PORT_SHARDING_PORT examples/puma/config.ru'
+start puma -- sh -c 'exec puma -C examples/puma/puma.rb -b tcp://127.0.0.1:$PORT_SHARDING_PORT examples/puma/config.ru'
 echo "2. Puma workers (supervisor pid $puma_pid) on the same port"
 
 # HTTP GETs (Connection: close) from 8 threads for LOAD_SECONDS, checking status and body.

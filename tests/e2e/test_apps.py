@@ -16,7 +16,7 @@ import pytest
 
 from .harness import ROOT, BIN, ClientLoad, HttpLoad, Server, alive, runtime_available
 
-PUMA = ["sh", "-c", "exec puma -b tcp://127.0.0.1:$PORT_SHARDING_PORT examples/puma/config.ru"]
+PUMA = ["sh", "-c", "exec puma -C examples/puma/puma.rb -b tcp://127.0.0.1:$PORT_SHARDING_PORT examples/puma/config.ru"]
 GUNICORN = [sys.executable, "-m", "gunicorn", "-w", "1", "--no-control-socket", "--chdir", "examples/gunicorn",
             "app:app"]
 
