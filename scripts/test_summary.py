@@ -72,7 +72,7 @@ def main(log_dir: Path, suites: list[str]) -> int:
     all_reasons: list[str] = []
     ok = True
     print("\n=== make test: summary")
-    print(f"  {'suite':<8} {'passed':>7} {'failed':>7} {'skipped':>8}")
+    print(f"  {'suite':<14} {'passed':>7} {'failed':>7} {'skipped':>8}")
     for suite in suites:
         path = log_dir / f"{suite}.log"
         passed, failed, skipped, reasons, found = count(path.read_text(errors="replace") if path.exists() else "")
@@ -85,7 +85,7 @@ def main(log_dir: Path, suites: list[str]) -> int:
             ok = False
             failed = max(failed, 1)
             note = "  (the suite failed)" if found else "  (no test ran: the suite failed before its tests)"
-        print(f"  {suite:<8} {passed:>7} {failed:>7} {skipped:>8}{note}")
+        print(f"  {suite:<14} {passed:>7} {failed:>7} {skipped:>8}{note}")
         for r in reasons:
             all_reasons.append(f"{suite}: {r}")
         totals[0] += passed
