@@ -582,3 +582,24 @@ fn sigterm_to_one_worker_drains_it_and_a_fresh_one_takes_its_place() {
         srv.worker_pids().len() == 2
     });
 }
+
+#[test]
+fn hello_discards_what_the_client_sends_after_the_greeting() {
+    // `hello` speaks first; a client that sends something after the greeting must meet a half-closed
+    // connection that reads and discards it until the client's FIN — not a closed socket, whose kernel
+    // would answer those bytes with a reset.
+    let srv = Spawn::new(&["--port", "0", "--workers", "1", "--mode", "hello"]).start();
+    let mut s = connect(srv.port);
+    // The greeting and the worker's FIN: by now it has either closed or half-closed the connection.
+    let greeting = read_to_end(&mut s);
+    assert!(
+        greeting.starts_with(b"Hello from rust process "),
+        "{greeting:?}"
+    );
+    s.write_all(b"late words").unwrap();
+    // The worker still reads this connection: it counts the 10 bytes it discards.
+    wait_until("the worker to read the late bytes", || {
+        srv.status()[0]["workers"][0]["bytes_in"] == 10
+    });
+    s.shutdown(Shutdown::Write).unwrap();
+}

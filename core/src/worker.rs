@@ -566,7 +566,9 @@ fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot, now: Insta
             conn.finish_after_flush = false;
             // With nothing unread, our close sends a plain FIN behind the reply. With bytes unread it would
             // send a reset, which can discard the reply at the client: half-close and wait for its FIN.
-            if conn.drained || nothing_unread(conn, scratch, slot) {
+            // `hello` always waits: it speaks first, so the client's bytes may still be on their way, and
+            // arriving at a closed socket they would be answered with a reset.
+            if conn.drained || (mode == Mode::Once && nothing_unread(conn, scratch, slot)) {
                 return Step::Close { error: false };
             }
             conn.lingering = true;
