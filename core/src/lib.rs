@@ -105,6 +105,7 @@ mod config;
 mod control;
 mod error;
 mod fds;
+mod function;
 mod lifecycle;
 mod listener;
 mod log;
@@ -127,6 +128,7 @@ pub use control::{
 };
 pub use error::{Error, Result};
 pub use fds::close_in_forked_child;
+pub use function::{Accept, FunctionHost, WorkerListener, DRAIN_GRACE};
 pub use lifecycle::{Phase, Report, StopReason};
 pub use listener::{listen, resolve};
 pub use log::set_quiet;
