@@ -26,8 +26,6 @@ checks them and names the one at fault: ``ConfigError`` (a ``ValueError``) for a
 ``SettingTypeError`` (also a ``TypeError``) for a value of the wrong type.
 """
 
-from __future__ import annotations  # the annotations below name socket.socket inside a class with a `socket` property
-
 import asyncio
 import inspect
 import json
@@ -39,6 +37,8 @@ from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple, Type, Union
 
 from . import _port_sharding as _native
+
+_Socket = socket.socket  # for annotations inside Listener, whose `socket` property hides the module there
 from ._errors import (AddressError, AddrInUseError, ConfigError, ControlError, Error, IoError, NotRunningError,
                       PermissionDeniedError, SettingTypeError, TakeoverError)
 
@@ -68,9 +68,9 @@ class Listener:
     (for an event loop that accepts on ``socket`` itself, e.g. ``asyncio.start_server(sock=listener.socket)``).
     """
 
-    def __init__(self, native: "_native.Listener") -> None:
+    def __init__(self, native: _native.Listener) -> None:
         self._native = native
-        self._socket: Optional[socket.socket] = None
+        self._socket: Optional[_Socket] = None
 
     @property
     def index(self) -> int:
@@ -83,7 +83,7 @@ class Listener:
         return self._native.draining
 
     @property
-    def socket(self) -> socket.socket:
+    def socket(self) -> _Socket:
         """The listening socket (nonblocking: the supervisor, and during a reload the successor, share it)."""
         if self._socket is None:
             self._socket = socket.socket(fileno=os.dup(self._native.fileno()))
@@ -94,7 +94,7 @@ class Listener:
         """Tell the supervisor this worker serves (otherwise the first ``accept`` does)."""
         self._native.ready()
 
-    def accept(self, timeout: Optional[float] = None) -> Optional[Tuple[socket.socket, Any]]:
+    def accept(self, timeout: Optional[float] = None) -> Optional[Tuple[_Socket, Any]]:
         """The next connection and its peer address, as ``socket.accept()`` gives them; ``None`` once drained
         (``draining`` is then true) or when ``timeout`` seconds passed first. Other threads run meanwhile."""
         fd = self._native.accept(timeout)
@@ -107,7 +107,7 @@ class Listener:
             addr = None
         return client, addr
 
-    def __iter__(self) -> Iterator[Tuple[socket.socket, Any]]:
+    def __iter__(self) -> Iterator[Tuple[_Socket, Any]]:
         while True:
             pair = self.accept()
             if pair is None:
@@ -119,8 +119,13 @@ class Listener:
         (so an asyncio server on ``socket`` can close then, having served what was queued)."""
         loop = asyncio.get_running_loop()
         drain = self._native.drain_fileno()
-        asked = loop.create_future()
-        loop.add_reader(drain, lambda: asked.done() or asked.set_result(None))
+        asked: asyncio.Future[None] = loop.create_future()
+
+        def on_drain() -> None:
+            if not asked.done():
+                asked.set_result(None)
+
+        loop.add_reader(drain, on_drain)
         try:
             await asked
         finally:
@@ -136,7 +141,7 @@ class Listener:
 Worker = Callable[[Listener], Union[None, Awaitable[None], Any]]
 
 
-def _run_worker(worker: Worker, native: "_native.Listener") -> int:
+def _run_worker(worker: Worker, native: _native.Listener) -> int:
     """In a forked worker: run ``worker``, report how it ended, return the exit status (the engine then
     leaves with ``_exit``)."""
     listener = Listener(native)

@@ -127,7 +127,7 @@ def test_unknown_or_positional_settings_are_python_type_errors() -> None:
             call(port=0, wrokers=2)  # type: ignore[call-arg]
         assert not isinstance(info.value, port_sharding.Error)  # Python's own: it is a real signature
         with pytest.raises(TypeError, match="positional"):
-            call(0, "127.0.0.1")  # type: ignore[call-arg]
+            call(0, "127.0.0.1")  # type: ignore[call-arg, arg-type]
 
 
 def test_version_is_the_workspace_version() -> None:
