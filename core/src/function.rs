@@ -24,6 +24,22 @@ pub const DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// How often a draining `accept` looks at the queue again while it waits out the grace window.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
+/// Set by SIGTERM in a function worker: a drain, as for a built-in worker (systemd's default stop sends
+/// SIGTERM to every process of the service, workers included).
+static TERMINATED: AtomicBool = AtomicBool::new(false);
+/// The worker's wake eventfd, which the SIGTERM handler writes to so a blocked `accept` notices.
+static TERM_WAKE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    TERMINATED.store(true, Ordering::SeqCst);
+    let fd = TERM_WAKE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) is async-signal-safe; `fd` is the worker's eventfd, open until it exits.
+        unsafe { libc::write(fd, one.as_ptr().cast(), 8) };
+    }
+}
+
 /// What a host (the Python or Ruby binding) does for function workers.
 pub trait FunctionHost: Send + Sync {
     /// Forks this process through the host interpreter's own fork path, with its lock held (Python: the
@@ -92,6 +108,14 @@ impl WorkerListener {
         if wake < 0 {
             return Err(io::Error::last_os_error());
         }
+        TERM_WAKE.store(wake, Ordering::SeqCst);
+        // SAFETY: a handler that only stores an atomic and writes to an eventfd (async-signal-safe).
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+        }
         Ok(WorkerListener {
             index,
             listener: AtomicI32::new(listener),
@@ -144,13 +168,14 @@ impl WorkerListener {
         }
     }
 
-    /// Whether the supervisor asked this worker to drain (reads the drain pipe without blocking).
+    /// Whether the supervisor asked this worker to drain (reads the drain pipe without blocking), or it
+    /// got SIGTERM.
     pub fn draining(&self) -> bool {
         if self.draining.load(Ordering::Acquire) {
             return true;
         }
         let mut buf = [0u8; 16];
-        let mut asked = false;
+        let mut asked = TERMINATED.load(Ordering::SeqCst);
         loop {
             match nix::unistd::read(&self.drain, &mut buf) {
                 Ok(0) => {

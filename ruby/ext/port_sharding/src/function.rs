@@ -117,7 +117,9 @@ impl RbListener {
         loop {
             let left = until.map(|u| u.saturating_duration_since(Instant::now()));
             let got = nogvl(ruby, || inner.accept(left), || inner.wake())?;
-            match got.map_err(|e| crate::errors::to_ruby(ruby, port_sharding::Error::io("accept", e)))? {
+            match got
+                .map_err(|e| crate::errors::to_ruby(ruby, port_sharding::Error::io("accept", e)))?
+            {
                 Accept::Connection(fd) => return Ok(Some(fd.into_raw_fd())),
                 Accept::Drained | Accept::TimedOut => return Ok(None),
                 Accept::Interrupted => ruby.thread_check_ints()?,

@@ -166,14 +166,25 @@ impl RbServer {
         let taken = std::mem::replace(&mut *rb_self.lock(), State::Done);
         let State::Bound(server) = taken else {
             *rb_self.lock() = taken;
-            let message = format!("the server on {} was already started or stopped", rb_self.addr);
+            let message = format!(
+                "the server on {} was already started or stopped",
+                rb_self.addr
+            );
             return Err(raise(ruby, "Error", (message,)));
         };
         let mut server = Some(server);
         let handle = rb_self.handle.clone();
-        let result = nogvl(ruby, || server.take().map(|s| s.run()), || handle.shutdown())?;
+        let result = nogvl(
+            ruby,
+            || server.take().map(|s| s.run()),
+            || handle.shutdown(),
+        )?;
         let report = result
-            .unwrap_or_else(|| Err(port_sharding::Error::Internal("the server ran twice".into())))
+            .unwrap_or_else(|| {
+                Err(port_sharding::Error::Internal(
+                    "the server ran twice".into(),
+                ))
+            })
             .map_err(|e| to_ruby(ruby, e))?;
         Ok(ruby.to_symbol(report.reason.as_str()))
     }
