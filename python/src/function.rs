@@ -17,7 +17,7 @@ pub struct PyHost {
 }
 
 impl PyHost {
-    pub fn new(function: Py<PyAny>) -> Arc<dyn FunctionHost> {
+    pub fn shared(function: Py<PyAny>) -> Arc<dyn FunctionHost> {
         Arc::new(PyHost { function })
     }
 }

@@ -118,7 +118,7 @@ impl Server {
             .map_err(|e| to_py(py, e))?;
         if let Some(worker) = worker {
             server
-                .set_function(crate::function::PyHost::new(worker))
+                .set_function(crate::function::PyHost::shared(worker))
                 .map_err(|e| to_py(py, e))?;
         }
         Ok(Server {

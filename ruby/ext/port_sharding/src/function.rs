@@ -22,7 +22,7 @@ pub struct RbHost {
 }
 
 impl RbHost {
-    pub fn new(block: Value) -> Arc<dyn FunctionHost> {
+    pub fn shared(block: Value) -> Arc<dyn FunctionHost> {
         Arc::new(RbHost {
             block: Opaque::from(block),
         })

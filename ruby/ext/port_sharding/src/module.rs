@@ -43,7 +43,7 @@ fn serve(ruby: &Ruby, given: RHash, worker: Option<Value>) -> Result<Symbol, Err
     let mut server = Server::bind(settings::config(ruby, given)?).map_err(|e| to_ruby(ruby, e))?;
     if let Some(block) = worker {
         server
-            .set_function(crate::function::RbHost::new(block))
+            .set_function(crate::function::RbHost::shared(block))
             .map_err(|e| to_ruby(ruby, e))?;
     }
     let handle = server.handle();

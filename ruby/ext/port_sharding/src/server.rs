@@ -79,7 +79,7 @@ impl RbServer {
             Server::bind(settings::config(ruby, given)?).map_err(|e| to_ruby(ruby, e))?;
         if let Some(block) = worker {
             server
-                .set_function(crate::function::RbHost::new(block))
+                .set_function(crate::function::RbHost::shared(block))
                 .map_err(|e| to_ruby(ruby, e))?;
         }
         Ok(RbServer {
