@@ -41,6 +41,10 @@
 //! or your own loop on [`listen`] run unchanged. [`reload`] (or SIGHUP) replaces workers in place: a new one
 //! beside the old on the same listener, and the old one stops once the new one is ready.
 //!
+//! With [`Server::set_function`], each worker instead runs the host's own code — a Python function, a Ruby
+//! block — in a process the host forks through its interpreter's fork path ([`FunctionHost`]), with a
+//! [`WorkerListener`] giving it ready, drain and accept as the engine defines them.
+//!
 //! Per-worker counters live in a shared memory page ([`WorkerStats`]); a unix control socket answers
 //! [`status`], [`stop`] and `takeover` (a successor receives the listening sockets with `SCM_RIGHTS`, so
 //! nothing queued is reset during an upgrade).
