@@ -23,6 +23,9 @@ use crate::worker::HANDOVER;
 pub const DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// How often a draining `accept` looks at the queue again while it waits out the grace window.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// While `accept` keeps finding connections it reads the drain pipe at most this often (one system call
+/// saved per connection); whenever the queue is empty it reads it before waiting.
+const DRAIN_CHECK_MS: u64 = 10;
 
 /// Set by SIGTERM in a function worker: a drain, as for a built-in worker (systemd's default stop sends
 /// SIGTERM to every process of the service, workers included).
@@ -88,6 +91,8 @@ pub struct WorkerListener {
     ready: AtomicBool,
     /// Since when (ms after `born`, plus one; 0: not empty) the queue has been found empty while draining.
     empty_since: AtomicU64,
+    /// When `accept` last read the drain pipe (ms after `born`, plus one).
+    checked_at: AtomicU64,
     born: Instant,
 }
 
@@ -127,6 +132,7 @@ impl WorkerListener {
             handover: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             empty_since: AtomicU64::new(0),
+            checked_at: AtomicU64::new(0),
             born: Instant::now(),
         })
     }
@@ -272,7 +278,14 @@ impl WorkerListener {
             if fd < 0 {
                 return Ok(Accept::Drained);
             }
-            let draining = self.draining();
+            let now = now_ms(self.born);
+            let draining =
+                if now.saturating_sub(self.checked_at.load(Ordering::Acquire)) >= DRAIN_CHECK_MS {
+                    self.checked_at.store(now, Ordering::Release);
+                    self.draining()
+                } else {
+                    self.draining.load(Ordering::Acquire)
+                };
             if draining && self.handover.load(Ordering::Acquire) {
                 self.close();
                 return Ok(Accept::Drained);
@@ -303,6 +316,12 @@ impl WorkerListener {
                     std::thread::sleep(Duration::from_millis(100));
                     return Err(e);
                 }
+            }
+            // The queue is empty: look at the drain pipe now rather than wait on a stale answer.
+            let draining = draining || self.draining();
+            if draining && self.handover.load(Ordering::Acquire) {
+                self.close();
+                return Ok(Accept::Drained);
             }
             if draining && self.empty_long_enough() {
                 return Ok(Accept::Drained);

@@ -114,6 +114,10 @@ impl RbListener {
     fn accept(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<Option<i32>, Error> {
         let until = settings::timeout(ruby, timeout)?.and_then(|t| Instant::now().checked_add(t));
         let inner = &rb_self.inner;
+        // Under load a connection is usually queued already: take it without releasing the GVL.
+        if let Ok(Accept::Connection(fd)) = inner.accept(Some(Duration::ZERO)) {
+            return Ok(Some(fd.into_raw_fd()));
+        }
         loop {
             let left = until.map(|u| u.saturating_duration_since(Instant::now()));
             let got = nogvl(ruby, || inner.accept(left), || inner.wake())?;
