@@ -79,8 +79,10 @@ def main() -> None:
     listen_rb = ["ruby", "examples/seed_echo_listen.rb", "PORT", "127.0.0.1"]
     pairs = {}  # name -> (standalone commands, supervised commands)
     for n in (1, 2):
-        pairs[f"Python talk loop x{n}"] = ([listen_py] * n, [[PY, "examples/seed_echo.py", "PORT", "127.0.0.1", str(n)]])
-        pairs[f"Ruby talk loop x{n}"] = ([listen_rb] * n, [["ruby", "examples/seed_echo.rb", "PORT", "127.0.0.1", str(n)]])
+        worker_py = [PY, "examples/seed_echo.py", "PORT", "127.0.0.1", str(n)]
+        worker_rb = ["ruby", "examples/seed_echo.rb", "PORT", "127.0.0.1", str(n)]
+        pairs[f"Python talk loop x{n}"] = ([listen_py] * n, [worker_py])
+        pairs[f"Ruby talk loop x{n}"] = ([listen_rb] * n, [worker_rb])
     pairs["asyncio x1"] = ([[PY, "-c", PLAIN_ASYNCIO, "PORT"]],
                            [[PY, "examples/asyncio_worker.py", "PORT", "127.0.0.1", "1"]])
     ratios: dict[str, list[float]] = {name: [] for name in pairs}

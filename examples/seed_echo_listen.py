@@ -1,7 +1,9 @@
 # The talk's Python loop verbatim, on a socket from port_sharding.listen(): it shares the port with any
 # engine server (Python, Ruby, CLI) and with more copies of itself.
 # Run: pip install ./python && python examples/seed_echo_listen.py [PORT [HOST]]     then: nc 127.0.0.1 1234
-# Supervised (crash restarts, zero-loss reload): port-sharding serve --port 1234 -w 4 -- python3 examples/seed_echo_listen.py
+# Supervised as a command (crash restarts, zero-loss reload):
+#   port-sharding serve --port 1234 -w 4 -- python3 examples/seed_echo_listen.py
+# or as a worker function in one process: examples/seed_echo.py.
 # (listen() then adopts the socket the supervisor passes as fd 3; PORT_SHARDING_PORT names its port.)
 # The talk's own setup lines (socket, SO_REUSEPORT, bind(' ', port) — a TypeError — and listen(0)) are
 # replaced by one listen() call with a real backlog; the loop below is unchanged. Ctrl-C stops it.

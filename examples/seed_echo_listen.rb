@@ -1,7 +1,9 @@
 # The talk's Ruby loop verbatim, on a socket from PortSharding.listen: it shares the port with any engine
 # server (Ruby, Python, CLI) and with more copies of itself.
 # Run: (make setup-ruby) ruby examples/seed_echo_listen.rb [PORT [HOST]]     then: nc 127.0.0.1 1234
-# Supervised (crash restarts, zero-loss reload): port-sharding serve --port 1234 -w 4 -- ruby examples/seed_echo_listen.rb
+# Supervised as a command (crash restarts, zero-loss reload):
+#   port-sharding serve --port 1234 -w 4 -- ruby examples/seed_echo_listen.rb
+# or as a worker block in one process: examples/seed_echo.rb.
 # (PortSharding.listen then adopts the socket the supervisor passes as fd 3; PORT_SHARDING_PORT names its port.)
 # The talk's own setup lines (Socket.new, SO_REUSEPORT, bind, listen 0) are replaced by one
 # PortSharding.listen call with a real backlog; the loop below is unchanged. Ctrl-C stops it.

@@ -265,8 +265,9 @@ class Server:
     def stats(self) -> List[Dict[str, Any]]:
         """Per-worker counters: ``index``, ``pid``, ``state``, ``accepted``, ``active``, ``bytes_in``,
         ``bytes_out``, ``errors``, ``restarts``, ``queue_len``, ``health`` (``"serving"``, ``"stalled"`` or
-        ``"overloaded"``), ``stalled_ms`` (how long it has been stalled, else ``None``), ``kind`` (``"builtin"`` or
-        ``"command"``) and ``generation`` (1 for the first worker on a listener; each restart or reload adds one)."""
+        ``"overloaded"``), ``stalled_ms`` (how long it has been stalled, else ``None``), ``kind`` (``"builtin"``,
+        ``"command"`` or ``"function"``) and ``generation`` (1 for the first worker on a listener; each restart or
+        reload adds one)."""
         stats: List[Dict[str, Any]] = json.loads(self._native.stats_json())
         return stats
 
