@@ -330,3 +330,32 @@ def test_listener_api_in_a_worker() -> None:
     os.close(w)
     lines = os.fdopen(r).read().splitlines()
     assert lines == ["0 False True False", "drained 0 True"], lines
+
+
+def test_a_worker_holds_its_own_listener_and_no_other_engine_socket() -> None:
+    """The at-fork hook that closes the engine's fds in host-forked children keeps this worker's listener and
+    drain pipe, and closes the others' listeners and the control socket (which would keep them in the group)."""
+    r, w = os.pipe()
+
+    def count(listener: port_sharding.Listener) -> None:
+        listening, unix = 0, 0
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                s = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue  # not a socket
+            with s:
+                if s.family == socket.AF_UNIX:
+                    unix += 1
+                elif s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    listening += 1
+        os.write(w, f"{listener.index} {listening} {unix}\n".encode())
+        for client, addr in listener:
+            client.close()
+
+    with port_sharding.Server(0, host="127.0.0.1", workers=3, worker=count):
+        pass
+    os.close(w)
+    lines = sorted(os.fdopen(r).read().splitlines())
+    assert lines == ["0 1 0", "1 1 0", "2 1 0"], lines
