@@ -10,6 +10,7 @@ class TestWorker < Minitest::Test
   # argv: block workers drain_timeout [port]. An at_exit block, a ticking thread, and the named worker block.
   CHILD = <<~'RUBY'
     require "port_sharding"
+    require "timeout"
     at_exit { $stdout.puts "at_exit ran in #{Process.pid}"; $stdout.flush }
     $stdout.write("buffered before serve\n") # stdout is a file: this stays in Ruby's buffer across the forks
     WORKERS = {
@@ -37,6 +38,23 @@ class TestWorker < Minitest::Test
         end
       end,
       "stuck" => proc { |listener| listener.ready; sleep 600 },
+      "threads" => proc do |listener|
+        begin
+          Timeout.timeout(0.3) { listener.accept } # nothing comes: Timeout interrupts the GVL-free wait
+        rescue Timeout::Error
+          $stderr.puts "timeout interrupted accept"
+        end
+        2.times.map do
+          Thread.new do
+            listener.each do |client, _addr|
+              data = client.recv 1024
+              sleep 1
+              client.write "#{data} #{Thread.current.object_id}"
+              client.close
+            end
+          end
+        end.each(&:join)
+      end,
     }
     ticker = Thread.new { 10_000.times { |i| $stderr.puts "tick #{i}"; sleep 0.05 } }
     block = WORKERS.fetch(ARGV[0])
@@ -183,6 +201,18 @@ class TestWorker < Minitest::Test
     child.wait_log("worker 0 (pid #{pid}) still running")
     child.wait_exit
     refute alive?(pid)
+  end
+
+  def test_accept_is_thread_friendly_and_interruptible
+    child = server("threads", workers: 1)
+    child.wait_log("timeout interrupted accept")
+    clients = Array.new(2) { |i| Socket.tcp("127.0.0.1", child.port, connect_timeout: 5).tap { |s| s.write("t#{i}") } }
+    replies = clients.map { |s| read_all(s).tap { s.close } }
+    assert_equal %w[t0 t1], replies.map { |r| r.split.first }
+    assert_equal 2, replies.map { |r| r.split.last }.uniq.size, "two threads of one worker accepted: #{replies}"
+    Process.kill(:TERM, child.pid)
+    assert_predicate child.wait_exit, :success?, child.stderr
+    assert_includes child.stdout, "serve returned terminate"
   end
 
   # Forks while other threads hold the GVL and allocate: from Server#start and from serve, many times.
