@@ -141,6 +141,13 @@ class Listener:
 Worker = Callable[[Listener], Union[None, Awaitable[None], Any]]
 
 
+def _callable(worker: Optional[Worker]) -> Optional[Worker]:
+    """``worker`` itself, checked here rather than failing in every forked worker."""
+    if worker is not None and not callable(worker):
+        raise TypeError(f"worker= must be a function taking a port_sharding.Listener, got {worker!r}")
+    return worker
+
+
 def _run_worker(worker: Worker, native: _native.Listener) -> int:
     """In a forked worker: run ``worker``, report how it ended, return the exit status (the engine then
     leaves with ``_exit``)."""
@@ -191,7 +198,7 @@ def serve(
     released meanwhile: other Python threads keep running. ``worker``: a function every worker runs with
     its ``Listener`` (``async def`` ones under ``asyncio.run``); without it, the engine's own loop (``mode``).
     """
-    reason = _native.Server(_given(locals()), worker).run()
+    reason = _native.Server(_given(locals()), _callable(worker)).run()
     if reason == "interrupt":
         raise KeyboardInterrupt
     return reason
@@ -229,7 +236,7 @@ class Server:
         stall_after: Optional[float] = None,
         stall_restart_after: Optional[float] = None,
     ) -> None:
-        self._native = _native.Server(_given(locals()), worker)
+        self._native = _native.Server(_given(locals()), _callable(worker))
 
     @property
     def port(self) -> int:

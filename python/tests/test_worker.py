@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Callable, List
 
+import pytest
+
 import port_sharding
 from conftest import TIMEOUT, Proc, alive, connect, wait_gone
 
@@ -359,3 +361,9 @@ def test_a_worker_holds_its_own_listener_and_no_other_engine_socket() -> None:
     os.close(w)
     lines = sorted(os.fdopen(r).read().splitlines())
     assert lines == ["0 1 0", "1 1 0", "2 1 0"], lines
+
+
+def test_a_worker_that_is_not_callable_is_refused_before_anything_forks() -> None:
+    for call in (port_sharding.Server, port_sharding.serve):
+        with pytest.raises(TypeError, match="worker= must be a function"):
+            call(0, host="127.0.0.1", worker=42)  # type: ignore[arg-type]
