@@ -24,7 +24,8 @@ pub const DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// How often a draining `accept` looks at the queue again while it waits out the grace window.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// While `accept` keeps finding connections it reads the drain pipe at most this often (one system call
-/// saved per connection); whenever the queue is empty it reads it before waiting.
+/// saved per connection), so a drain or handover is noticed that much later at worst; whenever the queue
+/// is empty it reads it before waiting.
 const DRAIN_CHECK_MS: u64 = 10;
 
 /// Set by SIGTERM in a function worker: a drain, as for a built-in worker (systemd's default stop sends
@@ -374,5 +375,74 @@ impl WorkerListener {
             return Some(Accept::Interrupted);
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    /// A listener on an ephemeral loopback port, a drain pipe, and a worker listener over them.
+    fn setup() -> (std::net::SocketAddr, OwnedFd, WorkerListener) {
+        let l = crate::listener::bind("127.0.0.1:0".parse().unwrap(), 16, true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+        let (rx, tx) = nix::unistd::pipe2(flags).unwrap();
+        let stats = Arc::new(StatsArea::new(1).unwrap());
+        stats.slot(0).begin(std::process::id());
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(l);
+        (addr, tx, WorkerListener::new(0, fd, rx, stats).unwrap())
+    }
+
+    #[test]
+    fn a_drain_hands_out_what_is_queued_then_says_drained() {
+        let (addr, tx, w) = setup();
+        let clients: Vec<_> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        nix::unistd::write(&tx, b"d").unwrap();
+        let mut got = 0;
+        loop {
+            match w.accept(Some(Duration::from_secs(10))).unwrap() {
+                Accept::Connection(_) => got += 1,
+                Accept::Drained => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, clients.len(), "every queued connection was handed out");
+        assert!(
+            w.draining() && w.fileno() < 0,
+            "drained and let go of the listener"
+        );
+        assert_eq!(w.stats.snapshot()[0].accepted, 3);
+        assert_eq!(w.stats.snapshot()[0].state, Phase::Draining);
+    }
+
+    #[test]
+    fn a_handover_stops_at_once_and_a_wake_interrupts_a_wait() {
+        let (addr, tx, w) = setup();
+        assert!(matches!(
+            w.accept(Some(Duration::from_millis(10))).unwrap(),
+            Accept::TimedOut
+        ));
+        assert_eq!(
+            w.stats.snapshot()[0].state,
+            Phase::Serving,
+            "the first accept said ready"
+        );
+        w.wake();
+        assert!(matches!(w.accept(None).unwrap(), Accept::Interrupted));
+        let _queued = TcpStream::connect(addr).unwrap();
+        nix::unistd::write(&tx, &[HANDOVER]).unwrap();
+        // The successor serves the same socket and its queue: nothing more is handed out here once the
+        // handover is seen (while connections keep coming, within DRAIN_CHECK_MS: at most this one).
+        let mut late = 0;
+        while let Accept::Connection(_) = w.accept(None).unwrap() {
+            late += 1;
+        }
+        assert!(
+            late <= 1,
+            "{late} connection(s) handed out after the handover"
+        );
+        assert!(w.settled());
     }
 }
