@@ -57,6 +57,7 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
                     match w.kind {
                         port_sharding::WorkerKind::Builtin => "builtin".to_string(),
                         port_sharding::WorkerKind::Command => "command".to_string(),
+                        port_sharding::WorkerKind::Function => "function".to_string(),
                     },
                     w.generation.to_string(),
                     w.pid.to_string(),

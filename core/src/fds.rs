@@ -50,6 +50,19 @@ fn pid() -> i32 {
     unsafe { libc::getpid() }
 }
 
+std::thread_local! {
+    /// The listener a function worker being forked on this thread keeps: the host's at-fork hook (which
+    /// calls [`close_in_forked_child`]) runs in that child on this same thread, and must not close it.
+    static KEEP: std::cell::Cell<RawFd> = const { std::cell::Cell::new(-1) };
+}
+
+/// While a function worker is forked on this thread: `fd` (its listener) survives
+/// [`close_in_forked_child`] in the child, and stays in the table so that *its* children let go of it.
+/// -1 when the fork is over.
+pub(crate) fn keep_in_child(fd: RawFd) {
+    KEEP.with(|k| k.set(fd));
+}
+
 /// Records `fd` as the engine's.
 pub(crate) fn register(fd: RawFd) {
     let Some((dev, ino)) = identity(fd) else {
@@ -98,12 +111,13 @@ pub(crate) fn unregister(fd: RawFd) {
 /// it); it holds no socket.
 pub fn close_in_forked_child() -> usize {
     let me = pid();
+    let keep = KEEP.with(|k| k.get());
     // SAFETY: open/dup3/close on fds this function owns or checked; all async-signal-safe.
     let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     let mut n = 0;
     for slot in &TABLE {
         let fd = slot.fd.load(Ordering::Acquire);
-        if fd < 0 || slot.pid.load(Ordering::Relaxed) == me {
+        if fd < 0 || fd == keep || slot.pid.load(Ordering::Relaxed) == me {
             continue;
         }
         let registered = (

@@ -41,6 +41,10 @@
 //! or your own loop on [`listen`] run unchanged. [`reload`] (or SIGHUP) replaces workers in place: a new one
 //! beside the old on the same listener, and the old one stops once the new one is ready.
 //!
+//! With [`Server::set_function`], each worker instead runs the host's own code — a Python function, a Ruby
+//! block — in a process the host forks through its interpreter's fork path ([`FunctionHost`]), with a
+//! [`WorkerListener`] giving it ready, drain and accept as the engine defines them.
+//!
 //! Per-worker counters live in a shared memory page ([`WorkerStats`]); a unix control socket answers
 //! [`status`], [`stop`] and `takeover` (a successor receives the listening sockets with `SCM_RIGHTS`, so
 //! nothing queued is reset during an upgrade).
@@ -105,6 +109,7 @@ mod config;
 mod control;
 mod error;
 mod fds;
+mod function;
 mod lifecycle;
 mod listener;
 mod log;
@@ -127,6 +132,7 @@ pub use control::{
 };
 pub use error::{Error, Result};
 pub use fds::close_in_forked_child;
+pub use function::{Accept, FunctionHost, WorkerListener, DRAIN_GRACE};
 pub use lifecycle::{Phase, Report, StopReason};
 pub use listener::{listen, resolve};
 pub use log::set_quiet;

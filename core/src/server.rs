@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::function::FunctionHost;
 use crate::lifecycle::{Phase, Report};
 use crate::stats::WorkerStats;
 use crate::supervisor::{self, Bound, Shared};
@@ -44,6 +45,23 @@ impl Server {
     /// Number of workers `run` will start (more than `Config::workers` when a takeover received more sockets).
     pub fn workers(&self) -> usize {
         self.bound.listeners.len()
+    }
+
+    /// Makes every worker run the host's function ([`FunctionHost`]) instead of a built-in loop or a
+    /// command: forked through `host`, and supervised as any worker (ready at its first accept, drained
+    /// through its pipe, killed at `drain_timeout`, restarted, reloaded one at a time).
+    ///
+    /// # Errors
+    /// [`Config::command`] is set too.
+    pub fn set_function(&mut self, host: Arc<dyn FunctionHost>) -> Result<()> {
+        if !self.bound.config.command.is_empty() {
+            return Err(Error::invalid(
+                "command",
+                "cannot be combined with a worker function: give one or the other",
+            ));
+        }
+        self.bound.function = Some(host);
+        Ok(())
     }
 
     /// A handle to stop the server or read its stats from another thread.

@@ -60,6 +60,9 @@ pub enum WorkerKind {
     Builtin,
     /// A program exec'd with the listener as fd 3 ([`crate::Config::command`]).
     Command,
+    /// The host's own function (a Python function, a Ruby block), forked from the host interpreter
+    /// ([`crate::FunctionHost`]).
+    Function,
 }
 
 /// A snapshot of one worker's counters.
@@ -155,6 +158,11 @@ impl Slot {
         self.accepted.fetch_add(1, Relaxed);
         self.active.fetch_add(1, Relaxed);
     }
+    /// One connection handed to host code (a function worker), which closes it without telling us: it
+    /// counts as accepted, never as open.
+    pub fn handed_out(&self) {
+        self.accepted.fetch_add(1, Relaxed);
+    }
     /// One connection closed; `error` when it ended badly.
     pub fn closed(&self, error: bool) {
         self.active.fetch_sub(1, Relaxed);
@@ -214,10 +222,10 @@ impl Slot {
             errors: self.errors.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             queue_len: self.queue_len.load(Relaxed),
-            kind: if self.kind.load(Relaxed) == WorkerKind::Command as u64 {
-                WorkerKind::Command
-            } else {
-                WorkerKind::Builtin
+            kind: match self.kind.load(Relaxed) {
+                1 => WorkerKind::Command,
+                2 => WorkerKind::Function,
+                _ => WorkerKind::Builtin,
             },
             generation: self.generation.load(Relaxed),
             health: Health::from_u64(self.health.load(Relaxed)),

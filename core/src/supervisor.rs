@@ -26,6 +26,7 @@ use crate::stats::StatsArea;
 use crate::worker;
 
 mod command;
+mod function;
 mod notify;
 mod process;
 mod reload;
@@ -70,6 +71,8 @@ pub(crate) struct Bound {
     predecessor: Option<Predecessor>,
     /// Stall detection and the group's program (see `steering`).
     steering: Steering,
+    /// The host's function, when the workers run it ([`crate::FunctionHost`]).
+    pub(crate) function: Option<Arc<dyn crate::FunctionHost>>,
 }
 
 /// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
@@ -121,6 +124,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         control,
         predecessor,
         steering,
+        function: None,
     })
 }
 
@@ -191,7 +195,9 @@ impl Supervisor {
 
     fn run(&mut self) -> Result<Report> {
         let c = &self.server.config;
-        let what = if c.command.is_empty() {
+        let what = if self.server.function.is_some() {
+            "function workers".to_string()
+        } else if c.command.is_empty() {
             format!("mode {}", c.mode)
         } else {
             format!("command {:?}, ready {}", c.command, c.ready.as_str())
@@ -317,6 +323,7 @@ impl Supervisor {
                 slot.set_state(Phase::Stopped);
             }
             let command = !self.server.config.command.is_empty();
+            let function = self.server.function.is_some();
             let p = &mut self.procs[i];
             p.pid = None;
             p.drain = None;
@@ -329,7 +336,9 @@ impl Supervisor {
             // killed) before it was ready, back off exponentially.
             let lived = p.started.elapsed();
             let failed_start = p.failed_start || (command && !p.ready);
-            p.crashes = if failed_start || (!clean && lived < Duration::from_secs(1)) {
+            // A function that returns at once (cleanly or not) would otherwise be re-forked in a loop.
+            let quick = lived < Duration::from_secs(1) && (!clean || function);
+            p.crashes = if failed_start || quick {
                 p.crashes + 1
             } else {
                 0
@@ -544,7 +553,9 @@ impl Supervisor {
             pid: std::process::id(),
             runtime: self.server.config.runtime.clone(),
             addr: self.server.addr,
-            mode: if command.is_empty() {
+            mode: if self.server.function.is_some() {
+                "function".to_string()
+            } else if command.is_empty() {
                 self.server.config.mode.to_string()
             } else {
                 "command".to_string()

@@ -29,10 +29,10 @@ pub(crate) const HANDOVER: u8 = b'h';
 const ONCE_READ: usize = 1024;
 /// Reads per connection per wakeup before others get a turn (fairness under bulk echo).
 const BUDGET: usize = 16;
-/// On a plain drain the listener stays open this long, accepting what is queued (and what is mid-handshake),
-/// then closes right after a pass that found its queue empty. A handover closes it at once instead: the
-/// successor holds the same socket and serves its queue.
-const DRAIN_GRACE: Duration = Duration::from_millis(100);
+// On a plain drain the listener stays open DRAIN_GRACE (shared with function workers), accepting what is
+// queued (and what is mid-handshake), then closes right after a pass that found its queue empty. A handover
+// closes it at once instead: the successor holds the same socket and serves its queue.
+use crate::function::DRAIN_GRACE;
 /// After replying in `once`/`hello` mode with client bytes still unread, we half-close and wait this long
 /// for the client's FIN, so those bytes do not turn our close into a reset that could discard the reply.
 const LINGER: Duration = Duration::from_secs(2);

@@ -1,11 +1,20 @@
 """Serve one TCP port from every core with SO_REUSEPORT, on a Rust engine.
 
     import port_sharding
-    port_sharding.serve(1234)   # echo on :1234, one worker process per CPU; Ctrl-C drains, then raises KeyboardInterrupt
+
+    def worker(listener):                  # your accept loop, run in every worker process
+        for client, addr in listener:      # ends once the server drains and this listener's queue is empty
+            client.sendall(client.recv(1024)); client.close()
+
+    port_sharding.serve(1234, worker=worker)   # one worker per CPU; Ctrl-C drains, then raises KeyboardInterrupt
+    port_sharding.serve(1234)                  # the engine's own echo loop (Rust) instead
 
 The calling process becomes the supervisor: it binds one reuseport listener per worker, forks the workers
-(which run Rust only and leave with ``_exit``, so no ``atexit`` handler or buffered output runs twice) and
-drains them on stop. ``listen()`` gives the talk's own accept loop a socket that shares the port.
+and drains them on stop. A worker function runs in a process forked from this interpreter (as ``os.fork``
+does) and leaves with ``_exit`` once it returns (status 0) or raises (the traceback is logged, status 1); it
+is restarted on the same listener either way while the server serves. This process's ``atexit`` handlers
+do not run in workers. Without ``worker=``, workers run Rust only. ``listen()`` gives an unsupervised
+accept loop a socket that shares the port.
 
 Signals during ``serve()`` on the main thread: SIGINT (Ctrl-C) drains, then raises ``KeyboardInterrupt``;
 SIGTERM drains, then ``serve()`` returns normally; a second signal stops at once. Python's own handlers
@@ -17,13 +26,19 @@ checks them and names the one at fault: ``ConfigError`` (a ``ValueError``) for a
 ``SettingTypeError`` (also a ``TypeError``) for a value of the wrong type.
 """
 
+import asyncio
+import inspect
 import json
 import os
 import socket
+import sys
+import traceback
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple, Type, Union
 
 from . import _port_sharding as _native
+
+_Socket = socket.socket  # for annotations inside Listener, whose `socket` property hides the module there
 from ._errors import (AddressError, AddrInUseError, ConfigError, ControlError, Error, IoError, NotRunningError,
                       PermissionDeniedError, SettingTypeError, TakeoverError)
 
@@ -33,7 +48,7 @@ __version__: str = _native.VERSION
 # or hold its drain pipes open: it closes the engine's descriptors at once. Workers the engine forks itself
 # close what they do not serve on their own.
 os.register_at_fork(after_in_child=_native.close_in_forked_child)
-__all__ = ["__version__", "serve", "Server", "listen", "status", "stop", "reload", "set_quiet",
+__all__ = ["__version__", "serve", "Server", "Listener", "Worker", "listen", "status", "stop", "reload", "set_quiet",
            # One exception class per engine error, all under Error (see _errors.py).
            "Error", "ConfigError", "SettingTypeError", "AddressError", "AddrInUseError", "PermissionDeniedError",
            "NotRunningError", "TakeoverError", "ControlError", "IoError"]
@@ -41,12 +56,125 @@ __all__ = ["__version__", "serve", "Server", "listen", "status", "stop", "reload
 
 def _given(args: Dict[str, Any]) -> Dict[str, Any]:
     """The settings a caller gave (a function's ``locals()``, first thing): the engine fills in the rest."""
-    return {name: value for name, value in args.items() if value is not None and name != "self"}
+    return {name: value for name, value in args.items() if value is not None and name not in ("self", "worker")}
+
+
+class Listener:
+    """A function worker's listener: what ``worker(listener)`` gets, in a process of its own.
+
+    ``for client, addr in listener`` (or ``accept()``) hands out connections until the server drains and this
+    listener's queue has stayed empty for a moment; then the loop ends and the function should return.
+    The first ``accept()`` tells the supervisor this worker is ready; ``ready()`` does so without accepting
+    (for an event loop that accepts on ``socket`` itself, e.g. ``asyncio.start_server(sock=listener.socket)``).
+    """
+
+    def __init__(self, native: _native.Listener) -> None:
+        self._native = native
+        self._socket: Optional[_Socket] = None
+
+    @property
+    def index(self) -> int:
+        """The worker's index: which of the server's listeners it serves."""
+        return self._native.index
+
+    @property
+    def draining(self) -> bool:
+        """Whether the server asked this worker to drain (``accept`` still hands out what is queued)."""
+        return self._native.draining
+
+    @property
+    def socket(self) -> _Socket:
+        """The listening socket (nonblocking: the supervisor, and during a reload the successor, share it)."""
+        if self._socket is None:
+            self._socket = socket.socket(fileno=os.dup(self._native.fileno()))
+            self._socket.setblocking(False)
+        return self._socket
+
+    def ready(self) -> None:
+        """Tell the supervisor this worker serves (otherwise the first ``accept`` does)."""
+        self._native.ready()
+
+    def accept(self, timeout: Optional[float] = None) -> Optional[Tuple[_Socket, Any]]:
+        """The next connection and its peer address, as ``socket.accept()`` gives them; ``None`` once drained
+        (``draining`` is then true) or when ``timeout`` seconds passed first. Other threads run meanwhile."""
+        fd = self._native.accept(timeout)
+        if fd is None:
+            return None
+        client = socket.socket(fileno=fd)
+        try:
+            addr = client.getpeername()
+        except OSError:  # the client already reset: it reads as closed
+            addr = None
+        return client, addr
+
+    def __iter__(self) -> Iterator[Tuple[_Socket, Any]]:
+        while True:
+            pair = self.accept()
+            if pair is None:
+                return
+            yield pair
+
+    async def wait_draining(self) -> None:
+        """Return once the server drains and this listener's queue has stayed empty for the grace window
+        (so an asyncio server on ``socket`` can close then, having served what was queued)."""
+        loop = asyncio.get_running_loop()
+        drain = self._native.drain_fileno()
+        asked: asyncio.Future[None] = loop.create_future()
+
+        def on_drain() -> None:
+            if not asked.done():
+                asked.set_result(None)
+
+        loop.add_reader(drain, on_drain)
+        try:
+            await asked
+        finally:
+            loop.remove_reader(drain)
+        while not self._native.settled():
+            await asyncio.sleep(0.02)
+
+    def __repr__(self) -> str:
+        return f"<port_sharding.Listener {self.index}{' draining' if self.draining else ''}>"
+
+
+#: A worker function: called with the worker's ``Listener``, in a worker process; may be ``async def``.
+Worker = Callable[[Listener], Union[None, Awaitable[None], Any]]
+
+
+def _callable(worker: Optional[Worker]) -> Optional[Worker]:
+    """``worker`` itself, checked here rather than failing in every forked worker."""
+    if worker is not None and not callable(worker):
+        raise TypeError(f"worker= must be a function taking a port_sharding.Listener, got {worker!r}")
+    return worker
+
+
+def _run_worker(worker: Worker, native: _native.Listener) -> int:
+    """In a forked worker: run ``worker``, report how it ended, return the exit status (the engine then
+    leaves with ``_exit``)."""
+    listener = Listener(native)
+    code = 0
+    try:
+        result = worker(listener)
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        sys.stderr.write(f"port-sharding: worker {listener.index} (pid {os.getpid()}): the worker function raised:\n")
+        traceback.print_exc()
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream: nothing left to save
+            pass
+    return code
 
 
 def serve(
     port: Optional[int] = None,
     *,
+    worker: Optional[Worker] = None,
     host: Optional[str] = None,
     workers: Optional[int] = None,
     mode: Optional[str] = None,
@@ -67,9 +195,10 @@ def serve(
 ) -> str:
     """Serve ``host:port`` with ``workers`` processes until drained; returns why it stopped (``"terminate"``,
     ``"stop"``, ``"taken_over"``, …) and raises ``KeyboardInterrupt`` after a Ctrl-C drain. The GIL is
-    released meanwhile: other Python threads keep running.
+    released meanwhile: other Python threads keep running. ``worker``: a function every worker runs with
+    its ``Listener`` (``async def`` ones under ``asyncio.run``); without it, the engine's own loop (``mode``).
     """
-    reason = _native.Server(_given(locals())).run()
+    reason = _native.Server(_given(locals()), _callable(worker)).run()
     if reason == "interrupt":
         raise KeyboardInterrupt
     return reason
@@ -88,6 +217,7 @@ class Server:
         self,
         port: Optional[int] = None,
         *,
+        worker: Optional[Worker] = None,
         host: Optional[str] = None,
         workers: Optional[int] = None,
         mode: Optional[str] = None,
@@ -106,7 +236,7 @@ class Server:
         stall_after: Optional[float] = None,
         stall_restart_after: Optional[float] = None,
     ) -> None:
-        self._native = _native.Server(_given(locals()))
+        self._native = _native.Server(_given(locals()), _callable(worker))
 
     @property
     def port(self) -> int:
@@ -142,8 +272,9 @@ class Server:
     def stats(self) -> List[Dict[str, Any]]:
         """Per-worker counters: ``index``, ``pid``, ``state``, ``accepted``, ``active``, ``bytes_in``,
         ``bytes_out``, ``errors``, ``restarts``, ``queue_len``, ``health`` (``"serving"``, ``"stalled"`` or
-        ``"overloaded"``), ``stalled_ms`` (how long it has been stalled, else ``None``), ``kind`` (``"builtin"`` or
-        ``"command"``) and ``generation`` (1 for the first worker on a listener; each restart or reload adds one)."""
+        ``"overloaded"``), ``stalled_ms`` (how long it has been stalled, else ``None``), ``kind`` (``"builtin"``,
+        ``"command"`` or ``"function"``) and ``generation`` (1 for the first worker on a listener; each restart or
+        reload adds one)."""
         stats: List[Dict[str, Any]] = json.loads(self._native.stats_json())
         return stats
 
@@ -166,7 +297,8 @@ _SETTINGS_DOC = "\n\nSettings (``None``: the default shown):\n\n" + "\n".join(
     f"- ``{name}``: {help} [default: {default}]" for name, help, default in _native.settings()
 )
 serve.__doc__ = (serve.__doc__ or "").rstrip() + _SETTINGS_DOC
-Server.__init__.__doc__ = "Bind; nothing runs until ``start()``." + _SETTINGS_DOC
+Server.__init__.__doc__ = ("Bind; nothing runs until ``start()``. ``worker``: a function every worker runs, as for "
+                           "``serve``." + _SETTINGS_DOC)
 
 
 def listen(port: Optional[int] = None, host: Optional[str] = None, backlog: Optional[int] = None) -> socket.socket:

@@ -4,6 +4,7 @@
 //! (`port_sharding_cli`).
 
 mod errors;
+mod function;
 mod keywords;
 mod server;
 
@@ -107,6 +108,7 @@ fn settings() -> Vec<(&'static str, &'static str, &'static str)> {
 fn _port_sharding(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("VERSION", port_sharding::VERSION)?;
     m.add_class::<server::Server>()?;
+    m.add_class::<function::Listener>()?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(listen, m)?)?;
     m.add_function(wrap_pyfunction!(status_json, m)?)?;

@@ -103,13 +103,24 @@ fn in_slices<T: Send>(
 #[pymethods]
 impl Server {
     /// Binds with the given settings (name → bool/int/float/str); the engine fills in the rest.
+    /// `worker`: a callable every worker runs (forked from this interpreter), instead of built-in loops.
     #[new]
-    fn new(py: Python<'_>, settings: &Bound<'_, PyDict>) -> PyResult<Server> {
+    #[pyo3(signature = (settings, worker=None))]
+    fn new(
+        py: Python<'_>,
+        settings: &Bound<'_, PyDict>,
+        worker: Option<Py<PyAny>>,
+    ) -> PyResult<Server> {
         let config = config(settings).map_err(|e| to_py(py, e))?;
         // A takeover waits on the old server's control socket: let other Python threads run meanwhile.
-        let server = py
+        let mut server = py
             .detach(|| no_panic(|| port_sharding::Server::bind(config)))
             .map_err(|e| to_py(py, e))?;
+        if let Some(worker) = worker {
+            server
+                .set_function(crate::function::PyHost::shared(worker))
+                .map_err(|e| to_py(py, e))?;
+        }
         Ok(Server {
             handle: server.handle(),
             state: Mutex::new(State::Bound(Box::new(server))),

@@ -108,13 +108,13 @@ def test_wait_returns_the_stop_reason() -> None:
 
 
 def test_settings_are_the_engines() -> None:
-    """Every engine setting is a keyword of serve() and Server() (and nothing else is), None by default;
-    their docstrings carry the engine's help."""
+    """Every engine setting is a keyword of serve() and Server() (and nothing else but ``worker``, the
+    function workers run), None by default; their docstrings carry the engine's help."""
     names = {name for name, _help, _default in port_sharding._native.settings()}
     assert {"port", "host", "workers", "drain_timeout", "takeover"} <= names
     for fn in (port_sharding.serve, port_sharding.Server.__init__):
         params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
-        assert {p.name for p in params} == names, fn
+        assert {p.name for p in params} == names | {"worker"}, fn
         assert all(p.default is None for p in params), fn
         assert all(p.kind is p.KEYWORD_ONLY for p in params if p.name != "port"), fn
         for name, help, _default in port_sharding._native.settings():
@@ -127,7 +127,7 @@ def test_unknown_or_positional_settings_are_python_type_errors() -> None:
             call(port=0, wrokers=2)  # type: ignore[call-arg]
         assert not isinstance(info.value, port_sharding.Error)  # Python's own: it is a real signature
         with pytest.raises(TypeError, match="positional"):
-            call(0, "127.0.0.1")  # type: ignore[call-arg]
+            call(0, "127.0.0.1")  # type: ignore[call-arg, arg-type]
 
 
 def test_version_is_the_workspace_version() -> None:

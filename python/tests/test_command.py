@@ -21,7 +21,7 @@ def ask(port: int, data: bytes) -> bytes:
 
 
 def test_the_talks_loop_as_command_workers_reloads_in_place() -> None:
-    loop = [sys.executable, str(REPO / "examples" / "seed_echo.py")]
+    loop = [sys.executable, str(REPO / "examples" / "seed_echo_listen.py")]
     with port_sharding.Server(port=0, host="127.0.0.1", workers=2, command=loop, ready_delay=0.3) as server:
         before = server.stats()
         assert [(w["kind"], w["generation"]) for w in before] == [("command", 1)] * 2

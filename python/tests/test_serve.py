@@ -156,12 +156,15 @@ def test_takeover_between_python_servers(spawn: Spawn) -> None:
 
 def test_talk_loop_on_listen_shares_the_port_with_an_engine_server(spawn: Spawn) -> None:
     with port_sharding.Server(port=0, host="127.0.0.1", workers=1, mode="hello") as engine:
-        loop = spawn(str(REPO / "examples" / "seed_echo.py"), str(engine.port), "127.0.0.1")
+        loop = spawn(str(REPO / "examples" / "seed_echo_listen.py"), str(engine.port), "127.0.0.1")
         replies: Set[str] = set()
         deadline = time.monotonic() + TIMEOUT
         # Until both have answered (connections made before the loop listens all go to the engine).
         for _ in range(2000):
-            reply = echo(engine.port, b"ping")
+            try:
+                reply = echo(engine.port, b"ping")
+            except OSError:  # hello mode closes at once: a "ping" arriving after that is answered by a reset
+                continue
             replies.add("loop" if reply == b"ping" else "engine" if reply.startswith(b"Hello from python") else repr(reply))
             if replies == {"loop", "engine"} or time.monotonic() > deadline:
                 break

@@ -8,15 +8,21 @@ require_relative "port_sharding/error"
 native = File.join(__dir__, "port_sharding", "port_sharding.#{RbConfig::CONFIG['DLEXT']}")
 File.file?(native) ? require(native) : require("port_sharding/port_sharding")
 require_relative "port_sharding/server"
+require_relative "port_sharding/listener"
 require_relative "port_sharding/fork_hook"
 
 # Many processes serving one TCP port with SO_REUSEPORT, on the port-sharding engine (Linux only).
 #
 #   require "port_sharding"
-#   PortSharding.serve(1234)   # echo on :1234, one worker process per CPU; Ctrl-C drains, then raises Interrupt
+#   PortSharding.serve(1234) do |listener|  # your accept loop, in every worker process (one per CPU)
+#     listener.each { |client, addr| data = client.recv(1024); client.send(data, 0); client.close }
+#   end                                     # Ctrl-C drains, then raises Interrupt
+#   PortSharding.serve(1234)                # the engine's own echo loop (Rust) instead
 #
-# The engine forks worker processes that run Rust only and leave with _exit: no `at_exit` block, finalizer
-# or Ruby code runs in them. Python and Ruby servers on the same port share it.
+# A block worker runs in a process forked from this interpreter (Ruby's own fork) and leaves with _exit once
+# the block returns (status 0) or raises (logged, status 1); it is restarted on the same listener either way
+# while the server serves. This process's `at_exit` blocks do not run in workers. Without a block, workers run
+# Rust only. Python and Ruby servers on the same port share it.
 module PortSharding
   class << self
     # Serves `port` until drained, in this thread, with the GVL released (other Ruby threads keep running).
@@ -49,8 +55,10 @@ module PortSharding
     # Ctrl-C drains, then raises Interrupt; SIGTERM drains, then returns :terminate; a second signal stops
     # at once. Thread#raise, Timeout.timeout and Thread#kill drain, then raise/kill as usual. Otherwise
     # returns why it stopped: :stop (the `stop` command) or :taken_over (a newer server took over).
-    def serve(port = nil, **settings)
-      _serve({ port: port, **settings }.compact)
+    #
+    # With a block, every worker runs it with its Listener (see PortSharding::Listener) instead of `mode`.
+    def serve(port = nil, **settings, &worker)
+      _serve({ port: port, **settings }.compact, worker)
     end
 
     # A listening ::Socket on host:port in the port's SO_REUSEPORT group, made by the engine, for your own

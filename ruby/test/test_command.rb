@@ -7,7 +7,7 @@ require_relative "test_helper"
 class TestCommand < Minitest::Test
   include PortShardingTest
 
-  SEED = File.join(PortShardingTest::REPO, "examples", "seed_echo.rb")
+  SEED = File.join(PortShardingTest::REPO, "examples", "seed_echo_listen.rb")
 
   def test_the_talks_loop_as_command_workers_reloads_in_place
     server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 2, command: [RbConfig.ruby, SEED],

@@ -6,7 +6,7 @@ require_relative "test_helper"
 class TestListen < Minitest::Test
   include PortShardingTest
 
-  SEED = File.join(PortShardingTest::REPO, "examples", "seed_echo.rb")
+  SEED = File.join(PortShardingTest::REPO, "examples", "seed_echo_listen.rb")
 
   def test_listen_returns_a_reuseport_socket
     sock = PortSharding.listen(0, host: "127.0.0.1")

@@ -83,7 +83,7 @@ def reload_under_load(servers: list[Server], loads: list[ClientLoad], control_di
 def test_the_talks_python_loop_reloads_under_load_without_a_failure(servers, loads, control_dir):
     need("rust", "python")
     reload_under_load(servers, loads, control_dir, ClientLoad, "-w", "2", "--ready-delay", "500ms", "--",
-                      sys.executable, "examples/seed_echo.py")
+                      sys.executable, "examples/seed_echo_listen.py")
 
 
 def test_gunicorn_workers_answer_http_and_reload_under_load_without_a_failure(servers, loads, control_dir):
@@ -105,7 +105,7 @@ def test_puma_workers_answer_http_beside_gunicorn_on_one_port(servers, loads, co
 
 def test_listen_adopts_the_inherited_socket_in_python_and_ruby_and_refuses_another_port(servers, control_dir):
     need("rust", "python", "ruby")
-    for interpreter, script in ((sys.executable, "examples/seed_echo.py"), ("ruby", "examples/seed_echo.rb")):
+    for interpreter, script in ((sys.executable, "examples/seed_echo_listen.py"), ("ruby", "examples/seed_echo_listen.rb")):
         server = start(servers, control_dir, "-w", "2", "--ready-delay", "300ms", "--", interpreter, script)
         load = ClientLoad(server.port, threads=2, max_ops=1000)
         load.wait_for(100)
@@ -135,7 +135,7 @@ def test_old_workers_exit(servers, control_dir):
     """After a reload every old worker has exited (none left holding a listener)."""
     need("rust", "python")
     server = start(servers, control_dir, "-w", "2", "--ready-delay", "300ms", "--", sys.executable,
-                   "examples/seed_echo.py")
+                   "examples/seed_echo_listen.py")
     before = worker_pids(server)
     assert reload(server).returncode == 0
     deadline = time.monotonic() + 30

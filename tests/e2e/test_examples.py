@@ -44,3 +44,12 @@ def test_rolling_upgrade_demo_loses_nothing():
     need("python", "ruby", "rust")
     out = run(["examples/rolling_upgrade.sh", str(free_port())], LOAD_SECONDS="6", PORT_SHARDING_BIN=str(BIN))
     assert "failed connections: 0 " in out, out
+
+
+def test_mixed_workers_example_reloads_python_functions_and_ruby_blocks_losing_nothing():
+    need("python", "ruby")
+    out = run(["examples/mixed_workers.sh", "0", "4"])
+    counts = dict(line.strip().split(": ") for line in out.split("answers by runtime:")[1].splitlines()[1:3])
+    assert int(counts["python"]) > 0 and int(counts["ruby"]) > 0, out
+    assert "failed connections: 0\n" in out, out
+    assert out.count("failed: None") == 2, out

@@ -325,6 +325,14 @@ impl Supervisor {
         if self.draining.is_some() || self.server.listeners.is_empty() {
             return;
         }
+        if self.server.function.is_some() {
+            // An event loop (asyncio) accepts on the socket itself, uncounted: it would look stalled.
+            self.server.steering.block(
+                "function workers may accept outside the engine (asyncio), so a stall cannot be told from a busy queue"
+                    .to_string(),
+            );
+            return;
+        }
         if !self.server.config.command.is_empty() {
             // Programs count nothing in the stats slots: a busy queue would look like a stall.
             self.server.steering.block(

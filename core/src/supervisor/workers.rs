@@ -84,7 +84,9 @@ impl WorkerProc {
 
 impl Supervisor {
     pub(super) fn kind(&self) -> WorkerKind {
-        if self.server.config.command.is_empty() {
+        if self.server.function.is_some() {
+            WorkerKind::Function
+        } else if self.server.config.command.is_empty() {
             WorkerKind::Builtin
         } else {
             WorkerKind::Command
@@ -120,6 +122,16 @@ impl Supervisor {
                     }
                 }
             }
+            WorkerKind::Function => {
+                let host =
+                    self.server.function.clone().ok_or_else(|| {
+                        Error::Internal("function workers without a function".into())
+                    })?;
+                let (pid, drain) =
+                    super::function::spawn(&host, i, listener_fd, &self.server.stats, beside)?;
+                w.pid = Some(pid);
+                w.drain = Some(drain);
+            }
             WorkerKind::Command => {
                 let c = &self.server.config;
                 let notify = self.notify.as_ref().map(|n| n.path.clone());
@@ -142,6 +154,7 @@ impl Supervisor {
         let pid = w.pid.map_or(0, Pid::as_raw);
         let what = match kind {
             WorkerKind::Builtin => String::new(),
+            WorkerKind::Function => " (function)".to_string(),
             WorkerKind::Command => format!(
                 " (fd 3 in the program), command {:?}",
                 self.server.config.command
@@ -165,7 +178,7 @@ impl Supervisor {
             }
             let slot = stats.slot(i);
             w.ready = match kind {
-                WorkerKind::Builtin => {
+                WorkerKind::Builtin | WorkerKind::Function => {
                     slot.pid() == pid.as_raw() as u32 && slot.state() == Phase::Serving
                 }
                 WorkerKind::Command => mode == Ready::Delay && w.started.elapsed() >= delay,
@@ -218,13 +231,13 @@ impl Supervisor {
         }
     }
 
-    /// SIGKILL for workers that were asked to stop and are still there: a command worker after
-    /// `drain_timeout`, a built-in one (which bounds its own drain) `KILL_GRACE` later.
+    /// SIGKILL for workers that were asked to stop and are still there: a command or function worker
+    /// after `drain_timeout`, a built-in one (which bounds its own drain) `KILL_GRACE` later.
     pub(super) fn escalate(&mut self) {
         let limit = self.server.config.drain_timeout;
         let kind = self.kind();
         let limit = match kind {
-            WorkerKind::Command => limit,
+            WorkerKind::Command | WorkerKind::Function => limit,
             WorkerKind::Builtin => limit.saturating_add(KILL_GRACE),
         };
         let signal = self.server.config.stop_signal;
@@ -238,7 +251,7 @@ impl Supervisor {
                 let pid = w.pid.map_or(0, Pid::as_raw);
                 let asked = match kind {
                     WorkerKind::Command => format!("{signal}"),
-                    WorkerKind::Builtin => "to drain".to_string(),
+                    WorkerKind::Builtin | WorkerKind::Function => "to drain".to_string(),
                 };
                 log!("worker {i} (pid {pid}) still running {limit:?} after it was asked {asked}; sending SIGKILL");
                 w.kill();

@@ -6,6 +6,7 @@
 //! functions, [`server`] is `PortSharding::Server`.
 
 mod errors;
+mod function;
 mod module;
 mod nogvl;
 mod server;
@@ -21,6 +22,7 @@ mod entry {
         let namespace = ruby.define_module("PortSharding")?;
         super::module::init(namespace)?;
         super::server::init(ruby, namespace)?;
+        super::function::init(ruby, namespace)?;
         Ok(())
     }
 }

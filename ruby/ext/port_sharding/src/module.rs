@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::os::fd::IntoRawFd;
 
-use magnus::{function, prelude::*, Error, RArray, RHash, RModule, Ruby, Symbol};
+use magnus::{function, prelude::*, Error, RArray, RHash, RModule, Ruby, Symbol, Value};
 use port_sharding::{Host, Server, StopReason};
 
 use crate::errors::to_ruby;
@@ -15,7 +15,7 @@ pub fn init(module: RModule) -> Result<(), Error> {
     // The Cargo workspace's version: the engine's, the CLI's, the Python package's and this gem's.
     module.const_set("VERSION", port_sharding::VERSION)?;
     module.const_set("CORE_VERSION", port_sharding::VERSION)?;
-    module.define_singleton_method("_serve", function!(serve, 1))?;
+    module.define_singleton_method("_serve", function!(serve, 2))?;
     module.define_singleton_method("_listen", function!(listen, 1))?;
     module.define_singleton_method("_status", function!(status, 2))?;
     module.define_singleton_method("_stop", function!(stop, 2))?;
@@ -37,8 +37,15 @@ pub fn init(module: RModule) -> Result<(), Error> {
 /// handlers are restored when `run` returns; we then raise `Interrupt` as Ruby would have. Everything Ruby
 /// itself interrupts us for (`Thread#raise`, `Timeout.timeout`, `Thread#kill`) reaches the unblocking
 /// function, which starts the same drain; `thread_check_ints` then raises it.
-fn serve(ruby: &Ruby, given: RHash) -> Result<Symbol, Error> {
-    let server = Server::bind(settings::config(ruby, given)?).map_err(|e| to_ruby(ruby, e))?;
+///
+/// `worker`: a block every worker runs (forked from this interpreter) instead of a built-in loop.
+fn serve(ruby: &Ruby, given: RHash, worker: Option<Value>) -> Result<Symbol, Error> {
+    let mut server = Server::bind(settings::config(ruby, given)?).map_err(|e| to_ruby(ruby, e))?;
+    if let Some(block) = worker {
+        server
+            .set_function(crate::function::RbHost::shared(block))
+            .map_err(|e| to_ruby(ruby, e))?;
+    }
     let handle = server.handle();
     let mut server = Some(server);
     let result = nogvl(

@@ -82,3 +82,33 @@ extern "C" fn unblock_fn<U: Fn() + Sync>(data: *mut c_void) {
     // A panic must not unwind into Ruby's C frames; there is nothing better to do with one here.
     catch_unwind(AssertUnwindSafe(unblock)).ok();
 }
+
+/// Runs `f` with the GVL, from a Ruby thread that released it (inside [`nogvl`]): how the supervisor,
+/// running without the GVL, forks through Ruby. A panic is returned, not unwound through Ruby's frames.
+pub fn with_gvl<F: FnOnce() -> R, R>(f: F) -> std::thread::Result<R> {
+    struct Once<F, R> {
+        f: Option<F>,
+        out: Option<std::thread::Result<R>>,
+    }
+    extern "C" fn run<G: FnOnce() -> T, T>(data: *mut c_void) -> *mut c_void {
+        // SAFETY: `data` is the `Once` that `with_gvl` keeps alive for the call.
+        let once = unsafe { &mut *data.cast::<Once<G, T>>() };
+        if let Some(f) = once.f.take() {
+            once.out = Some(catch_unwind(AssertUnwindSafe(f)));
+        }
+        std::ptr::null_mut()
+    }
+    let mut once = Once {
+        f: Some(f),
+        out: None,
+    };
+    // SAFETY: `once` outlives the call; Ruby runs `run` on this thread with the GVL held.
+    unsafe {
+        rb_sys::rb_thread_call_with_gvl(
+            Some(run::<F, R>),
+            (&mut once as *mut Once<F, R>).cast::<c_void>(),
+        );
+    }
+    once.out
+        .unwrap_or_else(|| Err(Box::new("rb_thread_call_with_gvl did not run the call")))
+}

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Symbol};
+use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Symbol, Value};
 use port_sharding::{Handle, Running, Server};
 
 use crate::errors::{raise, to_ruby};
@@ -39,7 +39,10 @@ struct RbServer {
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let class = module.define_class("Server", ruby.class_object())?;
     class.undef_default_alloc_func();
-    class.define_singleton_method("_bind", function!(RbServer::bind, 1))?;
+    class.define_singleton_method("_bind", function!(RbServer::bind, 2))?;
+    class.define_method("_run_here", method!(RbServer::run_here, 0))?;
+    class.define_method("_wait_ready", method!(RbServer::wait_ready, 1))?;
+    class.define_method("_shutdown", method!(RbServer::shutdown, 0))?;
     class.define_method("port", method!(RbServer::port, 0))?;
     class.define_method("host", method!(RbServer::host, 0))?;
     class.define_method("phase", method!(RbServer::phase, 0))?;
@@ -69,8 +72,16 @@ fn passed(until: Option<Instant>) -> bool {
 }
 
 impl RbServer {
-    fn bind(ruby: &Ruby, given: RHash) -> Result<RbServer, Error> {
-        let server = Server::bind(settings::config(ruby, given)?).map_err(|e| to_ruby(ruby, e))?;
+    /// `worker`: a block every worker runs; such a server runs on a Ruby `Thread` (`_run_here`), so
+    /// that its supervisor can take the GVL to fork through Ruby.
+    fn bind(ruby: &Ruby, given: RHash, worker: Option<Value>) -> Result<RbServer, Error> {
+        let mut server =
+            Server::bind(settings::config(ruby, given)?).map_err(|e| to_ruby(ruby, e))?;
+        if let Some(block) = worker {
+            server
+                .set_function(crate::function::RbHost::shared(block))
+                .map_err(|e| to_ruby(ruby, e))?;
+        }
         Ok(RbServer {
             handle: server.handle(),
             addr: server.local_addr(),
@@ -147,6 +158,47 @@ impl RbServer {
                 return Err(raise(ruby, "Error", (message,)));
             }
         }
+    }
+
+    /// Runs the server on this (Ruby) thread until drained, GVL released; Ruby's interrupts start the
+    /// drain. Returns why it stopped. `Server#start` calls it on a `Thread` for function workers.
+    fn run_here(ruby: &Ruby, rb_self: &Self) -> Result<Symbol, Error> {
+        let taken = std::mem::replace(&mut *rb_self.lock(), State::Done);
+        let State::Bound(server) = taken else {
+            *rb_self.lock() = taken;
+            let message = format!(
+                "the server on {} was already started or stopped",
+                rb_self.addr
+            );
+            return Err(raise(ruby, "Error", (message,)));
+        };
+        let mut server = Some(server);
+        let handle = rb_self.handle.clone();
+        let result = nogvl(
+            ruby,
+            || server.take().map(|s| s.run()),
+            || handle.shutdown(),
+        )?;
+        let report = result
+            .unwrap_or_else(|| {
+                Err(port_sharding::Error::Internal(
+                    "the server ran twice".into(),
+                ))
+            })
+            .map_err(|e| to_ruby(ruby, e))?;
+        Ok(ruby.to_symbol(report.reason.as_str()))
+    }
+
+    /// Waits at most `seconds` for every worker to serve (GVL released); false when they do not by then,
+    /// or the server began to drain first.
+    fn wait_ready(ruby: &Ruby, rb_self: &Self, seconds: f64) -> Result<bool, Error> {
+        let slice = settings::timeout(ruby, Some(seconds))?;
+        nogvl(ruby, || rb_self.handle.wait_ready(slice), || {})
+    }
+
+    /// Starts a drain and returns at once.
+    fn shutdown(&self) {
+        self.handle.shutdown();
     }
 
     /// Starts a drain (closes the listeners if never started), then waits as `wait` does.
