@@ -6,7 +6,11 @@ require "socket"
 require_relative "port_sharding/error"
 # The native extension (Rust, Magnus): the one `rake compile` put next to this file, else the installed one.
 native = File.join(__dir__, "port_sharding", "port_sharding.#{RbConfig::CONFIG['DLEXT']}")
-File.file?(native) ? require(native) : require("port_sharding/port_sharding")
+begin
+  File.file?(native) ? require(native) : require("port_sharding/port_sharding")
+rescue LoadError => e
+  raise LoadError, "#{e.message} (a Bundler path gem? run `rake compile` in #{File.dirname(__dir__)})"
+end
 require_relative "port_sharding/server"
 require_relative "port_sharding/listener"
 require_relative "port_sharding/fork_hook"
