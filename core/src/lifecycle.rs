@@ -9,6 +9,7 @@
 //! ```
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -114,13 +115,17 @@ impl fmt::Display for StopReason {
     }
 }
 
-/// How a run ended.
+/// How a run ended: what `stop`/`wait`/`run` return in Rust, Python and Ruby alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
     /// What started the drain.
     pub reason: StopReason,
     /// A second signal (or the drain timeout) ended it early: connections may have been cut.
     pub forced: bool,
+    /// Connections the workers accepted over the whole run (every worker, restarts and reloads included).
+    pub served: u64,
+    /// How long the drain took, from its start until the last worker exited.
+    pub drain: Duration,
 }
 
 impl Report {
@@ -159,7 +164,15 @@ mod tests {
 
     #[test]
     fn exit_codes() {
-        let r = |reason, forced| Report { reason, forced }.exit_code();
+        let r = |reason, forced| {
+            Report {
+                reason,
+                forced,
+                served: 0,
+                drain: Duration::ZERO,
+            }
+            .exit_code()
+        };
         assert_eq!(r(StopReason::Interrupt, false), 130);
         assert_eq!(r(StopReason::Terminate, false), 0);
         assert_eq!(r(StopReason::Terminate, true), 1);

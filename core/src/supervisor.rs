@@ -269,21 +269,25 @@ impl Supervisor {
             self.publish_phase();
             if let Some((since, reason)) = self.draining {
                 if self.procs.iter().all(|p| p.pid.is_none()) && self.retiring.is_empty() {
-                    log!(
-                        "stopped ({}): all workers exited after {:.2?}; served {} connection(s)",
-                        reason.cause(),
-                        since.elapsed(),
-                        self.server
+                    let report = Report {
+                        reason,
+                        forced: self.forced,
+                        served: self
+                            .server
                             .stats
                             .snapshot()
                             .iter()
                             .map(|w| w.accepted)
-                            .sum::<u64>()
+                            .sum(),
+                        drain: since.elapsed(),
+                    };
+                    log!(
+                        "stopped ({}): all workers exited after {:.2?}; served {} connection(s)",
+                        reason.cause(),
+                        report.drain,
+                        report.served
                     );
-                    return Ok(Report {
-                        reason,
-                        forced: self.forced,
-                    });
+                    return Ok(report);
                 }
                 let limit = self.server.config.drain_timeout.saturating_add(KILL_GRACE);
                 if since.elapsed() > limit && !self.forced {

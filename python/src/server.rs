@@ -66,6 +66,8 @@ impl Server {
                 return Ok(Some(Report {
                     reason: StopReason::Shutdown,
                     forced: false,
+                    served: 0,
+                    drain: Duration::ZERO,
                 }))
             }
             _ => {
