@@ -77,7 +77,7 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
     out
 }
 
-/// `serving`, `stalled 3.2s` or `overloaded`.
+/// `keeping up`, `stalled 3.2s` or `overloaded`.
 fn health(w: &WorkerStats) -> String {
     match (w.health, w.stalled_ms) {
         (Health::Stalled, Some(ms)) => format!("stalled {:.1}s", ms as f64 / 1000.0),

@@ -12,12 +12,14 @@ use crate::error::{Error, Result};
 use crate::lifecycle::Phase;
 
 /// Whether a worker keeps up with its listener, as the supervisor last judged it (see `Config::stall_after`).
+/// Not a phase: a worker *serving* (its phase) may be *stalled* (its health).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Accepting what its listener queues (or nothing is queued).
     #[default]
-    Serving,
+    #[serde(rename = "keeping up")]
+    KeepingUp,
     /// Connections are queued and it accepted none for `stall_after` (stopped, busy in user code, hung).
     Stalled,
     /// Its queue holds more than half the backlog.
@@ -29,7 +31,7 @@ impl Health {
         match n {
             1 => Health::Stalled,
             2 => Health::Overloaded,
-            _ => Health::Serving,
+            _ => Health::KeepingUp,
         }
     }
 }
@@ -37,7 +39,7 @@ impl Health {
 impl std::fmt::Display for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Health::Serving => "serving",
+            Health::KeepingUp => "keeping up",
             Health::Stalled => "stalled",
             Health::Overloaded => "overloaded",
         })
@@ -127,7 +129,7 @@ impl Slot {
     pub fn begin(&self, pid: u32) {
         self.pid.store(pid.into(), Relaxed);
         self.active.store(0, Relaxed);
-        self.set_health(Health::Serving);
+        self.set_health(Health::KeepingUp);
         self.set_state(Phase::Starting);
     }
     /// Records a process taking this slot beside the one it replaces (a reload): the connections the old

@@ -271,7 +271,7 @@ class Server:
 
     def stats(self) -> List[Dict[str, Any]]:
         """Per-worker counters: ``index``, ``pid``, ``state``, ``accepted``, ``active``, ``bytes_in``,
-        ``bytes_out``, ``errors``, ``restarts``, ``queue_len``, ``health`` (``"serving"``, ``"stalled"`` or
+        ``bytes_out``, ``errors``, ``restarts``, ``queue_len``, ``health`` (``"keeping up"``, ``"stalled"`` or
         ``"overloaded"``), ``stalled_ms`` (how long it has been stalled, else ``None``), ``kind`` (``"builtin"``,
         ``"command"`` or ``"function"``) and ``generation`` (1 for the first worker on a listener; each restart or
         reload adds one)."""

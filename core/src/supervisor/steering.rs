@@ -107,7 +107,7 @@ impl Watch {
         } else if self.overloaded {
             Health::Overloaded
         } else {
-            Health::Serving
+            Health::KeepingUp
         }
     }
 }
@@ -358,7 +358,7 @@ impl Supervisor {
             };
             let health = self.server.steering.judge(i, pid, sample, now);
             slot.set_health(health);
-            if health == Health::Serving {
+            if health == Health::KeepingUp {
                 healthy.push(i);
             }
             if let (Some(stalled), Some(pid)) = (
@@ -504,31 +504,31 @@ mod tests {
         let mut s = steering(100);
         let t = Instant::now();
         let ms = |n| t + Duration::from_millis(n);
-        assert_eq!(s.judge(0, 7, at(10, 0), ms(0)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(10, 0), ms(0)), Health::KeepingUp);
         // Queued, nothing accepted, but not for long enough yet.
-        assert_eq!(s.judge(0, 7, at(10, 3), ms(50)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(10, 3), ms(50)), Health::KeepingUp);
         assert_eq!(s.judge(0, 7, at(10, 3), ms(100)), Health::Stalled);
         assert_eq!(s.judge(0, 7, at(10, 5), ms(150)), Health::Stalled);
         // The counter moved: serving again.
-        assert_eq!(s.judge(0, 7, at(11, 5), ms(200)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(11, 5), ms(200)), Health::KeepingUp);
         // A queue that shrinks is progress too (a worker whose accepts are not counted).
-        assert_eq!(s.judge(0, 7, at(11, 4), ms(400)), Health::Serving);
-        assert_eq!(s.judge(0, 7, at(11, 4), ms(450)), Health::Serving);
+        assert_eq!(s.judge(0, 7, at(11, 4), ms(400)), Health::KeepingUp);
+        assert_eq!(s.judge(0, 7, at(11, 4), ms(450)), Health::KeepingUp);
         assert_eq!(s.judge(0, 7, at(11, 4), ms(500)), Health::Stalled);
         // A new process on the slot starts with a clean record.
-        assert_eq!(s.judge(0, 8, at(11, 4), ms(510)), Health::Serving);
+        assert_eq!(s.judge(0, 8, at(11, 4), ms(510)), Health::KeepingUp);
         // Idle (nothing queued) is never stalled.
-        assert_eq!(s.judge(1, 9, at(0, 0), ms(5000)), Health::Serving);
+        assert_eq!(s.judge(1, 9, at(0, 0), ms(5000)), Health::KeepingUp);
         // A worker still starting is not stalled; its time counts from when it serves.
         let starting = Sample {
             starting: true,
             ..at(0, 6)
         };
-        assert_eq!(s.judge(1, 9, starting, ms(5500)), Health::Serving);
-        assert_eq!(s.judge(1, 9, at(0, 6), ms(5550)), Health::Serving);
+        assert_eq!(s.judge(1, 9, starting, ms(5500)), Health::KeepingUp);
+        assert_eq!(s.judge(1, 9, at(0, 6), ms(5550)), Health::KeepingUp);
         assert_eq!(s.judge(1, 9, at(0, 6), ms(5600)), Health::Stalled);
         // No worker at all on the slot (a crash back-off): judged like a stopped one.
-        assert_eq!(s.judge(1, 0, at(0, 6), ms(5610)), Health::Serving);
+        assert_eq!(s.judge(1, 0, at(0, 6), ms(5610)), Health::KeepingUp);
         assert_eq!(s.judge(1, 0, at(0, 7), ms(5710)), Health::Stalled);
     }
 
@@ -541,10 +541,10 @@ mod tests {
             accepted += 1;
             s.judge(0, 7, at(accepted, q), t)
         };
-        assert_eq!(at(50), Health::Serving);
+        assert_eq!(at(50), Health::KeepingUp);
         assert_eq!(at(51), Health::Overloaded);
         assert_eq!(at(30), Health::Overloaded);
-        assert_eq!(at(25), Health::Serving);
+        assert_eq!(at(25), Health::KeepingUp);
     }
 
     #[test]
