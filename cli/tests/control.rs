@@ -65,12 +65,12 @@ fn another_uid_is_refused() {
     let mut srv = Spawn::new(&["--port", "0", "--workers", "1"]).start();
     // Open the directory and socket to everyone, so only SO_PEERCRED stands in the way.
     std::fs::set_permissions(&srv.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    // The control socket (the directory also holds the workers' notify socket).
     let sock = std::fs::read_dir(&srv.dir)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "sock"))
+        .unwrap();
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
     let client = format!(
         "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?}); s.sendall(b'{{\"cmd\":\"stop\"}}\\n'); print(s.makefile().readline())",

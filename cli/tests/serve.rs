@@ -430,6 +430,20 @@ fn crash_loops_back_off() {
     assert_eq!(srv.status()[0]["workers"][0]["restarts"], 3);
 }
 
+/// The inodes of every TCP socket in this network namespace (`/proc/net/tcp` and `tcp6`, column 10).
+fn tcp_inodes() -> Vec<String> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(9).map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 #[test]
 fn workers_close_descriptors_they_do_not_serve() {
     let srv = Spawn::new(&["--port", "0", "--workers", "2"])
@@ -454,12 +468,14 @@ fn workers_close_descriptors_they_do_not_serve() {
                 !mine.contains(&"77".to_string()),
                 "worker {w} kept fd 77: {mine:?}"
             );
-            // Exactly one listening socket: its own, not its sibling's.
+            // Exactly one TCP socket, its listener: its own, not its sibling's (its other sockets are
+            // unix ones: the drain pipe).
+            let tcp = tcp_inodes();
             let sockets: Vec<_> = mine
                 .iter()
                 .filter_map(|fd| std::fs::read_link(format!("/proc/{w}/fd/{fd}")).ok())
                 .map(|l| l.to_string_lossy().into_owned())
-                .filter(|l| l.starts_with("socket:"))
+                .filter(|l| tcp.iter().any(|i| *l == format!("socket:[{i}]")))
                 .collect();
             assert_eq!(sockets.len(), 1, "worker {w}: {sockets:?}");
             sockets[0].clone()

@@ -10,17 +10,15 @@
 use std::convert::Infallible;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::lifecycle::Phase;
+use crate::drain::{self, Ask, DRAIN_GRACE};
+use crate::log::log;
+use crate::notify::notify;
 use crate::stats::{Slot, StatsArea};
-use crate::worker::HANDOVER;
-
-/// A draining function worker hands out connections until its listener's queue has stayed empty this
-/// long (the built-in worker's grace window), then `accept` says drained.
-pub const DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// How often a draining `accept` looks at the queue again while it waits out the grace window.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// While `accept` keeps finding connections it reads the drain pipe at most this often (one system call
@@ -82,11 +80,15 @@ pub struct WorkerListener {
     index: usize,
     /// The listener's fd, -1 once the worker drained and let go of it.
     listener: AtomicI32,
-    /// Read end of the supervisor's drain pipe (nonblocking): a byte or EOF means drain.
-    drain: OwnedFd,
+    /// What the supervisor asks (drain, hand over).
+    drain: drain::Receiver,
     /// An eventfd that [`WorkerListener::wake`] writes to interrupt a blocked `accept`.
     wake: OwnedFd,
+    /// This process's counters: slot `counters` of `stats`.
     stats: Arc<StatsArea>,
+    counters: usize,
+    /// The supervisor's `NOTIFY_SOCKET` (`READY=1`, `STOPPING=1`).
+    notify: PathBuf,
     draining: AtomicBool,
     handover: AtomicBool,
     ready: AtomicBool,
@@ -102,12 +104,15 @@ fn now_ms(born: Instant) -> u64 {
 }
 
 impl WorkerListener {
-    /// The listener `listener` of worker `index`, which reads `drain` and counts in `stats`' slot.
+    /// The listener `listener` of worker `index`, which hears `drain`, counts in slot `counters` of
+    /// `stats` and tells the supervisor at `notify`.
     pub(crate) fn new(
         index: usize,
         listener: RawFd,
-        drain: OwnedFd,
+        drain: drain::Receiver,
         stats: Arc<StatsArea>,
+        counters: usize,
+        notify: PathBuf,
     ) -> io::Result<WorkerListener> {
         // SAFETY: eventfd makes a new fd, which we own.
         let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -129,6 +134,8 @@ impl WorkerListener {
             // SAFETY: just created above, owned by nobody else.
             wake: unsafe { OwnedFd::from_raw_fd(wake) },
             stats,
+            counters,
+            notify,
             draining: AtomicBool::new(false),
             handover: AtomicBool::new(false),
             ready: AtomicBool::new(false),
@@ -139,13 +146,17 @@ impl WorkerListener {
     }
 
     fn slot(&self) -> &Slot {
-        self.stats.slot(self.index)
+        self.stats.counters(self.counters)
     }
 
-    /// Whether this process is the one the slot names (a reload's old worker shares the slot with its
-    /// successor and must not write its state there).
-    fn owns_slot(&self) -> bool {
-        self.slot().pid() == std::process::id()
+    /// Tells the supervisor; it decides what that means for this worker's state.
+    fn tell(&self, message: &str) {
+        if let Err(e) = notify(&self.notify, message) {
+            log!(
+                "worker {}: cannot tell the supervisor {message} ({e})",
+                self.index
+            );
+        }
     }
 
     /// The worker's index: the listener it serves.
@@ -165,13 +176,10 @@ impl WorkerListener {
         self.drain.as_raw_fd()
     }
 
-    /// Tells the supervisor this worker serves (otherwise the first `accept` does).
+    /// Tells the supervisor this worker serves (otherwise the first `accept` does): `READY=1`, once.
     pub fn ready(&self) {
-        if !self.ready.swap(true, Ordering::AcqRel)
-            && self.owns_slot()
-            && !self.draining.load(Ordering::Acquire)
-        {
-            self.slot().set_state(Phase::Serving);
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            self.tell("READY=1");
         }
     }
 
@@ -181,26 +189,13 @@ impl WorkerListener {
         if self.draining.load(Ordering::Acquire) {
             return true;
         }
-        let mut buf = [0u8; 16];
-        let mut asked = TERMINATED.load(Ordering::SeqCst);
-        loop {
-            match nix::unistd::read(&self.drain, &mut buf) {
-                Ok(0) => {
-                    asked = true; // EOF: a drain, or the supervisor died
-                    break;
-                }
-                Ok(n) => {
-                    asked = true;
-                    if buf[..n].contains(&HANDOVER) {
-                        self.handover.store(true, Ordering::Release);
-                    }
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break, // EAGAIN: nothing asked yet
-            }
+        let heard = self.drain.hear();
+        if heard == Some(Ask::Handover) {
+            self.handover.store(true, Ordering::Release);
         }
-        if asked && !self.draining.swap(true, Ordering::AcqRel) && self.owns_slot() {
-            self.slot().set_state(Phase::Draining);
+        let asked = heard.is_some() || TERMINATED.load(Ordering::SeqCst);
+        if asked && !self.draining.swap(true, Ordering::AcqRel) {
+            self.tell("STOPPING=1");
         }
         asked
     }
@@ -382,24 +377,65 @@ impl WorkerListener {
 mod tests {
     use super::*;
     use std::net::TcpStream;
+    use std::os::unix::net::UnixDatagram;
 
-    /// A listener on an ephemeral loopback port, a drain pipe, and a worker listener over them.
-    fn setup() -> (std::net::SocketAddr, OwnedFd, WorkerListener) {
+    /// A listener on an ephemeral loopback port, a drain pipe, a notify socket standing in for the
+    /// supervisor's, and a worker listener over them.
+    struct Setup {
+        addr: std::net::SocketAddr,
+        tx: Option<drain::Sender>,
+        notify: UnixDatagram,
+        _dir: std::path::PathBuf,
+        w: WorkerListener,
+    }
+
+    fn setup() -> Setup {
         let l = crate::listener::bind("127.0.0.1:0".parse().unwrap(), 16, true).unwrap();
         let addr = l.local_addr().unwrap();
-        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
-        let (rx, tx) = nix::unistd::pipe2(flags).unwrap();
+        let (tx, rx) = drain::pipe().unwrap();
         let stats = Arc::new(StatsArea::new(1).unwrap());
-        stats.slot(0).begin(std::process::id());
+        let k = stats.claim(0).unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("ps-fn-{}-{}", std::process::id(), addr.port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let notify = UnixDatagram::bind(&path).unwrap();
+        notify.set_nonblocking(true).unwrap();
         let fd = std::os::fd::IntoRawFd::into_raw_fd(l);
-        (addr, tx, WorkerListener::new(0, fd, rx, stats).unwrap())
+        let w = WorkerListener::new(0, fd, rx, stats, k, path).unwrap();
+        Setup {
+            addr,
+            tx: Some(tx),
+            notify,
+            _dir: dir,
+            w,
+        }
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            std::fs::remove_dir_all(&self._dir).ok();
+        }
+    }
+
+    /// The messages the worker sent the supervisor so far.
+    fn told(s: &Setup) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = s.notify.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
     }
 
     #[test]
     fn a_drain_hands_out_what_is_queued_then_says_drained() {
-        let (addr, tx, w) = setup();
-        let clients: Vec<_> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        nix::unistd::write(&tx, b"d").unwrap();
+        let mut s = setup();
+        let clients: Vec<_> = (0..3)
+            .map(|_| TcpStream::connect(s.addr).unwrap())
+            .collect();
+        s.tx.take().unwrap().ask(Ask::Drain);
+        let w = &s.w;
         let mut got = 0;
         loop {
             match w.accept(Some(Duration::from_secs(10))).unwrap() {
@@ -414,25 +450,23 @@ mod tests {
             "drained and let go of the listener"
         );
         assert_eq!(w.stats.snapshot()[0].accepted, 3);
-        assert_eq!(w.stats.snapshot()[0].state, Phase::Draining);
+        assert_eq!(told(&s), ["READY=1", "STOPPING=1"]);
     }
 
     #[test]
     fn a_handover_stops_at_once_and_a_wake_interrupts_a_wait() {
-        let (addr, tx, w) = setup();
+        let mut s = setup();
+        let tx = s.tx.take().unwrap();
+        let w = &s.w;
         assert!(matches!(
             w.accept(Some(Duration::from_millis(10))).unwrap(),
             Accept::TimedOut
         ));
-        assert_eq!(
-            w.stats.snapshot()[0].state,
-            Phase::Serving,
-            "the first accept said ready"
-        );
+        assert_eq!(told(&s), ["READY=1"], "the first accept said ready");
         w.wake();
         assert!(matches!(w.accept(None).unwrap(), Accept::Interrupted));
-        let _queued = TcpStream::connect(addr).unwrap();
-        nix::unistd::write(&tx, &[HANDOVER]).unwrap();
+        let _queued = TcpStream::connect(s.addr).unwrap();
+        tx.ask(Ask::Handover);
         // The successor serves the same socket and its queue: nothing more is handed out here once the
         // handover is seen (while connections keep coming, within DRAIN_CHECK_MS: at most this one).
         let mut late = 0;

@@ -107,6 +107,7 @@ compile_error!(
 
 mod config;
 mod control;
+mod drain;
 mod error;
 mod fds;
 mod function;
@@ -114,6 +115,7 @@ mod lifecycle;
 mod listener;
 mod log;
 mod migrate;
+mod notify;
 mod reuseport;
 mod server;
 mod settings;
@@ -130,15 +132,16 @@ pub use control::{
     control_dir, reload, status, stop, ReloadFailure, ReloadReport, Replaced, ServerStatus,
     SteeringState, SteeringStatus,
 };
+pub use drain::DRAIN_GRACE;
 pub use error::{Error, Result};
 pub use fds::close_in_forked_child;
-pub use function::{Accept, FunctionHost, WorkerListener, DRAIN_GRACE};
+pub use function::{Accept, FunctionHost, WorkerListener};
 pub use lifecycle::{Phase, Report, StopReason};
 pub use listener::{listen, resolve};
 pub use log::set_quiet;
 pub use server::{Handle, Running, Server};
 pub use settings::{setting, Host, Kind, Setting, Value, SETTINGS};
-pub use stats::{Health, WorkerKind, WorkerStats};
+pub use stats::{Health, Role, WorkerKind, WorkerProcess, WorkerStats};
 
 /// The version shared by the crate, the CLI, the Python package and the Ruby gem.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

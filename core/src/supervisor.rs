@@ -1,7 +1,12 @@
-//! The supervisor: binds every listener before forking, forks one worker per listener (built-in, or a
-//! command exec'd with the listener as fd 3), re-forks the dead, replaces workers in place on `reload`,
-//! turns signals and control requests into the lifecycle `serving → draining → stopped`, and hands its
+//! The supervisor: binds every listener before forking, keeps one [`Seat`] per listener with the workers
+//! on it, turns events into the lifecycle `starting → serving → draining → stopped`, and hands its
 //! sockets to a successor on `takeover`.
+//!
+//! By job: [`seat`] (a worker's state machine, restarts; the one writer of worker state), [`kind`]
+//! (built-in, function and command workers behind one interface), [`reaper`] (the one place children are
+//! reaped), [`reload`] and [`takeover`] (policies over seats), [`steering`] (stall detection and the
+//! group's program). This file is the event loop: it hears signals, `READY=1`/`STOPPING=1`, exits and
+//! control requests, and hands each to the part whose job it is.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,52 +16,56 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::control::{self, ConnId, ControlSocket, Request, ServerStatus};
+use crate::drain::Ask;
 use crate::error::{Error, Result};
 use crate::fds::Tracked;
 use crate::lifecycle::{Phase, Report, StopReason};
 use crate::listener;
 use crate::log::log;
 use crate::migrate::migrate_req;
+use crate::notify::NotifySocket;
 use crate::signals::SignalGuard;
-use crate::stats::StatsArea;
-use crate::worker;
+use crate::stats::{Role, StatsArea};
 
 mod command;
 mod function;
-mod notify;
+mod kind;
 mod process;
+mod reaper;
 mod reload;
+mod seat;
 mod shared;
 mod steering;
 mod takeover;
-mod workers;
 
 pub(crate) use shared::Shared;
 
-use notify::NotifySocket;
-use process::{describe, on_main_thread};
+use kind::Kind;
+use process::on_main_thread;
+use reaper::Reaper;
 use reload::Reload;
+use seat::{Ctx, Seat, Spawner};
 use steering::Steering;
 use takeover::{take_over, Predecessor};
-use workers::WorkerProc;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const CONTROL: Token = Token(2);
 const SUCCESSOR: Token = Token(3);
 const NOTIFY: Token = Token(4);
-/// How often the supervisor reaps workers and samples queue lengths when nothing else wakes it.
+/// Every worker's pidfd: readable once it has exited (which one does not matter: the reaper looks).
+const EXITS: Token = Token(5);
+/// How often the supervisor looks at its clocks (ready delays and timeouts, kills, restarts, queue
+/// samples for steering) when nothing else wakes it.
 const TICK: Duration = Duration::from_millis(50);
 /// Extra time past `drain_timeout` before workers that still have not exited are killed.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long a successor may take between receiving the sockets and saying `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Byte on a worker's drain pipe that means "drain" (any byte but [`worker::HANDOVER`] does).
-const DRAIN_BYTE: u8 = b'd';
 
 /// A bound server: listeners open (connections queue from now on), workers not started yet. The public
 /// face is [`crate::Server`]; this is what the supervisor owns while it runs.
@@ -83,7 +92,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
     let mut listeners = Vec::new();
     let mut predecessor = None;
     if config.takeover {
-        if let Some((p, adopted)) = take_over(wanted, !config.command.is_empty())? {
+        if let Some((p, adopted)) = take_over(wanted, kind::blocking(&config))? {
             listeners = adopted.into_iter().map(Tracked::new).collect();
             predecessor = Some(p);
         }
@@ -139,19 +148,21 @@ pub(crate) fn run(bound: Bound) -> Result<Report> {
 
 struct Supervisor {
     server: Bound,
-    /// The worker serving each listener (or about to be restarted on it).
-    procs: Vec<WorkerProc>,
-    /// Workers replaced by a reload, asked to stop and not restarted: `(listener index, worker)`.
-    retiring: Vec<(usize, WorkerProc)>,
+    /// What the workers are, chosen once.
+    kind: Box<dyn Kind>,
+    /// One per listener, in listener order.
+    seats: Vec<Seat>,
+    reaper: Reaper,
     /// The reload in progress.
     reload: Option<Reload>,
-    /// `NOTIFY_SOCKET` of command workers.
-    notify: Option<NotifySocket>,
+    /// Where workers say `READY=1` and `STOPPING=1`.
+    notify: NotifySocket,
     signals: Option<SignalGuard>,
     /// A new server that holds our sockets and owes us `ready`, and since when.
     successor: Option<(mio::net::UnixStream, Instant)>,
     draining: Option<(Instant, StopReason)>,
     forced: bool,
+    /// Every seat's worker was ready once (sticky: the server is serving).
     ready: bool,
     started: Instant,
 }
@@ -167,21 +178,14 @@ impl Supervisor {
         } else {
             None
         };
-        let n = server.listeners.len();
-        let procs = (0..n).map(|_| WorkerProc::new(0)).collect();
-        let notify = if server.config.command.is_empty() {
-            None
-        } else {
-            Some(NotifySocket::bind(
-                server.addr,
-                server.poll.registry(),
-                NOTIFY,
-            )?)
-        };
+        let kind = kind::choose(&server.config, server.function.clone());
+        let seats = (0..server.listeners.len()).map(Seat::new).collect();
+        let notify = NotifySocket::bind(server.addr, server.poll.registry(), NOTIFY)?;
         Ok(Supervisor {
             server,
-            procs,
-            retiring: Vec::new(),
+            kind,
+            seats,
+            reaper: Reaper::new(),
             reload: None,
             notify,
             signals,
@@ -193,20 +197,31 @@ impl Supervisor {
         })
     }
 
+    /// The seats, and what they need to start and judge workers (disjoint parts of `self`).
+    fn seats(&mut self) -> (&mut [Seat], Ctx<'_>, Spawner<'_>) {
+        let ctx = Ctx {
+            kind: &*self.kind,
+            stats: &self.server.stats,
+            ready_timeout: self.server.config.ready_timeout,
+            draining: self.draining.is_some(),
+        };
+        let spawner = Spawner {
+            server: &self.server,
+            notify: &self.notify.path,
+            registry: self.server.poll.registry(),
+            exits: EXITS,
+        };
+        (&mut self.seats, ctx, spawner)
+    }
+
     fn run(&mut self) -> Result<Report> {
         let c = &self.server.config;
-        let what = if self.server.function.is_some() {
-            "function workers".to_string()
-        } else if c.command.is_empty() {
-            format!("mode {}", c.mode)
-        } else {
-            format!("command {:?}, ready {}", c.command, c.ready.as_str())
-        };
         log!(
-            "{} server starting on {}: {} worker(s), {what}, backlog {}, drain timeout {:?}",
+            "{} server starting on {}: {} worker(s), {}, backlog {}, drain timeout {:?}",
             c.runtime,
             self.server.addr,
-            self.procs.len(),
+            self.seats.len(),
+            self.kind.describe(),
             c.backlog,
             c.drain_timeout
         );
@@ -227,12 +242,18 @@ impl Supervisor {
                  use --takeover for rolling upgrades, or sysctl net.ipv4.tcp_migrate_req=1"
             );
         }
-        for i in 0..self.procs.len() {
-            if let Err(e) = self.spawn(i) {
-                self.kill_all();
-                self.reap_until_gone(Duration::from_secs(5));
-                return Err(e);
+        let (seats, ctx, spawner) = self.seats();
+        let mut failed = None;
+        for seat in seats.iter_mut() {
+            if let Err(e) = seat.start(&ctx, spawner, Role::Serving) {
+                failed = Some(e);
+                break;
             }
+        }
+        if let Some(e) = failed {
+            self.kill_all();
+            self.reap_until_gone(Duration::from_secs(5));
+            return Err(e);
         }
         let mut events = Events::with_capacity(64);
         loop {
@@ -253,154 +274,139 @@ impl Supervisor {
                     t if self.server.control.as_ref().is_some_and(|c| c.owns(t)) => {
                         self.on_control(Some(t))
                     }
-                    _ => {}
+                    _ => {} // EXITS: the reaper looks below
                 }
             }
             self.on_control(None);
             self.expire_successor();
             self.reap();
-            self.update_ready();
+            self.tick();
             self.drive_reload();
             self.restart_due();
-            self.escalate();
             self.sample_queues();
             self.steer();
             self.check_ready();
             self.publish_phase();
-            if let Some((since, reason)) = self.draining {
-                if self.procs.iter().all(|p| p.pid.is_none()) && self.retiring.is_empty() {
-                    let report = Report {
-                        reason,
-                        forced: self.forced,
-                        served: self
-                            .server
-                            .stats
-                            .snapshot()
-                            .iter()
-                            .map(|w| w.accepted)
-                            .sum(),
-                        drain: since.elapsed(),
-                    };
-                    log!(
-                        "stopped ({}): all workers exited after {:.2?}; served {} connection(s)",
-                        reason.cause(),
-                        report.drain,
-                        report.served
-                    );
-                    return Ok(report);
-                }
-                let limit = self.server.config.drain_timeout.saturating_add(KILL_GRACE);
-                if since.elapsed() > limit && !self.forced {
-                    log!("drain: workers still running {KILL_GRACE:?} past the drain timeout; killing them");
-                    self.forced = true;
-                    self.kill_all();
-                }
+            if let Some(report) = self.drained() {
+                return Ok(report);
             }
         }
     }
 
-    /// Starts a fresh worker on listener `i` in its slot (the first start, or a restart).
-    fn spawn(&mut self, i: usize) -> Result<()> {
-        let generation = self.procs[i].generation + 1;
-        let fresh = self.start_worker(i, generation, false)?;
-        let p = &mut self.procs[i];
-        let crashes = p.crashes;
-        *p = fresh;
-        p.crashes = crashes;
-        Ok(())
-    }
-
+    /// Reaps the workers that exited and tells their seats (and a reload whose new worker it was).
     fn reap(&mut self) {
-        self.reap_retiring();
-        for i in 0..self.procs.len() {
-            let Some(pid) = self.procs[i].pid else {
-                continue;
-            };
-            let (status, clean) = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => continue,
-                Ok(s) => (describe(s), matches!(s, WaitStatus::Exited(_, 0))),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => (format!("gone ({e})"), false), // reaped by someone else (ECHILD)
-            };
-            let slot = self.server.stats.slot(i);
-            if slot.pid() == pid.as_raw() as u32 {
-                slot.set_state(Phase::Stopped);
+        let known: Vec<Pid> = self.seats.iter().flat_map(Seat::pids).collect();
+        let exited = self.reaper.reap(known.into_iter());
+        if exited.is_empty() {
+            return;
+        }
+        let (seats, ctx, _) = self.seats();
+        let mut incoming = Vec::new();
+        for (pid, status) in exited {
+            for seat in seats.iter_mut() {
+                if let Some(exit) = seat.on_exit(&ctx, pid, status) {
+                    if exit.role == Role::Incoming {
+                        incoming.push(exit);
+                    }
+                    break;
+                }
             }
-            let command = !self.server.config.command.is_empty();
-            let function = self.server.function.is_some();
-            let p = &mut self.procs[i];
-            p.pid = None;
-            p.drain = None;
-            if self.draining.is_some() {
-                log!("worker {i} (pid {pid}) {status}");
-                continue;
-            }
-            // Replace it on the same listener so its queue is served. A clean exit (the worker alone got
-            // SIGTERM and drained) is a graceful restart; quick deaths, and a command that died (or was
-            // killed) before it was ready, back off exponentially.
-            let lived = p.started.elapsed();
-            let failed_start = p.failed_start || (command && !p.ready);
-            // A function that returns at once (cleanly or not) would otherwise be re-forked in a loop.
-            let quick = lived < Duration::from_secs(1) && (!clean || function);
-            p.crashes = if failed_start || quick {
-                p.crashes + 1
-            } else {
-                0
-            };
-            let delay = match p.crashes {
-                0 => Duration::ZERO,
-                n => Duration::from_millis(100 << (n - 1).min(7)),
-            };
-            p.restart_at = Some(Instant::now() + delay);
-            slot.restarted();
-            let before = if failed_start {
-                " before it was ready"
-            } else {
-                ""
-            };
-            log!("worker {i} (pid {pid}) {status}{before} after {lived:.2?}; restarting in {delay:?}");
+        }
+        for exit in incoming {
+            self.incoming_exited(exit);
         }
     }
 
+    /// The seats' clocks: ready delays and timeouts, kills after `kill_after`.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let (seats, ctx, _) = self.seats();
+        let mut late = Vec::new();
+        let mut killed_any = false;
+        for seat in seats.iter_mut() {
+            let (l, k) = seat.tick(&ctx, now);
+            late.extend(l);
+            killed_any |= k;
+        }
+        // A drain that had to kill was cut short (the CLI exits 1).
+        if killed_any && self.draining.is_some() {
+            self.forced = true;
+        }
+        for l in late {
+            self.incoming_late(l);
+        }
+    }
+
+    /// Starts a fresh worker on each seat whose worker died and whose back-off is over.
     fn restart_due(&mut self) {
         if self.draining.is_some() {
             return;
         }
         let now = Instant::now();
-        for i in 0..self.procs.len() {
-            // A reload's new worker on this listener takes over; a restart beside it would exceed N + K.
-            if self.reload.as_ref().is_some_and(|r| r.has_pending(i)) {
-                continue;
-            }
-            if self.procs[i].restart_at.is_some_and(|t| now >= t) {
-                if let Err(e) = self.spawn(i) {
-                    log!("worker {i}: restart failed: {e}; trying again in 1s");
-                    self.procs[i].restart_at = Some(now + Duration::from_secs(1));
-                }
+        let (seats, ctx, spawner) = self.seats();
+        for seat in seats.iter_mut().filter(|s| s.restart_due(now)) {
+            if let Err(e) = seat.start(&ctx, spawner, Role::Serving) {
+                log!(
+                    "worker {}: restart failed: {e}; trying again in 1s",
+                    seat.index
+                );
+                seat.retry_later(now);
             }
         }
+    }
+
+    /// The report, once a drain is over (every worker exited); kills what outlived the drain.
+    fn drained(&mut self) -> Option<Report> {
+        let (since, reason) = self.draining?;
+        if self.seats.iter().all(Seat::is_empty) {
+            let report = Report {
+                reason,
+                forced: self.forced,
+                served: self
+                    .server
+                    .stats
+                    .snapshot()
+                    .iter()
+                    .map(|w| w.accepted)
+                    .sum(),
+                drain: since.elapsed(),
+            };
+            log!(
+                "stopped ({}): all workers exited after {:.2?}; served {} connection(s)",
+                reason.cause(),
+                report.drain,
+                report.served
+            );
+            return Some(report);
+        }
+        let limit = self.server.config.drain_timeout.saturating_add(KILL_GRACE);
+        if since.elapsed() > limit && !self.forced {
+            log!(
+                "drain: workers still running {KILL_GRACE:?} past the drain timeout; killing them"
+            );
+            self.forced = true;
+            self.kill_all();
+        }
+        None
     }
 
     fn sample_queues(&self) {
         for (i, l) in self.server.listeners.iter().enumerate() {
             if let Some(n) = listener::queue_len(l) {
-                self.server.stats.slot(i).set_queue_len(n.into());
+                self.server.stats.seat(i).set_queue_len(n.into());
             }
         }
     }
 
     fn check_ready(&mut self) {
-        if self.ready || self.draining.is_some() {
-            return;
-        }
-        if !self.procs.iter().all(|p| p.pid.is_some() && p.ready) {
+        if self.ready || self.draining.is_some() || !self.seats.iter().all(Seat::is_ready) {
             return;
         }
         self.ready = true;
         self.server.shared.set_phase(Phase::Serving);
         log!(
             "ready: {} worker(s) serving {}",
-            self.procs.len(),
+            self.seats.len(),
             self.server.addr
         );
         if let Some(mut p) = self.server.predecessor.take() {
@@ -420,6 +426,23 @@ impl Supervisor {
                     "takeover: pid {} did not acknowledge ready ({e}); serving anyway",
                     p.pid
                 ),
+            }
+        }
+    }
+
+    /// `READY=1` and `STOPPING=1` from workers, by the sender's pid (as the kernel tells it).
+    fn on_notify(&mut self) {
+        let messages = self.notify.receive();
+        let (seats, ctx, _) = self.seats();
+        for msg in messages {
+            let pid = Pid::from_raw(msg.pid as i32);
+            // Not one of ours (a grandchild, or one that already exited): ignored.
+            if msg.ready() {
+                let status = msg.status();
+                seats.iter_mut().any(|s| s.on_ready(&ctx, pid, status));
+            }
+            if msg.stopping() {
+                seats.iter_mut().any(|s| s.on_stopping(&ctx, pid));
             }
         }
     }
@@ -458,26 +481,22 @@ impl Supervisor {
         }
         self.draining = Some((Instant::now(), reason));
         let open: u64 = self.server.stats.snapshot().iter().map(|s| s.active).sum();
+        let running = self.seats.iter().filter(|s| s.serving().is_some()).count();
         log!(
-            "draining ({}): {} worker(s) stop accepting, {open} connection(s) open, timeout {:?}",
+            "draining ({}): {running} worker(s) stop accepting, {open} connection(s) open, timeout {:?}",
             reason.cause(),
-            self.procs.iter().filter(|p| p.pid.is_some()).count(),
             self.server.config.drain_timeout
         );
         self.abort_reload("the server began to drain");
-        // A byte, not only EOF: a child the host forked may still hold a copy of the pipe's write end.
-        let byte = if reason == StopReason::TakenOver {
-            worker::HANDOVER
+        // A successor that took over serves our listeners' queues: our workers let go of them at once.
+        let ask = if reason == StopReason::TakenOver {
+            Ask::Handover
         } else {
-            DRAIN_BYTE
+            Ask::Drain
         };
-        let stop = self.server.config.stop_signal;
-        for (i, p) in self.procs.iter_mut().enumerate() {
-            p.ask_to_stop(byte, stop);
-            p.restart_at = None;
-            if p.pid.is_some() && p.drain.is_none() {
-                self.server.stats.slot(i).set_state(Phase::Draining);
-            }
+        let (seats, ctx, _) = self.seats();
+        for seat in seats.iter_mut() {
+            seat.stop(&ctx, ask);
         }
         // Our copies must not keep the sockets in the group once the workers close theirs.
         self.server.listeners.clear();
@@ -489,33 +508,18 @@ impl Supervisor {
     }
 
     fn kill_all(&mut self) {
-        let pending = self.reload.iter().flat_map(|r| r.pending());
-        for p in self
-            .procs
-            .iter()
-            .chain(self.retiring.iter().map(|(_, p)| p))
-            .chain(pending)
-        {
-            if let Some(pid) = p.pid {
-                // ESRCH: it is already gone, which is what we want.
-                nix::sys::signal::kill(pid, Signal::SIGKILL).ok();
-            }
+        for seat in &mut self.seats {
+            seat.kill_all();
         }
     }
 
+    /// After a failed start: waits (bounded) until every worker started so far has been reaped.
     fn reap_until_gone(&mut self, limit: Duration) {
         let until = Instant::now() + limit;
-        while self.procs.iter().any(|p| p.pid.is_some()) && Instant::now() < until {
-            for p in &mut self.procs {
-                if let Some(pid) = p.pid {
-                    if !matches!(
-                        waitpid(pid, Some(WaitPidFlag::WNOHANG)),
-                        Ok(WaitStatus::StillAlive)
-                    ) {
-                        p.pid = None;
-                    }
-                }
-            }
+        self.draining
+            .get_or_insert((Instant::now(), StopReason::Shutdown));
+        while !self.seats.iter().all(Seat::is_empty) && Instant::now() < until {
+            self.reap();
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -542,29 +546,12 @@ impl Supervisor {
     }
 
     fn status(&self) -> ServerStatus {
-        let mut workers = self.server.stats.snapshot();
-        // The supervisor knows best who serves a listener: after a reload the old built-in worker, still
-        // draining, writes to the slot it shares with its successor.
-        for (i, (w, p)) in workers.iter_mut().zip(&self.procs).enumerate() {
-            let shared = self.retiring.iter().any(|(j, _)| *j == i);
-            if let (Some(pid), true, true, None) = (p.pid, p.ready, shared, self.draining) {
-                w.pid = pid.as_raw() as u32;
-                w.state = Phase::Serving;
-            }
-        }
-        let command = &self.server.config.command;
         ServerStatus {
             pid: std::process::id(),
             runtime: self.server.config.runtime.clone(),
             addr: self.server.addr,
-            mode: if self.server.function.is_some() {
-                "function".to_string()
-            } else if command.is_empty() {
-                self.server.config.mode.to_string()
-            } else {
-                "command".to_string()
-            },
-            command: command.clone(),
+            mode: self.kind.mode(),
+            command: self.server.config.command.clone(),
             state: self.phase(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
             control_socket: self
@@ -573,7 +560,7 @@ impl Supervisor {
                 .as_ref()
                 .map(|c| c.path.clone())
                 .unwrap_or_default(),
-            workers,
+            workers: self.server.stats.snapshot(),
             steering: self.server.steering.status(),
         }
     }

@@ -7,15 +7,18 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::OwnedFd;
+use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::{Config, Mode};
-use crate::lifecycle::Phase;
+use crate::drain::{self, Ask, DRAIN_GRACE};
 use crate::log::log;
+use crate::notify::notify;
 use crate::stats::Slot;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -23,16 +26,13 @@ const DRAIN_PIPE: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 /// Size of the shared read buffer; also the most one connection reads per step.
 const SCRATCH: usize = 64 * 1024;
-/// Byte on the drain pipe that means "a successor serves this listener now".
-pub(crate) const HANDOVER: u8 = b'h';
 /// The talk's `recv(1024)`.
 const ONCE_READ: usize = 1024;
 /// Reads per connection per wakeup before others get a turn (fairness under bulk echo).
 const BUDGET: usize = 16;
-// On a plain drain the listener stays open DRAIN_GRACE (shared with function workers), accepting what is
-// queued (and what is mid-handshake), then closes right after a pass that found its queue empty. A handover
-// closes it at once instead: the successor holds the same socket and serves its queue.
-use crate::function::DRAIN_GRACE;
+// On a plain drain the listener stays open DRAIN_GRACE (see `drain`), accepting what is queued (and what is
+// mid-handshake), then closes right after a pass that found its queue empty. A handover closes it at once
+// instead: the successor holds the same socket and serves its queue.
 /// After replying in `once`/`hello` mode with client bytes still unread, we half-close and wait this long
 /// for the client's FIN, so those bytes do not turn our close into a reset that could discard the reply.
 const LINGER: Duration = Duration::from_secs(2);
@@ -46,10 +46,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) struct Worker<'a> {
     pub index: usize,
     pub listener: std::net::TcpListener,
-    /// Read end of the supervisor's pipe: a byte or EOF (the supervisor died) means drain.
-    pub drain_pipe: OwnedFd,
+    /// What the supervisor asks (drain, hand over); end of file (the supervisor died) means drain.
+    pub drain: drain::Receiver,
+    /// This process's counters.
     pub slot: &'a Slot,
     pub config: &'a Config,
+    /// The supervisor's `NOTIFY_SOCKET`: `READY=1` once this worker serves, `STOPPING=1` when it drains.
+    pub notify: &'a Path,
 }
 
 struct Conn {
@@ -112,7 +115,8 @@ struct Loop<'a> {
     index: usize,
     poll: Poll,
     listener: Option<TcpListener>,
-    drain_pipe: mio::unix::pipe::Receiver,
+    drain: drain::Receiver,
+    notify: &'a Path,
     /// SIGTERM to this worker alone: drain it (the supervisor replaces it).
     signals: crate::signals::SignalGuard,
     conns: Vec<Option<Conn>>,
@@ -148,10 +152,11 @@ impl<'a> Loop<'a> {
         let mut listener = TcpListener::from_std(w.listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut drain_pipe = mio::unix::pipe::Receiver::from(w.drain_pipe);
-        drain_pipe.set_nonblocking(true)?;
-        poll.registry()
-            .register(&mut drain_pipe, DRAIN_PIPE, Interest::READABLE)?;
+        poll.registry().register(
+            &mut SourceFd(&w.drain.as_raw_fd()),
+            DRAIN_PIPE,
+            Interest::READABLE,
+        )?;
         let signals =
             crate::signals::SignalGuard::install(poll.registry(), SIGNALS, crate::signals::WORKER)
                 .map_err(|e| io::Error::other(e.to_string()))?;
@@ -166,7 +171,8 @@ impl<'a> Loop<'a> {
             index: w.index,
             poll,
             listener: Some(listener),
-            drain_pipe,
+            drain: w.drain,
+            notify: w.notify,
             signals,
             conns: Vec::new(),
             free: Vec::new(),
@@ -188,8 +194,18 @@ impl<'a> Loop<'a> {
         })
     }
 
+    /// Tells the supervisor (`NOTIFY_SOCKET`); it decides what that means for this worker's state.
+    fn tell(&self, message: &str) {
+        if let Err(e) = notify(self.notify, message) {
+            log!(
+                "worker {}: cannot tell the supervisor {message} ({e})",
+                self.index
+            );
+        }
+    }
+
     fn run(&mut self) -> io::Result<()> {
-        self.slot.set_state(Phase::Serving);
+        self.tell("READY=1");
         let mut events = Events::with_capacity(1024);
         // Connections may have queued before we existed (or while our predecessor was dead).
         self.accept_all();
@@ -205,7 +221,11 @@ impl<'a> Loop<'a> {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    DRAIN_PIPE => self.on_drain_pipe(),
+                    DRAIN_PIPE => {
+                        if let Some(ask) = self.drain.hear() {
+                            self.begin_drain(ask == Ask::Handover);
+                        }
+                    }
                     SIGNALS => {
                         if !self.signals.drain().is_empty() {
                             log!("worker {}: SIGTERM", self.index);
@@ -285,29 +305,17 @@ impl<'a> Loop<'a> {
         Some(wake.saturating_duration_since(now))
     }
 
-    /// The supervisor writes `h` before closing the pipe for a handover; EOF alone (a plain drain, or the
-    /// supervisor died — do not linger as an orphan) means drain.
-    fn on_drain_pipe(&mut self) {
-        let mut buf = [0u8; 16];
-        let mut handover = false;
-        loop {
-            match self.drain_pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => handover |= buf[..n].contains(&HANDOVER),
-                Err(e) if interrupted(&e) => continue,
-                Err(_) => break,
-            }
-        }
-        self.begin_drain(handover);
-    }
-
     fn begin_drain(&mut self, handover: bool) {
         if self.drain_started.is_none() {
             let now = Instant::now();
             self.drain_started = Some(now);
             self.close_listener_at = if handover { now } else { now + DRAIN_GRACE };
-            self.slot.set_state(Phase::Draining);
-            let _ = self.poll.registry().deregister(&mut self.drain_pipe);
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&self.drain.as_raw_fd()));
+            // Asked by the supervisor, or on its own (SIGTERM): either way the supervisor hears it.
+            self.tell("STOPPING=1");
             let how = if handover {
                 "handed over its listener"
             } else {

@@ -6,64 +6,49 @@
 
 use std::convert::Infallible;
 use std::io::Write as _;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use nix::unistd::Pid;
 
+use super::kind::Spawn;
+use crate::drain;
 use crate::error::{Error, Result};
-use crate::fds::{self, Tracked};
+use crate::fds;
 use crate::function::{FunctionHost, WorkerListener};
 use crate::log::log;
-use crate::stats::StatsArea;
 
-/// Forks a function worker on listener `i` (fd `listener`); returns its pid and the drain pipe's write
-/// end. `beside`: a reload started it next to the worker it replaces (the slot is shared).
-pub(super) fn spawn(
-    host: &Arc<dyn FunctionHost>,
-    i: usize,
-    listener: RawFd,
-    stats: &Arc<StatsArea>,
-    beside: bool,
-) -> Result<(Pid, Tracked<OwnedFd>)> {
-    let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
-    let (rx, tx) = nix::unistd::pipe2(flags).map_err(|e| Error::io("pipe", e.into()))?;
-    let tx_fd = tx.as_raw_fd();
+/// Forks a function worker for `s`; returns its pid and the supervisor's end of its drain pipe.
+pub(super) fn spawn(host: &Arc<dyn FunctionHost>, s: &Spawn<'_>) -> Result<(Pid, drain::Sender)> {
+    let (tx, rx) = drain::pipe()?;
     let mut rx = Some(rx);
-    fds::keep_in_child(listener);
+    fds::keep_in_child(s.listener);
     let forked = host.fork(&mut || {
         let rx = rx.take();
-        child(host, i, listener, rx, tx_fd, stats, beside)
+        child(host, s, rx)
     });
     fds::keep_in_child(-1);
+    let i = s.index;
     let pid = forked.map_err(|e| Error::io(format!("fork function worker {i}"), e))?;
-    Ok((Pid::from_raw(pid as i32), Tracked::new(tx)))
+    Ok((Pid::from_raw(pid as i32), tx))
 }
 
 /// The forked worker, inside the host's fork (its lock held). Never returns.
 fn child(
     host: &Arc<dyn FunctionHost>,
-    i: usize,
-    listener: RawFd,
-    drain: Option<OwnedFd>,
-    drain_tx: RawFd,
-    stats: &Arc<StatsArea>,
-    beside: bool,
+    s: &Spawn<'_>,
+    drain: Option<drain::Receiver>,
 ) -> Infallible {
+    let i = s.index;
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         crate::signals::reset_for_worker();
         // The host's at-fork hook did this already (it kept our listener); a host without one did not.
+        // It closes our copy of the drain pipe's supervisor end too (a tracked fd): holding it would
+        // hide the supervisor's death.
         fds::close_in_forked_child();
-        // SAFETY: our copy of the pipe's write end: holding it would hide the supervisor's death.
-        unsafe { libc::close(drain_tx) };
-        let slot = stats.slot(i);
-        if beside {
-            slot.join(std::process::id());
-        } else {
-            slot.begin(std::process::id());
-        }
         let drain = drain.ok_or_else(|| std::io::Error::other("the worker ran twice"))?;
-        let listener = WorkerListener::new(i, listener, drain, stats.clone())?;
+        let stats = s.server.stats.clone();
+        let notify = s.notify.to_path_buf();
+        let listener = WorkerListener::new(i, s.listener, drain, stats, s.counters, notify)?;
         Ok::<i32, std::io::Error>(host.run(Arc::new(listener)))
     }));
     let code = match code {

@@ -1,10 +1,11 @@
 //! The forked side of the supervisor: what a child does before it becomes a worker, and small process helpers.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use nix::sys::wait::WaitStatus;
 
-use super::Bound;
+use super::kind::Spawn;
+use crate::drain;
 use crate::worker;
 
 /// How a worker ended, for the log.
@@ -23,37 +24,27 @@ pub(super) fn on_main_thread() -> bool {
     unsafe { libc::gettid() == libc::getpid() }
 }
 
-/// The forked child: serve listener `i`, then `_exit`. Never returns into the caller (or a host interpreter).
-/// `beside`: a reload started it next to the worker it replaces, whose open connections still count.
-pub(super) fn child_main(
-    i: usize,
-    listener_fd: RawFd,
-    drain: OwnedFd,
-    server: &Bound,
-    beside: bool,
-) -> ! {
+/// The forked child of a built-in worker: serve its listener, then `_exit`. Never returns into the caller
+/// (or a host interpreter).
+pub(super) fn child_main(s: &Spawn<'_>, drain: drain::Receiver) -> ! {
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         crate::signals::reset_for_worker();
-        close_fds_except(&[0, 1, 2, listener_fd, drain.as_raw_fd()]);
-        let slot = server.stats.slot(i);
-        if beside {
-            slot.join(std::process::id());
-        } else {
-            slot.begin(std::process::id());
-        }
+        close_fds_except(&[0, 1, 2, s.listener, drain.as_raw_fd()]);
+        let server = s.server;
         // SAFETY: the supervisor's copy of this fd is never dropped in this process (we _exit).
-        let listener = unsafe { std::net::TcpListener::from_raw_fd(listener_fd) };
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(s.listener) };
         // Room for max_connections: the soft fd limit up to the hard one (in this worker only), and never
         // more connections than that allows, so a full worker pauses accepting instead of hitting EMFILE.
         let room = raise_open_files_limit();
         let mut config = server.config.clone();
         config.max_connections = config.max_connections.min(room);
         worker::run(worker::Worker {
-            index: i,
+            index: s.index,
             listener,
-            drain_pipe: drain,
-            slot,
+            drain,
+            slot: server.stats.counters(s.counters),
             config: &config,
+            notify: s.notify,
         })
     }));
     // SAFETY: _exit skips atexit handlers and destructors: nothing of the parent (or of Python/Ruby) runs twice.

@@ -4,52 +4,31 @@
 //! workers and N + batch. A new worker that exits, or is not ready within `ready_timeout`, stops the
 //! reload: the workers not replaced yet keep serving, and the report names the worker and why.
 //!
-//! A command worker is a fresh exec (new code on disk); a built-in worker a fresh fork.
+//! A command worker is a fresh exec (new code on disk); a built-in worker a fresh fork. The policy only
+//! decides when; the seats start, promote and stop the workers.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::process::describe;
-use super::workers::WorkerProc;
+use super::seat::{Exit, Late};
 use super::Supervisor;
 use crate::control::{self, ConnId, ReloadFailure, ReloadReport, Replaced};
-use crate::lifecycle::Phase;
 use crate::log::log;
-use crate::worker;
+use crate::stats::Role;
 
 /// A reload in progress.
 pub(super) struct Reload {
     /// Listeners whose new worker has not started yet.
     queue: VecDeque<usize>,
-    /// New workers started and not ready yet: `(listener index, worker)`.
-    pending: Vec<(usize, WorkerProc)>,
     batch: usize,
     /// The `reload` request to answer when done (`None`: SIGHUP).
     requester: Option<mio::net::UnixStream>,
     replaced: Vec<Replaced>,
+    /// Why it stops, once a new worker failed.
+    failure: Option<ReloadFailure>,
     started: Instant,
-}
-
-impl Reload {
-    /// Whether a new worker for listener `i` is starting.
-    pub(super) fn has_pending(&self, i: usize) -> bool {
-        self.pending.iter().any(|(j, _)| *j == i)
-    }
-
-    pub(super) fn pending(&self) -> impl Iterator<Item = &WorkerProc> {
-        self.pending.iter().map(|(_, w)| w)
-    }
-
-    pub(super) fn pending_mut(&mut self) -> impl Iterator<Item = (usize, &mut WorkerProc)> {
-        self.pending.iter_mut().map(|(i, w)| (*i, w))
-    }
-}
-
-fn pid_of(w: &WorkerProc) -> u32 {
-    w.pid.map_or(0, |p| p.as_raw() as u32)
 }
 
 impl Supervisor {
@@ -102,68 +81,69 @@ impl Supervisor {
             }
             return Err(why);
         }
-        let n = self.procs.len();
+        let n = self.seats.len();
         log!("reload: replacing {n} worker(s), {batch} at a time");
         self.reload = Some(Reload {
             queue: (0..n).collect(),
-            pending: Vec::new(),
             batch: batch.max(1),
             requester,
             replaced: Vec::new(),
+            failure: None,
             started: Instant::now(),
         });
         self.drive_reload();
         Ok(())
     }
 
-    /// One step: reap or promote new workers, start the next ones, finish when all are replaced.
+    /// A new worker exited before it was ready: the reload stops.
+    pub(super) fn incoming_exited(&mut self, exit: Exit) {
+        if let Some(r) = self.reload.as_mut() {
+            let why = format!("{} before it was ready", exit.status);
+            r.failure.get_or_insert(fail(exit.index, exit.pid, why));
+        }
+    }
+
+    /// A new worker was not ready in time (and was killed): the reload stops.
+    pub(super) fn incoming_late(&mut self, late: Late) {
+        if let Some(r) = self.reload.as_mut() {
+            let why = format!("was not ready within {:?}", late.timeout);
+            r.failure.get_or_insert(fail(late.index, late.pid, why));
+        }
+    }
+
+    /// One step: promote new workers that are ready, start the next ones, finish when all are replaced
+    /// (or one failed).
     pub(super) fn drive_reload(&mut self) {
         let Some(mut r) = self.reload.take() else {
             return;
         };
-        let timeout = self.server.config.ready_timeout;
-        let mut failure = None;
-        let mut k = 0;
-        while k < r.pending.len() {
-            let (i, w) = &mut r.pending[k];
-            let i = *i;
-            let pid = w.pid.unwrap_or(Pid::from_raw(0));
-            let exited = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => None,
-                Ok(s) => Some(describe(s)),
-                Err(e) => Some(format!("is gone ({e})")),
-            };
-            if let Some(status) = exited {
-                w.pid = None;
-                failure = Some(fail(i, pid, format!("{status} before it was ready")));
-                r.pending.remove(k);
-                break;
+        let (seats, ctx, spawner) = self.seats();
+        if r.failure.is_none() {
+            for seat in seats.iter_mut() {
+                if !seat.incoming().is_some_and(|w| w.is_ready()) {
+                    continue;
+                }
+                let i = seat.index;
+                if let Some((old_pid, new)) = seat.promote(&ctx) {
+                    let (new_pid, generation) = (new.pid.as_raw() as u32, new.generation);
+                    let old_pid = old_pid.as_raw() as u32;
+                    log!("reload: worker {i} pid {new_pid} (generation {generation}) is ready; pid {old_pid} stops");
+                    r.replaced.push(Replaced {
+                        index: i,
+                        old_pid,
+                        new_pid,
+                        generation,
+                    });
+                }
             }
-            if w.ready {
-                let (i, new) = r.pending.remove(k);
-                r.replaced.push(self.promote(i, new));
-                continue;
-            }
-            if w.started.elapsed() > timeout {
-                w.failed_start = true;
-                w.kill();
-                let why = if self.server.config.command.is_empty() {
-                    format!("was not serving within {timeout:?}")
-                } else {
-                    format!("was not ready within {timeout:?} (--ready-timeout)")
-                };
-                failure = Some(fail(i, pid, why));
-                break;
-            }
-            k += 1;
         }
-        while failure.is_none() && r.pending.len() < r.batch {
+        let mut starting = seats.iter().filter(|s| s.incoming().is_some()).count();
+        while r.failure.is_none() && starting < r.batch {
             let Some(i) = r.queue.pop_front() else { break };
-            let generation = self.procs[i].generation + 1;
-            match self.start_worker(i, generation, true) {
-                Ok(w) => r.pending.push((i, w)),
+            match seats[i].start(&ctx, spawner, Role::Incoming) {
+                Ok(_) => starting += 1,
                 Err(e) => {
-                    failure = Some(ReloadFailure {
+                    r.failure = Some(ReloadFailure {
                         index: Some(i),
                         pid: None,
                         reason: format!("could not start: {e}"),
@@ -171,60 +151,32 @@ impl Supervisor {
                 }
             }
         }
-        if failure.is_some() || (r.pending.is_empty() && r.queue.is_empty()) {
-            self.finish_reload(r, failure);
+        if r.failure.is_some() || (starting == 0 && r.queue.is_empty()) {
+            self.finish_reload(r);
         } else {
             self.reload = Some(r);
         }
     }
 
-    /// The new worker `new` serves listener `i` now; the old one is asked to stop and retires.
-    fn promote(&mut self, i: usize, new: WorkerProc) -> Replaced {
-        let slot = self.server.stats.slot(i);
-        let new_pid = pid_of(&new);
-        let generation = new.generation;
-        slot.join(new_pid);
-        slot.set_generation(self.kind(), generation);
-        slot.set_state(Phase::Serving);
-        let mut old = std::mem::replace(&mut self.procs[i], new);
-        let old_pid = pid_of(&old);
-        if old.pid.is_some() {
-            // A handover byte: a built-in worker closes its copy of the listener at once, since the new
-            // worker serves the same socket and its queue.
-            old.ask_to_stop(worker::HANDOVER, self.server.config.stop_signal);
-            self.retiring.push((i, old));
-        }
-        log!("reload: worker {i} pid {new_pid} (generation {generation}) is ready; pid {old_pid} stops");
-        Replaced {
-            index: i,
-            old_pid,
-            new_pid,
-            generation,
-        }
-    }
-
     /// A drain during a reload ends it: the new workers not ready yet stop with the rest.
     pub(super) fn abort_reload(&mut self, why: &str) {
-        if let Some(r) = self.reload.take() {
-            let failure = ReloadFailure {
+        if let Some(mut r) = self.reload.take() {
+            r.failure.get_or_insert(ReloadFailure {
                 index: None,
                 pid: None,
                 reason: why.to_string(),
-            };
-            self.finish_reload(r, Some(failure));
+            });
+            self.finish_reload(r);
         }
     }
 
-    /// Stops the new workers still pending (after a failure), answers the requester and logs the outcome.
-    fn finish_reload(&mut self, mut r: Reload, failed: Option<ReloadFailure>) {
-        let stop = self.server.config.stop_signal;
-        for (i, mut w) in r.pending.drain(..) {
-            if w.pid.is_some() {
-                w.ask_to_stop(super::DRAIN_BYTE, stop);
-                self.retiring.push((i, w));
-            }
+    /// Stops the new workers still starting (after a failure), answers the requester and logs the outcome.
+    fn finish_reload(&mut self, mut r: Reload) {
+        let (seats, ctx, _) = self.seats();
+        for seat in seats.iter_mut() {
+            seat.drop_incoming(&ctx);
         }
-        match &failed {
+        match &r.failure {
             None => log!(
                 "reload: done, {} worker(s) replaced in {:.2?}",
                 r.replaced.len(),
@@ -240,7 +192,7 @@ impl Supervisor {
             pid: std::process::id(),
             runtime: self.server.config.runtime.clone(),
             replaced: std::mem::take(&mut r.replaced),
-            failed,
+            failed: r.failure.take(),
         };
         if let Some(s) = r.requester.take() {
             // Best effort: a client that went away does not need it.

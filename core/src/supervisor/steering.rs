@@ -19,8 +19,6 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-
 use super::Supervisor;
 use crate::config::Config;
 use crate::control::{SteeringState, SteeringStatus};
@@ -325,20 +323,8 @@ impl Supervisor {
         if self.draining.is_some() || self.server.listeners.is_empty() {
             return;
         }
-        if self.server.function.is_some() {
-            // An event loop (asyncio) accepts on the socket itself, uncounted: it would look stalled.
-            self.server.steering.block(
-                "function workers may accept outside the engine (asyncio), so a stall cannot be told from a busy queue"
-                    .to_string(),
-            );
-            return;
-        }
-        if !self.server.config.command.is_empty() {
-            // Programs count nothing in the stats slots: a busy queue would look like a stall.
-            self.server.steering.block(
-                "command workers report no accepted connections, so a stall cannot be told from a busy queue"
-                    .to_string(),
-            );
+        if let Some(why) = self.kind.unsteerable() {
+            self.server.steering.block(why.to_string());
             return;
         }
         let now = Instant::now();
@@ -349,24 +335,26 @@ impl Supervisor {
             .min(self.server.steering.watch.len());
         let mut healthy = Vec::with_capacity(n);
         for i in 0..n {
-            let slot = self.server.stats.slot(i);
-            let pid = self.procs[i].pid.map_or(0, |p| p.as_raw() as u32);
+            let record = self.server.stats.seat(i);
+            let serving = self.seats[i].serving();
+            let pid = serving.map_or(0, |w| w.pid.as_raw() as u32);
             let sample = Sample {
-                accepted: slot.accepted_so_far(),
-                queue: slot.queue_len(),
-                starting: pid != 0 && slot.state() == crate::lifecycle::Phase::Starting,
+                accepted: self.server.stats.accepted(i),
+                queue: record.queue_len(),
+                starting: serving.is_some_and(|w| !w.is_ready()),
             };
             let health = self.server.steering.judge(i, pid, sample, now);
-            slot.set_health(health);
+            record.set_health(health);
             if health == Health::KeepingUp {
                 healthy.push(i);
             }
-            if let (Some(stalled), Some(pid)) = (
+            if let (Some(stalled), Some(w)) = (
                 self.server.steering.due_for_restart(i, now),
-                self.procs[i].pid,
+                self.seats[i].serving(),
             ) {
+                let pid = w.pid;
                 log!("worker {i} (pid {pid}) stalled for {stalled:.2?} (stall_restart_after): replacing it");
-                nix::sys::signal::kill(pid, Signal::SIGKILL).ok();
+                w.kill();
             }
         }
         if self.successor.is_some() {

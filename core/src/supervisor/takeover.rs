@@ -230,7 +230,7 @@ impl Supervisor {
                 "this server is still starting (not every worker is serving yet); take over once it is serving",
             );
         }
-        let mine_command = !self.server.config.command.is_empty();
+        let mine_command = super::kind::blocking(&self.server.config);
         if command != mine_command {
             let (this, new) = if mine_command {
                 ("command workers", "built-in workers")

@@ -1,5 +1,7 @@
-//! `NOTIFY_SOCKET`: the sd_notify datagram protocol, the supervisor's side. Command workers (gunicorn,
-//! programs using `sd_notify(3)` or a few lines of their own) send `READY=1` when they serve; the sender is
+//! `NOTIFY_SOCKET`: the sd_notify datagram protocol (`man sd_notify`), both sides. It is how every worker
+//! tells its supervisor where it is: `READY=1` once it serves, `STOPPING=1` when it begins to drain by
+//! itself. Command workers (gunicorn, programs using `sd_notify(3)` or a few lines of their own) find the
+//! socket in `NOTIFY_SOCKET`; the engine's own workers (built-in, function) call [`notify`]. The sender is
 //! identified by the kernel (`SO_PASSCRED` → `SCM_CREDENTIALS`), never by what it writes.
 //!
 //! The socket lives in the control directory (0700, this user's only), next to the server's control
@@ -8,8 +10,11 @@
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use mio::{Interest, Registry, Token};
 use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, UnixAddr};
@@ -24,19 +29,24 @@ const MAX_DATAGRAM: usize = 4096;
 const PER_WAKE: usize = 64;
 
 /// One message: who sent it and its `KEY=VALUE` lines.
-pub(super) struct Message {
-    pub(super) pid: u32,
-    pub(super) fields: Vec<(String, String)>,
+pub(crate) struct Message {
+    pub(crate) pid: u32,
+    pub(crate) fields: Vec<(String, String)>,
 }
 
 impl Message {
     /// Whether it says `READY=1`.
-    pub(super) fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.fields.iter().any(|(k, v)| k == "READY" && v == "1")
     }
 
+    /// Whether it says `STOPPING=1`.
+    pub(crate) fn stopping(&self) -> bool {
+        self.fields.iter().any(|(k, v)| k == "STOPPING" && v == "1")
+    }
+
     /// Its `STATUS=` text, if any.
-    pub(super) fn status(&self) -> Option<&str> {
+    pub(crate) fn status(&self) -> Option<&str> {
         self.fields
             .iter()
             .find(|(k, _)| k == "STATUS")
@@ -45,16 +55,16 @@ impl Message {
 }
 
 /// The bound notify socket; its file is removed on drop (by the process that bound it).
-pub(super) struct NotifySocket {
+pub(crate) struct NotifySocket {
     socket: Tracked<mio::net::UnixDatagram>,
     /// What workers find in `NOTIFY_SOCKET`.
-    pub(super) path: PathBuf,
+    pub(crate) path: PathBuf,
     owner: u32,
 }
 
 impl NotifySocket {
     /// Binds a fresh socket for a server on `addr` and registers it under `token`.
-    pub(super) fn bind(
+    pub(crate) fn bind(
         addr: SocketAddr,
         registry: &Registry,
         token: Token,
@@ -81,7 +91,7 @@ impl NotifySocket {
     }
 
     /// The messages waiting now (at most [`PER_WAKE`]); ones without credentials are dropped.
-    pub(super) fn receive(&mut self) -> Vec<Message> {
+    pub(crate) fn receive(&mut self) -> Vec<Message> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; MAX_DATAGRAM];
         for _ in 0..PER_WAKE {
@@ -117,6 +127,15 @@ impl NotifySocket {
         }
         out
     }
+}
+
+/// Sends `message` (`KEY=VALUE` lines, e.g. `READY=1`) to the notify socket at `path`, as `sd_notify(3)`
+/// does. Waits at most a second when the socket's queue is full (the supervisor reads it continuously),
+/// so a worker whose supervisor hangs is not held forever.
+pub(crate) fn notify(path: &Path, message: &str) -> std::io::Result<()> {
+    let socket = UnixDatagram::unbound()?;
+    socket.set_write_timeout(Some(Duration::from_secs(1)))?;
+    socket.send_to(message.as_bytes(), path).map(drop)
 }
 
 impl Drop for NotifySocket {

@@ -1,0 +1,235 @@
+//! The kinds of worker, behind one interface ([`Kind`]), chosen once when the supervisor starts
+//! ([`choose`]). Nothing else in the supervisor asks which kind its workers are: it asks the kind.
+//!
+//! | | built-in | function | command |
+//! |---|---|---|---|
+//! | spawn | fork, the engine's mio loop | fork through the host interpreter, the host's function | fork + exec, listener as fd 3 |
+//! | ready | `READY=1` when its loop runs | `READY=1` at its first accept (or `ready()`) | `READY=1` on `NOTIFY_SOCKET`, or alive for `ready_delay` |
+//! | ask to stop | drain pipe | drain pipe | `stop_signal` |
+//! | kill after | `drain_timeout` + grace (it bounds its own drain) | `drain_timeout` | `drain_timeout` |
+//!
+//! To add a kind: implement [`Kind`], and pick it in [`choose`].
+
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::unistd::Pid;
+
+use super::command::Prepared;
+use super::process::child_main;
+use super::{Bound, KILL_GRACE};
+use crate::config::{Config, Ready};
+use crate::drain;
+use crate::error::{Error, Result};
+use crate::function::FunctionHost;
+use crate::stats::WorkerKind;
+
+/// What a kind needs to start one worker.
+pub(super) struct Spawn<'a> {
+    /// The seat (listener) index.
+    pub(super) index: usize,
+    /// The listener's fd in the supervisor (the worker gets its own copy).
+    pub(super) listener: RawFd,
+    /// The worker's slot for its counters in the stats area.
+    pub(super) counters: usize,
+    pub(super) server: &'a Bound,
+    /// Where the worker says `READY=1`.
+    pub(super) notify: &'a Path,
+}
+
+/// How to ask a started worker to stop.
+pub(super) enum Stop {
+    /// A byte on its drain pipe (built-in and function workers).
+    Pipe(drain::Sender),
+    /// A signal (command workers: programs that know nothing of the engine).
+    Signal(nix::sys::signal::Signal),
+}
+
+/// A started worker.
+pub(super) struct Spawned {
+    pub(super) pid: Pid,
+    pub(super) stop: Stop,
+}
+
+/// One kind of worker: how to start it, when it is ready, how long it may take to stop.
+pub(super) trait Kind {
+    /// What `status` and the stats call it.
+    fn tag(&self) -> WorkerKind;
+    /// `status`'s mode: `echo`, `once`, `hello`, `function` or `command`.
+    fn mode(&self) -> String;
+    /// For the start log line: `mode echo`, `function workers`, `command [...], ready delay`.
+    fn describe(&self) -> String;
+    /// For a worker's start log line: what runs (empty for built-in workers).
+    fn detail(&self) -> String;
+    /// Starts a worker on a listener.
+    fn spawn(&self, s: &Spawn<'_>) -> Result<Spawned>;
+    /// Ready without saying `READY=1` once alive this long (command workers under `--ready delay`).
+    fn ready_after(&self) -> Option<Duration>;
+    /// How long a worker asked to stop may take before it gets SIGKILL.
+    fn kill_after(&self) -> Duration;
+    /// Whether a clean exit within a second of starting is a crash (a function that returns at once
+    /// would otherwise be forked again and again).
+    fn quick_clean_exit_is_a_crash(&self) -> bool {
+        false
+    }
+    /// Why stalls cannot be told from busy queues for this kind, when they cannot.
+    fn unsteerable(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// Whether workers of `config` use their listening sockets in blocking mode (command workers: programs
+/// expect what socket activation passes). `O_NONBLOCK` belongs to the socket, so a successor that takes
+/// the sockets over must agree.
+pub(super) fn blocking(config: &Config) -> bool {
+    !config.command.is_empty()
+}
+
+/// The kind `config` (and the host's function, if any) asks for.
+pub(super) fn choose(config: &Config, function: Option<Arc<dyn FunctionHost>>) -> Box<dyn Kind> {
+    match function {
+        Some(host) => Box::new(Function {
+            host,
+            drain_timeout: config.drain_timeout,
+        }),
+        None if blocking(config) => Box::new(Command {
+            command: config.command.clone(),
+            stop: config.stop_signal,
+            ready: config.ready,
+            ready_delay: config.ready_delay,
+            drain_timeout: config.drain_timeout,
+        }),
+        None => Box::new(Builtin {
+            mode: config.mode,
+            drain_timeout: config.drain_timeout,
+        }),
+    }
+}
+
+/// The engine's own loop (echo, once, hello), forked.
+struct Builtin {
+    mode: crate::config::Mode,
+    drain_timeout: Duration,
+}
+
+impl Kind for Builtin {
+    fn tag(&self) -> WorkerKind {
+        WorkerKind::Builtin
+    }
+    fn mode(&self) -> String {
+        self.mode.to_string()
+    }
+    fn describe(&self) -> String {
+        format!("mode {}", self.mode)
+    }
+    fn detail(&self) -> String {
+        String::new()
+    }
+    fn spawn(&self, s: &Spawn<'_>) -> Result<Spawned> {
+        let (tx, rx) = drain::pipe()?;
+        // SAFETY: the child runs only Rust code of this crate and leaves with _exit (see child_main).
+        match unsafe { nix::unistd::fork() } {
+            Err(e) => Err(Error::io(format!("fork worker {}", s.index), e.into())),
+            Ok(nix::unistd::ForkResult::Child) => {
+                drop(tx);
+                child_main(s, rx)
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Spawned {
+                pid: child,
+                stop: Stop::Pipe(tx),
+            }),
+        }
+    }
+    fn ready_after(&self) -> Option<Duration> {
+        None
+    }
+    fn kill_after(&self) -> Duration {
+        // It bounds its own drain by drain_timeout; SIGKILL is for one that hangs.
+        self.drain_timeout.saturating_add(KILL_GRACE)
+    }
+}
+
+/// The host's own function (a Python function, a Ruby block), forked through the host.
+struct Function {
+    host: Arc<dyn FunctionHost>,
+    drain_timeout: Duration,
+}
+
+impl Kind for Function {
+    fn tag(&self) -> WorkerKind {
+        WorkerKind::Function
+    }
+    fn mode(&self) -> String {
+        "function".to_string()
+    }
+    fn describe(&self) -> String {
+        "function workers".to_string()
+    }
+    fn detail(&self) -> String {
+        " (function)".to_string()
+    }
+    fn spawn(&self, s: &Spawn<'_>) -> Result<Spawned> {
+        let (pid, tx) = super::function::spawn(&self.host, s)?;
+        Ok(Spawned {
+            pid,
+            stop: Stop::Pipe(tx),
+        })
+    }
+    fn ready_after(&self) -> Option<Duration> {
+        None
+    }
+    fn kill_after(&self) -> Duration {
+        self.drain_timeout
+    }
+    fn quick_clean_exit_is_a_crash(&self) -> bool {
+        true
+    }
+    fn unsteerable(&self) -> Option<&'static str> {
+        // An event loop (asyncio) accepts on the socket itself, uncounted: it would look stalled.
+        Some("function workers may accept outside the engine (asyncio), so a stall cannot be told from a busy queue")
+    }
+}
+
+/// A program exec'd with its listener as fd 3 (socket activation).
+struct Command {
+    command: Vec<String>,
+    stop: nix::sys::signal::Signal,
+    ready: Ready,
+    ready_delay: Duration,
+    drain_timeout: Duration,
+}
+
+impl Kind for Command {
+    fn tag(&self) -> WorkerKind {
+        WorkerKind::Command
+    }
+    fn mode(&self) -> String {
+        "command".to_string()
+    }
+    fn describe(&self) -> String {
+        format!("command {:?}, ready {}", self.command, self.ready.as_str())
+    }
+    fn detail(&self) -> String {
+        format!(" (fd 3 in the program), command {:?}", self.command)
+    }
+    fn spawn(&self, s: &Spawn<'_>) -> Result<Spawned> {
+        let prepared = Prepared::new(&self.command, s.index, s.server.addr.port(), s.notify)?;
+        let pid = prepared.spawn(s.listener, self.stop)?;
+        Ok(Spawned {
+            pid,
+            stop: Stop::Signal(self.stop),
+        })
+    }
+    fn ready_after(&self) -> Option<Duration> {
+        (self.ready == Ready::Delay).then_some(self.ready_delay)
+    }
+    fn kill_after(&self) -> Duration {
+        self.drain_timeout
+    }
+    fn unsteerable(&self) -> Option<&'static str> {
+        // Programs count nothing in the stats slots: a busy queue would look like a stall.
+        Some("command workers report no accepted connections, so a stall cannot be told from a busy queue")
+    }
+}

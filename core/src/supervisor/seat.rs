@@ -1,0 +1,491 @@
+//! Seats: one per listener of the port, holding the workers on it — the one serving, at most one incoming
+//! (a reload's new worker) and the retiring ones (asked to stop, finishing their connections). A worker is
+//! one small state machine; this module is the only place that changes a worker's state, and the only
+//! writer of what the stats area says about it.
+//!
+//! ```text
+//!          spawn            READY=1 (or its ready delay)       asked to stop, or STOPPING=1
+//!   ────────────► starting ───────────────────────────► ready ────────────────────────────► draining
+//!                    │ not ready within ready_timeout:     │ exits unasked: a crash           │ still running after
+//!                    │ SIGKILL                             ▼                                  │ kill_after: SIGKILL
+//!                    ▼                              seat restarts it on the                   ▼
+//!     exits: a failed start ──► back-off ─────────► same listener (back-off                 exits: stopped
+//!                                                    after quick deaths)
+//! ```
+//!
+//! Reload ([`super::reload`]) and takeover ([`super::takeover`]) are policies over seats: a reload starts
+//! an incoming worker on a seat and, once it is ready, [`Seat::promote`]s it; a drain asks every worker
+//! of every seat to stop.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use super::kind::{Kind, Spawn, Stop};
+use super::process::describe;
+use super::reaper::ExitWatch;
+use crate::drain::Ask;
+use crate::error::{Error, Result};
+use crate::lifecycle::Phase;
+use crate::log::log;
+use crate::stats::{Role, StatsArea};
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    /// Started; owes `READY=1` (or its ready delay). `killed`: it was not ready in time.
+    Starting { killed: bool },
+    /// Serving its seat (or, incoming, ready to take it over).
+    Ready,
+    /// Asked to stop (or stopping by itself) since `since`; `killed` once SIGKILL was sent.
+    Draining { since: Instant, killed: bool },
+}
+
+/// One worker process as the supervisor sees it.
+pub(super) struct Worker {
+    pub(super) pid: Pid,
+    pub(super) generation: u64,
+    started: Instant,
+    state: State,
+    stop: Option<Stop>,
+    /// How it is asked to stop, for the log: `to drain`, `SIGTERM`.
+    asked: String,
+    /// Its counters' slot in the stats area, given back when it has exited.
+    counters: usize,
+    /// Wakes the supervisor when it exits; closed (and unregistered) with it.
+    _exit: Option<ExitWatch>,
+}
+
+impl Worker {
+    pub(super) fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    fn phase(&self) -> Phase {
+        match self.state {
+            State::Starting { .. } => Phase::Starting,
+            State::Ready => Phase::Serving,
+            State::Draining { .. } => Phase::Draining,
+        }
+    }
+
+    /// Asks it to stop (once); it drains from now on.
+    fn ask_to_stop(&mut self, ask: Ask) {
+        match self.stop.take() {
+            Some(Stop::Pipe(pipe)) => pipe.ask(ask),
+            // ESRCH: it is gone already, which the reaper will see.
+            Some(Stop::Signal(sig)) => drop(nix::sys::signal::kill(self.pid, sig)),
+            None => {}
+        }
+        self.draining(Instant::now());
+    }
+
+    fn draining(&mut self, now: Instant) {
+        if !matches!(self.state, State::Draining { .. }) {
+            self.state = State::Draining {
+                since: now,
+                killed: false,
+            };
+        }
+    }
+
+    /// SIGKILL. `ESRCH`: it is gone already, which the reaper will see.
+    pub(super) fn kill(&self) {
+        nix::sys::signal::kill(self.pid, Signal::SIGKILL).ok();
+    }
+}
+
+/// A worker that exited, already logged; what the seat did about it.
+pub(super) struct Exit {
+    pub(super) index: usize,
+    pub(super) pid: Pid,
+    pub(super) role: Role,
+    /// How it ended, for a report: `exited with status 1`, `was killed by SIGKILL`.
+    pub(super) status: String,
+}
+
+/// Something a reload must hear about: its incoming worker was not ready in time (and was killed).
+pub(super) struct Late {
+    pub(super) index: usize,
+    pub(super) pid: Pid,
+    pub(super) timeout: Duration,
+}
+
+/// What the seats need from the supervisor to start and judge workers.
+pub(super) struct Ctx<'a> {
+    pub(super) kind: &'a dyn Kind,
+    pub(super) stats: &'a StatsArea,
+    pub(super) ready_timeout: Duration,
+    /// The server is draining: exits are stops, never crashes.
+    pub(super) draining: bool,
+}
+
+/// One listener and the workers on it.
+pub(super) struct Seat {
+    pub(super) index: usize,
+    serving: Option<Worker>,
+    incoming: Option<Worker>,
+    retiring: Vec<Worker>,
+    /// The last generation started here (the first worker is generation 1).
+    generation: u64,
+    /// Quick deaths in a row, for the back-off.
+    crashes: u32,
+    restart_at: Option<Instant>,
+    /// The serving worker's pid, kept while it is restarted (what `status` shows then).
+    last_pid: Pid,
+}
+
+impl Seat {
+    pub(super) fn new(index: usize) -> Seat {
+        Seat {
+            index,
+            serving: None,
+            incoming: None,
+            retiring: Vec::new(),
+            generation: 0,
+            crashes: 0,
+            restart_at: None,
+            last_pid: Pid::from_raw(0),
+        }
+    }
+
+    /// The serving worker.
+    pub(super) fn serving(&self) -> Option<&Worker> {
+        self.serving.as_ref()
+    }
+
+    /// The incoming worker (a reload's), if any.
+    pub(super) fn incoming(&self) -> Option<&Worker> {
+        self.incoming.as_ref()
+    }
+
+    fn workers(&self) -> impl Iterator<Item = (Role, &Worker)> {
+        let serving = self.serving.iter().map(|w| (Role::Serving, w));
+        let incoming = self.incoming.iter().map(|w| (Role::Incoming, w));
+        let retiring = self.retiring.iter().map(|w| (Role::Retiring, w));
+        serving.chain(incoming).chain(retiring)
+    }
+
+    fn workers_mut(&mut self) -> impl Iterator<Item = &mut Worker> {
+        let serving = self.serving.iter_mut();
+        serving
+            .chain(self.incoming.iter_mut())
+            .chain(self.retiring.iter_mut())
+    }
+
+    /// Every live worker's pid.
+    pub(super) fn pids(&self) -> impl Iterator<Item = Pid> + '_ {
+        self.workers().map(|(_, w)| w.pid)
+    }
+
+    /// No worker process is left on this seat.
+    pub(super) fn is_empty(&self) -> bool {
+        self.serving.is_none() && self.incoming.is_none() && self.retiring.is_empty()
+    }
+
+    /// Whether the seat's worker serves.
+    pub(super) fn is_ready(&self) -> bool {
+        self.serving.as_ref().is_some_and(Worker::is_ready)
+    }
+
+    /// Starts a worker on this seat: a fresh serving one (first start, restart), or an incoming one.
+    pub(super) fn start(&mut self, ctx: &Ctx<'_>, spawn: Spawner<'_>, role: Role) -> Result<Pid> {
+        let i = self.index;
+        let counters = ctx.stats.claim(i).ok_or_else(|| {
+            Error::Control(format!(
+                "worker {i}: too many workers still finishing their connections on this listener"
+            ))
+        })?;
+        let generation = self.generation + 1;
+        let listener = spawn.server.listeners[i].as_raw_fd();
+        let s = Spawn {
+            index: i,
+            listener,
+            counters,
+            server: spawn.server,
+            notify: spawn.notify,
+        };
+        let spawned = match ctx.kind.spawn(&s) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                ctx.stats.release(counters);
+                return Err(e);
+            }
+        };
+        let pid = spawned.pid;
+        self.generation = generation;
+        let asked = match &spawned.stop {
+            Stop::Pipe(_) => "to drain".to_string(),
+            Stop::Signal(sig) => sig.to_string(),
+        };
+        let w = Worker {
+            pid,
+            generation,
+            started: Instant::now(),
+            state: State::Starting { killed: false },
+            stop: Some(spawned.stop),
+            asked,
+            counters,
+            _exit: ExitWatch::new(spawn.registry, spawn.exits, pid),
+        };
+        log!(
+            "worker {i} started: pid {pid}, listener fd {listener}{}, generation {generation}",
+            ctx.kind.detail()
+        );
+        match role {
+            Role::Incoming => self.incoming = Some(w),
+            _ => {
+                self.serving = Some(w);
+                self.restart_at = None;
+            }
+        }
+        self.publish(ctx);
+        Ok(pid)
+    }
+
+    /// `READY=1` from `pid`, if it is one of ours and was starting; returns whether it was.
+    pub(super) fn on_ready(&mut self, ctx: &Ctx<'_>, pid: Pid, status: Option<&str>) -> bool {
+        let i = self.index;
+        let Some(w) = self.workers_mut().find(|w| w.pid == pid) else {
+            return false;
+        };
+        if !matches!(w.state, State::Starting { killed: false }) {
+            return true;
+        }
+        w.state = State::Ready;
+        let status = status.map(|s| format!(" ({s})")).unwrap_or_default();
+        log!("worker {i} (pid {pid}) sent READY=1{status}");
+        self.publish(ctx);
+        true
+    }
+
+    /// `STOPPING=1` from `pid`: it drains by itself (SIGTERM to that worker alone).
+    pub(super) fn on_stopping(&mut self, ctx: &Ctx<'_>, pid: Pid) -> bool {
+        let Some(w) = self.workers_mut().find(|w| w.pid == pid) else {
+            return false;
+        };
+        w.draining(Instant::now());
+        self.publish(ctx);
+        true
+    }
+
+    /// The incoming worker, ready, now serves; the one it replaces hands the listener over and retires.
+    /// Returns the old worker's pid (0 when none was running).
+    pub(super) fn promote(&mut self, ctx: &Ctx<'_>) -> Option<(Pid, &Worker)> {
+        let new = self.incoming.take()?;
+        let old = self.serving.replace(new);
+        let old_pid = old.as_ref().map_or(Pid::from_raw(0), |w| w.pid);
+        if let Some(mut old) = old {
+            // The new worker serves this very listener and its queue: a built-in worker lets go of it
+            // at once.
+            old.ask_to_stop(Ask::Handover);
+            self.retiring.push(old);
+        }
+        self.restart_at = None;
+        self.publish(ctx);
+        Some((old_pid, self.serving.as_ref()?))
+    }
+
+    /// Asks every worker to stop: the serving one as `ask` says, an incoming one to drain. No restarts.
+    pub(super) fn stop(&mut self, ctx: &Ctx<'_>, ask: Ask) {
+        if let Some(w) = self.serving.as_mut() {
+            w.ask_to_stop(ask);
+        }
+        if let Some(mut w) = self.incoming.take() {
+            w.ask_to_stop(Ask::Drain);
+            self.retiring.push(w);
+        }
+        self.restart_at = None;
+        self.publish(ctx);
+    }
+
+    /// Stops the incoming worker (a reload that failed); it retires.
+    pub(super) fn drop_incoming(&mut self, ctx: &Ctx<'_>) {
+        if let Some(mut w) = self.incoming.take() {
+            w.ask_to_stop(Ask::Drain);
+            self.retiring.push(w);
+        }
+        self.publish(ctx);
+    }
+
+    /// SIGKILL to every worker of the seat.
+    pub(super) fn kill_all(&mut self) {
+        for w in self.workers_mut() {
+            w.kill();
+            if let State::Draining { killed, .. } = &mut w.state {
+                *killed = true;
+            }
+        }
+    }
+
+    /// `pid` exited with `status`, if it is one of ours: logs it, frees its slot, and schedules the
+    /// restart of a serving worker that died (with back-off after quick deaths).
+    pub(super) fn on_exit(
+        &mut self,
+        ctx: &Ctx<'_>,
+        pid: Pid,
+        status: Option<WaitStatus>,
+    ) -> Option<Exit> {
+        let i = self.index;
+        let (role, w) = if self.serving.as_ref().is_some_and(|w| w.pid == pid) {
+            (Role::Serving, self.serving.take()?)
+        } else if self.incoming.as_ref().is_some_and(|w| w.pid == pid) {
+            (Role::Incoming, self.incoming.take()?)
+        } else {
+            let k = self.retiring.iter().position(|w| w.pid == pid)?;
+            (Role::Retiring, self.retiring.remove(k))
+        };
+        ctx.stats.release(w.counters);
+        let said = status.map_or_else(|| "is gone (reaped elsewhere)".to_string(), describe);
+        let clean = matches!(status, Some(WaitStatus::Exited(_, 0)));
+        let lived = w.started.elapsed();
+        let exit = Exit {
+            index: i,
+            pid,
+            role,
+            status: said.clone(),
+        };
+        match role {
+            Role::Retiring => {
+                let since = match w.state {
+                    State::Draining { since, .. } => since,
+                    _ => w.started,
+                };
+                log!(
+                    "worker {i} (pid {pid}, generation {}) retired: {said} {:.2?} after it was asked to stop",
+                    w.generation,
+                    since.elapsed()
+                )
+            }
+            // The reload that started it reports why it ended.
+            Role::Incoming => {}
+            Role::Serving if ctx.draining => log!("worker {i} (pid {pid}) {said}"),
+            Role::Serving => {
+                self.last_pid = pid;
+                ctx.stats.seat(i).restarted();
+                // A clean exit of a worker that drained (it alone got SIGTERM) is a graceful restart;
+                // quick deaths, and a worker that died before it was ready, back off exponentially.
+                let failed_start = matches!(w.state, State::Starting { .. });
+                let quick = lived < Duration::from_secs(1)
+                    && (!clean || ctx.kind.quick_clean_exit_is_a_crash());
+                self.crashes = if failed_start || quick {
+                    self.crashes + 1
+                } else {
+                    0
+                };
+                let delay = match self.crashes {
+                    0 => Duration::ZERO,
+                    n => Duration::from_millis(100 << (n - 1).min(7)),
+                };
+                self.restart_at = Some(Instant::now() + delay);
+                let before = if failed_start {
+                    " before it was ready"
+                } else {
+                    ""
+                };
+                log!("worker {i} (pid {pid}) {said}{before} after {lived:.2?}; restarting in {delay:?}");
+            }
+        }
+        self.publish(ctx);
+        Some(exit)
+    }
+
+    /// Due work by the clock: a worker ready by its ready delay, one not ready in time (SIGKILL), one
+    /// asked to stop that has not (SIGKILL). Returns an incoming worker that was late (for its reload),
+    /// and whether a drain had to kill.
+    pub(super) fn tick(&mut self, ctx: &Ctx<'_>, now: Instant) -> (Option<Late>, bool) {
+        let i = self.index;
+        let mut late = None;
+        let mut killed_any = false;
+        let mut changed = false;
+        let ready_after = ctx.kind.ready_after();
+        let kill_after = ctx.kind.kill_after();
+        let timeout = ctx.ready_timeout;
+        let incoming_pid = self.incoming.as_ref().map(|w| w.pid);
+        for w in self.workers_mut() {
+            let pid = w.pid;
+            let age = now.saturating_duration_since(w.started);
+            match w.state {
+                State::Starting { killed: false } if ready_after.is_some_and(|d| age >= d) => {
+                    w.state = State::Ready;
+                    changed = true;
+                }
+                State::Starting { killed: false } if age > timeout => {
+                    w.kill();
+                    w.state = State::Starting { killed: true };
+                    if incoming_pid == Some(pid) {
+                        late = Some(Late {
+                            index: i,
+                            pid,
+                            timeout,
+                        });
+                    } else {
+                        log!("worker {i} (pid {pid}) was not ready within {timeout:?} (no READY=1); killing it");
+                    }
+                }
+                State::Draining {
+                    since,
+                    killed: false,
+                } if now.saturating_duration_since(since) > kill_after => {
+                    let asked = &w.asked;
+                    log!("worker {i} (pid {pid}) still running {kill_after:?} after it was asked {asked}; sending SIGKILL");
+                    w.kill();
+                    w.state = State::Draining {
+                        since,
+                        killed: true,
+                    };
+                    killed_any = true;
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            self.publish(ctx);
+        }
+        (late, killed_any)
+    }
+
+    /// Whether a restart of the serving worker is due (never while an incoming one is starting: that
+    /// one takes over, and a restart beside it would exceed N + batch workers).
+    pub(super) fn restart_due(&self, now: Instant) -> bool {
+        self.incoming.is_none() && self.restart_at.is_some_and(|t| now >= t)
+    }
+
+    /// A restart that failed: try again in a second.
+    pub(super) fn retry_later(&mut self, now: Instant) {
+        self.restart_at = Some(now + Duration::from_secs(1));
+    }
+
+    /// Writes what the stats area says about this seat: the serving worker and its phase (or the last
+    /// one, stopped, while it is restarted), the kind and the generation, and each live worker's pid,
+    /// role and phase.
+    fn publish(&mut self, ctx: &Ctx<'_>) {
+        for (role, w) in self.workers() {
+            let pid = w.pid.as_raw() as u32;
+            ctx.stats
+                .set_process(w.counters, pid, w.generation, role, w.phase());
+        }
+        let record = ctx.stats.seat(self.index);
+        match &self.serving {
+            Some(w) => {
+                self.last_pid = w.pid;
+                record.set_worker(w.pid.as_raw() as u32, w.phase());
+                record.set_generation(ctx.kind.tag(), w.generation);
+            }
+            None => record.set_worker(self.last_pid.as_raw() as u32, Phase::Stopped),
+        }
+    }
+}
+
+/// What starting a worker needs besides the seat: the server (its listeners, config, stats), the notify
+/// socket, and the loop that watches for exits.
+#[derive(Clone, Copy)]
+pub(super) struct Spawner<'a> {
+    pub(super) server: &'a super::Bound,
+    pub(super) notify: &'a std::path::Path,
+    pub(super) registry: &'a mio::Registry,
+    pub(super) exits: mio::Token,
+}
