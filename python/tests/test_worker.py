@@ -336,7 +336,8 @@ def test_listener_api_in_a_worker() -> None:
 
 def test_a_worker_holds_its_own_listener_and_no_other_engine_socket() -> None:
     """The at-fork hook that closes the engine's fds in host-forked children keeps this worker's listener and
-    drain pipe, and closes the others' listeners and the control socket (which would keep them in the group)."""
+    drain pipe (a unix socket pair: the one unix socket), and closes the others' listeners, their drain pipes
+    and the control and notify sockets (a listener kept would stay in the group)."""
     r, w = os.pipe()
 
     def count(listener: port_sharding.Listener) -> None:
@@ -360,7 +361,7 @@ def test_a_worker_holds_its_own_listener_and_no_other_engine_socket() -> None:
         pass
     os.close(w)
     lines = sorted(os.fdopen(r).read().splitlines())
-    assert lines == ["0 1 0", "1 1 0", "2 1 0"], lines
+    assert lines == ["0 1 1", "1 1 1", "2 1 1"], lines
 
 
 def test_a_worker_that_is_not_callable_is_refused_before_anything_forks() -> None:
