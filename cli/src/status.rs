@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use port_sharding::{Health, ServerStatus, SteeringState, WorkerStats};
+use port_sharding::{Health, Role, ServerStatus, SteeringState, WorkerStats};
 
 const HEADINGS: [&str; 13] = [
     "worker",
@@ -54,11 +54,7 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
                 &mut out,
                 [
                     w.index.to_string(),
-                    match w.kind {
-                        port_sharding::WorkerKind::Builtin => "builtin".to_string(),
-                        port_sharding::WorkerKind::Command => "command".to_string(),
-                        port_sharding::WorkerKind::Function => "function".to_string(),
-                    },
+                    w.kind.to_string(),
                     w.generation.to_string(),
                     w.pid.to_string(),
                     w.state.to_string(),
@@ -72,6 +68,28 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
                     w.queue_len.to_string(),
                 ],
             );
+            // During a reload (and while replaced workers finish their connections), the listener's
+            // other processes, one line each under its row.
+            for p in w.processes.iter().filter(|p| p.role != Role::Serving) {
+                row(
+                    &mut out,
+                    [
+                        String::new(),
+                        p.role.to_string(),
+                        p.generation.to_string(),
+                        p.pid.to_string(),
+                        p.state.to_string(),
+                        String::new(),
+                        p.accepted.to_string(),
+                        p.active.to_string(),
+                        p.bytes_in.to_string(),
+                        p.bytes_out.to_string(),
+                        p.errors.to_string(),
+                        String::new(),
+                        String::new(),
+                    ],
+                );
+            }
         }
     }
     out
@@ -89,7 +107,7 @@ fn row(out: &mut String, cells: [String; 13]) {
     let [a, k, n, b, c, x, d, e, f, g, h, i, j] = cells;
     writeln!(
         out,
-        "  {a:>6} {k:>7} {n:>4} {b:>8} {c:>9} {x:>13} {d:>10} {e:>8} {f:>12} {g:>12} {h:>7} {i:>8} {j:>6}"
+        "  {a:>6} {k:>8} {n:>4} {b:>8} {c:>9} {x:>13} {d:>10} {e:>8} {f:>12} {g:>12} {h:>7} {i:>8} {j:>6}"
     )
     .ok();
 }

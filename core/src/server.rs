@@ -54,14 +54,7 @@ impl Server {
     /// # Errors
     /// [`Config::command`] is set too.
     pub fn set_function(&mut self, host: Arc<dyn FunctionHost>) -> Result<()> {
-        if !self.bound.config.command.is_empty() {
-            return Err(Error::invalid(
-                "command",
-                "cannot be combined with a worker function: give one or the other",
-            ));
-        }
-        self.bound.function = Some(host);
-        Ok(())
+        self.bound.set_function(host)
     }
 
     /// A handle to stop the server or read its stats from another thread.

@@ -77,6 +77,16 @@ pub enum WorkerKind {
     Function,
 }
 
+impl std::fmt::Display for WorkerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkerKind::Builtin => "builtin",
+            WorkerKind::Command => "command",
+            WorkerKind::Function => "function",
+        })
+    }
+}
+
 impl WorkerKind {
     fn from_u64(n: u64) -> WorkerKind {
         match n {
@@ -98,6 +108,16 @@ pub enum Role {
     Incoming,
     /// Replaced (a reload) or stopped, finishing its connections.
     Retiring,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Serving => "serving",
+            Role::Incoming => "incoming",
+            Role::Retiring => "retiring",
+        })
+    }
 }
 
 impl Role {

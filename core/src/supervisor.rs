@@ -80,8 +80,8 @@ pub(crate) struct Bound {
     predecessor: Option<Predecessor>,
     /// Stall detection and the group's program (see `steering`).
     steering: Steering,
-    /// The host's function, when the workers run it ([`crate::FunctionHost`]).
-    pub(crate) function: Option<Arc<dyn crate::FunctionHost>>,
+    /// What the workers are: chosen once, at bind from the config (or by [`Bound::set_function`]).
+    kind: Box<dyn Kind>,
 }
 
 /// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
@@ -91,8 +91,9 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
     let wanted = listener::resolve(&config.host, config.port)?;
     let mut listeners = Vec::new();
     let mut predecessor = None;
+    let kind = kind::choose(&config);
     if config.takeover {
-        if let Some((p, adopted)) = take_over(wanted, kind::blocking(&config))? {
+        if let Some((p, adopted)) = take_over(wanted, kind.blocking())? {
             listeners = adopted.into_iter().map(Tracked::new).collect();
             predecessor = Some(p);
         }
@@ -133,8 +134,19 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         control,
         predecessor,
         steering,
-        function: None,
+        kind,
     })
+}
+
+impl Bound {
+    /// Makes every worker run the host's function instead of a built-in loop.
+    ///
+    /// # Errors
+    /// The config asks for command workers.
+    pub(crate) fn set_function(&mut self, host: Arc<dyn crate::FunctionHost>) -> Result<()> {
+        self.kind = kind::function(host, &self.config)?;
+        Ok(())
+    }
 }
 
 /// Forks the workers and supervises them until drained; the shared phase is `stopped` afterwards,
@@ -148,8 +160,6 @@ pub(crate) fn run(bound: Bound) -> Result<Report> {
 
 struct Supervisor {
     server: Bound,
-    /// What the workers are, chosen once.
-    kind: Box<dyn Kind>,
     /// One per listener, in listener order.
     seats: Vec<Seat>,
     reaper: Reaper,
@@ -178,12 +188,10 @@ impl Supervisor {
         } else {
             None
         };
-        let kind = kind::choose(&server.config, server.function.clone());
         let seats = (0..server.listeners.len()).map(Seat::new).collect();
         let notify = NotifySocket::bind(server.addr, server.poll.registry(), NOTIFY)?;
         Ok(Supervisor {
             server,
-            kind,
             seats,
             reaper: Reaper::new(),
             reload: None,
@@ -200,7 +208,7 @@ impl Supervisor {
     /// The seats, and what they need to start and judge workers (disjoint parts of `self`).
     fn seats(&mut self) -> (&mut [Seat], Ctx<'_>, Spawner<'_>) {
         let ctx = Ctx {
-            kind: &*self.kind,
+            kind: &*self.server.kind,
             stats: &self.server.stats,
             ready_timeout: self.server.config.ready_timeout,
             draining: self.draining.is_some(),
@@ -221,7 +229,7 @@ impl Supervisor {
             c.runtime,
             self.server.addr,
             self.seats.len(),
-            self.kind.describe(),
+            self.server.kind.describe(),
             c.backlog,
             c.drain_timeout
         );
@@ -550,7 +558,7 @@ impl Supervisor {
             pid: std::process::id(),
             runtime: self.server.config.runtime.clone(),
             addr: self.server.addr,
-            mode: self.kind.mode(),
+            mode: self.server.kind.mode(),
             command: self.server.config.command.clone(),
             state: self.phase(),
             uptime_secs: self.started.elapsed().as_secs_f64(),

@@ -8,7 +8,8 @@
 //! | ask to stop | drain pipe | drain pipe | `stop_signal` |
 //! | kill after | `drain_timeout` + grace (it bounds its own drain) | `drain_timeout` | `drain_timeout` |
 //!
-//! To add a kind: implement [`Kind`], and pick it in [`choose`].
+//! To add a kind: implement [`Kind`], and pick it in [`choose`] (or, for a kind the host brings, in a
+//! constructor like [`function`]).
 
 use std::os::fd::RawFd;
 use std::path::Path;
@@ -54,7 +55,7 @@ pub(super) struct Spawned {
 }
 
 /// One kind of worker: how to start it, when it is ready, how long it may take to stop.
-pub(super) trait Kind {
+pub(super) trait Kind: Send {
     /// What `status` and the stats call it.
     fn tag(&self) -> WorkerKind;
     /// `status`'s mode: `echo`, `once`, `hello`, `function` or `command`.
@@ -74,38 +75,51 @@ pub(super) trait Kind {
     fn quick_clean_exit_is_a_crash(&self) -> bool {
         false
     }
+    /// Whether workers use their listening sockets in blocking mode (command workers: programs expect
+    /// what socket activation passes). `O_NONBLOCK` belongs to the socket, so a successor that takes the
+    /// sockets over must agree.
+    fn blocking(&self) -> bool {
+        false
+    }
     /// Why stalls cannot be told from busy queues for this kind, when they cannot.
     fn unsteerable(&self) -> Option<&'static str> {
         None
     }
 }
 
-/// Whether workers of `config` use their listening sockets in blocking mode (command workers: programs
-/// expect what socket activation passes). `O_NONBLOCK` belongs to the socket, so a successor that takes
-/// the sockets over must agree.
-pub(super) fn blocking(config: &Config) -> bool {
-    !config.command.is_empty()
-}
-
-/// The kind `config` (and the host's function, if any) asks for.
-pub(super) fn choose(config: &Config, function: Option<Arc<dyn FunctionHost>>) -> Box<dyn Kind> {
-    match function {
-        Some(host) => Box::new(Function {
-            host,
+/// The kind `config` asks for: command workers when it names a program, else built-in ones.
+pub(super) fn choose(config: &Config) -> Box<dyn Kind> {
+    if config.command.is_empty() {
+        Box::new(Builtin {
+            mode: config.mode,
             drain_timeout: config.drain_timeout,
-        }),
-        None if blocking(config) => Box::new(Command {
+        })
+    } else {
+        Box::new(Command {
             command: config.command.clone(),
             stop: config.stop_signal,
             ready: config.ready,
             ready_delay: config.ready_delay,
             drain_timeout: config.drain_timeout,
-        }),
-        None => Box::new(Builtin {
-            mode: config.mode,
-            drain_timeout: config.drain_timeout,
-        }),
+        })
     }
+}
+
+/// Function workers running the host's `host`, for `config`.
+///
+/// # Errors
+/// `config` asks for command workers: one or the other.
+pub(super) fn function(host: Arc<dyn FunctionHost>, config: &Config) -> Result<Box<dyn Kind>> {
+    if choose(config).blocking() {
+        return Err(Error::invalid(
+            "command",
+            "cannot be combined with a worker function: give one or the other",
+        ));
+    }
+    Ok(Box::new(Function {
+        host,
+        drain_timeout: config.drain_timeout,
+    }))
 }
 
 /// The engine's own loop (echo, once, hello), forked.
@@ -224,6 +238,9 @@ impl Kind for Command {
     }
     fn ready_after(&self) -> Option<Duration> {
         (self.ready == Ready::Delay).then_some(self.ready_delay)
+    }
+    fn blocking(&self) -> bool {
+        true
     }
     fn kill_after(&self) -> Duration {
         self.drain_timeout

@@ -323,7 +323,7 @@ impl Supervisor {
         if self.draining.is_some() || self.server.listeners.is_empty() {
             return;
         }
-        if let Some(why) = self.kind.unsteerable() {
+        if let Some(why) = self.server.kind.unsteerable() {
             self.server.steering.block(why.to_string());
             return;
         }

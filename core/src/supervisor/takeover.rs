@@ -230,7 +230,7 @@ impl Supervisor {
                 "this server is still starting (not every worker is serving yet); take over once it is serving",
             );
         }
-        let mine_command = super::kind::blocking(&self.server.config);
+        let mine_command = self.server.kind.blocking();
         if command != mine_command {
             let (this, new) = if mine_command {
                 ("command workers", "built-in workers")
