@@ -19,7 +19,6 @@ use std::time::Duration;
 use mio::{Interest, Registry, Token};
 use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, UnixAddr};
 
-use crate::control::{control_dir, ensure_dir};
 use crate::error::{Error, Result};
 use crate::fds::Tracked;
 
@@ -64,14 +63,14 @@ pub(crate) struct NotifySocket {
 
 impl NotifySocket {
     /// Binds a fresh socket for a server on `addr` and registers it under `token`.
+    /// `dir` must exist and be this user's alone (the control directory: see `control::ensure_dir`).
     pub(crate) fn bind(
+        dir: &Path,
         addr: SocketAddr,
         registry: &Registry,
         token: Token,
     ) -> Result<NotifySocket> {
         static INSTANCES: AtomicU64 = AtomicU64::new(0);
-        let dir = control_dir();
-        ensure_dir(&dir)?;
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
         // Short: a unix socket path has at most 107 bytes, and test directories are long already.
         let path = dir.join(format!("{}.{}.{n}.notify", addr.port(), std::process::id()));

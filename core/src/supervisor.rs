@@ -189,7 +189,9 @@ impl Supervisor {
             None
         };
         let seats = (0..server.listeners.len()).map(Seat::new).collect();
-        let notify = NotifySocket::bind(server.addr, server.poll.registry(), NOTIFY)?;
+        let dir = control::control_dir();
+        control::ensure_dir(&dir)?;
+        let notify = NotifySocket::bind(&dir, server.addr, server.poll.registry(), NOTIFY)?;
         Ok(Supervisor {
             server,
             seats,
