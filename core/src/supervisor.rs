@@ -64,6 +64,9 @@ const EXITS: Token = Token(5);
 const TICK: Duration = Duration::from_millis(50);
 /// Extra time past `drain_timeout` before workers that still have not exited are killed.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How often the supervisor reaps without being woken by an exit (a kernel without pidfds; a pidfd that
+/// could not be made).
+const REAP_ANYWAY: Duration = Duration::from_secs(1);
 /// How long a successor may take between receiving the sockets and saying `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -266,6 +269,7 @@ impl Supervisor {
             return Err(e);
         }
         let mut events = Events::with_capacity(64);
+        let mut next_reap = Instant::now();
         loop {
             if let Err(e) = self.server.poll.poll(&mut events, Some(TICK)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -273,6 +277,7 @@ impl Supervisor {
                     return Err(Error::io("supervisor epoll_wait", e));
                 }
             }
+            let mut exited = false;
             for event in events.iter() {
                 match event.token() {
                     WAKER if self.server.shared.shutdown.swap(false, Ordering::SeqCst) => {
@@ -284,20 +289,22 @@ impl Supervisor {
                     t if self.server.control.as_ref().is_some_and(|c| c.owns(t)) => {
                         self.on_control(Some(t))
                     }
-                    _ => {} // EXITS: the reaper looks below
+                    EXITS => exited = true,
+                    _ => {}
                 }
+            }
+            let now = Instant::now();
+            // A worker's pidfd says when it exited; the periodic pass covers a kernel without pidfds.
+            if exited || now >= next_reap {
+                self.reap();
+                next_reap = now + REAP_ANYWAY;
             }
             self.on_control(None);
             self.expire_successor();
-            self.reap();
-            self.tick();
+            self.tick(now);
             self.drive_reload();
-            self.restart_due();
-            self.sample_queues();
             self.steer();
-            self.check_ready();
-            self.publish_phase();
-            if let Some(report) = self.drained() {
+            if let Some(report) = self.settle() {
                 return Ok(report);
             }
         }
@@ -327,9 +334,8 @@ impl Supervisor {
         }
     }
 
-    /// The seats' clocks: ready delays and timeouts, kills after `kill_after`.
-    fn tick(&mut self) {
-        let now = Instant::now();
+    /// The seats' clocks: ready delays and timeouts, kills after `kill_after`, restarts due.
+    fn tick(&mut self, now: Instant) {
         let (seats, ctx, _) = self.seats();
         let mut late = Vec::new();
         let mut killed_any = false;
@@ -345,14 +351,14 @@ impl Supervisor {
         for l in late {
             self.incoming_late(l);
         }
+        self.restart_due(now);
     }
 
     /// Starts a fresh worker on each seat whose worker died and whose back-off is over.
-    fn restart_due(&mut self) {
+    fn restart_due(&mut self, now: Instant) {
         if self.draining.is_some() {
             return;
         }
-        let now = Instant::now();
         let (seats, ctx, spawner) = self.seats();
         for seat in seats.iter_mut().filter(|s| s.restart_due(now)) {
             if let Err(e) = seat.start(&ctx, spawner, Role::Serving) {
@@ -363,6 +369,14 @@ impl Supervisor {
                 seat.retry_later(now);
             }
         }
+    }
+
+    /// Where the server stands after this pass: serving once every seat's worker is ready (the phase
+    /// published for handles); the report once a drain is over.
+    fn settle(&mut self) -> Option<Report> {
+        self.check_ready();
+        self.publish_phase();
+        self.drained()
     }
 
     /// The report, once a drain is over (every worker exited); kills what outlived the drain.

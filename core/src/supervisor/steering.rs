@@ -317,12 +317,13 @@ fn list(workers: &[usize]) -> String {
 }
 
 impl Supervisor {
-    /// Judges every worker from the queue lengths [`Supervisor::sample_queues`] just stored, replaces one
+    /// Samples every listener's queue, judges every worker from it, replaces one
     /// stalled past `stall_restart_after`, and points the group's program at the healthy listeners.
     pub(super) fn steer(&mut self) {
         if self.draining.is_some() || self.server.listeners.is_empty() {
             return;
         }
+        self.sample_queues();
         if let Some(why) = self.server.kind.unsteerable() {
             self.server.steering.block(why.to_string());
             return;
