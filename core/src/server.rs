@@ -44,7 +44,7 @@ impl Server {
 
     /// Number of workers `run` will start (more than `Config::workers` when a takeover received more sockets).
     pub fn workers(&self) -> usize {
-        self.bound.listeners.len()
+        self.bound.workers()
     }
 
     /// Makes every worker run the host's function ([`FunctionHost`]) instead of a built-in loop or a

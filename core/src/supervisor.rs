@@ -33,6 +33,7 @@ use crate::stats::{Role, StatsArea};
 
 mod command;
 mod function;
+mod group;
 mod kind;
 mod process;
 mod reaper;
@@ -44,6 +45,7 @@ mod takeover;
 
 pub(crate) use shared::Shared;
 
+use group::{Group, Listener};
 use kind::Kind;
 use process::on_main_thread;
 use reaper::Reaper;
@@ -75,7 +77,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct Bound {
     pub(crate) config: Config,
     pub(crate) addr: SocketAddr,
-    pub(crate) listeners: Vec<Tracked<std::net::TcpListener>>,
+    /// Each seat's current listener, in seat order.
+    listeners: Vec<Listener>,
+    /// The port's reuseport group: our sockets' order, its program.
+    group: Group,
     stats: Arc<StatsArea>,
     pub(crate) shared: Arc<Shared>,
     poll: Tracked<Poll>,
@@ -116,8 +121,9 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         _ => None,
     };
     let adopted_order = predecessor.as_ref().and_then(|p| p.order.as_deref());
-    let group_order = steering::group_order(addr, adopted, adopted_order, listeners.len());
-    let steering = Steering::new(&config, addr, group_order, migrate_prog, adopted > 0);
+    let order = group::group_order(addr, adopted, adopted_order, listeners.len());
+    let (group, listeners) = Group::new(addr, listeners, order, migrate_prog, adopted > 0);
+    let steering = Steering::new(&config, listeners.len());
     let stats = Arc::new(StatsArea::new(listeners.len())?);
     let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);
     let waker = Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?;
@@ -131,6 +137,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         config,
         addr,
         listeners,
+        group,
         stats,
         shared,
         poll,
@@ -142,6 +149,11 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
 }
 
 impl Bound {
+    /// How many workers `run` starts (one per listener).
+    pub(crate) fn workers(&self) -> usize {
+        self.listeners.len()
+    }
+
     /// Makes every worker run the host's function instead of a built-in loop.
     ///
     /// # Errors
@@ -181,7 +193,7 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn new(server: Bound) -> Result<Supervisor> {
+    fn new(mut server: Bound) -> Result<Supervisor> {
         let signals = if server.config.handle_signals && on_main_thread() {
             Some(SignalGuard::install(
                 server.poll.registry(),
@@ -191,7 +203,11 @@ impl Supervisor {
         } else {
             None
         };
-        let seats = (0..server.listeners.len()).map(Seat::new).collect();
+        let seats = std::mem::take(&mut server.listeners)
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| Seat::new(i, l))
+            .collect();
         let dir = control::control_dir();
         control::ensure_dir(&dir)?;
         let notify = NotifySocket::bind(&dir, server.addr, server.poll.registry(), NOTIFY)?;
@@ -217,6 +233,7 @@ impl Supervisor {
             stats: &self.server.stats,
             ready_timeout: self.server.config.ready_timeout,
             draining: self.draining.is_some(),
+            drain_timeout: self.server.config.drain_timeout,
         };
         let spawner = Spawner {
             server: &self.server,
@@ -248,7 +265,7 @@ impl Supervisor {
         }
         if migrate_req() == Some(false)
             && self.server.predecessor.is_none()
-            && !self.server.steering.migrates()
+            && !self.server.group.migrates()
         {
             log!(
                 "note: net.ipv4.tcp_migrate_req=0: closing a listener resets connections queued on it; \
@@ -258,7 +275,7 @@ impl Supervisor {
         let (seats, ctx, spawner) = self.seats();
         let mut failed = None;
         for seat in seats.iter_mut() {
-            if let Err(e) = seat.start(&ctx, spawner, Role::Serving) {
+            if let Err(e) = seat.start(&ctx, spawner, Role::Serving, None) {
                 failed = Some(e);
                 break;
             }
@@ -318,19 +335,19 @@ impl Supervisor {
             return;
         }
         let (seats, ctx, _) = self.seats();
-        let mut incoming = Vec::new();
+        let mut exits = Vec::new();
         for (pid, status) in exited {
-            for seat in seats.iter_mut() {
-                if let Some(exit) = seat.on_exit(&ctx, pid, status) {
-                    if exit.role == Role::Incoming {
-                        incoming.push(exit);
-                    }
-                    break;
-                }
-            }
+            exits.extend(seats.iter_mut().find_map(|s| s.on_exit(&ctx, pid, status)));
         }
-        for exit in incoming {
-            self.incoming_exited(exit);
+        for mut exit in exits {
+            // Its own socket leaves the group, without a new connection reaching one it must not.
+            if let Some(socket) = exit.socket.take() {
+                let any = self.seats.iter().find_map(Seat::listener);
+                self.server.group.close(socket, any);
+            }
+            if exit.role == Role::Incoming {
+                self.incoming_exited(exit);
+            }
         }
     }
 
@@ -361,7 +378,7 @@ impl Supervisor {
         }
         let (seats, ctx, spawner) = self.seats();
         for seat in seats.iter_mut().filter(|s| s.restart_due(now)) {
-            if let Err(e) = seat.start(&ctx, spawner, Role::Serving) {
+            if let Err(e) = seat.start(&ctx, spawner, Role::Serving, None) {
                 log!(
                     "worker {}: restart failed: {e}; trying again in 1s",
                     seat.index
@@ -415,9 +432,9 @@ impl Supervisor {
     }
 
     fn sample_queues(&self) {
-        for (i, l) in self.server.listeners.iter().enumerate() {
-            if let Some(n) = listener::queue_len(l) {
-                self.server.stats.seat(i).set_queue_len(n.into());
+        for seat in &self.seats {
+            if let Some(n) = seat.listener().and_then(listener::queue_len) {
+                self.server.stats.seat(seat.index).set_queue_len(n.into());
             }
         }
     }
@@ -518,12 +535,12 @@ impl Supervisor {
         } else {
             Ask::Drain
         };
+        // Our copies of the listeners close: they must not keep the sockets in the group once the
+        // workers close theirs.
         let (seats, ctx, _) = self.seats();
         for seat in seats.iter_mut() {
             seat.stop(&ctx, ask);
         }
-        // Our copies must not keep the sockets in the group once the workers close theirs.
-        self.server.listeners.clear();
         self.server.shared.set_phase(Phase::Draining);
         if let Some((mut s, _)) = self.successor.take() {
             // Dropping `s` closes it, which removes it from epoll anyway.
@@ -585,7 +602,7 @@ impl Supervisor {
                 .map(|c| c.path.clone())
                 .unwrap_or_default(),
             workers: self.server.stats.snapshot(),
-            steering: self.server.steering.status(),
+            steering: self.server.steering.status(&self.server.group),
         }
     }
 

@@ -75,6 +75,11 @@ pub(super) trait Kind: Send {
     fn quick_clean_exit_is_a_crash(&self) -> bool {
         false
     }
+    /// Whether a reload's new worker gets a socket of its own in the group rather than share the old
+    /// worker's (which it could disturb: see `seat`'s generations).
+    fn own_sockets(&self) -> bool {
+        false
+    }
     /// Whether workers use their listening sockets in blocking mode (command workers: programs expect
     /// what socket activation passes). `O_NONBLOCK` belongs to the socket, so a successor that takes the
     /// sockets over must agree.
@@ -240,6 +245,11 @@ impl Kind for Command {
         (self.ready == Ready::Delay).then_some(self.ready_delay)
     }
     fn blocking(&self) -> bool {
+        true
+    }
+    fn own_sockets(&self) -> bool {
+        // A program may set O_NONBLOCK (or clear it) on fd 3, which would change it for the worker it
+        // replaces: they must not share an open file description.
         true
     }
     fn kill_after(&self) -> Duration {

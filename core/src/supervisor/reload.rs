@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use nix::unistd::Pid;
 
+use super::group;
 use super::seat::{Exit, Late};
 use super::Supervisor;
 use crate::control::{self, ConnId, ReloadFailure, ReloadReport, Replaced};
@@ -95,6 +96,36 @@ impl Supervisor {
         Ok(())
     }
 
+    /// A socket of its own for a new worker on seat `i`, when the kind wants one and the group's program
+    /// can keep new connections off it until it is promoted; `None`: it shares the seat's listener.
+    fn own_socket(&mut self, i: usize) -> Option<group::Listener> {
+        if !self.server.kind.own_sockets() {
+            return None;
+        }
+        let refuse = |why: &str| {
+            log!("reload: worker {i}'s new worker shares its listener ({why})");
+            None
+        };
+        if let Err(why) = self.server.group.known() {
+            return refuse(why);
+        }
+        // Every current listener selected, explicitly: the new socket joins unselected.
+        let current: Vec<group::SockId> = self
+            .seats
+            .iter()
+            .filter_map(|s| s.listener().map(|l| l.id))
+            .collect();
+        let any = self.seats.iter().find_map(|s| s.listener())?;
+        if let Err(e) = self.server.group.select(any, &current) {
+            return refuse(&format!("the reuseport program could not be attached: {e}"));
+        }
+        let c = &self.server.config;
+        match self.server.group.bind(self.server.addr, c.backlog) {
+            Ok(l) => Some(l),
+            Err(e) => refuse(&format!("a new socket could not be bound: {e}")),
+        }
+    }
+
     /// A new worker exited before it was ready: the reload stops.
     pub(super) fn incoming_exited(&mut self, exit: Exit) {
         if let Some(r) = self.reload.as_mut() {
@@ -117,7 +148,8 @@ impl Supervisor {
         let Some(mut r) = self.reload.take() else {
             return;
         };
-        let (seats, ctx, spawner) = self.seats();
+        let (seats, ctx, _) = self.seats();
+        let mut promoted = false;
         if r.failure.is_none() {
             for seat in seats.iter_mut() {
                 if !seat.incoming().is_some_and(|w| w.is_ready()) {
@@ -134,13 +166,20 @@ impl Supervisor {
                         new_pid,
                         generation,
                     });
+                    promoted = true;
                 }
             }
         }
-        let mut starting = seats.iter().filter(|s| s.incoming().is_some()).count();
+        if promoted {
+            // New connections go to the promoted workers' sockets from now on.
+            self.apply_program();
+        }
+        let mut starting = self.seats.iter().filter(|s| s.incoming().is_some()).count();
         while r.failure.is_none() && starting < r.batch {
             let Some(i) = r.queue.pop_front() else { break };
-            match seats[i].start(&ctx, spawner, Role::Incoming) {
+            let own = self.own_socket(i);
+            let (seats, ctx, spawner) = self.seats();
+            match seats[i].start(&ctx, spawner, Role::Incoming, own) {
                 Ok(_) => starting += 1,
                 Err(e) => {
                     r.failure = Some(ReloadFailure {

@@ -16,6 +16,18 @@
 //! Reload ([`super::reload`]) and takeover ([`super::takeover`]) are policies over seats: a reload starts
 //! an incoming worker on a seat and, once it is ready, [`Seat::promote`]s it; a drain asks every worker
 //! of every seat to stop.
+//!
+//! **Generations.** Where old and new workers must not share a socket (a command worker's listener is
+//! one open file description, and `O_NONBLOCK` belongs to it: an exec'd successor that makes fd 3
+//! blocking would block its predecessor's event loop), the incoming worker gets a socket of its own in the
+//! port's group, kept out of the group's program until it is promoted. The old worker then keeps serving
+//! its own socket, out of selection, until that socket's accept queue has stayed empty for
+//! [`EMPTY_GRACE`] — so nothing queued on it, and no request still on its way to it, is cut — and only
+//! then is it asked to stop; its socket closes once it has exited.
+//!
+//! ```text
+//!   ready (serving) ──promoted away, own socket──► emptying ──queue empty for EMPTY_GRACE──► draining
+//! ```
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -24,6 +36,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
+use super::group::Listener;
 use super::kind::{Kind, Spawn, Stop};
 use super::process::describe;
 use super::reaper::ExitWatch;
@@ -40,9 +53,20 @@ pub(super) enum State {
     Starting { killed: bool },
     /// Serving its seat (or, incoming, ready to take it over).
     Ready,
+    /// Replaced by a worker on a socket of its own: still serving its socket, which new connections no
+    /// longer reach, until its queue has stayed empty (since `empty`) for [`EMPTY_GRACE`].
+    Emptying {
+        since: Instant,
+        empty: Option<Instant>,
+    },
     /// Asked to stop (or stopping by itself) since `since`; `killed` once SIGKILL was sent.
     Draining { since: Instant, killed: bool },
 }
+
+/// How long the socket of a worker replaced by one on a socket of its own must have had an empty queue
+/// before that worker is asked to stop: connections whose handshake was under way when new connections
+/// were steered away land in its queue meanwhile, and requests already sent reach the worker.
+pub(super) const EMPTY_GRACE: Duration = Duration::from_millis(250);
 
 /// One worker process as the supervisor sees it.
 pub(super) struct Worker {
@@ -53,6 +77,8 @@ pub(super) struct Worker {
     stop: Option<Stop>,
     /// How it is asked to stop, for the log: `to drain`, `SIGTERM`.
     asked: String,
+    /// Its own socket, when it does not share the seat's (generations): held here until it exits.
+    socket: Option<Listener>,
     /// Its counters' slot in the stats area, given back when it has exited.
     counters: usize,
     /// Wakes the supervisor when it exits; closed (and unregistered) with it.
@@ -68,7 +94,7 @@ impl Worker {
         match self.state {
             State::Starting { .. } => Phase::Starting,
             State::Ready => Phase::Serving,
-            State::Draining { .. } => Phase::Draining,
+            State::Emptying { .. } | State::Draining { .. } => Phase::Draining,
         }
     }
 
@@ -105,6 +131,8 @@ pub(super) struct Exit {
     pub(super) role: Role,
     /// How it ended, for a report: `exited with status 1`, `was killed by SIGKILL`.
     pub(super) status: String,
+    /// Its own socket, to leave the group now that nobody else holds it.
+    pub(super) socket: Option<Listener>,
 }
 
 /// Something a reload must hear about: its incoming worker was not ready in time (and was killed).
@@ -121,11 +149,15 @@ pub(super) struct Ctx<'a> {
     pub(super) ready_timeout: Duration,
     /// The server is draining: exits are stops, never crashes.
     pub(super) draining: bool,
+    /// The longest a replaced worker's socket may take to empty before it is asked to stop anyway.
+    pub(super) drain_timeout: Duration,
 }
 
 /// One listener and the workers on it.
 pub(super) struct Seat {
     pub(super) index: usize,
+    /// The listener new connections of this seat reach (closed once the server drains).
+    listener: Option<Listener>,
     serving: Option<Worker>,
     incoming: Option<Worker>,
     retiring: Vec<Worker>,
@@ -139,9 +171,10 @@ pub(super) struct Seat {
 }
 
 impl Seat {
-    pub(super) fn new(index: usize) -> Seat {
+    pub(super) fn new(index: usize, listener: Listener) -> Seat {
         Seat {
             index,
+            listener: Some(listener),
             serving: None,
             incoming: None,
             retiring: Vec::new(),
@@ -150,6 +183,11 @@ impl Seat {
             restart_at: None,
             last_pid: Pid::from_raw(0),
         }
+    }
+
+    /// The seat's listener (until the server drains).
+    pub(super) fn listener(&self) -> Option<&Listener> {
+        self.listener.as_ref()
     }
 
     /// The serving worker.
@@ -191,16 +229,30 @@ impl Seat {
         self.serving.as_ref().is_some_and(Worker::is_ready)
     }
 
-    /// Starts a worker on this seat: a fresh serving one (first start, restart), or an incoming one.
-    pub(super) fn start(&mut self, ctx: &Ctx<'_>, spawn: Spawner<'_>, role: Role) -> Result<Pid> {
+    /// Starts a worker on this seat: a fresh serving one (first start, restart), or an incoming one —
+    /// on the seat's listener, or on `own` socket (generations).
+    pub(super) fn start(
+        &mut self,
+        ctx: &Ctx<'_>,
+        spawn: Spawner<'_>,
+        role: Role,
+        own: Option<Listener>,
+    ) -> Result<Pid> {
         let i = self.index;
+        let listener = match own.as_ref().or(self.listener.as_ref()) {
+            Some(l) => l.as_raw_fd(),
+            None => {
+                return Err(Error::Control(format!(
+                    "worker {i}: the listener is closed"
+                )))
+            }
+        };
         let counters = ctx.stats.claim(i).ok_or_else(|| {
             Error::Control(format!(
                 "worker {i}: too many workers still finishing their connections on this listener"
             ))
         })?;
         let generation = self.generation + 1;
-        let listener = spawn.server.listeners[i].as_raw_fd();
         let s = Spawn {
             index: i,
             listener,
@@ -228,6 +280,7 @@ impl Seat {
             state: State::Starting { killed: false },
             stop: Some(spawned.stop),
             asked,
+            socket: own,
             counters,
             _exit: ExitWatch::new(spawn.registry, spawn.exits, pid),
         };
@@ -272,16 +325,32 @@ impl Seat {
         true
     }
 
-    /// The incoming worker, ready, now serves; the one it replaces hands the listener over and retires.
-    /// Returns the old worker's pid (0 when none was running).
+    /// The incoming worker, ready, now serves; the one it replaces retires: it hands the listener over
+    /// when they share it, or empties its own (generations). Returns the old worker's pid (0 when none
+    /// was running).
     pub(super) fn promote(&mut self, ctx: &Ctx<'_>) -> Option<(Pid, &Worker)> {
-        let new = self.incoming.take()?;
+        let mut new = self.incoming.take()?;
+        let own = new.socket.take();
         let old = self.serving.replace(new);
         let old_pid = old.as_ref().map_or(Pid::from_raw(0), |w| w.pid);
+        let old_socket = match own {
+            // The seat's listener is the new worker's from now on; the old one keeps its own.
+            Some(own) => self.listener.replace(own),
+            None => None,
+        };
         if let Some(mut old) = old {
-            // The new worker serves this very listener and its queue: a built-in worker lets go of it
-            // at once.
-            old.ask_to_stop(Ask::Handover);
+            match old_socket {
+                Some(socket) => {
+                    old.socket = Some(socket);
+                    old.state = State::Emptying {
+                        since: Instant::now(),
+                        empty: None,
+                    };
+                }
+                // The new worker serves this very listener and its queue: a built-in worker lets go
+                // of it at once.
+                None => old.ask_to_stop(Ask::Handover),
+            }
             self.retiring.push(old);
         }
         self.restart_at = None;
@@ -289,7 +358,8 @@ impl Seat {
         Some((old_pid, self.serving.as_ref()?))
     }
 
-    /// Asks every worker to stop: the serving one as `ask` says, an incoming one to drain. No restarts.
+    /// Asks every worker to stop: the serving one as `ask` says, an incoming one and one still emptying
+    /// its own socket to drain. No restarts. The supervisor's copies of the sockets close.
     pub(super) fn stop(&mut self, ctx: &Ctx<'_>, ask: Ask) {
         if let Some(w) = self.serving.as_mut() {
             w.ask_to_stop(ask);
@@ -298,6 +368,13 @@ impl Seat {
             w.ask_to_stop(Ask::Drain);
             self.retiring.push(w);
         }
+        for w in &mut self.retiring {
+            if matches!(w.state, State::Emptying { .. }) {
+                w.ask_to_stop(Ask::Drain);
+            }
+            w.socket = None;
+        }
+        self.listener = None;
         self.restart_at = None;
         self.publish(ctx);
     }
@@ -342,11 +419,13 @@ impl Seat {
         let said = status.map_or_else(|| "is gone (reaped elsewhere)".to_string(), describe);
         let clean = matches!(status, Some(WaitStatus::Exited(_, 0)));
         let lived = w.started.elapsed();
+        let mut w = w;
         let exit = Exit {
             index: i,
             pid,
             role,
             status: said.clone(),
+            socket: w.socket.take(),
         };
         match role {
             Role::Retiring => {
@@ -424,6 +503,32 @@ impl Seat {
                         });
                     } else {
                         log!("worker {i} (pid {pid}) was not ready within {timeout:?} (no READY=1); killing it");
+                    }
+                }
+                State::Emptying { since, empty } => {
+                    let queued = w
+                        .socket
+                        .as_ref()
+                        .and_then(crate::listener::queue_len)
+                        .unwrap_or(0);
+                    let empty = if queued == 0 {
+                        empty.or(Some(now))
+                    } else {
+                        None
+                    };
+                    w.state = State::Emptying { since, empty };
+                    let emptied =
+                        empty.is_some_and(|t| now.saturating_duration_since(t) >= EMPTY_GRACE);
+                    let overdue = now.saturating_duration_since(since) > ctx.drain_timeout;
+                    if overdue && !emptied {
+                        log!("worker {i} (pid {pid}) still has {queued} connection(s) queued {:?} after it was replaced; asking it to stop anyway", ctx.drain_timeout);
+                    }
+                    if emptied {
+                        log!("worker {i} (pid {pid}): its socket has stayed empty for {EMPTY_GRACE:?} since it was replaced; asking it {}", w.asked);
+                    }
+                    if emptied || overdue {
+                        w.ask_to_stop(Ask::Drain);
+                        changed = true;
                     }
                 }
                 State::Draining {

@@ -1,24 +1,21 @@
 //! Stall detection and steering: the supervisor judges every worker from what it already samples each tick
 //! (its listener's queue length and the worker's `accepted` counter in shared memory), and while some
-//! workers are stalled or overloaded and others keep up, it attaches a cBPF program to the port's group
-//! that hashes new connections onto the healthy listeners only ([`crate::reuseport`]). When they recover it
-//! gives the group back to the kernel's even hash.
+//! workers are stalled or overloaded and others keep up, the group's program ([`super::group`]) hashes new
+//! connections onto the healthy listeners only. When they recover the group goes back to the kernel's even
+//! hash — unless a reload's sockets must be kept out of it, which the program does too.
 //!
 //! A worker is *stalled* when its queue is not empty and it made no progress for `stall_after`: progress is
 //! its `accepted` counter moving, or its queue getting shorter (for workers whose accepts the engine cannot
 //! count), and an empty queue counts as keeping up. It is *overloaded* while its queue holds more than half
 //! the backlog (until it is down to a quarter). Judging costs a few loads and compares per worker per tick.
 //!
-//! The program returns indexes into the group, which follow join order. The supervisor binds every
-//! listener itself, so it knows the order when the group held nothing else at bind time (counted with
-//! `sock_diag`), and a takeover passes the order along with the sockets. Other processes' sockets
-//! in the group (a second server on the port, a plain `listen()` user) would be starved by a program that
-//! knows only ours: while the group holds any, steering stays off and says why once.
+//! Other processes' sockets in the group (a second server on the port, a plain `listen()` user) would be
+//! starved by a program that knows only ours: while the group holds any, steering stays off and says why
+//! once.
 
-use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use super::group::{Group, SockId};
 use super::Supervisor;
 use crate::config::Config;
 use crate::control::{SteeringState, SteeringStatus};
@@ -29,48 +26,6 @@ use crate::stats::Health;
 /// While steering, how often the group is recounted for other processes' sockets (a `sock_diag` dump of
 /// the port's listeners: tens of microseconds).
 const RECOUNT: Duration = Duration::from_secs(1);
-
-/// Each listener's index in the port's group, in `listeners` order; `Err(why)` when it cannot be known.
-///
-/// `adopted` listeners came from a takeover with the old server's `order` for them; the rest were bound
-/// after them. The order holds only if the group held no one else's socket when we bound (a socket that
-/// leaves moves the group's last one into its slot).
-pub(super) fn group_order(
-    addr: SocketAddr,
-    adopted: usize,
-    adopted_order: Option<&[u32]>,
-    total: usize,
-) -> Result<Vec<u32>, String> {
-    let members = reuseport::listening_on(addr)
-        .map_err(|e| format!("the port's group cannot be counted ({e})"))?;
-    if members != total {
-        return Err(format!(
-            "the port's group held {} socket(s) besides this server's {total} when it bound, so which \
-             listener the kernel numbers which is unknown",
-            members.saturating_sub(total)
-        ));
-    }
-    let mut order = match adopted_order {
-        _ if adopted == 0 => Vec::new(),
-        Some(o) if is_permutation(o, adopted) => o.to_vec(),
-        _ => {
-            return Err(
-                "the adopted sockets came without their order in the group (an older server)"
-                    .into(),
-            )
-        }
-    };
-    order.extend(adopted as u32..total as u32);
-    Ok(order)
-}
-
-fn is_permutation(order: &[u32], n: usize) -> bool {
-    let mut seen = vec![false; n];
-    order.len() == n
-        && order
-            .iter()
-            .all(|&i| (i as usize) < n && !std::mem::replace(&mut seen[i as usize], true))
-}
 
 /// What the supervisor knows about one worker slot.
 struct Watch {
@@ -129,81 +84,42 @@ pub(super) struct Steering {
     /// Queue lengths at which a worker becomes, and stops being, overloaded.
     overload_at: u64,
     calm_at: u64,
-    /// See [`group_order`].
-    order: Result<Vec<u32>, String>,
-    v6: bool,
     watch: Vec<Watch>,
-    /// The workers the group's program sends new connections to (empty: the kernel's hash); `None` when
-    /// unknown (another server may have changed it during a hand-over).
-    applied: Option<Vec<usize>>,
+    /// The workers new connections are steered to, away from the others (empty: not steering).
+    to: Vec<usize>,
     active_since: Option<Instant>,
     /// Other processes' sockets in the group at the last count, and when that was.
     others: usize,
     counted_at: Option<Instant>,
     /// Why steering cannot work, once it could not (logged once).
     blocked: Option<String>,
-    /// The migrate program (`--migrate` with eBPF): "even hashing" means this program, not none, and steering
-    /// replaces it for as long as it lasts (the group has one program).
-    migrate: Option<OwnedFd>,
 }
 
 impl Steering {
-    pub(super) fn new(
-        config: &Config,
-        addr: SocketAddr,
-        order: Result<Vec<u32>, String>,
-        migrate: Option<OwnedFd>,
-        adopted: bool,
-    ) -> Steering {
+    pub(super) fn new(config: &Config, workers: usize) -> Steering {
         let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(4096);
         let backlog = u64::from(config.backlog).min(somaxconn).max(2);
         let now = Instant::now();
-        let n = order.as_ref().map_or(config.workers, Vec::len);
-        // A group we adopted may still carry our predecessor's program: unknown, so the first tick resets it.
-        // A group we founded has none (or our migrate program); one others founded is theirs to set.
-        let applied = if adopted && order.is_ok() {
-            None
-        } else {
-            Some(Vec::new())
-        };
         Steering {
             enabled: config.steering,
             stall_after: config.stall_after,
             restart_after: config.stall_restart_after,
             overload_at: backlog / 2,
             calm_at: backlog / 4,
-            order,
-            v6: addr.is_ipv6(),
-            watch: (0..n).map(|_| Watch::new(0, 0, 0, now)).collect(),
-            applied,
+            watch: (0..workers).map(|_| Watch::new(0, 0, 0, now)).collect(),
+            to: Vec::new(),
             active_since: None,
             others: 0,
             counted_at: None,
             blocked: None,
-            migrate,
         }
     }
 
-    /// Whether the group migrates closing listeners' queues by our eBPF program.
-    pub(super) fn migrates(&self) -> bool {
-        self.migrate.is_some()
-    }
-
-    /// The group index of each listener, for a successor; `None` when unknown.
-    pub(super) fn order(&self) -> Option<Vec<u32>> {
-        self.order.as_ref().ok().cloned()
-    }
-
-    /// The group's program is unknown from now (a successor holds our sockets): re-apply ours later.
-    pub(super) fn forget_program(&mut self) {
-        self.applied = None;
-        self.active_since = None;
-    }
-
-    pub(super) fn status(&self) -> SteeringStatus {
+    /// What `status` says of steering in `group`.
+    pub(super) fn status(&self, group: &Group) -> SteeringStatus {
         let off = |note: String| SteeringStatus {
             state: SteeringState::Off,
             to: Vec::new(),
@@ -215,23 +131,20 @@ impl Steering {
                 .clone()
                 .unwrap_or_else(|| "turned off (steering = false)".into()));
         }
-        if let Err(why) = &self.order {
-            return off(why.clone());
+        if let Err(why) = group.known() {
+            return off(why.to_string());
         }
         if self.others > 0 {
             return off(others_note(self.others));
         }
-        match &self.applied {
-            Some(to) if !to.is_empty() => SteeringStatus {
-                state: SteeringState::Active,
-                to: to.clone(),
-                note: None,
+        SteeringStatus {
+            state: if self.to.is_empty() {
+                SteeringState::Idle
+            } else {
+                SteeringState::Active
             },
-            _ => SteeringStatus {
-                state: SteeringState::Idle,
-                to: Vec::new(),
-                note: None,
-            },
+            to: self.to.clone(),
+            note: None,
         }
     }
 
@@ -317,23 +230,66 @@ fn list(workers: &[usize]) -> String {
 }
 
 impl Supervisor {
-    /// Samples every listener's queue, judges every worker from it, replaces one
-    /// stalled past `stall_restart_after`, and points the group's program at the healthy listeners.
+    /// Samples every listener's queue, judges every worker from it, replaces one stalled past
+    /// `stall_restart_after`, and has the group's program send new connections to the serving sockets of
+    /// the healthy workers — and never to a reload's sockets that must not get any.
     pub(super) fn steer(&mut self) {
-        if self.draining.is_some() || self.server.listeners.is_empty() {
+        if self.draining.is_some() {
             return;
         }
         self.sample_queues();
-        if let Some(why) = self.server.kind.unsteerable() {
-            self.server.steering.block(why.to_string());
+        let now = Instant::now();
+        let n = self.seats.len().min(self.server.steering.watch.len());
+        let to = match self.server.kind.unsteerable() {
+            Some(why) => {
+                self.server.steering.block(why.to_string());
+                Vec::new()
+            }
+            None => self.judge_all(n, now),
+        };
+        if self.successor.is_some() {
+            // The new server decides the group's program once it runs; ours is stale from now.
+            self.server.group.forget_program();
             return;
         }
-        let now = Instant::now();
-        let n = self
-            .server
-            .listeners
-            .len()
-            .min(self.server.steering.watch.len());
+        let to = self.check_group(to, now);
+        self.announce(&to, now);
+        self.apply_program();
+    }
+
+    /// Points the group's program at the listeners of the workers steered to (all seats' listeners when
+    /// not steering); detaches it (the kernel's hash) when those are every member of the group — not so
+    /// while a reload's sockets are in it.
+    pub(super) fn apply_program(&mut self) {
+        if self.successor.is_some() {
+            return;
+        }
+        let to = &self.server.steering.to;
+        let want: Vec<SockId> = self
+            .seats
+            .iter()
+            .filter(|s| to.is_empty() || to.contains(&s.index))
+            .filter_map(|s| s.listener().map(|l| l.id))
+            .collect();
+        let Some(any) = self.seats.iter().find_map(|s| s.listener()) else {
+            return;
+        };
+        let group = &mut self.server.group;
+        let want = if group.members() == Some(want.len()) || group.known().is_err() {
+            Vec::new()
+        } else {
+            want
+        };
+        if let Err(e) = group.select(any, &want) {
+            let why = format!("the reuseport program could not be changed ({e})");
+            self.server.steering.block(why.clone());
+            self.server.steering.enabled = false;
+            self.server.group.forget_order(why);
+        }
+    }
+
+    /// Judges each worker; returns the healthy ones when some are not (else none: nothing to steer).
+    fn judge_all(&mut self, n: usize, now: Instant) -> Vec<usize> {
         let mut healthy = Vec::with_capacity(n);
         for i in 0..n {
             let record = self.server.stats.seat(i);
@@ -358,94 +314,67 @@ impl Supervisor {
                 w.kill();
             }
         }
-        if self.successor.is_some() {
-            // The new server decides the group's program once it runs; ours is stale from now.
-            self.server.steering.forget_program();
-            return;
+        if healthy.len() == n || !self.server.steering.enabled {
+            healthy.clear();
         }
-        let mut want = if healthy.is_empty() || healthy.len() == n {
-            Vec::new()
-        } else {
-            healthy
-        };
-        if !want.is_empty() && !self.server.steering.enabled {
-            want.clear();
-        }
-        if !want.is_empty() {
-            if let Err(why) = &self.server.steering.order {
-                let why = why.clone();
-                self.server.steering.block(why);
-                want.clear();
-            }
-        }
-        if !want.is_empty() {
-            let s = &mut self.server.steering;
-            let stale = s
-                .counted_at
-                .is_none_or(|t| now.duration_since(t) >= RECOUNT);
-            if stale || s.applied.as_ref() != Some(&want) {
-                s.counted_at = Some(now);
-                match reuseport::listening_on(self.server.addr) {
-                    Ok(members) => s.others = members.saturating_sub(n),
-                    Err(e) => {
-                        s.block(format!("the port's group cannot be counted ({e})"));
-                        s.enabled = false;
-                    }
-                }
-                if s.others > 0 {
-                    let note = others_note(s.others);
-                    s.block(note);
-                }
-            }
-            if s.others > 0 || !s.enabled {
-                want.clear();
-            }
-        }
-        if self.server.steering.applied.as_ref() != Some(&want) {
-            self.apply(want, now);
-        }
+        healthy
     }
 
-    /// Attaches the program for `want` (empty: the kernel's hash) and logs the change.
-    fn apply(&mut self, want: Vec<usize>, now: Instant) {
+    /// Steering needs the group's order, and a group of ours alone: recounted while steering (once a
+    /// `RECOUNT`). Returns `to`, or nothing when steering cannot work.
+    fn check_group(&mut self, to: Vec<usize>, now: Instant) -> Vec<usize> {
+        if to.is_empty() {
+            return to;
+        }
+        if let Err(why) = self.server.group.known() {
+            let why = why.to_string();
+            self.server.steering.block(why);
+            return Vec::new();
+        }
         let s = &mut self.server.steering;
-        let listener = &self.server.listeners[0];
-        let result = match &s.order {
-            Ok(order) if !want.is_empty() => {
-                let targets: Vec<u32> = want.iter().map(|&i| order[i]).collect();
-                reuseport::attach(listener, &reuseport::steer_to(&targets, s.v6))
+        let stale = s
+            .counted_at
+            .is_none_or(|t| now.duration_since(t) >= RECOUNT);
+        if stale || s.to != to {
+            s.counted_at = Some(now);
+            let ours = self.server.group.members().unwrap_or(0);
+            match reuseport::listening_on(self.server.addr) {
+                Ok(members) => s.others = members.saturating_sub(ours),
+                Err(e) => {
+                    s.block(format!("the port's group cannot be counted ({e})"));
+                    s.enabled = false;
+                }
             }
-            _ => match &s.migrate {
-                Some(prog) => reuseport::attach_ebpf(listener, prog),
-                None => reuseport::restore_even(listener),
-            },
-        };
-        if let Err(e) = result {
-            s.block(format!("the reuseport program could not be changed ({e})"));
-            s.enabled = false;
-            if !want.is_empty() {
-                reuseport::restore_even(listener).ok();
+            if s.others > 0 {
+                let note = others_note(s.others);
+                s.block(note);
             }
-            s.applied = Some(Vec::new());
+        }
+        if s.others > 0 || !s.enabled {
+            return Vec::new();
+        }
+        to
+    }
+
+    /// Logs when steering starts, changes or ends.
+    fn announce(&mut self, to: &[usize], now: Instant) {
+        let s = &mut self.server.steering;
+        if s.to == to {
             return;
         }
-        let before = s.applied.replace(want.clone());
-        let was_active = before.as_ref().is_some_and(|b| !b.is_empty());
-        match (was_active, want.is_empty()) {
-            (false, false) => {
+        let before = std::mem::replace(&mut s.to, to.to_vec());
+        match (before.is_empty(), to.is_empty()) {
+            (true, false) => {
                 s.active_since = Some(now);
-                let away: Vec<usize> = (0..s.watch.len()).filter(|i| !want.contains(i)).collect();
+                let away: Vec<usize> = (0..s.watch.len()).filter(|i| !to.contains(i)).collect();
                 log!(
                     "steering started: new connections go to worker(s) {} only, away from worker(s) {}",
-                    list(&want),
+                    list(to),
                     list(&away)
                 );
             }
-            (true, false) => log!(
-                "steering: new connections now go to worker(s) {}",
-                list(&want)
-            ),
-            (true, true) => {
+            (false, false) => log!("steering: new connections now go to worker(s) {}", list(to)),
+            (false, true) => {
                 let lasted = s
                     .active_since
                     .take()
@@ -455,7 +384,7 @@ impl Supervisor {
                     lasted.unwrap_or_default()
                 );
             }
-            (false, true) => {}
+            (true, true) => {}
         }
     }
 }
@@ -479,13 +408,7 @@ mod tests {
             stall_after: Duration::from_millis(stall_after_ms),
             ..Config::default()
         };
-        Steering::new(
-            &config,
-            "127.0.0.1:1".parse().unwrap(),
-            Ok(vec![0, 1]),
-            None,
-            false,
-        )
+        Steering::new(&config, 2)
     }
 
     #[test]
@@ -548,29 +471,5 @@ mod tests {
             .due_for_restart(0, t + Duration::from_millis(1300))
             .is_some());
         assert_eq!(s.due_for_restart(0, t + Duration::from_millis(1400)), None);
-    }
-
-    #[test]
-    fn an_adopted_order_must_be_a_permutation() {
-        assert!(is_permutation(&[1, 0, 2], 3));
-        assert!(!is_permutation(&[1, 1, 2], 3));
-        assert!(!is_permutation(&[0, 1], 3));
-        assert!(!is_permutation(&[0, 3, 1], 3));
-    }
-
-    #[test]
-    fn the_order_is_known_only_when_the_group_was_ours_alone() {
-        let a = crate::listener::bind("127.0.0.1:0".parse().unwrap(), 16, true).unwrap();
-        let addr = a.local_addr().unwrap();
-        let b = crate::listener::bind(addr, 16, true).unwrap();
-        assert_eq!(group_order(addr, 0, None, 2), Ok(vec![0, 1]));
-        assert_eq!(group_order(addr, 1, Some(&[0]), 2), Ok(vec![0, 1]));
-        let why = group_order(addr, 1, None, 2).unwrap_err();
-        assert!(why.contains("without their order"), "{why}");
-        // A third socket we did not bind.
-        let c = crate::listener::bind(addr, 16, true).unwrap();
-        let why = group_order(addr, 0, None, 2).unwrap_err();
-        assert!(why.contains("held 1 socket(s) besides"), "{why}");
-        drop((a, b, c));
     }
 }

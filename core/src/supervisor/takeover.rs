@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use mio::Interest;
 
-use super::{StopReason, Supervisor, READY_TIMEOUT, SUCCESSOR};
+use super::{group, StopReason, Supervisor, READY_TIMEOUT, SUCCESSOR};
 use crate::control::{self, Client, ConnId, Offer, Request};
 use crate::error::{Error, Result};
 use crate::log::log;
@@ -260,18 +260,15 @@ impl Supervisor {
         let Some(mut stream) = control.take(self.server.poll.registry(), id) else {
             return;
         };
-        let fds: Vec<RawFd> = self
-            .server
-            .listeners
-            .iter()
-            .map(|l| l.as_raw_fd())
-            .collect();
+        let listeners: Vec<&group::Listener> =
+            self.seats.iter().filter_map(|s| s.listener()).collect();
+        let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
         let offer = Offer {
             pid: std::process::id(),
             runtime: self.server.config.runtime.clone(),
             addr: mine,
             sockets: fds.len(),
-            order: self.server.steering.order(),
+            order: self.server.group.numbers(&listeners),
         };
         if let Err(e) = control::send_offer(&stream, &offer, &fds) {
             log!("takeover aborted: could not send the listening sockets ({e}); still serving");
