@@ -124,7 +124,7 @@ mod worker;
 
 pub use config::{
     default_workers, parse_duration, parse_signal, Config, Mode, Ready, Signal, MAX_DURATION,
-    MAX_WORKERS,
+    MAX_WORKERS, SETTINGS,
 };
 pub use control::{
     control_dir, reload, status, stop, ReloadFailure, ReloadReport, Replaced, ServerStatus,
@@ -137,7 +137,7 @@ pub use lifecycle::{Phase, Report, StopReason};
 pub use listener::{listen, resolve};
 pub use log::set_quiet;
 pub use server::{Handle, Running, Server};
-pub use settings::{setting, Host, Kind, Setting, Value, SETTINGS};
+pub use settings::{setting, Host, Kind, Setting, Value};
 pub use stats::{Health, WorkerKind, WorkerStats};
 
 /// The version shared by the crate, the CLI, the Python package and the Ruby gem.
