@@ -7,6 +7,7 @@ use std::time::Duration;
 pub use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
+use crate::settings::{settings, Setting, Value};
 
 /// What a worker does with each accepted connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -21,6 +22,9 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every mode's name, as [`Mode::as_str`] gives it.
+    pub const NAMES: &'static [&'static str] = &["echo", "once", "hello"];
+
     /// The mode's name as the CLI, Python and Ruby spell it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -65,6 +69,9 @@ pub enum Ready {
 }
 
 impl Ready {
+    /// Every word, as [`Ready::as_str`] gives it.
+    pub const NAMES: &'static [&'static str] = &["delay", "notify"];
+
     /// The word the CLI, Python and Ruby use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -105,139 +112,128 @@ pub fn parse_signal(s: &str) -> std::result::Result<Signal, String> {
         .map_err(|_| format!("{s:?} is not a signal name (try TERM, QUIT, INT, USR1)"))
 }
 
-/// How a server binds, runs and stops.
-///
-/// Build one with struct-update syntax and pass it to [`Server::bind`](crate::Server::bind):
-///
-/// ```
-/// let config = port_sharding::Config { port: 0, workers: 2, ..Default::default() };
-/// assert_eq!(config.backlog, 1024);
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    /// Address to bind: an IPv4 or IPv6 literal, or `localhost`. IPv6 listeners set `IPV6_V6ONLY`.
+settings! {
+    /// How a server binds, runs and stops.
     ///
-    /// Default value: `"0.0.0.0"`.
-    pub host: String,
-    /// TCP port; 0 asks the kernel for a free one ([`Server::port`](crate::Server::port) tells which).
+    /// Build one with struct-update syntax and pass it to [`Server::bind`](crate::Server::bind):
     ///
-    /// Default value: `1234`.
-    pub port: u16,
-    /// Number of worker processes, each with its own listener in the port's reuseport group.
+    /// ```
+    /// let config = port_sharding::Config { port: 0, workers: 2, ..Default::default() };
+    /// assert_eq!(config.backlog, 1024);
+    /// ```
     ///
-    /// Default value: the number of CPUs this process may run on.
-    pub workers: usize,
-    /// What workers do with a connection.
-    ///
-    /// Default value: [`Mode::Echo`].
-    pub mode: Mode,
-    /// Accept-queue length asked of `listen(2)` (the kernel caps it at `net.core.somaxconn`).
-    ///
-    /// Default value: `1024`.
-    pub backlog: u32,
-    /// How long a drain may take before the connections still open are closed.
-    ///
-    /// Default value: 30 seconds.
-    pub drain_timeout: Duration,
-    /// Open connections per worker; at the limit a worker stops accepting until one closes.
-    ///
-    /// Default value: `10_000`.
-    pub max_connections: usize,
-    /// Close a connection after this long without traffic; `None` never does.
-    ///
-    /// Default value: `None`.
-    pub idle_timeout: Option<Duration>,
-    /// Run this program as every worker instead of a built-in one (empty: built-in workers, see `mode`).
-    /// Each worker gets its own listener as fd 3 and the systemd socket-activation environment
-    /// (`LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`), plus `NOTIFY_SOCKET`, `PORT_SHARDING_WORKER`
-    /// and `PORT_SHARDING_PORT`.
-    ///
-    /// Default value: empty.
-    pub command: Vec<String>,
-    /// When a command worker is ready: after `ready_delay` alive or at `READY=1` ([`Ready::Delay`]), or only
-    /// at `READY=1` ([`Ready::Notify`]).
-    ///
-    /// Default value: [`Ready::Delay`].
-    pub ready: Ready,
-    /// How long a command worker that sends no `READY=1` must stay alive to count as ready.
-    ///
-    /// Default value: 1 second.
-    pub ready_delay: Duration,
-    /// The longest a new worker may take to be ready (`READY=1` under [`Ready::Notify`], any worker during a
-    /// reload) before its start counts as failed.
-    ///
-    /// Default value: 30 seconds.
-    pub ready_timeout: Duration,
-    /// The signal that asks a command worker to stop gracefully (TERM for gunicorn and Puma); SIGKILL
-    /// follows when it has not exited after `drain_timeout`.
-    ///
-    /// Default value: `SIGTERM`.
-    pub stop_signal: Signal,
-    /// Who hosts the engine: `rust`, `python` or `ruby`. Named in `hello` replies, logs and `status`.
-    ///
-    /// Default value: `"rust"`.
-    pub runtime: String,
-    /// Adopt the listening sockets of the server already running on host:port (a rolling upgrade);
-    /// with none running, start normally.
-    ///
-    /// Default value: `false`.
-    pub takeover: bool,
-    /// Make closing a listener move its queued connections to the rest of the group instead of resetting
-    /// them: a `SELECT_OR_MIGRATE` eBPF program on this server's group where permitted (`CAP_BPF`), else
-    /// `net.ipv4.tcp_migrate_req=1` for the whole network namespace (`CAP_NET_ADMIN`). Needs privilege.
-    ///
-    /// Default value: `false`.
-    pub migrate: bool,
-    /// Steer new connections away from stalled or overloaded workers while others are healthy (a classic
-    /// BPF program on the port's reuseport group); off, or where the group also holds other processes'
-    /// sockets, the kernel's even hashing decides alone.
-    ///
-    /// Default value: `true`.
-    pub steering: bool,
-    /// A worker with connections queued that accepts none for this long is *stalled*.
-    ///
-    /// Default value: 100 ms.
-    pub stall_after: Duration,
-    /// Replace (SIGKILL, then fork anew on the same listener) a worker stalled this long; `None` never does.
-    ///
-    /// Default value: `None`.
-    pub stall_restart_after: Option<Duration>,
-    /// Install SIGINT/SIGTERM handlers while [`Server::run`](crate::Server::run) runs (only on the main
-    /// thread); the previous handlers are restored when it returns.
-    ///
-    /// Default value: `true`.
-    pub handle_signals: bool,
-    /// Open a control socket so `status`, `stop` and `takeover` can reach this server.
-    ///
-    /// Default value: `true`.
-    pub control: bool,
-}
+    /// Each setting is declared once, below: its field, doc, default, [`SETTINGS`] row (the CLI's flag and
+    /// help, the bindings' keywords) and conversion. [`Config::validate`] checks the ranges.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Config {
+        /// Address to bind: an IPv4 or IPv6 literal, or `localhost`. IPv6 listeners set `IPV6_V6ONLY`.
+        host: String = "0.0.0.0".to_string(),
+            shown "0.0.0.0", value "HOST",
+            help "Address to bind: an IPv4 or IPv6 literal, or localhost";
+        /// TCP port; 0 asks the kernel for a free one ([`Server::port`](crate::Server::port) tells which).
+        port: u16 = 1234,
+            shown "1234", short 'p', value "PORT",
+            help "Port to bind; 0 picks a free one";
+        /// Number of worker processes, each with its own listener in the port's reuseport group (at most
+        /// [`MAX_WORKERS`]). The default honours `taskset` and cgroup CPU sets.
+        workers: usize = default_workers(),
+            shown "number of CPUs", short 'w', value "N",
+            help "Worker processes, each with its own listener";
+        /// What workers do with a connection ([`Mode`]).
+        mode: Mode = Mode::Echo,
+            shown "echo", short 'm', value "MODE",
+            help "What workers do with a connection: echo, once (one read, echo, close) or hello";
+        /// Accept-queue length asked of `listen(2)` (the kernel caps it at `net.core.somaxconn`).
+        backlog: u32 = 1024,
+            shown "1024", value "N",
+            help "listen(2) backlog per listener";
+        /// How long a drain may take before the connections still open are closed.
+        drain_timeout: Duration = Duration::from_secs(30),
+            shown "30s", value "DURATION",
+            help "Longest a drain may take before open connections are closed";
+        /// Open connections per worker; at the limit a worker stops accepting until one closes.
+        max_connections: usize = 10_000,
+            shown "10000", value "N",
+            help "Open connections per worker; at the limit it stops accepting until one closes";
+        /// Close a connection after this long without traffic; `None` never does.
+        idle_timeout: Option<Duration> = None,
+            shown "off", value "DURATION",
+            help "Close connections idle this long";
+        /// Run this program as every worker instead of a built-in one (empty: built-in workers, see `mode`).
+        /// Each worker gets its own listener as fd 3 and the systemd socket-activation environment
+        /// (`LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`), plus `NOTIFY_SOCKET`, `PORT_SHARDING_WORKER`
+        /// and `PORT_SHARDING_PORT`.
+        command: Vec<String> = Vec::new(),
+            shown "none: built-in workers", value "CMD",
+            help "Run this program as every worker (on the CLI: after --): its own listener as fd 3, with \
+                  LISTEN_FDS=1, LISTEN_PID, NOTIFY_SOCKET, PORT_SHARDING_WORKER and PORT_SHARDING_PORT";
+        /// When a command worker is ready: after `ready_delay` alive or at `READY=1` ([`Ready::Delay`]), or
+        /// only at `READY=1` ([`Ready::Notify`]).
+        ready: Ready = Ready::Delay,
+            shown "delay", value "WHEN",
+            help "When a command worker is ready: delay (READY=1, or after --ready-delay alive) or notify \
+                  (only READY=1 on NOTIFY_SOCKET, within --ready-timeout)";
+        /// How long a command worker that sends no `READY=1` must stay alive to count as ready.
+        ready_delay: Duration = Duration::from_secs(1),
+            shown "1s", value "DURATION",
+            help "A command worker that sends no READY=1 is ready after this long alive";
+        /// The longest a new worker may take to be ready (`READY=1` under [`Ready::Notify`], any worker
+        /// during a reload) before its start counts as failed.
+        ready_timeout: Duration = Duration::from_secs(30),
+            shown "30s", value "DURATION",
+            help "Longest a new worker may take to be ready (READY=1 with --ready notify; any worker during a \
+                  reload) before its start counts as failed";
+        /// The signal that asks a command worker to stop gracefully (TERM for gunicorn and Puma); SIGKILL
+        /// follows when it has not exited after `drain_timeout`.
+        stop_signal: Signal = Signal::SIGTERM,
+            shown "TERM", value "SIGNAL",
+            help "Signal that stops a command worker gracefully; SIGKILL follows after --drain-timeout";
+        /// Adopt the listening sockets of the server already running on host:port (a rolling upgrade);
+        /// with none running, start normally.
+        takeover: bool = false,
+            shown "off", value "",
+            help "Rolling upgrade: adopt the listening sockets of the server running on host:port; it drains once \
+                  this one is ready (with none running, start normally)";
+        /// Make closing a listener move its queued connections to the rest of the group instead of
+        /// resetting them: a `SELECT_OR_MIGRATE` eBPF program on this server's group where permitted
+        /// (`CAP_BPF`), else `net.ipv4.tcp_migrate_req=1` for the whole network namespace
+        /// (`CAP_NET_ADMIN`). Needs privilege.
+        migrate: bool = false,
+            shown "off", value "",
+            help "Closing a listener moves its queue to the others instead of resetting it: a reuseport eBPF \
+                  program on this server's group where permitted (CAP_BPF), else net.ipv4.tcp_migrate_req=1 \
+                  (CAP_NET_ADMIN)";
+        /// Steer new connections away from stalled or overloaded workers while others are healthy (a
+        /// classic BPF program on the port's reuseport group); off, or where the group also holds other
+        /// processes' sockets, the kernel's even hashing decides alone.
+        steering: bool = true,
+            shown "on", value "",
+            help "Steer new connections away from stalled or overloaded workers while others are healthy \
+                  (a cBPF program on the port's group; off where other processes share the port)";
+        /// A worker with connections queued that accepts none for this long is *stalled*.
+        stall_after: Duration = Duration::from_millis(100),
+            shown "100ms", value "DURATION",
+            help "A worker with connections queued that accepts none for this long is stalled";
+        /// Replace (SIGKILL, then fork anew on the same listener) a worker stalled this long; `None` never
+        /// does.
+        stall_restart_after: Option<Duration> = None,
+            shown "off", value "DURATION",
+            help "Replace a worker stalled this long (SIGKILL; a new one serves its queue)";
 
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            host: "0.0.0.0".to_string(),
-            port: 1234,
-            workers: default_workers(),
-            mode: Mode::Echo,
-            backlog: 1024,
-            drain_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
-            idle_timeout: None,
-            command: Vec::new(),
-            ready: Ready::Delay,
-            ready_delay: Duration::from_secs(1),
-            ready_timeout: Duration::from_secs(30),
-            stop_signal: Signal::SIGTERM,
-            runtime: "rust".to_string(),
-            takeover: false,
-            migrate: false,
-            steering: true,
-            stall_after: Duration::from_millis(100),
-            stall_restart_after: None,
-            handle_signals: true,
-            control: true,
-        }
+        decided by the host:
+        /// Who hosts the engine: `rust`, `python` or `ruby`. Named in `hello` replies, logs and `status`.
+        ///
+        /// Default value: `"rust"`.
+        runtime: String = "rust".to_string();
+        /// Install SIGINT/SIGTERM handlers while [`Server::run`](crate::Server::run) runs (only on the
+        /// main thread); the previous handlers are restored when it returns.
+        ///
+        /// Default value: `true`.
+        handle_signals: bool = true;
+        /// Open a control socket so `status`, `stop` and `takeover` can reach this server.
+        ///
+        /// Default value: `true`.
+        control: bool = true;
     }
 }
 
@@ -259,20 +255,35 @@ impl Config {
     /// it with [`Error::spelled`]).
     pub fn validate(&self) -> Result<()> {
         let bad = |name: &'static str, reason: String| Err(Error::invalid(name, reason));
-        if self.workers == 0 || self.workers > MAX_WORKERS {
-            return bad(
-                "workers",
-                format!("must be between 1 and {MAX_WORKERS}, got {}", self.workers),
-            );
+        for (name, n, least, most) in [
+            ("workers", self.workers as u64, 1, MAX_WORKERS as u64),
+            ("backlog", self.backlog.into(), 1, i32::MAX as u64),
+            ("max_connections", self.max_connections as u64, 1, u64::MAX),
+        ] {
+            if n < least {
+                return bad(name, format!("must be at least {least}, got {n}"));
+            }
+            if n > most {
+                return bad(name, format!("must be at most {most}, got {n}"));
+            }
         }
-        if self.backlog == 0 || self.backlog > i32::MAX as u32 {
-            return bad(
-                "backlog",
-                format!("must be between 1 and {}, got {}", i32::MAX, self.backlog),
-            );
-        }
-        if self.max_connections == 0 {
-            return bad("max_connections", "must be at least 1, got 0".to_string());
+        for (name, t) in [
+            ("drain_timeout", Some(self.drain_timeout)),
+            ("idle_timeout", self.idle_timeout),
+            ("ready_delay", Some(self.ready_delay)),
+            ("ready_timeout", Some(self.ready_timeout)),
+            ("stall_after", Some(self.stall_after)),
+            ("stall_restart_after", self.stall_restart_after),
+        ] {
+            match t {
+                Some(t) if t.is_zero() => {
+                    return bad(name, "must be more than 0 seconds".to_string())
+                }
+                Some(t) if t > MAX_DURATION => {
+                    return bad(name, format!("must be at most one year, got {t:?}"))
+                }
+                _ => {}
+            }
         }
         if let Some(first) = self.command.first() {
             if first.is_empty() {
@@ -299,24 +310,6 @@ impl Config {
                     self.stop_signal
                 ),
             );
-        }
-        for (name, t) in [
-            ("drain_timeout", Some(self.drain_timeout)),
-            ("idle_timeout", self.idle_timeout),
-            ("ready_delay", Some(self.ready_delay)),
-            ("ready_timeout", Some(self.ready_timeout)),
-            ("stall_after", Some(self.stall_after)),
-            ("stall_restart_after", self.stall_restart_after),
-        ] {
-            match t {
-                Some(t) if t.is_zero() => {
-                    return bad(name, "must be more than 0 seconds".to_string())
-                }
-                Some(t) if t > MAX_DURATION => {
-                    return bad(name, format!("must be at most one year, got {t:?}"))
-                }
-                _ => {}
-            }
         }
         if !matches!(self.runtime.as_str(), "rust" | "python" | "ruby") {
             return bad(

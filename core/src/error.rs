@@ -77,6 +77,10 @@ pub enum Error {
     /// The control socket answered something unexpected.
     #[error("control socket: {0}")]
     Control(String),
+    /// A server was asked for something its state does not allow: started twice, waited for before it
+    /// started. Python: `InvalidStateError` (a `RuntimeError`); Ruby: `InvalidStateError`.
+    #[error("{0}")]
+    InvalidState(String),
     /// A bug: the engine panicked. Caught before it could cross into a host interpreter.
     #[error("internal error in the port-sharding engine (please report it): {0}")]
     Internal(String),
@@ -221,6 +225,7 @@ impl Clone for Error {
             },
             Error::Takeover(m) => Error::Takeover(m.clone()),
             Error::Control(m) => Error::Control(m.clone()),
+            Error::InvalidState(m) => Error::InvalidState(m.clone()),
             Error::Internal(m) => Error::Internal(m.clone()),
             Error::Io { context, source } => Error::Io {
                 context: context.clone(),

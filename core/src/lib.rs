@@ -14,18 +14,22 @@
 //! # Ok::<(), port_sharding::Error>(())
 //! ```
 //!
-//! From another thread, stop it with a [`Handle`]:
+//! Or in the background: [`Server::start`] runs it on a thread of its own and returns once every worker
+//! serves; [`Server::stop`] drains it and returns the same [`Report`] that `run` would have (any thread may
+//! [`Server::wait`] for it, too). A [`Handle`] stops it or reads its stats from anywhere.
 //!
 //! ```
-//! use port_sharding::{Config, Server};
+//! use std::time::Duration;
+//! use port_sharding::{Config, Server, StopReason};
 //! let server = Server::bind(Config { host: "127.0.0.1".into(), port: 0, workers: 1, ..Default::default() })?;
-//! let handle = server.handle();
-//! let t = std::thread::spawn(move || server.run());
-//! handle.wait_ready(Some(std::time::Duration::from_secs(10)));
-//! handle.shutdown();
-//! t.join().unwrap()?;
+//! server.start(Some(Duration::from_secs(10)))?;
+//! let report = server.stop(None)?.expect("no time limit was given");
+//! assert_eq!((report.reason, report.forced), (StopReason::Shutdown, false));
 //! # Ok::<(), port_sharding::Error>(())
 //! ```
+//!
+//! The Python and Ruby bindings drive this same lifecycle; they pass a callback that runs between slices
+//! of every wait ([`Server::wait_with`]) to take their interpreter's lock back and check for signals.
 //!
 //! # Process model
 //!
@@ -126,7 +130,7 @@ mod worker;
 
 pub use config::{
     default_workers, parse_duration, parse_signal, Config, Mode, Ready, Signal, MAX_DURATION,
-    MAX_WORKERS,
+    MAX_WORKERS, SETTINGS,
 };
 pub use control::{
     control_dir, reload, status, stop, ReloadFailure, ReloadReport, Replaced, ServerStatus,
@@ -139,8 +143,8 @@ pub use function::{Accept, FunctionHost, WorkerListener};
 pub use lifecycle::{Phase, Report, StopReason};
 pub use listener::{listen, resolve};
 pub use log::set_quiet;
-pub use server::{Handle, Running, Server};
-pub use settings::{setting, Host, Kind, Setting, Value, SETTINGS};
+pub use server::{Handle, Job, Server, SLICE};
+pub use settings::{setting, Host, Kind, Setting, Value};
 pub use stats::{Health, Role, WorkerKind, WorkerProcess, WorkerStats};
 
 /// The version shared by the crate, the CLI, the Python package and the Ruby gem.

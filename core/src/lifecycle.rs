@@ -129,6 +129,16 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a server stopped before it ran: a shutdown that served nothing.
+    pub fn unstarted() -> Report {
+        Report {
+            reason: StopReason::Shutdown,
+            forced: false,
+            served: 0,
+            drain: Duration::ZERO,
+        }
+    }
+
     /// The exit status a command line reports for this run: 1 when the drain was cut short, 130 after
     /// Ctrl-C (as shells report a SIGINT death), otherwise 0.
     pub fn exit_code(&self) -> u8 {

@@ -2,12 +2,14 @@
 //! field. The CLI, Python and Ruby hand over only what the caller gave (name → [`Value`]); the rest comes
 //! from [`Config::default`], and every error names the setting as the caller wrote it ([`Host::spell`]).
 //!
-//! [`SETTINGS`] also gives each setting's help line and default, from which the CLI builds `serve --help`
-//! and the bindings' tests check that Python's and Ruby's signatures name every setting.
+//! Each setting is declared once, as a row of the `settings!` table in `config.rs`, which generates its
+//! [`Config`] field, its default, its [`SETTINGS`] entry (help line, default as shown) and its conversion.
+//! The CLI builds `serve --help` from [`SETTINGS`]; the bindings' tests check Python's and Ruby's keywords
+//! and docs against it.
 
 use std::time::Duration;
 
-use crate::config::{parse_duration, parse_signal, Config, MAX_DURATION};
+use crate::config::{parse_duration, parse_signal, Config, Mode, Ready, Signal, SETTINGS};
 use crate::error::{Error, Result};
 
 /// Who is passing settings: decides how a setting is named in errors, and whether strings are parsed.
@@ -92,181 +94,129 @@ pub enum Kind {
     List,
 }
 
-/// One user-facing setting of [`Config`].
+impl Kind {
+    /// The kind's name for the bindings (`"duration"`, `"choice"`, …), whose tests check their types.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Integer => "integer",
+            Kind::Duration => "duration",
+            Kind::Flag => "flag",
+            Kind::Choice(_) => "choice",
+            Kind::List => "list",
+        }
+    }
+
+    /// The words a [`Kind::Choice`] takes; empty for the other kinds.
+    pub fn choices(self) -> &'static [&'static str] {
+        match self {
+            Kind::Choice(words) => words,
+            _ => &[],
+        }
+    }
+}
+
+/// One user-facing setting of [`Config`], as declared in `config.rs` (see [`SETTINGS`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Setting {
     /// The field's name (`drain_timeout`); hosts re-spell it.
     pub name: &'static str,
     /// The one-letter CLI option, if any.
     pub short: Option<char>,
-    /// What it takes.
+    /// What it takes (follows from the field's type).
     pub kind: Kind,
     /// The CLI's placeholder for the value (`DURATION`).
     pub value_name: &'static str,
     /// One line of help, the same in `--help`, the Python docstrings and the Ruby docs.
     pub help: &'static str,
-    /// The default as help shows it.
+    /// The default as help shows it (and as the field's doc ends: "Default value: …").
     pub default: &'static str,
 }
 
-const MODES: &[&str] = &["echo", "once", "hello"];
-const READY: &[&str] = &["delay", "notify"];
+/// Declares every setting once, in `config.rs`: one row per setting gives the [`Config`] field (its doc,
+/// ending "Default value: …"), its default, its [`SETTINGS`] row (CLI short flag, value name, help) and
+/// its conversion, which follows from the field's type ([`FromValue`]). The fields the host decides
+/// (`runtime`, `handle_signals`, `control`) follow, without a row.
+macro_rules! settings {
+    (
+        $(#[$meta:meta])*
+        pub struct Config {
+            $(
+                $(#[doc = $doc:literal])+
+                $name:ident: $ty:ty = $default:expr,
+                    shown $shown:literal, $(short $short:literal,)? value $value_name:literal,
+                    help $help:literal;
+            )+
+            decided by the host:
+            $(
+                $(#[doc = $host_doc:literal])+
+                $host_name:ident: $host_ty:ty = $host_default:expr;
+            )+
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct Config {
+            $(
+                $(#[doc = $doc])+
+                #[doc = ""]
+                #[doc = concat!("Default value: ", $shown)]
+                pub $name: $ty,
+            )+
+            $(
+                $(#[doc = $host_doc])+
+                pub $host_name: $host_ty,
+            )+
+        }
 
-/// Every setting a user can give, in `--help` order. `runtime`, `handle_signals` and `control` are not
-/// here: the host decides those.
-pub const SETTINGS: &[Setting] = &[
-    Setting {
-        name: "host",
-        short: None,
-        kind: Kind::Text,
-        value_name: "HOST",
-        help: "Address to bind: an IPv4 or IPv6 literal, or localhost",
-        default: "0.0.0.0",
-    },
-    Setting {
-        name: "port",
-        short: Some('p'),
-        kind: Kind::Integer,
-        value_name: "PORT",
-        help: "Port to bind; 0 picks a free one",
-        default: "1234",
-    },
-    Setting {
-        name: "workers",
-        short: Some('w'),
-        kind: Kind::Integer,
-        value_name: "N",
-        help: "Worker processes, each with its own listener",
-        default: "number of CPUs",
-    },
-    Setting {
-        name: "mode",
-        short: Some('m'),
-        kind: Kind::Choice(MODES),
-        value_name: "MODE",
-        help: "What workers do with a connection: echo, once (one read, echo, close) or hello",
-        default: "echo",
-    },
-    Setting {
-        name: "backlog",
-        short: None,
-        kind: Kind::Integer,
-        value_name: "N",
-        help: "listen(2) backlog per listener",
-        default: "1024",
-    },
-    Setting {
-        name: "drain_timeout",
-        short: None,
-        kind: Kind::Duration,
-        value_name: "DURATION",
-        help: "Longest a drain may take before open connections are closed",
-        default: "30s",
-    },
-    Setting {
-        name: "max_connections",
-        short: None,
-        kind: Kind::Integer,
-        value_name: "N",
-        help: "Open connections per worker; at the limit it stops accepting until one closes",
-        default: "10000",
-    },
-    Setting {
-        name: "idle_timeout",
-        short: None,
-        kind: Kind::Duration,
-        value_name: "DURATION",
-        help: "Close connections idle this long",
-        default: "off",
-    },
-    Setting {
-        name: "command",
-        short: None,
-        kind: Kind::List,
-        value_name: "CMD",
-        help: "Run this program as every worker (on the CLI: after --): its own listener as fd 3, with \
-               LISTEN_FDS=1, LISTEN_PID, NOTIFY_SOCKET, PORT_SHARDING_WORKER and PORT_SHARDING_PORT",
-        default: "none: built-in workers",
-    },
-    Setting {
-        name: "ready",
-        short: None,
-        kind: Kind::Choice(READY),
-        value_name: "WHEN",
-        help: "When a command worker is ready: delay (READY=1, or after --ready-delay alive) or notify \
-               (only READY=1 on NOTIFY_SOCKET, within --ready-timeout)",
-        default: "delay",
-    },
-    Setting {
-        name: "ready_delay",
-        short: None,
-        kind: Kind::Duration,
-        value_name: "DURATION",
-        help: "A command worker that sends no READY=1 is ready after this long alive",
-        default: "1s",
-    },
-    Setting {
-        name: "ready_timeout",
-        short: None,
-        kind: Kind::Duration,
-        value_name: "DURATION",
-        help: "Longest a new worker may take to be ready (READY=1 with --ready notify; any worker during a \
-               reload) before its start counts as failed",
-        default: "30s",
-    },
-    Setting {
-        name: "stop_signal",
-        short: None,
-        kind: Kind::Text,
-        value_name: "SIGNAL",
-        help: "Signal that stops a command worker gracefully; SIGKILL follows after --drain-timeout",
-        default: "TERM",
-    },
-    Setting {
-        name: "takeover",
-        short: None,
-        kind: Kind::Flag,
-        value_name: "",
-        help: "Rolling upgrade: adopt the listening sockets of the server running on host:port; it drains once \
-               this one is ready (with none running, start normally)",
-        default: "off",
-    },
-    Setting {
-        name: "migrate",
-        short: None,
-        kind: Kind::Flag,
-        value_name: "",
-        help: "Closing a listener moves its queue to the others instead of resetting it: a reuseport eBPF \
-               program on this server's group where permitted (CAP_BPF), else net.ipv4.tcp_migrate_req=1 \
-               (CAP_NET_ADMIN)",
-        default: "off",
-    },
-    Setting {
-        name: "steering",
-        short: None,
-        kind: Kind::Flag,
-        value_name: "",
-        help: "Steer new connections away from stalled or overloaded workers while others are healthy \
-               (a cBPF program on the port's group; off where other processes share the port)",
-        default: "on",
-    },
-    Setting {
-        name: "stall_after",
-        short: None,
-        kind: Kind::Duration,
-        value_name: "DURATION",
-        help: "A worker with connections queued that accepts none for this long is stalled",
-        default: "100ms",
-    },
-    Setting {
-        name: "stall_restart_after",
-        short: None,
-        kind: Kind::Duration,
-        value_name: "DURATION",
-        help: "Replace a worker stalled this long (SIGKILL; a new one serves its queue)",
-        default: "off",
-    },
-];
+        impl Default for Config {
+            fn default() -> Config {
+                Config {
+                    $($name: $default,)+
+                    $($host_name: $host_default,)+
+                }
+            }
+        }
+
+        /// Every setting a user can give, in `--help` order. `runtime`, `handle_signals` and `control`
+        /// are not here: the host decides those.
+        pub const SETTINGS: &[Setting] = &[
+            $(
+                Setting {
+                    name: stringify!($name),
+                    short: $crate::settings::optional!($($short)?),
+                    kind: <$ty as $crate::settings::FromValue>::KIND,
+                    value_name: $value_name,
+                    help: $help,
+                    default: $shown,
+                },
+            )+
+        ];
+
+        impl Config {
+            /// Sets the field of setting `s` from `value`, converting it to the field's type.
+            pub(crate) fn set_field(&mut self, s: &Setting, value: Value, parse: bool) -> Result<()> {
+                use $crate::settings::FromValue;
+                match s.name {
+                    $(stringify!($name) => self.$name = FromValue::from_value(s, value, parse)?,)+
+                    other => return Err(Error::Internal(format!("setting {other} has no field"))),
+                }
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use settings;
+
+/// `Some(x)` for a given `x`, `None` for nothing: a row's optional parts.
+macro_rules! optional {
+    () => {
+        None
+    };
+    ($x:expr) => {
+        Some($x)
+    };
+}
+pub(crate) use optional;
 
 /// The [`Setting`] called `name`.
 pub fn setting(name: &str) -> Option<&'static Setting> {
@@ -275,7 +225,8 @@ pub fn setting(name: &str) -> Option<&'static Setting> {
 
 impl Config {
     /// A `Config` from the settings a host was given (`name → value`), the rest from
-    /// [`Config::default`], validated. `runtime` comes from `host`.
+    /// [`Config::default`], validated. `runtime` comes from `host`. Each value is only converted to its
+    /// field's type (strings parsed, for the CLI); [`Config::validate`] alone checks ranges.
     ///
     /// ```
     /// use port_sharding::{Config, Host, Value};
@@ -314,65 +265,18 @@ impl Config {
                 reason: format!("not a setting (known: {})", known.join(", ")),
             });
         };
-        let cli = host == Host::Cli;
-        match s.name {
-            "host" => self.host = text(s, value)?,
-            "port" => self.port = integer(s, value, cli, 0, u16::MAX.into())? as u16,
-            "workers" => self.workers = integer(s, value, cli, 1, i64::MAX)? as usize,
-            "mode" => self.mode = text(s, value)?.parse()?,
-            "backlog" => self.backlog = integer(s, value, cli, 1, u32::MAX.into())? as u32,
-            "drain_timeout" => self.drain_timeout = duration(s, value, cli)?,
-            "max_connections" => {
-                self.max_connections = integer(s, value, cli, 1, i64::MAX)? as usize
-            }
-            "idle_timeout" => self.idle_timeout = Some(duration(s, value, cli)?),
-            "command" => self.command = list(s, value)?,
-            "ready" => self.ready = text(s, value)?.parse()?,
-            "ready_delay" => self.ready_delay = duration(s, value, cli)?,
-            "ready_timeout" => self.ready_timeout = duration(s, value, cli)?,
-            "stop_signal" => {
-                self.stop_signal =
-                    parse_signal(&text(s, value)?).map_err(|why| Error::invalid(s.name, why))?
-            }
-            "takeover" => self.takeover = flag(s, value)?,
-            "migrate" => self.migrate = flag(s, value)?,
-            "steering" => self.steering = flag(s, value)?,
-            "stall_after" => self.stall_after = duration(s, value, cli)?,
-            "stall_restart_after" => self.stall_restart_after = Some(duration(s, value, cli)?),
-            other => unreachable!("setting {other} is in SETTINGS but not handled"),
-        }
-        Ok(())
+        self.set_field(s, value, host == Host::Cli)
     }
 }
 
-/// Every field of [`Config`], so adding one fails to compile here until it is given a [`Setting`] (or
-/// is listed as the host's to decide).
-#[allow(dead_code)]
-fn every_field_is_a_setting(c: Config) {
-    let Config {
-        host: _,
-        port: _,
-        workers: _,
-        mode: _,
-        backlog: _,
-        drain_timeout: _,
-        max_connections: _,
-        idle_timeout: _,
-        command: _,
-        ready: _,
-        ready_delay: _,
-        ready_timeout: _,
-        stop_signal: _,
-        takeover: _,
-        migrate: _,
-        steering: _,
-        stall_after: _,
-        stall_restart_after: _,
-        // Decided by the host, not by its user:
-        runtime: _,
-        handle_signals: _,
-        control: _,
-    } = c;
+/// The type of a setting's field: what it takes ([`Kind`]) and how a host's [`Value`] becomes one. Only
+/// conversion: a value of another type is [`Error::WrongType`], a string the CLI gave is parsed, and a
+/// number the type cannot hold is an error; whether it is in range is for [`Config::validate`].
+pub(crate) trait FromValue: Sized {
+    /// What the setting takes.
+    const KIND: Kind;
+    /// `value`, given for setting `s`, as this type; `parse`: a string may be parsed (the CLI's values).
+    fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Self>;
 }
 
 fn wrong(s: &Setting, expected: &'static str, got: &Value) -> Error {
@@ -384,75 +288,123 @@ fn wrong(s: &Setting, expected: &'static str, got: &Value) -> Error {
     }
 }
 
-fn text(s: &Setting, value: Value) -> Result<String> {
-    match value {
-        Value::Str(t) => Ok(t),
-        other => Err(wrong(s, "a string", &other)),
+impl FromValue for String {
+    const KIND: Kind = Kind::Text;
+    fn from_value(s: &Setting, value: Value, _parse: bool) -> Result<String> {
+        match value {
+            Value::Str(t) => Ok(t),
+            other => Err(wrong(s, "a string", &other)),
+        }
     }
 }
 
-fn list(s: &Setting, value: Value) -> Result<Vec<String>> {
-    match value {
-        Value::List(words) => Ok(words),
-        other => Err(wrong(
-            s,
-            "a list of strings (the program and its arguments)",
-            &other,
-        )),
+impl FromValue for Vec<String> {
+    const KIND: Kind = Kind::List;
+    fn from_value(s: &Setting, value: Value, _parse: bool) -> Result<Vec<String>> {
+        match value {
+            Value::List(words) => Ok(words),
+            other => Err(wrong(
+                s,
+                "a list of strings (the program and its arguments)",
+                &other,
+            )),
+        }
     }
 }
 
-fn flag(s: &Setting, value: Value) -> Result<bool> {
-    match value {
-        Value::Bool(b) => Ok(b),
-        other => Err(wrong(s, "true or false", &other)),
+impl FromValue for bool {
+    const KIND: Kind = Kind::Flag;
+    fn from_value(s: &Setting, value: Value, _parse: bool) -> Result<bool> {
+        match value {
+            Value::Bool(b) => Ok(b),
+            other => Err(wrong(s, "true or false", &other)),
+        }
     }
 }
 
-fn integer(s: &Setting, value: Value, parse: bool, min: i64, max: i64) -> Result<i64> {
-    let n = match value {
-        Value::Int(n) => n,
+impl FromValue for Mode {
+    const KIND: Kind = Kind::Choice(Mode::NAMES);
+    fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Mode> {
+        String::from_value(s, value, parse)?.parse()
+    }
+}
+
+impl FromValue for Ready {
+    const KIND: Kind = Kind::Choice(Ready::NAMES);
+    fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Ready> {
+        String::from_value(s, value, parse)?.parse()
+    }
+}
+
+impl FromValue for Signal {
+    const KIND: Kind = Kind::Text;
+    fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Signal> {
+        parse_signal(&String::from_value(s, value, parse)?)
+            .map_err(|why| Error::invalid(s.name, why))
+    }
+}
+
+/// A whole number as a host gave it (the CLI's as a string).
+fn whole_number(s: &Setting, value: Value, parse: bool) -> Result<i64> {
+    match value {
+        Value::Int(n) => Ok(n),
         Value::Str(t) if parse => t
             .trim()
             .parse()
-            .map_err(|_| Error::invalid(s.name, format!("{t:?} is not a whole number")))?,
-        other => return Err(wrong(s, "an integer", &other)),
-    };
-    if n < min {
-        let least = if min == 0 { "≥ 0" } else { "at least 1" };
-        return Err(Error::invalid(s.name, format!("must be {least}, got {n}")));
+            .map_err(|_| Error::invalid(s.name, format!("{t:?} is not a whole number"))),
+        other => Err(wrong(s, "an integer", &other)),
     }
-    if n > max {
-        return Err(Error::invalid(
-            s.name,
-            format!("must be at most {max}, got {n}"),
-        ));
-    }
-    Ok(n)
 }
 
-fn duration(s: &Setting, value: Value, parse: bool) -> Result<Duration> {
-    let secs = match value {
-        Value::Int(n) => n as f64,
-        Value::Float(f) => f,
-        Value::Str(t) if parse => {
-            return parse_duration(&t).map_err(|reason| Error::invalid(s.name, reason))
+/// Unsigned fields: a number the type cannot hold is an error (there is no nearest one that is surely
+/// invalid: 0 is a valid port).
+macro_rules! unsigned {
+    ($($t:ty),+) => {$(
+        impl FromValue for $t {
+            const KIND: Kind = Kind::Integer;
+            fn from_value(s: &Setting, value: Value, parse: bool) -> Result<$t> {
+                let n = whole_number(s, value, parse)?;
+                <$t>::try_from(n).map_err(|_| {
+                    let reason = if n < 0 {
+                        format!("must be ≥ 0, got {n}")
+                    } else {
+                        format!("must be at most {}, got {n}", <$t>::MAX)
+                    };
+                    Error::invalid(s.name, reason)
+                })
+            }
         }
-        other => return Err(wrong(s, "a number of seconds", &other)),
-    };
-    if secs.is_nan() || secs <= 0.0 {
-        return Err(Error::invalid(
-            s.name,
-            format!("must be more than 0 seconds, got {secs}"),
-        ));
+    )+};
+}
+unsigned!(u16, u32, usize);
+
+impl FromValue for Duration {
+    const KIND: Kind = Kind::Duration;
+    /// Seconds (an integer or a float), or on the CLI `30s`, `500ms`, `2m`. Seconds no `Duration` holds
+    /// become the nearest one that does, which `validate` rejects: 0 for negatives and NaN,
+    /// `Duration::MAX` beyond it (infinity).
+    fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Duration> {
+        let secs = match value {
+            Value::Int(n) => n as f64,
+            Value::Float(f) => f,
+            Value::Str(t) if parse => {
+                return parse_duration(&t).map_err(|reason| Error::invalid(s.name, reason))
+            }
+            other => return Err(wrong(s, "a number of seconds", &other)),
+        };
+        if secs.is_nan() || secs <= 0.0 {
+            return Ok(Duration::ZERO);
+        }
+        Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
     }
-    if secs > MAX_DURATION.as_secs_f64() {
-        return Err(Error::invalid(
-            s.name,
-            format!("must be at most one year, got {secs} s"),
-        ));
+}
+
+/// An optional duration (`idle_timeout`): off unless given.
+impl FromValue for Option<Duration> {
+    const KIND: Kind = Kind::Duration;
+    fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Option<Duration>> {
+        Duration::from_value(s, value, parse).map(Some)
     }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -538,6 +490,45 @@ mod tests {
         assert!(
             e.starts_with("invalid --stop-signal: \"NOPE\" is not a signal name"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn each_default_as_shown_is_the_default() {
+        let defaults = cli(&[]).unwrap();
+        for s in SETTINGS {
+            let value = match (s.kind, s.default) {
+                // Phrases, and "off" for an optional duration (no value a host can give means "none").
+                (_, "number of CPUs" | "none: built-in workers") | (Kind::Duration, "off") => {
+                    continue
+                }
+                (Kind::Flag, shown) => Value::Bool(shown == "on"),
+                (_, shown) => Value::Str(shown.to_string()),
+            };
+            let set = Config::from_settings(Host::Cli, [(s.name, value)]);
+            assert_eq!(
+                set.unwrap(),
+                defaults,
+                "{}: shown as {:?}",
+                s.name,
+                s.default
+            );
+        }
+        assert_eq!(defaults.workers, crate::config::default_workers());
+        assert!(defaults.idle_timeout.is_none() && defaults.stall_restart_after.is_none());
+    }
+
+    #[test]
+    fn conversion_and_ranges_are_apart() {
+        // A number the field cannot hold is the conversion's error; a range, validate's, once.
+        let e = cli(&[("port", "70000")]).unwrap_err().to_string();
+        assert_eq!(e, "invalid --port: must be at most 65535, got 70000");
+        let e = cli(&[("workers", "0")]).unwrap_err().to_string();
+        assert_eq!(e, "invalid --workers: must be at least 1, got 0");
+        let e = Config::from_settings(Host::Python, [("drain_timeout", Value::Float(-1.0))]);
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "invalid drain_timeout=: must be more than 0 seconds"
         );
     }
 

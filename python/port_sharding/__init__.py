@@ -26,6 +26,8 @@ checks them and names the one at fault: ``ConfigError`` (a ``ValueError``) for a
 ``SettingTypeError`` (also a ``TypeError``) for a value of the wrong type.
 """
 
+from __future__ import annotations
+
 import asyncio
 import inspect
 import json
@@ -33,14 +35,21 @@ import os
 import socket
 import sys
 import traceback
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple, Type, Union
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Iterator, List, Literal, Mapping, Optional, Tuple,
+                    Type, TypedDict, Union)
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+elif TYPE_CHECKING:  # typing_extensions is a dependency of type checkers only; annotations are strings here
+    from typing_extensions import Unpack
 
 from . import _port_sharding as _native
 
 _Socket = socket.socket  # for annotations inside Listener, whose `socket` property hides the module there
-from ._errors import (AddressError, AddrInUseError, ConfigError, ControlError, Error, IoError, NotRunningError,
-                      PermissionDeniedError, SettingTypeError, TakeoverError)
+from ._errors import (AddressError, AddrInUseError, ConfigError, ControlError, Error, InvalidStateError, IoError,
+                      NotRunningError, PermissionDeniedError, SettingTypeError, TakeoverError)
 
 __version__: str = _native.VERSION
 
@@ -48,15 +57,66 @@ __version__: str = _native.VERSION
 # or hold its drain pipes open: it closes the engine's descriptors at once. Workers the engine forks itself
 # close what they do not serve on their own.
 os.register_at_fork(after_in_child=_native.close_in_forked_child)
-__all__ = ["__version__", "serve", "Server", "Listener", "Worker", "listen", "status", "stop", "reload", "set_quiet",
+__all__ = ["__version__", "serve", "Server", "Settings", "Report", "Listener", "Worker", "listen", "status", "stop",
+           "reload", "set_quiet",
            # One exception class per engine error, all under Error (see _errors.py).
            "Error", "ConfigError", "SettingTypeError", "AddressError", "AddrInUseError", "PermissionDeniedError",
-           "NotRunningError", "TakeoverError", "ControlError", "IoError"]
+           "NotRunningError", "TakeoverError", "ControlError", "InvalidStateError", "IoError"]
 
 
-def _given(args: Dict[str, Any]) -> Dict[str, Any]:
-    """The settings a caller gave (a function's ``locals()``, first thing): the engine fills in the rest."""
-    return {name: value for name, value in args.items() if value is not None and name not in ("self", "worker")}
+class Settings(TypedDict, total=False):
+    """The settings ``serve()`` and ``Server()`` take as keywords; ``None`` (or leaving one out) means the
+    engine's default. The engine's table (``port-sharding serve --help`` says the same) is below."""
+
+    host: Optional[str]
+    port: Optional[int]
+    workers: Optional[int]
+    mode: Optional[Literal["echo", "once", "hello"]]
+    backlog: Optional[int]
+    drain_timeout: Optional[float]
+    max_connections: Optional[int]
+    idle_timeout: Optional[float]
+    command: Optional[Union[List[str], Tuple[str, ...]]]
+    ready: Optional[Literal["delay", "notify"]]
+    ready_delay: Optional[float]
+    ready_timeout: Optional[float]
+    stop_signal: Optional[str]
+    takeover: Optional[bool]
+    migrate: Optional[bool]
+    steering: Optional[bool]
+    stall_after: Optional[float]
+    stall_restart_after: Optional[float]
+
+
+_SETTING_NAMES = frozenset(Settings.__annotations__)
+
+
+def _given(call: str, port: Optional[int], settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """The settings a caller of ``call`` gave, names checked as Python checks keywords; the engine fills in the
+    rest and checks the values."""
+    for name in settings:
+        if name not in _SETTING_NAMES:
+            raise TypeError(f"{call}() got an unexpected keyword argument {name!r}")
+    if port is not None and settings.get("port") is not None:
+        raise TypeError(f"{call}() got multiple values for argument 'port'")
+    given = {"port": port, **settings}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Report:
+    """How a server's run ended: what ``serve()``, ``Server.stop()`` and ``Server.wait()`` return (as in Rust
+    and Ruby). A server stopped before it ran reports ``Report("shutdown", False, 0, 0.0)``."""
+
+    #: What started the drain: ``"interrupt"`` (SIGINT), ``"terminate"`` (SIGTERM or SIGQUIT), ``"shutdown"``
+    #: (``Server.stop()``), ``"stop"`` (a stop request, ``port_sharding.stop()``) or ``"taken_over"``.
+    reason: str
+    #: A second signal, or the drain's time limit, ended it early: connections may have been cut.
+    forced: bool
+    #: Connections the workers accepted over the whole run (restarts and reloads included).
+    served: int
+    #: How long the drain took, in seconds.
+    drain: float
 
 
 class Listener:
@@ -171,37 +231,17 @@ def _run_worker(worker: Worker, native: _native.Listener) -> int:
     return code
 
 
-def serve(
-    port: Optional[int] = None,
-    *,
-    worker: Optional[Worker] = None,
-    host: Optional[str] = None,
-    workers: Optional[int] = None,
-    mode: Optional[str] = None,
-    backlog: Optional[int] = None,
-    drain_timeout: Optional[float] = None,
-    max_connections: Optional[int] = None,
-    idle_timeout: Optional[float] = None,
-    command: Optional[Union[List[str], Tuple[str, ...]]] = None,
-    ready: Optional[str] = None,
-    ready_delay: Optional[float] = None,
-    ready_timeout: Optional[float] = None,
-    stop_signal: Optional[str] = None,
-    takeover: Optional[bool] = None,
-    migrate: Optional[bool] = None,
-    steering: Optional[bool] = None,
-    stall_after: Optional[float] = None,
-    stall_restart_after: Optional[float] = None,
-) -> str:
-    """Serve ``host:port`` with ``workers`` processes until drained; returns why it stopped (``"terminate"``,
-    ``"stop"``, ``"taken_over"``, …) and raises ``KeyboardInterrupt`` after a Ctrl-C drain. The GIL is
-    released meanwhile: other Python threads keep running. ``worker``: a function every worker runs with
-    its ``Listener`` (``async def`` ones under ``asyncio.run``); without it, the engine's own loop (``mode``).
+def serve(port: Optional[int] = None, /, *, worker: Optional[Worker] = None, **settings: Unpack[Settings]) -> Report:
+    """Serve ``host:port`` with ``workers`` processes until drained; returns the ``Report`` (why it stopped:
+    ``"terminate"``, ``"stop"``, ``"taken_over"``, …; connections served; how long the drain took) and raises
+    ``KeyboardInterrupt`` after a Ctrl-C drain. The GIL is released meanwhile: other Python threads keep
+    running. ``worker``: a function every worker runs with its ``Listener`` (``async def`` ones under
+    ``asyncio.run``); without it, the engine's own loop (``mode``).
     """
-    reason = _native.Server(_given(locals()), _callable(worker)).run()
-    if reason == "interrupt":
+    report = Report(*_native.Server(_given("serve", port, settings), _callable(worker)).run())
+    if report.reason == "interrupt":
         raise KeyboardInterrupt
-    return reason
+    return report
 
 
 class Server:
@@ -213,30 +253,9 @@ class Server:
             print(server.port, server.phase, server.stats())
     """
 
-    def __init__(
-        self,
-        port: Optional[int] = None,
-        *,
-        worker: Optional[Worker] = None,
-        host: Optional[str] = None,
-        workers: Optional[int] = None,
-        mode: Optional[str] = None,
-        backlog: Optional[int] = None,
-        drain_timeout: Optional[float] = None,
-        max_connections: Optional[int] = None,
-        idle_timeout: Optional[float] = None,
-        command: Optional[Union[List[str], Tuple[str, ...]]] = None,
-        ready: Optional[str] = None,
-        ready_delay: Optional[float] = None,
-        ready_timeout: Optional[float] = None,
-        stop_signal: Optional[str] = None,
-        takeover: Optional[bool] = None,
-        migrate: Optional[bool] = None,
-        steering: Optional[bool] = None,
-        stall_after: Optional[float] = None,
-        stall_restart_after: Optional[float] = None,
-    ) -> None:
-        self._native = _native.Server(_given(locals()), _callable(worker))
+    def __init__(self, port: Optional[int] = None, /, *, worker: Optional[Worker] = None,
+                 **settings: Unpack[Settings]) -> None:
+        self._native = _native.Server(_given("Server", port, settings), _callable(worker))
 
     @property
     def port(self) -> int:
@@ -255,19 +274,23 @@ class Server:
 
     def start(self, timeout: float = 30.0) -> "Server":
         """Fork the workers; return once every one is serving (``ControlError`` if not within ``timeout``
-        seconds). Ctrl-C meanwhile begins the drain."""
+        seconds, after stopping it; ``InvalidStateError`` if it already started). Ctrl-C meanwhile begins the
+        drain."""
         self._native.start(timeout)
         return self
 
-    def stop(self, timeout: Optional[float] = None) -> bool:
-        """Drain: stop accepting, finish open connections, then return ``True``. ``False`` when ``timeout``
-        seconds passed first (the drain goes on, bounded by ``drain_timeout``)."""
-        return self._native.stop(timeout)
+    def stop(self, timeout: Optional[float] = None) -> Optional[Report]:
+        """Drain: stop accepting, finish open connections, then return the ``Report`` (reason ``"shutdown"``,
+        or what stopped it first). ``None`` when ``timeout`` seconds passed first (the drain goes on, bounded by
+        the drain timeout). A server that never started closes its listeners; one already stopped reports
+        again."""
+        return _report(self._native.stop(timeout))
 
-    def wait(self, timeout: Optional[float] = None) -> Optional[str]:
-        """Wait until the server has stopped, at most ``timeout`` seconds (``None``: no limit); returns why
-        it stopped (``"shutdown"``, ``"stop"``, ``"taken_over"``, …), or ``None`` on timeout."""
-        return self._native.wait(timeout)
+    def wait(self, timeout: Optional[float] = None) -> Optional[Report]:
+        """Wait until the server has stopped, at most ``timeout`` seconds (``None``: no limit); returns its
+        ``Report`` (reason ``"shutdown"``, ``"stop"``, ``"taken_over"``, …), or ``None`` on timeout.
+        ``InvalidStateError`` if it was never started."""
+        return _report(self._native.wait(timeout))
 
     def stats(self) -> List[Dict[str, Any]]:
         """Per-worker counters: ``index``, ``pid``, ``state``, ``accepted``, ``active``, ``bytes_in``,
@@ -292,10 +315,15 @@ class Server:
         return f"<port_sharding.Server {self.host}:{self.port} {self.phase}>"
 
 
+def _report(native: Optional[Tuple[str, bool, int, float]]) -> Optional[Report]:
+    return None if native is None else Report(*native)
+
+
 # The settings and their help, as the engine (and `port-sharding serve --help`) gives them.
 _SETTINGS_DOC = "\n\nSettings (``None``: the default shown):\n\n" + "\n".join(
-    f"- ``{name}``: {help} [default: {default}]" for name, help, default in _native.settings()
+    f"- ``{s['name']}``: {s['help']} [default: {s['default']}]" for s in _native.settings()
 )
+Settings.__doc__ = (Settings.__doc__ or "").rstrip() + _SETTINGS_DOC
 serve.__doc__ = (serve.__doc__ or "").rstrip() + _SETTINGS_DOC
 Server.__init__.__doc__ = ("Bind; nothing runs until ``start()``. ``worker``: a function every worker runs, as for "
                            "``serve``." + _SETTINGS_DOC)
@@ -308,7 +336,8 @@ def listen(port: Optional[int] = None, host: Optional[str] = None, backlog: Opti
     Run as a command worker (``port-sharding serve -- python3 loop.py``), it adopts the socket the supervisor
     passed as fd 3 (``LISTEN_FDS``/``LISTEN_PID`` name this process) instead, after checking it is a listening
     TCP socket bound to ``port`` (``AddressError`` otherwise)."""
-    return socket.socket(fileno=_native.listen(_given(locals())))
+    given = {"port": port, "host": host, "backlog": backlog}
+    return socket.socket(fileno=_native.listen({name: value for name, value in given.items() if value is not None}))
 
 
 def status(port: int, host: Optional[str] = None) -> List[Dict[str, Any]]:

@@ -17,6 +17,7 @@ __all__ = [
     "NotRunningError",
     "TakeoverError",
     "ControlError",
+    "InvalidStateError",
     "IoError",
 ]
 
@@ -60,6 +61,11 @@ class TakeoverError(Error):
 
 class ControlError(Error):
     """The control socket answered something unexpected (or a server did not become ready)."""
+
+
+class InvalidStateError(Error, RuntimeError):
+    """A ``Server`` was asked for something its state does not allow: started twice, or waited for
+    before it started."""
 
 
 class IoError(Error, OSError):

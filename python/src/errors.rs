@@ -20,6 +20,7 @@ pub fn to_py(py: Python<'_>, err: Error) -> PyErr {
         Error::NotRunning { .. } => ("NotRunningError", None),
         Error::Takeover(_) => ("TakeoverError", None),
         Error::Control(_) => ("ControlError", None),
+        Error::InvalidState(_) => ("InvalidStateError", None),
         Error::Io { .. } => ("IoError", None),
         // Internal (a caught panic), and any variant the non_exhaustive enum gains later.
         _ => ("Error", None),

@@ -95,13 +95,21 @@ fn close_in_forked_child() {
     port_sharding::close_in_forked_child();
 }
 
-/// Every setting `serve` and `Server` take, as `(name, help, default)`, from the engine's one table.
+/// Every setting `serve` and `Server` take, from the engine's one table: dicts with `name`, `kind`
+/// (`"integer"`, `"duration"`, …), `choices` (the words a `"choice"` takes), `help` and `default` (as
+/// help shows it). The façade's docs come from it, and its tests check `Settings` against it.
 #[pyfunction]
-fn settings() -> Vec<(&'static str, &'static str, &'static str)> {
-    port_sharding::SETTINGS
-        .iter()
-        .map(|s| (s.name, s.help, s.default))
-        .collect()
+fn settings(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let row = |s: &port_sharding::Setting| -> PyResult<Bound<'_, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("name", s.name)?;
+        d.set_item("kind", s.kind.as_str())?;
+        d.set_item("choices", s.kind.choices().to_vec())?;
+        d.set_item("help", s.help)?;
+        d.set_item("default", s.default)?;
+        Ok(d)
+    };
+    port_sharding::SETTINGS.iter().map(row).collect()
 }
 
 #[pymodule]

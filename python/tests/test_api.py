@@ -1,5 +1,6 @@
 """In-process tests of the façade: Server, listen, status, errors, settings, version and stubs."""
 
+import ast
 import errno
 import inspect
 import re
@@ -8,7 +9,7 @@ import subprocess
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union, get_type_hints
 
 import pytest
 
@@ -42,8 +43,10 @@ def test_server_start_stop_and_status() -> None:
         assert found["addr"] == f"127.0.0.1:{server.port}"
         assert [w["pid"] for w in found["workers"]] == [w["pid"] for w in server.stats()]
     finally:
-        assert server.stop(timeout=30) is True
-    assert server.phase == "stopped" and server.wait() == "shutdown"
+        report = server.stop(timeout=30)
+    assert report is not None and report.reason == "shutdown" and not report.forced
+    assert report.served == 1 and report.drain >= 0
+    assert server.phase == "stopped" and server.wait() == report
     with pytest.raises(port_sharding.NotRunningError):
         port_sharding.status(server.port)
 
@@ -54,18 +57,19 @@ def test_stop_waits_for_an_open_connection() -> None:
     conn.sendall(b"one")
     assert recv_exactly(conn, 3) == b"one"
     # Draining: the open connection is still served; stop() reports it has not finished yet.
-    assert server.stop(timeout=0.2) is False
+    assert server.stop(timeout=0.2) is None
     assert server.phase == "draining" and server.wait(timeout=0.1) is None
     conn.sendall(b"two")
     assert recv_exactly(conn, 3) == b"two"
     conn.close()
-    assert server.stop(timeout=30) is True
+    report = server.stop(timeout=30)
+    assert report is not None and report.reason == "shutdown" and report.served == 1 and not report.forced
 
 
 def test_stop_before_start_closes_the_listeners() -> None:
     server = port_sharding.Server(port=0, host="127.0.0.1", workers=1)
     port = server.port
-    assert server.stop() is True
+    assert server.stop() == port_sharding.Report("shutdown", forced=False, served=0, drain=0.0)
     assert server.phase == "stopped"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -100,34 +104,67 @@ def test_wait_returns_the_stop_reason() -> None:
     server = port_sharding.Server(port=0, host="127.0.0.1", workers=1).start()
     assert server.wait(timeout=0.1) is None  # still serving
     assert port_sharding.stop(server.port) == [os.getpid()]  # a stop request on the control socket
-    assert server.wait(float("inf")) == "stop"
+    report = server.wait(float("inf"))
+    assert report is not None and report.reason == "stop"
     assert server.phase == "stopped"
-    assert server.stop(timeout=0) is True and server.wait(timeout=0) == "stop"
-    with pytest.raises(RuntimeError, match="not started"):
+    assert server.stop(timeout=0) == report and server.wait(timeout=0) == report
+    with pytest.raises(RuntimeError, match="not started") as info:
         port_sharding.Server(port=0, host="127.0.0.1", workers=1).wait(0)
+    assert isinstance(info.value, port_sharding.InvalidStateError)
+    with pytest.raises(port_sharding.InvalidStateError, match="already stopped"):
+        server.start()
+
+
+# What each kind of engine setting is, typed: ``None`` always means the engine's default.
+KIND_TYPES: Dict[str, Any] = {
+    "text": Optional[str], "integer": Optional[int], "duration": Optional[float], "flag": Optional[bool],
+    "list": Optional[Union[List[str], Tuple[str, ...]]],
+}
 
 
 def test_settings_are_the_engines() -> None:
-    """Every engine setting is a keyword of serve() and Server() (and nothing else but ``worker``, the
-    function workers run), None by default; their docstrings carry the engine's help."""
-    names = {name for name, _help, _default in port_sharding._native.settings()}
-    assert {"port", "host", "workers", "drain_timeout", "takeover"} <= names
+    """``Settings`` (the keywords of serve() and Server()) is the engine's table: the same names, each typed
+    as its kind (a choice as a Literal of its words), and every docstring carries the engine's help and
+    default. Fails when either side drifts."""
+    engine = port_sharding._native.settings()
+    assert {"port", "host", "workers", "drain_timeout", "takeover"} <= {s["name"] for s in engine}
+    hints = get_type_hints(port_sharding.Settings)
+    assert list(hints) == [s["name"] for s in engine], "Settings lists the engine's settings, in --help order"
+    assert port_sharding.Settings.__optional_keys__ == set(hints)
+    for s in engine:
+        expected = Optional[Literal[tuple(s["choices"])]] if s["kind"] == "choice" else KIND_TYPES[s["kind"]]
+        assert hints[s["name"]] == expected, (s["name"], s["kind"])
+    for fn in (port_sharding.serve, port_sharding.Server.__init__, port_sharding.Settings):
+        for s in engine:
+            assert f"``{s['name']}``: {s['help']} [default: {s['default']}]" in (fn.__doc__ or ""), (fn, s)
     for fn in (port_sharding.serve, port_sharding.Server.__init__):
-        params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
-        assert {p.name for p in params} == names | {"worker"}, fn
-        assert all(p.default is None for p in params), fn
-        assert all(p.kind is p.KEYWORD_ONLY for p in params if p.name != "port"), fn
-        for name, help, _default in port_sharding._native.settings():
-            assert f"``{name}``: {help}" in (fn.__doc__ or ""), (fn, name)
+        params = inspect.signature(fn).parameters
+        assert [p for p in params if p != "self"] == ["port", "worker", "settings"], fn
+        assert params["settings"].annotation == "Unpack[Settings]", fn
+        assert params["port"].kind is inspect.Parameter.POSITIONAL_ONLY and params["port"].default is None
+
+
+def test_the_native_stubs_type_the_engines_settings() -> None:
+    """The .pyi's ``_Setting`` (a row of ``_native.settings()``) has the keys every row has, and names every
+    kind the engine's settings have."""
+    stub = ast.parse((Path(port_sharding.__file__).parent / "_port_sharding.pyi").read_text())
+    [row] = [node for node in stub.body if isinstance(node, ast.ClassDef) and node.name == "_Setting"]
+    fields = {n.target.id: n.annotation for n in row.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    engine = port_sharding._native.settings()
+    assert all(set(s) == set(fields) for s in engine), (set(fields), engine[0])
+    kinds = {elt.value for elt in ast.walk(fields["kind"]) if isinstance(elt, ast.Constant)}
+    assert {s["kind"] for s in engine} <= kinds
 
 
 def test_unknown_or_positional_settings_are_python_type_errors() -> None:
     for call in (port_sharding.Server, port_sharding.serve):
         with pytest.raises(TypeError, match="wrokers") as info:
             call(port=0, wrokers=2)  # type: ignore[call-arg]
-        assert not isinstance(info.value, port_sharding.Error)  # Python's own: it is a real signature
+        assert not isinstance(info.value, port_sharding.Error)  # Python's kind of error: a bad keyword
         with pytest.raises(TypeError, match="positional"):
             call(0, "127.0.0.1")  # type: ignore[call-arg, arg-type]
+        with pytest.raises(TypeError, match="multiple values for argument 'port'"):
+            call(0, port=1)
 
 
 def test_version_is_the_workspace_version() -> None:
@@ -234,8 +271,9 @@ def test_exception_hierarchy() -> None:
     assert issubclass(e.PermissionDeniedError, PermissionError)
     assert issubclass(e.ConfigError, ValueError) and issubclass(e.AddressError, ValueError)
     assert issubclass(e.SettingTypeError, e.ConfigError) and issubclass(e.SettingTypeError, TypeError)
+    assert issubclass(e.InvalidStateError, RuntimeError)
     for cls in (e.ConfigError, e.SettingTypeError, e.AddressError, e.AddrInUseError, e.PermissionDeniedError, e.IoError,
-                e.NotRunningError, e.TakeoverError, e.ControlError):
+                e.NotRunningError, e.TakeoverError, e.ControlError, e.InvalidStateError):
         assert issubclass(cls, e.Error)
 
 

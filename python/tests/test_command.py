@@ -45,7 +45,7 @@ def test_command_settings_are_checked_by_the_engine() -> None:
     with pytest.raises(port_sharding.ConfigError, match=r"stop_signal=: \"NOPE\" is not a signal name"):
         port_sharding.Server(port=0, host="127.0.0.1", stop_signal="NOPE")
     with pytest.raises(port_sharding.ConfigError, match=r"ready=: \"soon\" is not one of delay, notify"):
-        port_sharding.Server(port=0, host="127.0.0.1", ready="soon")
+        port_sharding.Server(port=0, host="127.0.0.1", ready="soon")  # type: ignore[arg-type]
 
 
 def test_reload_names_a_server_that_is_not_there() -> None:

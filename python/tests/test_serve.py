@@ -36,8 +36,8 @@ threading.Thread(target=tick, daemon=True).start()
 mode, workers = sys.argv[1], int(sys.argv[2])
 port = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 try:
-    reason = port_sharding.serve(port, host="127.0.0.1", workers=workers, mode=mode, drain_timeout=20)
-    print("serve returned", reason, flush=True)
+    report = port_sharding.serve(port, host="127.0.0.1", workers=workers, mode=mode, drain_timeout=20)
+    print("serve returned", report.reason, flush=True)
 except KeyboardInterrupt:
     print("KeyboardInterrupt", flush=True)
     stop_ticks.set()
@@ -225,13 +225,13 @@ try:
     server.wait()
 except KeyboardInterrupt:  # Python's handler ran between two waits; the server still serves
     print("interrupted while", server.phase, flush=True)
-print("stopped:", server.stop(30), server.wait(), flush=True)
+print("stopped:", server.stop(30).reason, server.wait().reason, flush=True)
 """
     p = spawn("-c", code)
     p.wait_for("^waiting$", stream="out")
     os.kill(p.pid, signal.SIGINT)  # to the Python process only: its workers ignore SIGINT anyway
     assert p.finish() == 0, p.describe()
-    assert p.out == ["waiting", "interrupted while serving", "stopped: True shutdown"], p.describe()
+    assert p.out == ["waiting", "interrupted while serving", "stopped: shutdown shutdown"], p.describe()
 
 
 def run_cli(*args: str) -> "subprocess.CompletedProcess[str]":

@@ -74,8 +74,8 @@ worker = globals()[sys.argv[1]]
 workers, drain_timeout = int(sys.argv[2]), float(sys.argv[3])
 port = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 try:
-    reason = port_sharding.serve(port, host="127.0.0.1", workers=workers, worker=worker, drain_timeout=drain_timeout)
-    print("serve returned", reason, flush=True)
+    report = port_sharding.serve(port, host="127.0.0.1", workers=workers, worker=worker, drain_timeout=drain_timeout)
+    print("serve returned", report.reason, flush=True)
 except KeyboardInterrupt:
     print("KeyboardInterrupt", flush=True)
 stop_ticks.set()

@@ -4,6 +4,7 @@ require "json"
 require "rbconfig"
 require "socket"
 require_relative "port_sharding/error"
+require_relative "port_sharding/report"
 # The native extension (Rust, Magnus): the one `rake compile` put next to this file, else the installed one.
 native = File.join(__dir__, "port_sharding", "port_sharding.#{RbConfig::CONFIG['DLEXT']}")
 begin
@@ -55,10 +56,11 @@ module PortSharding
     #   stall_restart_after: replace a worker stalled this many seconds (default: never)
     # A bad value raises ConfigError (SettingTypeError for a wrong type) naming the keyword.
     #
-    # On the main thread the engine owns SIGINT/SIGTERM meanwhile (Ruby's handlers are back afterwards):
-    # Ctrl-C drains, then raises Interrupt; SIGTERM drains, then returns :terminate; a second signal stops
-    # at once. Thread#raise, Timeout.timeout and Thread#kill drain, then raise/kill as usual. Otherwise
-    # returns why it stopped: :stop (the `stop` command) or :taken_over (a newer server took over).
+    # Returns a Report (reason, forced, served, drain) once drained. On the main thread the engine owns
+    # SIGINT/SIGTERM meanwhile (Ruby's handlers are back afterwards): Ctrl-C drains, then raises Interrupt;
+    # SIGTERM drains, then returns (reason :terminate); a second signal stops at once. Thread#raise,
+    # Timeout.timeout and Thread#kill drain, then raise/kill as usual. Otherwise the reason says why it
+    # stopped: :stop (the `stop` command) or :taken_over (a newer server took over).
     #
     # With a block, every worker runs it with its Listener (see PortSharding::Listener) instead of `mode`.
     def serve(port = nil, **settings, &worker)

@@ -20,7 +20,7 @@ class TestBundleFlows < Minitest::Test
   end
   # A server started and stopped in the app, and the gem's executable.
   CHECK = 'require "port_sharding"; PortSharding.quiet = true; ' \
-          'puts PortSharding::Server.new(0, host: "127.0.0.1", workers: 1).start.stop'
+          'puts PortSharding::Server.new(0, host: "127.0.0.1", workers: 1).start.stop.reason'
 
   def setup
     skip "Bundler is not installed (Debian: the ruby package ships it; else gem install bundler)" unless BUNDLE

@@ -88,7 +88,7 @@ class TestErrors < Minitest::Test
   end
 
   def test_exception_hierarchy
-    %i[AddressError NotRunningError TakeoverError ControlError].each do |name|
+    %i[AddressError NotRunningError TakeoverError ControlError InvalidStateError].each do |name|
       assert_operator PortSharding.const_get(name), :<, PortSharding::Error
     end
     assert_operator PortSharding::Error, :<, StandardError

@@ -12,7 +12,7 @@ class TestServe < Minitest::Test
     $stdout.sync = true
     Thread.new { 6000.times { |i| puts "tick \#{i}" if (i % 5).zero?; sleep 0.01 } }
     begin
-      puts "returned \#{PortSharding.serve(0, host: "127.0.0.1", workers: 2)}"
+      puts "returned \#{PortSharding.serve(0, host: "127.0.0.1", workers: 2).reason}"
     rescue Exception => e
       puts "raised \#{e.class}: \#{e.message}"
       raise
@@ -159,7 +159,7 @@ class TestServe < Minitest::Test
     assert_predicate server.wait_exit, :success?, server.stderr
     assert_includes server.stdout, "returned taken_over"
     second = PortSharding::Server.new(server.port, host: "127.0.0.1", takeover: true).start
-    assert_equal :taken_over, first.wait(timeout: PortShardingTest::PATIENCE)
+    assert_equal :taken_over, first.wait(timeout: PortShardingTest::PATIENCE).reason
     assert_equal "echo me", exchange(second.port, "echo me")
   ensure
     first&.stop

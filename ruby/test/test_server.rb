@@ -27,9 +27,13 @@ class TestServer < Minitest::Test
     assert_equal "hello", status.first[:mode]
     assert_equal "127.0.0.1:#{server.port}", status.first[:addr]
 
-    assert_equal :shutdown, server.stop
+    report = server.stop
+    assert_equal :shutdown, report.reason
+    refute report.forced
+    assert_equal 20, report.served
+    assert_kind_of Float, report.drain
     refute_predicate server, :running?
-    assert_nil server.stop, "a second stop has nothing to do"
+    assert_equal report, server.stop, "a second stop reports again"
     assert_gone stats.map { |w| w[:pid] }
   ensure
     server&.stop
@@ -38,7 +42,7 @@ class TestServer < Minitest::Test
   def test_other_threads_use_the_server_while_it_stops
     server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1).start
     reader = Thread.new { Array.new(200) { [server.stats.size, server.running?, server.port] } }
-    assert_equal :shutdown, server.stop
+    assert_equal :shutdown, server.stop.reason
     assert_equal 200, reader.join(PortShardingTest::PATIENCE).value.size
   ensure
     server&.stop
@@ -47,16 +51,16 @@ class TestServer < Minitest::Test
   def test_stop_before_start_closes_the_listeners
     server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1)
     port = server.port
-    assert_nil server.stop
+    assert_equal PortSharding::Report.new(:shutdown, false, 0, 0.0), server.stop
     assert_raises(Errno::ECONNREFUSED) { Socket.tcp("127.0.0.1", port, connect_timeout: 5) }
-    assert_raises(PortSharding::Error) { server.start }
+    assert_raises(PortSharding::InvalidStateError) { server.start }
   end
 
   def test_wait_returns_when_stopped_by_the_stop_command
     server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1).start
     assert_nil server.wait(timeout: 0.1), "still serving"
     PortSharding.stop(server.port)
-    assert_equal :stop, server.wait(timeout: PortShardingTest::PATIENCE)
+    assert_equal :stop, server.wait(timeout: PortShardingTest::PATIENCE).reason
   ensure
     server&.stop
   end
@@ -64,11 +68,11 @@ class TestServer < Minitest::Test
   def test_phase_follows_the_lifecycle
     server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1)
     assert_equal "starting", server.phase
-    assert_nil server.wait(timeout: 0), "nothing to wait for before start"
+    assert_raises(PortSharding::InvalidStateError, "nothing to wait for before start") { server.wait(timeout: 0) }
     server.start(timeout: nil)
     assert_equal "serving", server.phase
     assert_match(/serving>\z/, server.inspect)
-    assert_equal :shutdown, server.stop(timeout: Float::INFINITY)
+    assert_equal :shutdown, server.stop(timeout: Float::INFINITY).reason
     assert_equal "stopped", server.phase
   ensure
     server&.stop
@@ -85,7 +89,7 @@ class TestServer < Minitest::Test
       assert_predicate server, :running?
     end
     stopper = Thread.new { PortSharding.stop(server.port, host: "127.0.0.1") }
-    assert_equal :stop, server.wait(timeout: Float::INFINITY)
+    assert_equal :stop, server.wait(timeout: Float::INFINITY).reason
     stopper.join
   ensure
     server&.stop

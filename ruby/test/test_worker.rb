@@ -59,9 +59,9 @@ class TestWorker < Minitest::Test
     ticker = Thread.new { 10_000.times { |i| $stderr.puts "tick #{i}"; sleep 0.05 } }
     block = WORKERS.fetch(ARGV[0])
     begin
-      reason = PortSharding.serve(Integer(ARGV[3] || 0), host: "127.0.0.1", workers: Integer(ARGV[1]),
+      report = PortSharding.serve(Integer(ARGV[3] || 0), host: "127.0.0.1", workers: Integer(ARGV[1]),
                                   drain_timeout: Float(ARGV[2]), &block)
-      $stdout.puts "serve returned #{reason}"
+      $stdout.puts "serve returned #{report.reason}"
     rescue Interrupt
       $stdout.puts "Interrupt"
     end
@@ -110,6 +110,43 @@ class TestWorker < Minitest::Test
     assert_ran_once child
     Process.kill(:TERM, hello.pid)
     hello.wait_exit
+  end
+
+  # A block server goes through the engine's lifecycle too: its supervisor runs on a Ruby Thread, and
+  # start, wait and stop are the engine's (one start; an interrupted wait leaves it serving; one report).
+  BLOCK_SERVER = <<~'RUBY'
+    require "port_sharding"
+    $stdout.sync = true
+    ask = ->(port, data) { Socket.tcp("127.0.0.1", port, connect_timeout: 20) { |s| s.write(data); s.close_write; s.read } }
+    server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 2) { |l| l.each { |c, _| c.write(c.recv(1024)); c.close } }
+    begin
+      server.wait(timeout: 0)
+    rescue PortSharding::InvalidStateError => e
+      puts "wait before start: #{e.class}"
+    end
+    server.start
+    puts "answers: #{(1..3).map { |i| ask.(server.port, "hi #{i}") }.join(", ")}"
+    begin
+      server.start
+    rescue PortSharding::InvalidStateError => e
+      puts "second start: #{e.class}"
+    end
+    waiter = Thread.new { Thread.current.report_on_exception = false; server.wait }
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30 # bounded: only a bug waits that long
+    sleep 0.01 until waiter.status == "sleep" || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+    waiter.raise(RuntimeError, "enough")
+    puts "waiter: #{(waiter.join rescue $!.message)}, still #{server.phase}, running? #{server.running?}"
+    report = server.stop
+    puts "stopped: #{report.reason} #{report.forced} #{report.served}, #{server.phase}, again #{server.wait == report}"
+  RUBY
+
+  def test_a_block_server_lives_the_engines_lifecycle
+    child = spawn_ruby("-e", BLOCK_SERVER)
+    assert_predicate child.wait_exit, :success?, child.stderr
+    assert_equal ["wait before start: PortSharding::InvalidStateError", "answers: hi 1, hi 2, hi 3",
+                  "second start: PortSharding::InvalidStateError", "waiter: enough, still serving, running? true",
+                  "stopped: shutdown false 3, stopped, again true"], child.stdout.lines(chomp: true)
+    assert_gone child.worker_pids
   end
 
   def test_an_exception_is_logged_and_the_worker_replaced_and_its_queue_answered

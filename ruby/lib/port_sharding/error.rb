@@ -33,6 +33,11 @@ module PortSharding
   # `takeover: true` could not adopt the running server's sockets; the old server keeps serving.
   class TakeoverError < Error; end
 
-  # A control socket answered something unexpected, or its directory is unusable.
+  # A control socket answered something unexpected, or its directory is unusable (or a server did not
+  # become ready).
   class ControlError < Error; end
+
+  # A Server was asked for something its state does not allow: started twice, or waited for before it
+  # started.
+  class InvalidStateError < Error; end
 end

@@ -1,22 +1,23 @@
 # frozen_string_literal: true
 
 module PortSharding
-  # A server that runs on the engine's own thread in this process, so Ruby keeps going:
+  # A server that runs in the background of this process, so Ruby keeps going:
   #
   #   server = PortSharding::Server.new(0, host: "127.0.0.1", mode: :hello)  # binds: connections queue
   #   server.start                                                          # returns once workers serve
   #   server.port   # => 41234
   #   server.phase  # => "serving" (starting, serving, handing over, draining, stopped)
   #   server.stats  # => [{index: 0, pid: 4242, state: "serving", accepted: 3, …}, …]
-  #   server.stop   # drains and waits; => :shutdown
+  #   server.stop   # drains and waits; => #<struct PortSharding::Report reason=:shutdown, forced=false, …>
   #
   # Settings as for PortSharding.serve. Signals are left to Ruby (SIGINT raises Interrupt in the main
   # thread as usual); stop the server in an `ensure`. One left running when the process exits is told to
   # drain, and its workers also drain by themselves once this process is gone. Every `timeout:` is in
-  # seconds; nil or Float::INFINITY is no limit.
+  # seconds; nil or Float::INFINITY is no limit. The lifecycle is the engine's: a server starts once.
   #
-  # With a block, every worker runs it with its Listener (as PortSharding.serve does); the server then runs
-  # on a Ruby Thread of this process, whose supervisor takes the GVL to fork each worker through Ruby.
+  # Without a block the supervisor runs on the engine's own thread. With a block, every worker runs it with
+  # its Listener (as PortSharding.serve does), and the supervisor runs on a Ruby Thread of this process, so
+  # that it can take the GVL to fork each worker through Ruby.
   class Server
     def self.new(port = nil, **settings, &worker)
       server = _bind({ port: port, **settings }.compact, worker)
@@ -24,38 +25,24 @@ module PortSharding
       server
     end
 
-    # Forks the workers; returns self once all serve. Raises (and stops) if they do not within `timeout`.
+    # Forks the workers; returns self once all serve. Raises (and stops the server) if they do not within
+    # `timeout`; InvalidStateError if it already started or stopped.
     def start(timeout: 30)
-      return start_thread(timeout) if @worker
-
       _start(timeout)
       self
     end
 
-    # Drains and waits until every worker has exited; returns why it stopped (:shutdown, or :stop /
-    # :taken_over if that came first), nil if it never started, was already reported, or `timeout` passed.
+    # Drains and waits until every worker has exited; returns the Report (reason :shutdown, or :stop /
+    # :taken_over if that came first), or nil if `timeout` passed first. A server never started closes its
+    # listeners (reason :shutdown, nothing served); one already stopped returns its report again.
     def stop(timeout: nil)
-      return _stop(timeout) unless @worker
-
-      _shutdown
-      wait(timeout: timeout)
+      _stop(timeout)
     end
 
-    # Waits until the server stops by itself (the `stop` command, a takeover) and returns why, as `stop`
-    # does; nil after `timeout`.
+    # Waits until the server stops by itself (the `stop` command, a takeover) and returns its Report, as
+    # `stop` does; nil after `timeout`. InvalidStateError if it was never started.
     def wait(timeout: nil)
-      return _wait(timeout) unless @worker
-      return nil if @thread.nil? || @reported || @thread.join(timeout).nil?
-
-      @reported = true
-      @thread.value
-    end
-
-    alias _native_running? running?
-
-    # Whether it runs (started and not stopped yet).
-    def running?
-      @worker ? (@thread&.alive? || false) : _native_running?
+      _wait(timeout)
     end
 
     # Each worker's counters: an Array of Hashes (:index, :pid, :state, :accepted, :active, …).
@@ -71,34 +58,5 @@ module PortSharding
     def inspect
       "#<#{self.class} #{address} #{phase}>"
     end
-
-    private
-
-    # A function-worker server: the supervisor on a Ruby Thread (so it can take the GVL and fork through
-    # Ruby); returns self once every worker serves.
-    def start_thread(timeout)
-      raise Error, "the server on #{address} was already started or stopped" if @thread
-
-      @thread = Thread.new { _run_here }
-      @thread.report_on_exception = false
-      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
-      until _wait_ready(0.1)
-        unless @thread.alive? && %w[starting serving].include?(phase)
-          @thread.join(PortSharding::Server::GIVE_UP)&.value # raises what the run failed with
-          raise Error, "the server on #{address} stopped before it was ready"
-        end
-        next if Process.clock_gettime(Process::CLOCK_MONOTONIC) < deadline
-
-        stop
-        raise Error, "the workers on #{address} were not serving in time"
-      end
-      self
-    rescue Exception # rubocop:disable Lint/RescueException -- an interrupted start leaves nothing serving
-      _shutdown
-      raise
-    end
-
-    # How long a failed start waits for the server thread to report why.
-    GIVE_UP = 30
   end
 end

@@ -10,6 +10,7 @@
 //! | `NotRunning` | `PortSharding::NotRunningError` |
 //! | `Takeover` | `PortSharding::TakeoverError` |
 //! | `Control` | `PortSharding::ControlError` |
+//! | `InvalidState` | `PortSharding::InvalidStateError` |
 //! | `Internal` (a caught panic) | `PortSharding::Error` |
 
 use magnus::{prelude::*, Error, ExceptionClass, RModule, Ruby};
@@ -36,6 +37,7 @@ pub fn to_ruby(ruby: &Ruby, err: port_sharding::Error) -> Error {
         E::NotRunning { .. } => "NotRunningError",
         E::Takeover(_) => "TakeoverError",
         E::Control(_) => "ControlError",
+        E::InvalidState(_) => "InvalidStateError",
         E::Internal(_) => "Error",
         // The core enum is non_exhaustive: a variant added later still raises our base class.
         _ => "Error",

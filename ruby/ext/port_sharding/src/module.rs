@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::os::fd::IntoRawFd;
 
-use magnus::{function, prelude::*, Error, RArray, RHash, RModule, Ruby, Symbol, Value};
+use magnus::{function, prelude::*, Error, RArray, RHash, RModule, Ruby, Value};
 use port_sharding::{Host, Server, StopReason};
 
 use crate::errors::to_ruby;
@@ -39,7 +39,7 @@ pub fn init(module: RModule) -> Result<(), Error> {
 /// function, which starts the same drain; `thread_check_ints` then raises it.
 ///
 /// `worker`: a block every worker runs (forked from this interpreter) instead of a built-in loop.
-fn serve(ruby: &Ruby, given: RHash, worker: Option<Value>) -> Result<Symbol, Error> {
+fn serve(ruby: &Ruby, given: RHash, worker: Option<Value>) -> Result<Value, Error> {
     let mut server = Server::bind(settings::config(ruby, given)?).map_err(|e| to_ruby(ruby, e))?;
     if let Some(block) = worker {
         server
@@ -47,24 +47,13 @@ fn serve(ruby: &Ruby, given: RHash, worker: Option<Value>) -> Result<Symbol, Err
             .map_err(|e| to_ruby(ruby, e))?;
     }
     let handle = server.handle();
-    let mut server = Some(server);
-    let result = nogvl(
-        ruby,
-        || server.take().map(Server::run),
-        || handle.shutdown(),
-    )?;
+    let result = nogvl(ruby, || server.run(), || handle.shutdown())?;
     // A pending Thread#raise / Timeout / trapped signal wins: it is why we drained.
     ruby.thread_check_ints()?;
-    let report = result
-        .unwrap_or_else(|| {
-            Err(port_sharding::Error::Internal(
-                "the server ran twice".into(),
-            ))
-        })
-        .map_err(|e| to_ruby(ruby, e))?;
+    let report = result.map_err(|e| to_ruby(ruby, e))?;
     match report.reason {
         StopReason::Interrupt => Err(Error::from(ruby.exception_interrupt().new_instance(())?)),
-        reason => Ok(ruby.to_symbol(reason.as_str())),
+        _ => crate::server::report(ruby, report),
     }
 }
 

@@ -1,48 +1,36 @@
-//! `PortSharding::Server`: the engine's background runner ([`Running`]) as a Ruby object.
+//! `PortSharding::Server`: the engine's [`port_sharding::Server`] as a Ruby object. The lifecycle is the
+//! engine's (bound, then started, then done with a report, each once); this file releases the GVL around
+//! each wait and, between slices, takes it back to let Ruby raise what interrupts the thread (Ctrl-C
+//! trapped by Ruby, `Thread#raise`, `Timeout.timeout`, `Thread#kill`).
 //!
-//! `new` binds (connections queue from then on), `start` forks the workers on the engine's own thread
-//! and returns once they all serve, `stop` drains and waits, `wait` waits. Every wait releases the GVL
-//! in slices and lets Ruby raise pending interrupts between them. The Mutex is never held while the GVL
-//! is released: a Ruby thread blocked on it while holding the GVL would deadlock with us.
+//! A block server runs its supervisor on a Ruby `Thread` made here ([`port_sharding::Server::start_on`]),
+//! so that it can take the GVL to fork each worker through Ruby; a plain one on the engine's own thread.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Symbol, Value};
-use port_sharding::{Handle, Running, Server};
+use magnus::value::BoxValue;
+use magnus::{
+    error::ErrorType, function, method, prelude::*, Error, Exception, RClass, RHash, RModule, Ruby,
+    Value,
+};
+use port_sharding::{Job, Report, Server};
 
-use crate::errors::{raise, to_ruby};
+use crate::errors::to_ruby;
 use crate::module::json;
-use crate::nogvl::nogvl;
+use crate::nogvl::{nogvl, with_gvl};
 use crate::settings;
-
-/// How long one GVL-free wait lasts before Ruby gets a chance to raise a pending interrupt.
-const SLICE: Duration = Duration::from_millis(100);
-
-enum State {
-    /// Bound, workers not started.
-    Bound(Box<Server>),
-    /// Started; shared so a waiting thread can hold it without the lock.
-    Started(Arc<Running>),
-    /// Stopped, and a `stop`/`wait` has returned why.
-    Done,
-}
 
 #[magnus::wrap(class = "PortSharding::Server", free_immediately, size)]
 struct RbServer {
-    state: Mutex<State>,
-    handle: Handle,
-    addr: SocketAddr,
+    inner: Server,
+    /// Its workers run a Ruby block: the supervisor must run on a Ruby thread.
+    on_ruby_thread: bool,
 }
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let class = module.define_class("Server", ruby.class_object())?;
     class.undef_default_alloc_func();
     class.define_singleton_method("_bind", function!(RbServer::bind, 2))?;
-    class.define_method("_run_here", method!(RbServer::run_here, 0))?;
-    class.define_method("_wait_ready", method!(RbServer::wait_ready, 1))?;
-    class.define_method("_shutdown", method!(RbServer::shutdown, 0))?;
     class.define_method("port", method!(RbServer::port, 0))?;
     class.define_method("host", method!(RbServer::host, 0))?;
     class.define_method("phase", method!(RbServer::phase, 0))?;
@@ -54,179 +42,173 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     Ok(())
 }
 
-/// When a wait of `timeout` started now ends; `None`: never.
-fn deadline(ruby: &Ruby, timeout: Option<f64>) -> Result<Option<Instant>, Error> {
-    Ok(settings::timeout(ruby, timeout)?.and_then(|t| Instant::now().checked_add(t)))
+/// `PortSharding::Report.new(reason, forced, served, drain)`, `reason` a Symbol and `drain` in seconds.
+pub fn report(ruby: &Ruby, r: Report) -> Result<Value, Error> {
+    let class: RClass = ruby
+        .class_object()
+        .const_get::<_, RModule>("PortSharding")?
+        .const_get("Report")?;
+    let reason = ruby.to_symbol(r.reason.as_str());
+    class.funcall("new", (reason, r.forced, r.served, r.drain.as_secs_f64()))
 }
 
-/// The next slice of a wait that ends at `until` (zero once it has passed).
-fn slice(until: Option<Instant>) -> Duration {
-    until.map_or(SLICE, |t| {
-        t.saturating_duration_since(Instant::now()).min(SLICE)
+/// What ended a wait without a report: what Ruby raised between two slices, or the engine's error.
+enum Stop {
+    Ruby(Raised),
+    Engine(port_sharding::Error),
+}
+
+impl From<port_sharding::Error> for Stop {
+    fn from(e: port_sharding::Error) -> Stop {
+        Stop::Engine(e)
+    }
+}
+
+/// What Ruby raised, kept from the garbage collector while the GVL is released (a boxed exception is a
+/// GC root; it is unboxed, and the box dropped, only once the GVL is back).
+enum Raised {
+    Exception(BoxValue<Exception>),
+    /// `Thread#kill`, `throw`: a jump tag; or an error made in Rust, whose class is a constant.
+    Other(Error),
+}
+
+impl Raised {
+    /// Called with the GVL held.
+    fn keep(e: Error) -> Raised {
+        match e.error_type() {
+            ErrorType::Exception(ex) => Raised::Exception(BoxValue::new(*ex)),
+            _ => Raised::Other(e),
+        }
+    }
+
+    /// Called with the GVL held.
+    fn into_error(self) -> Error {
+        match self {
+            Raised::Exception(ex) => Error::from(*ex),
+            Raised::Other(e) => e,
+        }
+    }
+}
+
+/// Calls `wait(between)`, one of the engine's waits, with the GVL released. `between` runs between its
+/// slices: when Ruby wants to interrupt this thread (its unblocking function said so), it takes the GVL
+/// back and lets Ruby raise; what Ruby raises ends the wait and is raised here. A pending interrupt that
+/// raises nothing (a trap handler that returned) lets the wait go on.
+fn interruptible<T>(
+    ruby: &Ruby,
+    wait: impl Fn(&mut dyn FnMut() -> Result<(), Stop>) -> Result<T, Stop>,
+) -> Result<T, Error> {
+    let interrupted = AtomicBool::new(false);
+    let mut between = || -> Result<(), Stop> {
+        if !interrupted.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let checked = with_gvl(|| ruby.thread_check_ints().map_err(Raised::keep));
+        let checked = checked.unwrap_or_else(|_| {
+            Err(Raised::Other(Error::new(
+                ruby.exception_runtime_error(),
+                "a panic while checking Ruby's interrupts",
+            )))
+        });
+        checked.map_err(Stop::Ruby)
+    };
+    let result = nogvl(
+        ruby,
+        || wait(&mut between),
+        || interrupted.store(true, Ordering::SeqCst),
+    )?;
+    result.map_err(|stop| match stop {
+        Stop::Ruby(raised) => raised.into_error(),
+        Stop::Engine(e) => to_ruby(ruby, e),
     })
 }
 
-/// Whether a wait that ends at `until` is over.
-fn passed(until: Option<Instant>) -> bool {
-    until.is_some_and(|t| Instant::now() >= t)
+/// The report as Ruby sees it, or nil.
+fn maybe_report(ruby: &Ruby, r: Option<Report>) -> Result<Option<Value>, Error> {
+    r.map(|r| report(ruby, r)).transpose()
 }
 
 impl RbServer {
-    /// `worker`: a block every worker runs; such a server runs on a Ruby `Thread` (`_run_here`), so
-    /// that its supervisor can take the GVL to fork through Ruby.
+    /// `worker`: a block every worker runs; such a server's supervisor runs on a Ruby `Thread`, so that it
+    /// can take the GVL to fork through Ruby.
     fn bind(ruby: &Ruby, given: RHash, worker: Option<Value>) -> Result<RbServer, Error> {
-        let mut server =
+        let mut inner =
             Server::bind(settings::config(ruby, given)?).map_err(|e| to_ruby(ruby, e))?;
+        let on_ruby_thread = worker.is_some();
         if let Some(block) = worker {
-            server
+            inner
                 .set_function(crate::function::RbHost::shared(block))
                 .map_err(|e| to_ruby(ruby, e))?;
         }
         Ok(RbServer {
-            handle: server.handle(),
-            addr: server.local_addr(),
-            state: Mutex::new(State::Bound(Box::new(server))),
+            inner,
+            on_ruby_thread,
         })
     }
 
     fn port(&self) -> u16 {
-        self.addr.port()
+        self.inner.port()
     }
 
     fn host(&self) -> String {
-        self.addr.ip().to_string()
+        self.inner.local_addr().ip().to_string()
     }
 
     fn phase(&self) -> &'static str {
-        self.handle.phase().as_str()
+        self.inner.phase().as_str()
     }
 
     fn stats(ruby: &Ruby, rb_self: &Self) -> Result<String, Error> {
-        json(ruby, &rb_self.handle.stats())
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The background run, if started and not yet reported.
-    fn running(&self) -> Option<Arc<Running>> {
-        match &*self.lock() {
-            State::Started(running) => Some(running.clone()),
-            _ => None,
-        }
+        json(ruby, &rb_self.inner.handle().stats())
     }
 
     fn is_running(&self) -> bool {
-        self.running().is_some_and(|r| !r.is_finished())
+        self.inner.is_running()
     }
 
-    /// Forks the workers on the engine's thread and waits until all serve, at most `timeout` seconds.
+    /// Forks the workers and waits until all serve, at most `timeout` seconds; a start that does not get
+    /// there is undone (stopped, or draining after an interrupt) and raises why.
     fn start(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<(), Error> {
-        let until = deadline(ruby, timeout)?;
-        // Taken in its own statement: a guard in a `match` scrutinee would live through the arms.
-        let taken = std::mem::replace(&mut *rb_self.lock(), State::Done);
-        let server = match taken {
-            State::Bound(server) => server,
-            other => {
-                *rb_self.lock() = other;
-                let message = format!(
-                    "the server on {} was already started or stopped",
-                    rb_self.addr
-                );
-                return Err(raise(ruby, "Error", (message,)));
-            }
-        };
-        let running = Arc::new(server.start().map_err(|e| to_ruby(ruby, e))?);
-        *rb_self.lock() = State::Started(running.clone());
-        loop {
-            match nogvl(ruby, || running.wait_ready(Some(slice(until))), || {})? {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => {
-                    *rb_self.lock() = State::Done;
-                    return Err(to_ruby(ruby, e));
-                }
-            }
-            if let Err(e) = ruby.thread_check_ints() {
-                running.handle().shutdown(); // an interrupted start leaves nothing serving
-                return Err(e);
-            }
-            if passed(until) {
-                Self::stop(ruby, rb_self, None)?;
-                let message = format!("the workers on {} were not serving in time", rb_self.addr);
-                return Err(raise(ruby, "Error", (message,)));
-            }
+        let timeout = settings::timeout(ruby, timeout)?;
+        let server = &rb_self.inner;
+        if !rb_self.on_ruby_thread {
+            return interruptible(ruby, |between| server.start_with(timeout, between));
         }
-    }
-
-    /// Runs the server on this (Ruby) thread until drained, GVL released; Ruby's interrupts start the
-    /// drain. Returns why it stopped. `Server#start` calls it on a `Thread` for function workers.
-    fn run_here(ruby: &Ruby, rb_self: &Self) -> Result<Symbol, Error> {
-        let taken = std::mem::replace(&mut *rb_self.lock(), State::Done);
-        let State::Bound(server) = taken else {
-            *rb_self.lock() = taken;
-            let message = format!(
-                "the server on {} was already started or stopped",
-                rb_self.addr
-            );
-            return Err(raise(ruby, "Error", (message,)));
-        };
-        let mut server = Some(server);
-        let handle = rb_self.handle.clone();
-        let result = nogvl(
-            ruby,
-            || server.take().map(|s| s.run()),
-            || handle.shutdown(),
-        )?;
-        let report = result
-            .unwrap_or_else(|| {
-                Err(port_sharding::Error::Internal(
-                    "the server ran twice".into(),
-                ))
+        server
+            .start_on(|job| {
+                run_on_ruby_thread(ruby, job, server);
+                Ok(())
             })
             .map_err(|e| to_ruby(ruby, e))?;
-        Ok(ruby.to_symbol(report.reason.as_str()))
+        interruptible(ruby, |between| server.wait_started_with(timeout, between))
     }
 
-    /// Waits at most `seconds` for every worker to serve (GVL released); false when they do not by then,
-    /// or the server began to drain first.
-    fn wait_ready(ruby: &Ruby, rb_self: &Self, seconds: f64) -> Result<bool, Error> {
-        let slice = settings::timeout(ruby, Some(seconds))?;
-        nogvl(ruby, || rb_self.handle.wait_ready(slice), || {})
+    /// Starts a drain (closes the listeners if never started) and waits until it is over, at most
+    /// `timeout` seconds: the report, or nil when `timeout` passed first.
+    fn stop(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<Option<Value>, Error> {
+        let timeout = settings::timeout(ruby, timeout)?;
+        let stopped = interruptible(ruby, |between| rb_self.inner.stop_with(timeout, between))?;
+        maybe_report(ruby, stopped)
     }
 
-    /// Starts a drain and returns at once.
-    fn shutdown(&self) {
-        self.handle.shutdown();
+    /// Waits until the run has ended, at most `timeout` seconds: the report, or nil when `timeout` passed
+    /// first; raises what the run failed with.
+    fn wait(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<Option<Value>, Error> {
+        let timeout = settings::timeout(ruby, timeout)?;
+        let waited = interruptible(ruby, |between| rb_self.inner.wait_with(timeout, between))?;
+        maybe_report(ruby, waited)
     }
+}
 
-    /// Starts a drain (closes the listeners if never started), then waits as `wait` does.
-    fn stop(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<Option<Symbol>, Error> {
-        rb_self.handle.shutdown();
-        if matches!(*rb_self.lock(), State::Bound(_)) {
-            *rb_self.lock() = State::Done; // dropping the bound server closes its listeners
-        }
-        Self::wait(ruby, rb_self, timeout)
-    }
-
-    /// Waits until the run has ended and returns why (`:stop`, `:taken_over`, …), or raises what it failed
-    /// with; `nil` after `timeout` seconds, when never started, or when that was already reported.
-    fn wait(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<Option<Symbol>, Error> {
-        let until = deadline(ruby, timeout)?;
-        let Some(running) = rb_self.running() else {
-            return Ok(None);
-        };
-        loop {
-            if let Some(result) = nogvl(ruby, || running.wait(Some(slice(until))), || {})? {
-                *rb_self.lock() = State::Done;
-                let report = result.map_err(|e| to_ruby(ruby, e))?;
-                return Ok(Some(ruby.to_symbol(report.reason.as_str())));
-            }
-            ruby.thread_check_ints()?;
-            if passed(until) {
-                return Ok(None);
-            }
-        }
-    }
+/// Runs `job` (a block server's supervisor) on a new Ruby `Thread`, without the GVL but able to take it
+/// to fork. Whatever interrupts that thread (`Thread#kill`, the exit of the process) starts the drain.
+/// The thread's own value is nil: waiters get the report from the engine.
+fn run_on_ruby_thread(ruby: &Ruby, job: Job, server: &Server) {
+    let handle = server.handle();
+    let mut job = Some(job);
+    ruby.thread_create_from_fn(move |ruby| {
+        // Unrun (an interrupt before it began), the job ends the server as if stopped when dropped.
+        nogvl(ruby, || job.take().map(Job::run), || handle.shutdown()).ok();
+        ruby.qnil()
+    });
 }
