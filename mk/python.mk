@@ -1,8 +1,11 @@
 # The Python package (issue 3): `pip install ./python` builds it with maturin; `make serve` serves through it.
 PIP        ?= $(PYTHON) -m pip
-# Rebuild the package when any of these changed since the last install (else setup-python takes ~0.1 s).
-PY_SOURCES  = $(shell find python/src python/port_sharding core/src cli/src -type f ! -name '*.pyc' ! -name '*.so' 2>/dev/null) \
-              python/Cargo.toml python/pyproject.toml core/Cargo.toml cli/Cargo.toml Cargo.toml Cargo.lock
+# Rebuild the package when any of these changed since the last install (else setup-python takes ~0.1 s):
+# every crate the module links, the load generator included (the CLI's `bench` runs in-process).
+PY_SOURCES  = $(shell find python/src python/port_sharding core/src cli/src bench/src -type f \
+                ! -name '*.pyc' ! -name '*.so' 2>/dev/null) \
+              python/Cargo.toml python/pyproject.toml core/Cargo.toml cli/Cargo.toml $(wildcard bench/Cargo.toml) \
+              Cargo.toml Cargo.lock
 PY_STAMP   := target/.python-package-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore

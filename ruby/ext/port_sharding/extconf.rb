@@ -1,8 +1,8 @@
 # frozen_string_literal: true
 
-# Writes a Makefile that builds the extension with `cargo build --release` and installs
-# port_sharding/port_sharding.so. No mkmf/rb_sys: rb-sys (a crate) finds Ruby through $RUBY and its headers
-# through RbConfig, and bindgen needs libclang.
+# Writes a Makefile that builds the extension with `cargo build --profile dist` (the release build without
+# debug info: see the workspace Cargo.toml) and installs port_sharding/port_sharding.so. No mkmf/rb_sys:
+# rb-sys (a crate) finds Ruby through $RUBY and its headers through RbConfig, and bindgen needs libclang.
 require "rbconfig"
 require "shellwords"
 
@@ -52,8 +52,8 @@ File.write(File.join(here, "Makefile"), <<~MAKE)
   DLLIB = port_sharding.#{RbConfig::CONFIG["DLEXT"]}
 
   all:
-  \tRUBY=$(RUBY) $(CARGO) build --release --manifest-path $(MANIFEST) -p port-sharding-ruby --target-dir "$(CARGO_TARGET_DIR)"
-  \tcp "$(CARGO_TARGET_DIR)/release/libport_sharding_ruby.so" $(DLLIB)
+  \tRUBY=$(RUBY) $(CARGO) build --profile dist --manifest-path $(MANIFEST) -p port-sharding-ruby --target-dir "$(CARGO_TARGET_DIR)"
+  \tcp "$(CARGO_TARGET_DIR)/dist/libport_sharding_ruby.so" $(DLLIB)
 
   install: all
   \tmkdir -p "$(DESTDIR)$(sitearchdir)/port_sharding"
