@@ -17,5 +17,5 @@ for crate in "${crates[@]}"; do
         status=1
     fi
 done
-[ $status -ne 0 ] || echo "check-engine-deps: ${crates[*]} link no clap, hdrhistogram or indicatif"
+[ $status -ne 0 ] || echo "check-engine-deps: ${crates[*]} links no clap, hdrhistogram or indicatif"
 exit $status
