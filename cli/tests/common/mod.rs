@@ -410,3 +410,49 @@ pub fn wait_count(srv: &ServerProc, needle: &str, n: usize) -> bool {
     }
     false
 }
+
+/// The inodes of the listening TCP sockets on `port` (IPv4 and IPv6), from `/proc/net/tcp*`.
+pub fn listener_inodes(port: u16) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is "ADDR:PORT" in hex; state 0A is LISTEN; the inode is the 10th field.
+            let local_port = f.get(1).and_then(|a| a.rsplit(':').next());
+            if f.get(3) == Some(&"0A")
+                && local_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+            {
+                inodes.extend(f.get(9).map(|i| i.to_string()));
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether process `pid` holds a descriptor of a listening socket on `port`.
+pub fn holds_listener(pid: i32, port: u16) -> bool {
+    let inodes = listener_inodes(port);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            inodes.iter().any(|i| target == format!("socket:[{i}]"))
+        })
+    })
+}
+
+/// Waits until `pid` is stopped (SIGSTOP took effect: state `T` in `/proc/<pid>/stat`).
+pub fn wait_stopped(pid: i32) {
+    wait_until(&format!("pid {pid} to be stopped"), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('T')
+        })
+    });
+}
