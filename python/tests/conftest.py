@@ -183,3 +183,47 @@ def wait_gone(pids: List[int], timeout: float = TIMEOUT) -> List[int]:
 def python_code(body: str) -> str:
     """Prefixes a child script with the import every test child needs."""
     return "import port_sharding, sys, os\n" + body
+
+
+def wait_until(what: str, cond: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Waits until `cond()` holds; fails the test naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def wait_stopped(pid: int) -> None:
+    """Waits until SIGSTOP took effect on `pid` (state T in /proc/<pid>/stat)."""
+
+    def stopped() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "T"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    wait_until(f"pid {pid} to be stopped", stopped)
+
+
+def holds_listener(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a descriptor of a listening TCP socket on `port` (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except FileNotFoundError:
+            continue
+    return False

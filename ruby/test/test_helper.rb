@@ -156,6 +156,29 @@ module PortShardingTest
     end
   end
 
+  # Whether process `pid` holds a descriptor of a listening TCP socket on `port` (from /proc).
+  def holds_listener?(pid, port)
+    inodes = %w[/proc/net/tcp /proc/net/tcp6].flat_map do |table|
+      File.readlines(table).drop(1).map(&:split).select do |f|
+        f[3] == "0A" && f[1].split(":").last.to_i(16) == port # 0A: LISTEN
+      end.map { |f| "socket:[#{f[9]}]" }
+    end
+    Dir.children("/proc/#{pid}/fd").any? do |fd|
+      inodes.include?(File.readlink("/proc/#{pid}/fd/#{fd}"))
+    rescue SystemCallError
+      false
+    end
+  rescue SystemCallError
+    false
+  end
+
+  # Waits until SIGSTOP took effect on `pid` (state T in /proc/<pid>/stat).
+  def wait_stopped(pid)
+    PortShardingTest.eventually("pid #{pid} to be stopped") do
+      File.read("/proc/#{pid}/stat").rpartition(")").last.lstrip.start_with?("T")
+    end
+  end
+
   def alive?(pid)
     !File.read("/proc/#{pid}/stat").rpartition(")").last.lstrip.start_with?("Z")
   rescue SystemCallError
