@@ -1,7 +1,8 @@
 """Helpers for the port_sharding tests: real processes and real sockets on 127.0.0.1, ephemeral ports.
 
 Every server subprocess runs in its own session (so its process group holds it and its workers) and is
-killed by that group id in teardown. Every wait is bounded by a deadline.
+killed by that group id in teardown. Every wait is bounded by a deadline; every test by a time limit, and the
+session by a private control directory (scripts/pytest_guards.py).
 """
 
 import os
@@ -18,6 +19,9 @@ from typing import Callable, Iterator, List
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+from pytest_guards import *  # noqa: E402,F401,F403 -- time limit, private control dir, port 1234 guard
+from pytest_guards import DEFAULT_SIGNALS  # noqa: E402
 TIMEOUT = 20.0  # seconds any single wait may take before the test fails
 READY = re.compile(r"ready: \d+ worker\(s\) serving 127\.0\.0\.1:(\d+)")
 
@@ -35,7 +39,7 @@ class Proc:
 
     def __init__(self, args: List[str]) -> None:
         self.popen = subprocess.Popen(
-            [sys.executable, *args],
+            [*DEFAULT_SIGNALS, sys.executable, *args],  # SIGINT and SIGQUIT as a terminal would give them
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -1,6 +1,8 @@
 //! Test helpers: a `port-sharding serve` process in its own process group, and small clients.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod watchdog;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -13,7 +15,27 @@ use std::time::{Duration, Instant};
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub fn bin() -> &'static str {
+    watchdog::arm(); // every test that runs the CLI gets the per-test time limit
     env!("CARGO_BIN_EXE_port-sharding")
+}
+
+/// Gives `cmd` the default SIGINT and SIGQUIT dispositions. A process inherits ignored signals across
+/// exec: under `nohup make test &` (or any job started with SIGINT ignored) the server would otherwise
+/// ignore the Ctrl-C a test sends it, so the tests would depend on how they were started.
+pub fn default_signals(cmd: &mut Command) -> &mut Command {
+    // SAFETY: sigaction is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            for sig in [libc::SIGINT, libc::SIGQUIT] {
+                if libc::sigaction(sig, &dfl, std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Reports a test that cannot run here and returns nothing: the reason goes to stderr and to
@@ -60,6 +82,7 @@ impl Drop for ControlDir {
 }
 
 pub fn control_dir() -> ControlDir {
+    watchdog::arm();
     let dir = std::env::temp_dir().join(format!("ps-test-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).unwrap();
     // Servers and clients refuse a control directory other users may enter.
@@ -138,6 +161,7 @@ impl Spawn {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
+        default_signals(&mut cmd);
         if let Some(n) = self.nofile {
             // SAFETY: setrlimit is async-signal-safe.
             unsafe {
@@ -165,6 +189,7 @@ impl Spawn {
             }
         }
         let mut child = cmd.spawn().expect("spawn port-sharding");
+        watchdog::track_group(child.id() as i32);
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
@@ -276,6 +301,7 @@ impl Drop for ServerProc {
         // SAFETY: plain syscalls on our own group; ESRCH (nothing left) is fine.
         unsafe { libc::killpg(self.pid(), libc::SIGKILL) };
         self.child.wait().ok();
+        watchdog::untrack_group(self.pid());
     }
 }
 
@@ -328,6 +354,7 @@ pub fn assert_all_gone(pids: &[i32]) {
 }
 
 pub fn connect(port: u16) -> TcpStream {
+    watchdog::arm();
     let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s.set_write_timeout(Some(PATIENCE)).unwrap();
