@@ -77,8 +77,11 @@ class Proc:
         pytest.fail(f"no line matching {pattern!r} in {stream}; {self.describe()}")
 
     def ready_port(self) -> int:
-        """Waits for the engine's `ready` log line and returns the port it serves."""
-        return int(self.wait_for(READY.pattern).group(1))
+        """Waits for the engine's `ready` log line and returns the port it serves (never the default one: tests use
+        ephemeral ports)."""
+        port = int(self.wait_for(READY.pattern).group(1))
+        assert port != 1234, f"a test server on the default port 1234: pass port 0; {self.describe()}"
+        return port
 
     def finish(self, timeout: float = TIMEOUT) -> int:
         """Waits for the exit (failing after `timeout`) and for the output to be read; returns the exit code."""

@@ -6,6 +6,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, List
 
 import pytest
@@ -258,15 +259,15 @@ port_sharding.serve(0, host="127.0.0.1", workers=1, worker=worker, ready_timeout
 """
 
 
-def test_a_reload_keeps_the_old_worker_until_the_new_one_is_ready(spawn: Spawn, tmp_path: "os.PathLike[str]") -> None:
+def test_a_reload_keeps_the_old_worker_until_the_new_one_is_ready(spawn: Spawn, tmp_path: Path) -> None:
     """A reload must not promote a new function worker before it is ready (its first accept, or ready()): until
     the ready timeout every connection is answered by the OLD worker; then the reload reports the failure, the new
     worker is gone and the old one still serves."""
-    hold = os.path.join(tmp_path, "hold")
-    p = spawn("-c", HOLDING, hold)
+    hold = tmp_path / "hold"
+    p = spawn("-c", HOLDING, str(hold))
     port = p.ready_port()
     [old] = worker_pids(port)
-    open(hold, "w").close()  # from now on a new worker holds
+    hold.touch()  # from now on a new worker holds
     reports: List[Any] = []
     reloading = threading.Thread(target=lambda: reports.extend(port_sharding.reload(port)))
     reloading.start()
@@ -391,6 +392,7 @@ print("rounds ok", ok, flush=True)
 """
 
 
+@pytest.mark.timeout(300)  # it waits up to 120 s for its child
 def test_workers_fork_and_serve_while_other_threads_are_busy(spawn: Spawn) -> None:
     p = spawn("-c", BUSY)
     assert p.finish(timeout=120) == 0, p.describe()

@@ -112,7 +112,10 @@ module PortShardingTest
 
     # The port the engine logged ("… server starting on 127.0.0.1:PORT: …").
     def port
-      Integer(wait_log("server starting on")[/starting on [^ ]*:(\d+):/, 1])
+      port = Integer(wait_log("server starting on")[/starting on [^ ]*:(\d+):/, 1])
+      raise Minitest::Assertion, "a test server on the default port 1234: pass port 0" if port == 1234 # ephemeral only
+
+      port
     end
 
     def ready = wait_log("ready:") && self

@@ -74,6 +74,7 @@ class Server:
         line = self.wait_log("server starting on")
         # "… server starting on 127.0.0.1:41234: 2 worker(s), …"
         self.port = int(line.split("starting on ")[1].split(": ")[0].rsplit(":", 1)[1])
+        assert self.port != 1234, "a test server on the default port 1234: pass port 0"  # tests use ephemeral ports
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

@@ -211,6 +211,11 @@ impl Spawn {
             let addr = line.split("starting on ").nth(1).unwrap();
             let addr = addr.split(": ").next().unwrap();
             proc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            // Tests use ephemeral ports: the default one belongs to a developer's `make serve`.
+            assert_ne!(
+                proc.port, 1234,
+                "a test server on the default port 1234: pass --port 0"
+            );
         }
         proc
     }
