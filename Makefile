@@ -32,8 +32,10 @@ setup-rust: ## check the Rust toolchain and fetch crates
 serve-cli: setup-rust ## serve echo on :$(PORT) with the CLI
 	$(CARGO) run --release -q --bin port-sharding -- serve --port $(PORT)
 
+# A private control directory for the whole run: the tests give each server its own, and this keeps one that
+# forgets away from the default one (where a developer's servers live).
 test-rust: setup-rust ## Rust unit, integration and doc tests (engine, CLI end to end, load generator)
-	$(CARGO) test --workspace --locked
+	ctl=$$(mktemp -d) && trap 'rm -rf "$$ctl"' EXIT && PORT_SHARDING_CONTROL_DIR=$$ctl $(CARGO) test --workspace --locked
 
 lint: setup-rust ## rustfmt and clippy (-D warnings)
 	$(CARGO) fmt --all -- --check

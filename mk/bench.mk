@@ -30,7 +30,7 @@ bench-floor: bench-build ## the engine vs the minimal C server only: CPU and sys
 bench-scaling: bench-build ## workers 1,2,4,8,16, engine and C server side by side -> $(OUT)/scaling-*.md/json + BENCHMARKS.md
 	OUT=$(OUT) $(PYTHON) bench/run.py scaling
 
-test-bench-harness: ## the bench harness: no side effects at import, parsers, report, the C server (pytest)
+test-bench-harness: setup-python-tools ## the bench harness: no side effects at import, parsers, report, the C server (pytest)
 	$(PYTHON) -m pytest -q -p no:cacheprovider bench/harness_tests
 
 TEST_SUITES += bench-harness

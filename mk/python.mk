@@ -10,10 +10,14 @@ PY_STAMP   := target/.python-package-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: setup-python test-python
+.PHONY: setup-python setup-python-tools test-python
 
-setup-python: setup-rust ## build and install the Python package (pip install ./python) when its sources changed
-	@$(PYTHON) -c 'import maturin, pytest, mypy, gunicorn' 2>/dev/null || $(PIP) install -q maturin pytest mypy gunicorn
+# pytest-timeout: every Python suite runs each test under a time limit (scripts/pytest_guards.py).
+setup-python-tools: ## the Python tools the suites use (maturin, pytest, pytest-timeout, mypy, gunicorn), when missing
+	@$(PYTHON) -c 'import maturin, pytest, pytest_timeout, mypy, gunicorn' 2>/dev/null \
+	  || $(PIP) install -q maturin pytest pytest-timeout mypy gunicorn
+
+setup-python: setup-rust setup-python-tools ## build and install the Python package (pip install ./python) when its sources changed
 	@if [ -f $(PY_STAMP) ] && [ -z "$$(find $(PY_SOURCES) -newer $(PY_STAMP) 2>/dev/null | head -1)" ] \
 	    && $(PYTHON) -c 'import port_sharding' 2>/dev/null; then exit 0; fi; \
 	  echo "setup-python: pip install ./python"; \
@@ -25,7 +29,7 @@ test-python: setup-python ## Python package tests (pytest python/tests), stubs v
 	$(CARGO) build --locked -q -p port-sharding-cli  # the Rust CLI whose help and tables python -m must match
 	$(PYTHON) -m pytest -q -rs -p no:cacheprovider python/tests
 	cd target && $(PYTHON) -m mypy.stubtest port_sharding  # from target/: its .mypy_cache lands there
-	MYPY_CACHE_DIR=target/mypy-cache $(PYTHON) -m mypy --strict $(PY_TYPED)
+	MYPYPATH=scripts MYPY_CACHE_DIR=target/mypy-cache $(PYTHON) -m mypy --strict $(PY_TYPED)
 
 setup: setup-python
 TEST_SUITES += python

@@ -24,6 +24,7 @@ from harness.markdown import SCALING_BEGIN, merge_scaling  # noqa: E402
 from harness.matrix import cmd_report  # noqa: E402
 from harness.servers import echo_once, free_port  # noqa: E402
 from harness.syscalls import parse_perf_stat, parse_strace_c  # noqa: E402
+from pytest_guards import DEFAULT_SIGNALS  # noqa: E402 (scripts/, put on the path by conftest.py)
 
 MODULES = ["__main__", "chart", "context", "footprint", "format", "markdown", "matrix", "measure", "scaling", "servers",
            "syscalls", "targets"]
@@ -107,8 +108,9 @@ def c_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def start(binary: Path, *args: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([str(binary), "-p", str(port), *args], start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    # SIGINT and SIGQUIT as a terminal would give them, even when this run inherited them ignored (nohup).
+    proc = subprocess.Popen([*DEFAULT_SIGNALS, str(binary), "-p", str(port), *args], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     until = time.monotonic() + 10
     while not echo_once(port, timeout=0.5):  # bounded by `until`
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""

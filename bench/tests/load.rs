@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 
 use port_sharding_bench::{run, BenchArgs, Report, Workload};
 
+/// The per-test time limit of the CLI's integration tests: a test that hangs fails this binary, named.
+#[path = "../../cli/tests/common/watchdog.rs"]
+#[allow(dead_code)]
+mod watchdog;
+
 /// Longest any test server lives; reached only when a test is broken.
 const SERVER_LIFETIME: Duration = Duration::from_secs(60);
 
@@ -47,6 +52,7 @@ struct TestServer {
 
 impl TestServer {
     fn start(behavior: Behavior) -> TestServer {
+        watchdog::arm();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
@@ -378,6 +384,7 @@ fn silence_is_a_timeout() {
 
 #[test]
 fn nothing_listening_is_refused() {
+    watchdog::arm();
     let port = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

@@ -67,6 +67,7 @@ fn cli_against_the_engine_reports_workers() {
 
 #[test]
 fn cli_exit_codes() {
+    let dir = common::control_dir(); // nothing here may look at the default control directory
     let port = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -85,6 +86,7 @@ fn cli_exit_codes() {
             "--json",
             "--no-status",
         ])
+        .env("PORT_SHARDING_CONTROL_DIR", &*dir)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "failed operations exit 1");
@@ -92,6 +94,7 @@ fn cli_exit_codes() {
     assert_eq!(r.errors.refused, 2);
     let out = Command::new(common::bin())
         .args(["bench", "--port", "9", "--size", "0"])
+        .env("PORT_SHARDING_CONTROL_DIR", &*dir)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "bad arguments exit 2");

@@ -418,6 +418,78 @@ fn a_reload_whose_new_command_fails_keeps_the_old_workers_serving() {
     assert_eq!(answered_by, before.iter().copied().collect());
 }
 
+/// A reload must not promote a new worker before it is ready. The new generation starts, stays alive,
+/// but never accepts nor sends READY=1 (`--hold-if`, a release stuck in its start-up): until the ready
+/// timeout every connection is answered by the OLD worker, then the reload reports the failure, the new
+/// worker is gone and the old one still serves. A supervisor that promoted the new worker early would stop
+/// the old one: connections would go unanswered, or the reload would report success.
+#[test]
+fn a_reload_keeps_the_old_worker_until_the_new_one_sends_ready() {
+    if !python("a_reload_keeps_the_old_worker_until_the_new_one_sends_ready") {
+        return;
+    }
+    let dir = control_dir();
+    let hold = dir.join("hold");
+    let hold_arg = hold.display().to_string();
+    let script = worker_script();
+    let mut srv = Spawn::new(&args(
+        &["-w", "1", "--ready", "notify", "--ready-timeout", "4s"],
+        &[&script, "--notify", "--hold-if", &hold_arg],
+    ))
+    .dir(&dir)
+    .start();
+    let old = current_pids(&srv)[0];
+    std::fs::write(&hold, "").unwrap(); // from now on a new worker holds
+    let (port, ctl) = (srv.port.to_string(), srv.dir.clone());
+    let reloading = std::thread::spawn(move || cli(&ctl, &["reload", "--port", &port]));
+    let started = srv.wait_log("generation 2");
+    let new: i32 = started
+        .split("started: pid ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    srv.wait_log(&format!("fd3_worker {new}: holding, never ready"));
+    // Until the reload gives up (bounded by the ready timeout, and here by count).
+    let mut asked = 0;
+    while !reloading.is_finished() && asked < 2_000 {
+        let (pid, _) = ask(srv.port, &format!("during {asked}"))
+            .unwrap_or_else(|e| panic!("not answered while the new worker was not ready: {e}"));
+        assert_eq!(
+            pid, old,
+            "answered by pid {pid} before the new worker was ready"
+        );
+        asked += 1;
+    }
+    let out = reloading.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the reload must fail: {err}");
+    assert!(
+        err.contains(&format!(
+            "worker 0 (new pid {new}) was not ready within 4s (--ready-timeout)"
+        )),
+        "{err}"
+    );
+    assert!(
+        asked > 0,
+        "the reload ended before a connection could be tried"
+    );
+    assert_eq!(srv.count_log("is ready; pid"), 0, "{:#?}", srv.log());
+    assert_all_gone(&[new]);
+    assert_eq!(
+        current_pids(&srv),
+        vec![old],
+        "the old worker keeps its listener"
+    );
+    for i in 0..20 {
+        assert_eq!(ask(srv.port, &format!("after {i}")).unwrap().0, old);
+    }
+    eprintln!("{asked} connection(s) answered by the old worker while the new one was not ready");
+}
+
 #[test]
 fn ready_notify_is_honoured_and_the_ready_timeout_enforced() {
     if !python("ready_notify_is_honoured_and_the_ready_timeout_enforced") {

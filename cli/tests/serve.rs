@@ -218,6 +218,58 @@ fn drain_serves_what_is_already_queued() {
     assert_eq!(srv.wait_exit().code(), Some(0));
 }
 
+/// The drain is asked for first, and the connections queue after it: a draining worker must still accept
+/// what is queued on its listener before it closes it (closing a listener resets its queue). The worker is
+/// stopped meanwhile, so when it resumes it finds the drain request first and the queue second (epoll
+/// reports them in the order they became ready): a worker that closes its listener on the drain request,
+/// before looking at the queue, resets all 10. (`drain_serves_what_is_already_queued` queues before the
+/// drain, so there the worker sees the queue first and cannot tell the two apart.)
+#[test]
+fn a_drain_serves_what_queues_after_it_began() {
+    let mut srv = Spawn::new(&["--port", "0", "--workers", "1"]).start();
+    let worker = srv.worker_pids()[0];
+    // SAFETY: stopping and resuming the worker our server forked.
+    unsafe { libc::kill(worker, libc::SIGSTOP) };
+    wait_stopped(worker);
+    srv.signal(libc::SIGTERM);
+    srv.wait_log("draining (SIGTERM)");
+    // The supervisor writes the drain byte to every worker, then lets go of its copy of the listener:
+    // once it holds none, the byte is in the stopped worker's pipe.
+    wait_until("the supervisor to let go of the listener", || {
+        !holds_listener(srv.pid(), srv.port)
+    });
+    let mut queued: Vec<_> = (0..10)
+        .map(|i| {
+            let mut s = connect(srv.port);
+            s.write_all(format!("late {i}").as_bytes()).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            s
+        })
+        .collect();
+    assert_eq!(
+        kernel_queues(srv.port),
+        vec![10],
+        "queued on the stopped worker's listener"
+    );
+    unsafe { libc::kill(worker, libc::SIGCONT) };
+    let answered: Vec<bool> = queued
+        .iter_mut()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).is_ok() && got == format!("late {i}").as_bytes()
+        })
+        .collect();
+    let n = answered.iter().filter(|&&ok| ok).count();
+    assert_eq!(
+        n,
+        10,
+        "{n} of 10 connections queued after the drain began were answered; log: {:#?}",
+        srv.log()
+    );
+    assert_eq!(srv.wait_exit().code(), Some(0));
+}
+
 #[test]
 fn drain_timeout_closes_what_is_left_and_says_how_many() {
     let mut srv = Spawn::new(&["--port", "0", "--workers", "1", "--drain-timeout", "1s"]).start();

@@ -1,7 +1,8 @@
 """Helpers for the port_sharding tests: real processes and real sockets on 127.0.0.1, ephemeral ports.
 
 Every server subprocess runs in its own session (so its process group holds it and its workers) and is
-killed by that group id in teardown. Every wait is bounded by a deadline.
+killed by that group id in teardown. Every wait is bounded by a deadline; every test by a time limit, and the
+session by a private control directory (scripts/pytest_guards.py).
 """
 
 import os
@@ -18,6 +19,9 @@ from typing import Callable, Iterator, List
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+from pytest_guards import *  # noqa: E402,F401,F403 -- time limit, private control dir, port 1234 guard
+from pytest_guards import DEFAULT_SIGNALS  # noqa: E402
 TIMEOUT = 20.0  # seconds any single wait may take before the test fails
 READY = re.compile(r"ready: \d+ worker\(s\) serving 127\.0\.0\.1:(\d+)")
 
@@ -35,7 +39,7 @@ class Proc:
 
     def __init__(self, args: List[str]) -> None:
         self.popen = subprocess.Popen(
-            [sys.executable, *args],
+            [*DEFAULT_SIGNALS, sys.executable, *args],  # SIGINT and SIGQUIT as a terminal would give them
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -73,8 +77,11 @@ class Proc:
         pytest.fail(f"no line matching {pattern!r} in {stream}; {self.describe()}")
 
     def ready_port(self) -> int:
-        """Waits for the engine's `ready` log line and returns the port it serves."""
-        return int(self.wait_for(READY.pattern).group(1))
+        """Waits for the engine's `ready` log line and returns the port it serves (never the default one: tests use
+        ephemeral ports)."""
+        port = int(self.wait_for(READY.pattern).group(1))
+        assert port != 1234, f"a test server on the default port 1234: pass port 0; {self.describe()}"
+        return port
 
     def finish(self, timeout: float = TIMEOUT) -> int:
         """Waits for the exit (failing after `timeout`) and for the output to be read; returns the exit code."""
@@ -183,3 +190,47 @@ def wait_gone(pids: List[int], timeout: float = TIMEOUT) -> List[int]:
 def python_code(body: str) -> str:
     """Prefixes a child script with the import every test child needs."""
     return "import port_sharding, sys, os\n" + body
+
+
+def wait_until(what: str, cond: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Waits until `cond()` holds; fails the test naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def wait_stopped(pid: int) -> None:
+    """Waits until SIGSTOP took effect on `pid` (state T in /proc/<pid>/stat)."""
+
+    def stopped() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "T"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    wait_until(f"pid {pid} to be stopped", stopped)
+
+
+def holds_listener(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a descriptor of a listening TCP socket on `port` (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except FileNotFoundError:
+            continue
+    return False

@@ -11,7 +11,10 @@ require "open3"
 require "rbconfig"
 require "tmpdir"
 
+require_relative "test_helper" # for the per-test time limit and the private control directory
+
 class TestBundleFlows < Minitest::Test
+  prepend PortShardingTest::TimeLimit
   RUBY_DIR = File.expand_path("..", __dir__)
   BUNDLE = begin
     [RbConfig.ruby, Gem.bin_path("bundler", "bundle")]
@@ -21,6 +24,9 @@ class TestBundleFlows < Minitest::Test
   # A server started and stopped in the app, and the gem's executable.
   CHECK = 'require "port_sharding"; PortSharding.quiet = true; ' \
           'puts PortSharding::Server.new(0, host: "127.0.0.1", workers: 1).start.stop.reason'
+
+  # Each flow compiles the extension: far slower than the other tests, but still bounded.
+  def time_limit = 900
 
   def setup
     skip "Bundler is not installed (Debian: the ruby package ships it; else gem install bundler)" unless BUNDLE

@@ -7,9 +7,11 @@ class TestErrors < Minitest::Test
   include PortShardingTest
 
   # keyword => bad values; each must raise an ArgumentError (ConfigError) naming the keyword. nil is not
-  # bad: it means the engine's default.
+  # bad: it means the engine's default. Every call passes port 0 and 127.0.0.1 (and a wrongly accepted "0"
+  # would still be port 0): an engine that wrongly accepted a value binds an ephemeral port on loopback,
+  # never the default port 1234.
   BAD = {
-    port: [70_000, -1, "1234", 2**70],
+    port: [70_000, -1, "0", 2**70],
     workers: [0, 10_000, -2, 2.5, "4"],
     mode: [:bogus, "ECHO", 1],
     backlog: [0, -5, 1.5],
@@ -40,8 +42,9 @@ class TestErrors < Minitest::Test
   end
 
   def test_a_wrong_type_is_a_setting_type_error
-    { port: "80", mode: 1, takeover: "yes", host: [1], drain_timeout: Object.new }.each do |keyword, value|
-      error = assert_raises(PortSharding::SettingTypeError) { PortSharding::Server.new(0, keyword => value) }
+    { port: "0", mode: 1, takeover: "yes", host: [1], drain_timeout: Object.new }.each do |keyword, value|
+      opts = { host: "127.0.0.1", keyword => value }
+      error = assert_raises(PortSharding::SettingTypeError) { PortSharding::Server.new(0, **opts) }
       assert_equal keyword, error.keyword
       assert_match(/\binvalid #{keyword}:.*expected/, error.message)
     end
@@ -56,7 +59,7 @@ class TestErrors < Minitest::Test
   end
 
   def test_unknown_keyword_is_the_engines_config_error
-    error = assert_raises(PortSharding::ConfigError) { PortSharding.serve(0, wrokers: 2) }
+    error = assert_raises(PortSharding::ConfigError) { PortSharding.serve(0, host: "127.0.0.1", wrokers: 2) }
     assert_match(/invalid wrokers: not a setting \(known: host:, port:/, error.message)
   end
 

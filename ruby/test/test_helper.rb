@@ -1,8 +1,10 @@
 # frozen_string_literal: true
 
 # Shared helpers: real processes and sockets on 127.0.0.1 only, ephemeral ports, a private control
-# directory per test; every server subprocess runs in its own process group and is killed by its pid in
-# teardown. Every wait is bounded by PATIENCE, reached only when something is broken.
+# directory per test (and one for the whole run, so that a test that forgets its own never reaches the
+# default one); every server subprocess runs in its own process group and is killed by its pid in
+# teardown. Every wait is bounded by PATIENCE, reached only when something is broken; every test by
+# TEST_LIMIT.
 require "minitest/autorun"
 require "fileutils"
 require "io/wait"
@@ -24,6 +26,44 @@ end
 module PortShardingTest
   REPO = File.expand_path("../..", __dir__) # the repository root (ruby/test/../..)
   PATIENCE = 30.0
+  # Seconds a test may run (setup and teardown included): generous, reached only when something hangs.
+  TEST_LIMIT = Float(ENV.fetch("PORT_SHARDING_TEST_LIMIT_SECS", 120))
+  # Then, if the test could not be interrupted (stuck where Thread#raise cannot reach it), the run ends.
+  BACKSTOP = 30.0
+  # Before every server command: SIGINT and SIGQUIT as a terminal would give them. A job started with them
+  # ignored (`nohup make test &`) passes that on across exec, and Ruby keeps an inherited ignore: a server
+  # would then ignore the Ctrl-C a test sends it. `env --default-signal` (GNU coreutils) resets them in the
+  # child only.
+  DEFAULT_SIGNALS = %w[env --default-signal=INT,QUIT].freeze
+
+  SESSION_CONTROL_DIR = Dir.mktmpdir("port-sharding-tests-") # 0700
+  ENV["PORT_SHARDING_CONTROL_DIR"] = SESSION_CONTROL_DIR
+  Minitest.after_run { FileUtils.rm_rf(SESSION_CONTROL_DIR) }
+
+  # A per-test time limit (issue #19): past its limit the test's thread gets a failure raised in it, naming
+  # the test (its teardown then kills what it started); past BACKSTOP more, the run ends with every thread's
+  # backtrace. minitest has no time limit of its own, and RubyGems (for a gem that adds one) is out of reach.
+  # Prepended to every class that includes PortShardingTest; a class whose tests need longer defines
+  # `time_limit`.
+  module TimeLimit
+    def run
+      test = Thread.current
+      name = "#{self.class}##{self.name}"
+      limit = respond_to?(:time_limit) ? time_limit : TEST_LIMIT
+      watchdog = Thread.new do
+        sleep limit
+        test.raise(Minitest::Assertion, "TEST TIME LIMIT: #{name} still running after #{limit} s")
+        sleep BACKSTOP
+        $stderr.puts "\nTEST TIME LIMIT: #{name} could not be interrupted #{BACKSTOP} s after its limit; " \
+                     "ending the run (ruby/test/test_helper.rb). Threads:"
+        Thread.list.each { |t| $stderr.puts "#{t.inspect}\n  #{(t.backtrace || []).join("\n  ")}" }
+        exit!(1)
+      end
+      super
+    ensure
+      watchdog&.kill
+    end
+  end
 
   def self.monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
@@ -47,7 +87,7 @@ module PortShardingTest
       @out = File.join(dir, "stdout.#{object_id}")
       @err = File.join(dir, "stderr.#{object_id}")
       include_dev = DEV_LIB ? ["-I", DEV_LIB] : []
-      @pid = Process.spawn(env, RbConfig.ruby, *include_dev, *args,
+      @pid = Process.spawn(env, *DEFAULT_SIGNALS, RbConfig.ruby, *include_dev, *args,
                            in: File::NULL, out: @out, err: @err, pgroup: true)
       @status = nil
     end
@@ -72,7 +112,10 @@ module PortShardingTest
 
     # The port the engine logged ("… server starting on 127.0.0.1:PORT: …").
     def port
-      Integer(wait_log("server starting on")[/starting on [^ ]*:(\d+):/, 1])
+      port = Integer(wait_log("server starting on")[/starting on [^ ]*:(\d+):/, 1])
+      raise Minitest::Assertion, "a test server on the default port 1234: pass port 0" if port == 1234 # ephemeral only
+
+      port
     end
 
     def ready = wait_log("ready:") && self
@@ -100,6 +143,10 @@ module PortShardingTest
     rescue Errno::ESRCH
       nil
     end
+  end
+
+  def self.included(test_class)
+    test_class.prepend(TimeLimit)
   end
 
   def setup
@@ -153,6 +200,29 @@ module PortShardingTest
     File.readlines("/proc/net/tcp").drop(1).count do |line|
       local, _remote, state = line.split[1, 3]
       state == "0A" && local.split(":").last.to_i(16) == port
+    end
+  end
+
+  # Whether process `pid` holds a descriptor of a listening TCP socket on `port` (from /proc).
+  def holds_listener?(pid, port)
+    inodes = %w[/proc/net/tcp /proc/net/tcp6].flat_map do |table|
+      File.readlines(table).drop(1).map(&:split).select do |f|
+        f[3] == "0A" && f[1].split(":").last.to_i(16) == port # 0A: LISTEN
+      end.map { |f| "socket:[#{f[9]}]" }
+    end
+    Dir.children("/proc/#{pid}/fd").any? do |fd|
+      inodes.include?(File.readlink("/proc/#{pid}/fd/#{fd}"))
+    rescue SystemCallError
+      false
+    end
+  rescue SystemCallError
+    false
+  end
+
+  # Waits until SIGSTOP took effect on `pid` (state T in /proc/<pid>/stat).
+  def wait_stopped(pid)
+    PortShardingTest.eventually("pid #{pid} to be stopped") do
+      File.read("/proc/#{pid}/stat").rpartition(")").last.lstrip.start_with?("T")
     end
   end
 

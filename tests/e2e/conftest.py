@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from .harness import ClientLoad, Server
+from .harness import ROOT, ClientLoad, Server
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from pytest_guards import *  # noqa: E402,F401,F403 -- time limit, private control dir, port 1234 guard
 
 
 @pytest.fixture

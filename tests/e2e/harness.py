@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("PORT_SHARDING_BIN", ROOT / "target" / "debug" / "port-sharding"))
 RUBY_EXE = ROOT / "ruby" / "exe" / "port-sharding"
 PATIENCE = 30.0  # seconds; reached only when something is broken
+# Before every server command: SIGINT and SIGQUIT as a terminal would give them, even when this run inherited
+# them ignored (`nohup make test &`); see scripts/pytest_guards.py.
+DEFAULT_SIGNALS = ["env", "--default-signal=INT,QUIT"]
 
 
 def serve_command(runtime: str) -> list[str]:
@@ -60,7 +63,7 @@ class Server:
         self.runtime = runtime
         self.control_dir = control_dir
         env = dict(env or os.environ, PORT_SHARDING_CONTROL_DIR=str(control_dir), PYTHONUNBUFFERED="1")
-        cmd = (command or serve_command(runtime)) + ["--host", "127.0.0.1", "--port", str(port), *args]
+        cmd = DEFAULT_SIGNALS + (command or serve_command(runtime)) + ["--host", "127.0.0.1", "--port", str(port), *args]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env=env, start_new_session=True, text=True,
@@ -71,6 +74,7 @@ class Server:
         line = self.wait_log("server starting on")
         # "… server starting on 127.0.0.1:41234: 2 worker(s), …"
         self.port = int(line.split("starting on ")[1].split(": ")[0].rsplit(":", 1)[1])
+        assert self.port != 1234, "a test server on the default port 1234: pass port 0"  # tests use ephemeral ports
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

@@ -1,6 +1,8 @@
 //! Test helpers: a `port-sharding serve` process in its own process group, and small clients.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod watchdog;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -13,7 +15,27 @@ use std::time::{Duration, Instant};
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub fn bin() -> &'static str {
+    watchdog::arm(); // every test that runs the CLI gets the per-test time limit
     env!("CARGO_BIN_EXE_port-sharding")
+}
+
+/// Gives `cmd` the default SIGINT and SIGQUIT dispositions. A process inherits ignored signals across
+/// exec: under `nohup make test &` (or any job started with SIGINT ignored) the server would otherwise
+/// ignore the Ctrl-C a test sends it, so the tests would depend on how they were started.
+pub fn default_signals(cmd: &mut Command) -> &mut Command {
+    // SAFETY: sigaction is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            for sig in [libc::SIGINT, libc::SIGQUIT] {
+                if libc::sigaction(sig, &dfl, std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Reports a test that cannot run here and returns nothing: the reason goes to stderr and to
@@ -60,6 +82,7 @@ impl Drop for ControlDir {
 }
 
 pub fn control_dir() -> ControlDir {
+    watchdog::arm();
     let dir = std::env::temp_dir().join(format!("ps-test-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).unwrap();
     // Servers and clients refuse a control directory other users may enter.
@@ -138,6 +161,7 @@ impl Spawn {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
+        default_signals(&mut cmd);
         if let Some(n) = self.nofile {
             // SAFETY: setrlimit is async-signal-safe.
             unsafe {
@@ -165,6 +189,7 @@ impl Spawn {
             }
         }
         let mut child = cmd.spawn().expect("spawn port-sharding");
+        watchdog::track_group(child.id() as i32);
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
@@ -186,6 +211,11 @@ impl Spawn {
             let addr = line.split("starting on ").nth(1).unwrap();
             let addr = addr.split(": ").next().unwrap();
             proc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            // Tests use ephemeral ports: the default one belongs to a developer's `make serve`.
+            assert_ne!(
+                proc.port, 1234,
+                "a test server on the default port 1234: pass --port 0"
+            );
         }
         proc
     }
@@ -276,6 +306,7 @@ impl Drop for ServerProc {
         // SAFETY: plain syscalls on our own group; ESRCH (nothing left) is fine.
         unsafe { libc::killpg(self.pid(), libc::SIGKILL) };
         self.child.wait().ok();
+        watchdog::untrack_group(self.pid());
     }
 }
 
@@ -328,6 +359,7 @@ pub fn assert_all_gone(pids: &[i32]) {
 }
 
 pub fn connect(port: u16) -> TcpStream {
+    watchdog::arm();
     let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s.set_write_timeout(Some(PATIENCE)).unwrap();
@@ -409,4 +441,50 @@ pub fn wait_count(srv: &ServerProc, needle: &str, n: usize) -> bool {
         std::thread::sleep(Duration::from_millis(2));
     }
     false
+}
+
+/// The inodes of the listening TCP sockets on `port` (IPv4 and IPv6), from `/proc/net/tcp*`.
+pub fn listener_inodes(port: u16) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is "ADDR:PORT" in hex; state 0A is LISTEN; the inode is the 10th field.
+            let local_port = f.get(1).and_then(|a| a.rsplit(':').next());
+            if f.get(3) == Some(&"0A")
+                && local_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+            {
+                inodes.extend(f.get(9).map(|i| i.to_string()));
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether process `pid` holds a descriptor of a listening socket on `port`.
+pub fn holds_listener(pid: i32, port: u16) -> bool {
+    let inodes = listener_inodes(port);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            inodes.iter().any(|i| target == format!("socket:[{i}]"))
+        })
+    })
+}
+
+/// Waits until `pid` is stopped (SIGSTOP took effect: state `T` in `/proc/<pid>/stat`).
+pub fn wait_stopped(pid: i32) {
+    wait_until(&format!("pid {pid} to be stopped"), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('T')
+        })
+    });
 }

@@ -5,6 +5,8 @@ fd 3 (systemd socket activation) and answers each connection with `<pid> <worker
     --ignore-term  ignore SIGTERM (to see the supervisor's SIGKILL)
     --on-int       stop gracefully on SIGINT (as on SIGTERM), and say so on stderr
     --http         answer an HTTP request instead: `200 OK`, the same line as the body, Connection: close
+    --hold-if PATH when PATH exists at start: stay alive without ever accepting or sending READY=1 (a new
+                   release stuck in its start-up); SIGTERM then ends it at once
 """
 import os
 import signal
@@ -23,6 +25,11 @@ def stop(signum: int, frame: object) -> None:
     listener.close()
 
 
+if "--hold-if" in sys.argv and os.path.exists(sys.argv[sys.argv.index("--hold-if") + 1]):
+    os.write(2, f"fd3_worker {os.getpid()}: holding, never ready\n".encode())
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    while True:
+        signal.pause()
 signal.signal(signal.SIGTERM, signal.SIG_IGN if "--ignore-term" in sys.argv else stop)
 if "--on-int" in sys.argv:
     signal.signal(signal.SIGINT, stop)
