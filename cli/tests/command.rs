@@ -469,7 +469,7 @@ fn a_reload_keeps_the_old_worker_until_the_new_one_sends_ready() {
     assert_eq!(out.status.code(), Some(1), "the reload must fail: {err}");
     assert!(
         err.contains(&format!(
-            "worker 0 (new pid {new}) was not ready within 4s (--ready-timeout)"
+            "worker 0 (new pid {new}) was not ready within 4s (the ready timeout)"
         )),
         "{err}"
     );

@@ -284,11 +284,13 @@ def test_a_reload_keeps_the_old_worker_until_the_new_one_is_ready(spawn: Spawn, 
     assert report["replaced"] == [], report
     failed = report["failed"]
     assert failed is not None and failed["pid"] == new, report
-    assert "was not serving within 4s" in failed["reason"], report
+    assert "was not ready within 4s" in failed["reason"], report
     assert asked > 0, "the reload ended before a connection could be tried"
     assert wait_gone([new]) == []
-    # Not asserted yet: `status` still names the new (killed) worker, state "starting", on the old one's slot after
-    # a failed function-worker reload (the slot it joined is not given back); the old pid keeps serving, as below.
+    # `status` names the old worker, still serving, and no process of the failed reload is left on its listener.
+    [seat] = port_sharding.status(port)[0]["workers"]
+    assert (seat["pid"], seat["state"]) == (old, "serving"), seat
+    assert [(w["pid"], w["role"]) for w in seat["processes"]] == [(old, "serving")], seat
     for i in range(20):
         assert ask(port, b"after %d" % i) == b"%d after %d" % (old, i)
     os.kill(p.pid, signal.SIGTERM)

@@ -280,11 +280,13 @@ class TestWorker < Minitest::Test
     report = reloading.value.first
     assert_empty report[:replaced], report.inspect
     assert_equal new, report[:failed]&.fetch(:pid), report.inspect
-    assert_includes report[:failed][:reason], "was not serving within 4s"
+    assert_includes report[:failed][:reason], "was not ready within 4s"
     assert_operator asked, :>, 0, "the reload ended before a connection could be tried"
     assert_gone [new]
-    # Not asserted yet: `status` still names the new (killed) worker, state "starting", on the old one's slot
-    # after a failed block-worker reload (the slot it joined is not given back); the old pid keeps serving:
+    # `status` names the old worker, still serving, and no process of the failed reload is left on its listener:
+    seat = PortSharding.status(port).first[:workers].first
+    assert_equal [old, "serving"], [seat[:pid], seat[:state]], seat.inspect
+    assert_equal [[old, "serving"]], seat[:processes].map { |w| [w[:pid], w[:role]] }, seat.inspect
     20.times { |i| assert_equal "#{old} after #{i}", ask(port, "after #{i}") }
     Process.kill(:TERM, child.pid)
     assert_predicate child.wait_exit, :success?, child.stderr
