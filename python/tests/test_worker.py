@@ -287,10 +287,14 @@ def test_a_reload_keeps_the_old_worker_until_the_new_one_is_ready(spawn: Spawn, 
     assert "was not ready within 4s" in failed["reason"], report
     assert asked > 0, "the reload ended before a connection could be tried"
     assert wait_gone([new]) == []
-    # `status` names the old worker, still serving, and no process of the failed reload is left on its listener.
-    [seat] = port_sharding.status(port)[0]["workers"]
-    assert (seat["pid"], seat["state"]) == (old, "serving"), seat
-    assert [(w["pid"], w["role"]) for w in seat["processes"]] == [(old, "serving")], seat
+    # `status` names the old worker, still serving, and once the supervisor has reaped the killed one, no
+    # process of the failed reload is left on its listener.
+    def seat() -> Any:
+        return port_sharding.status(port)[0]["workers"][0]
+
+    assert (seat()["pid"], seat()["state"]) == (old, "serving"), seat()
+    wait_until("the failed reload's worker is reaped", lambda: len(seat()["processes"]) == 1)
+    assert [(w["pid"], w["role"]) for w in seat()["processes"]] == [(old, "serving")], seat()
     for i in range(20):
         assert ask(port, b"after %d" % i) == b"%d after %d" % (old, i)
     os.kill(p.pid, signal.SIGTERM)

@@ -284,9 +284,10 @@ class TestWorker < Minitest::Test
     assert_operator asked, :>, 0, "the reload ended before a connection could be tried"
     assert_gone [new]
     # `status` names the old worker, still serving, and no process of the failed reload is left on its listener:
-    seat = PortSharding.status(port).first[:workers].first
-    assert_equal [old, "serving"], [seat[:pid], seat[:state]], seat.inspect
-    assert_equal [[old, "serving"]], seat[:processes].map { |w| [w[:pid], w[:role]] }, seat.inspect
+    seat = -> { PortSharding.status(port).first[:workers].first }
+    assert_equal [old, "serving"], [seat.call[:pid], seat.call[:state]], seat.call.inspect
+    PortShardingTest.eventually("the failed reload's worker to be reaped") { seat.call[:processes].size == 1 }
+    assert_equal [[old, "serving"]], seat.call[:processes].map { |w| [w[:pid], w[:role]] }, seat.call.inspect
     20.times { |i| assert_equal "#{old} after #{i}", ask(port, "after #{i}") }
     Process.kill(:TERM, child.pid)
     assert_predicate child.wait_exit, :success?, child.stderr
