@@ -72,7 +72,7 @@ pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
     let handle = SERVING.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some(h) = handle {
-        h.shutdown();
+        h.stop();
     }
 }
 
@@ -264,7 +264,7 @@ fn serve(m: &ArgMatches, host: Host) -> port_sharding::Result<u8> {
     let server = Server::bind(config)?;
     *SERVING.lock().unwrap_or_else(|e| e.into_inner()) = Some(server.handle());
     if INTERRUPTED.load(Ordering::SeqCst) {
-        server.handle().shutdown(); // interrupted while binding: drain at once
+        server.handle().stop(); // interrupted while binding: drain at once
     }
     let report = server.run();
     *SERVING.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -33,7 +33,7 @@ fn a_child_holding_the_drain_pipes_does_not_delay_the_drain() {
             libc::_exit(0);
         }
     }
-    handle.shutdown();
+    handle.stop();
     let report = run.join().unwrap().unwrap();
     let child_alive = alive(child);
     // SAFETY: our own child.

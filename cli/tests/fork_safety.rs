@@ -35,7 +35,7 @@ fn a_host_child_forked_during_stop_neither_delays_it_nor_keeps_the_port() {
         }
     }
     let t = Instant::now();
-    handle.shutdown();
+    handle.stop();
     let report = run.join().unwrap().unwrap();
     let took = t.elapsed();
     let child_alive = alive(child);

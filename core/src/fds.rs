@@ -107,7 +107,7 @@ pub(crate) fn unregister(fd: RawFd) {
 /// child (a `Server` bound but never run) later closes that placeholder, never an unrelated fd that
 /// reused the number. It does nothing in the process that opened the fds (it only touches fds registered
 /// by another pid), and only touches an fd that still names the file that was registered.
-/// The eventfd behind [`Handle::shutdown`](crate::Handle::shutdown) is not covered (mio does not expose
+/// The eventfd behind [`Handle::stop`](crate::Handle::stop) is not covered (mio does not expose
 /// it); it holds no socket.
 pub fn close_in_forked_child() -> usize {
     let me = pid();

@@ -203,7 +203,7 @@ impl WorkerListener {
     /// Draining, and either a successor took the listener over or its queue has stayed empty for the grace
     /// window: nothing more will be handed out, and this worker lets go of the listener. For event loops
     /// that accept on the socket themselves (asyncio): call it every few milliseconds once draining.
-    pub fn settled(&self) -> bool {
+    pub fn drained(&self) -> bool {
         if !self.draining() {
             return false;
         }
@@ -477,6 +477,6 @@ mod tests {
             late <= 1,
             "{late} connection(s) handed out after the handover"
         );
-        assert!(w.settled());
+        assert!(w.drained());
     }
 }

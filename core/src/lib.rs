@@ -24,7 +24,7 @@
 //! let server = Server::bind(Config { host: "127.0.0.1".into(), port: 0, workers: 1, ..Default::default() })?;
 //! server.start(Some(Duration::from_secs(10)))?;
 //! let report = server.stop(None)?.expect("no time limit was given");
-//! assert_eq!((report.reason, report.forced), (StopReason::Shutdown, false));
+//! assert_eq!((report.reason, report.forced), (StopReason::Stop, false));
 //! # Ok::<(), port_sharding::Error>(())
 //! ```
 //!

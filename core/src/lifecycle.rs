@@ -77,9 +77,8 @@ pub enum StopReason {
     Interrupt,
     /// SIGTERM or SIGQUIT.
     Terminate,
-    /// [`Handle::shutdown`](crate::Handle::shutdown), or `stop()` of a Python/Ruby `Server`.
-    Shutdown,
-    /// A `stop` request on the control socket.
+    /// A stop request: `stop` on the control socket (`port-sharding stop`), [`Handle::stop`](crate::Handle::stop),
+    /// or `stop()` of a Rust, Python or Ruby `Server`.
     Stop,
     /// A successor took over the sockets and reported ready.
     TakenOver,
@@ -91,7 +90,6 @@ impl StopReason {
         match self {
             StopReason::Interrupt => "interrupt",
             StopReason::Terminate => "terminate",
-            StopReason::Shutdown => "shutdown",
             StopReason::Stop => "stop",
             StopReason::TakenOver => "taken_over",
         }
@@ -102,7 +100,6 @@ impl StopReason {
         match self {
             StopReason::Interrupt => "SIGINT",
             StopReason::Terminate => "SIGTERM",
-            StopReason::Shutdown => "shutdown",
             StopReason::Stop => "stop request",
             StopReason::TakenOver => "taken over",
         }
@@ -129,10 +126,10 @@ pub struct Report {
 }
 
 impl Report {
-    /// The report of a server stopped before it ran: a shutdown that served nothing.
+    /// The report of a server stopped before it ran: a stop that served nothing.
     pub fn unstarted() -> Report {
         Report {
-            reason: StopReason::Shutdown,
+            reason: StopReason::Stop,
             forced: false,
             served: 0,
             drain: Duration::ZERO,

@@ -306,7 +306,7 @@ impl Server {
                 )
             }
             Err(e) => {
-                self.handle.shutdown();
+                self.handle.stop();
                 Err(e)
             }
         }
@@ -400,7 +400,7 @@ impl Server {
     }
 
     /// Stops the server and waits until it is done, at most `timeout` (`None`: no limit): a running one
-    /// drains (as SIGTERM would, reason [`StopReason::Shutdown`](crate::StopReason::Shutdown)); one that never ran closes its
+    /// drains (as SIGTERM would, reason [`StopReason::Stop`](crate::StopReason::Stop)); one that never ran closes its
     /// listeners ([`Report::unstarted`]); one already done reports again how it ended. `None` when
     /// `timeout` passed first (the drain goes on, bounded by `drain_timeout`).
     ///
@@ -422,7 +422,7 @@ impl Server {
         if let Ok(job) = self.claim() {
             drop(job); // never ran: its listeners close, and it is done
         }
-        self.handle.shutdown();
+        self.handle.stop();
         self.wait_with(timeout, between)
     }
 }
@@ -431,7 +431,7 @@ impl Drop for Server {
     /// A server running on another thread that nobody holds any more drains rather than serve forever.
     fn drop(&mut self) {
         if self.is_running() {
-            self.handle.shutdown();
+            self.handle.stop();
         }
     }
 }
@@ -444,8 +444,8 @@ pub struct Handle {
 
 impl Handle {
     /// Starts a graceful drain, as SIGTERM would. Returns at once.
-    pub fn shutdown(&self) {
-        self.shared.shutdown.store(true, Ordering::SeqCst);
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
         // The waker fails only if the supervisor's epoll is gone, i.e. the run already returned.
         self.shared.waker.wake().ok();
     }

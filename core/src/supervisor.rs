@@ -297,8 +297,8 @@ impl Supervisor {
             let mut exited = false;
             for event in events.iter() {
                 match event.token() {
-                    WAKER if self.server.shared.shutdown.swap(false, Ordering::SeqCst) => {
-                        self.begin_drain(StopReason::Shutdown)
+                    WAKER if self.server.shared.stop.swap(false, Ordering::SeqCst) => {
+                        self.begin_drain(StopReason::Stop)
                     }
                     SIGNALS => self.on_signals(),
                     SUCCESSOR => self.on_successor(),
@@ -558,7 +558,7 @@ impl Supervisor {
     fn reap_until_gone(&mut self, limit: Duration) {
         let until = Instant::now() + limit;
         self.draining
-            .get_or_insert((Instant::now(), StopReason::Shutdown));
+            .get_or_insert((Instant::now(), StopReason::Stop));
         while !self.seats.iter().all(Seat::is_empty) && Instant::now() < until {
             self.reap();
             std::thread::sleep(Duration::from_millis(10));

@@ -45,7 +45,7 @@ fn a_server_runs_once_and_every_waiter_gets_the_same_report() {
         assert_eq!(waiter.join().unwrap().unwrap(), Some(report));
         report
     });
-    assert_eq!(report.reason, StopReason::Shutdown);
+    assert_eq!(report.reason, StopReason::Stop);
     assert!(!report.forced);
     assert_eq!(server.stop(Some(Duration::ZERO)).unwrap(), Some(report));
     assert!(server

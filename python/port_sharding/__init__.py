@@ -106,10 +106,10 @@ def _given(call: str, port: Optional[int], settings: Mapping[str, Any]) -> Dict[
 @dataclass(frozen=True)
 class Report:
     """How a server's run ended: what ``serve()``, ``Server.stop()`` and ``Server.wait()`` return (as in Rust
-    and Ruby). A server stopped before it ran reports ``Report("shutdown", False, 0, 0.0)``."""
+    and Ruby). A server stopped before it ran reports ``Report("stop", False, 0, 0.0)``."""
 
-    #: What started the drain: ``"interrupt"`` (SIGINT), ``"terminate"`` (SIGTERM or SIGQUIT), ``"shutdown"``
-    #: (``Server.stop()``), ``"stop"`` (a stop request, ``port_sharding.stop()``) or ``"taken_over"``.
+    #: What started the drain: ``"interrupt"`` (SIGINT), ``"terminate"`` (SIGTERM or SIGQUIT), ``"stop"`` (a stop
+    #: request: ``Server.stop()``, ``port_sharding.stop()``, ``port-sharding stop``) or ``"taken_over"``.
     reason: str
     #: A second signal, or the drain's time limit, ended it early: connections may have been cut.
     forced: bool
@@ -190,7 +190,7 @@ class Listener:
             await asked
         finally:
             loop.remove_reader(drain)
-        while not self._native.settled():
+        while not self._native.drained():
             await asyncio.sleep(0.02)
 
     def __repr__(self) -> str:
@@ -280,7 +280,7 @@ class Server:
         return self
 
     def stop(self, timeout: Optional[float] = None) -> Optional[Report]:
-        """Drain: stop accepting, finish open connections, then return the ``Report`` (reason ``"shutdown"``,
+        """Drain: stop accepting, finish open connections, then return the ``Report`` (reason ``"stop"``,
         or what stopped it first). ``None`` when ``timeout`` seconds passed first (the drain goes on, bounded by
         the drain timeout). A server that never started closes its listeners; one already stopped reports
         again."""
@@ -288,7 +288,7 @@ class Server:
 
     def wait(self, timeout: Optional[float] = None) -> Optional[Report]:
         """Wait until the server has stopped, at most ``timeout`` seconds (``None``: no limit); returns its
-        ``Report`` (reason ``"shutdown"``, ``"stop"``, ``"taken_over"``, …), or ``None`` on timeout.
+        ``Report`` (reason ``"stop"``, ``"terminate"``, ``"taken_over"``, …), or ``None`` on timeout.
         ``InvalidStateError`` if it was never started."""
         return _report(self._native.wait(timeout))
 

@@ -93,8 +93,8 @@ impl Listener {
     }
 
     /// Draining and the queue stayed empty for the grace window (or handed over): stop accepting now.
-    fn settled(&self) -> bool {
-        self.inner.settled()
+    fn drained(&self) -> bool {
+        self.inner.drained()
     }
 
     /// Tells the supervisor this worker serves.

@@ -44,7 +44,7 @@ def test_server_start_stop_and_status() -> None:
         assert [w["pid"] for w in found["workers"]] == [w["pid"] for w in server.stats()]
     finally:
         report = server.stop(timeout=30)
-    assert report is not None and report.reason == "shutdown" and not report.forced
+    assert report is not None and report.reason == "stop" and not report.forced
     assert report.served == 1 and report.drain >= 0
     assert server.phase == "stopped" and server.wait() == report
     with pytest.raises(port_sharding.NotRunningError):
@@ -63,13 +63,13 @@ def test_stop_waits_for_an_open_connection() -> None:
     assert recv_exactly(conn, 3) == b"two"
     conn.close()
     report = server.stop(timeout=30)
-    assert report is not None and report.reason == "shutdown" and report.served == 1 and not report.forced
+    assert report is not None and report.reason == "stop" and report.served == 1 and not report.forced
 
 
 def test_stop_before_start_closes_the_listeners() -> None:
     server = port_sharding.Server(port=0, host="127.0.0.1", workers=1)
     port = server.port
-    assert server.stop() == port_sharding.Report("shutdown", forced=False, served=0, drain=0.0)
+    assert server.stop() == port_sharding.Report("stop", forced=False, served=0, drain=0.0)
     assert server.phase == "stopped"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()

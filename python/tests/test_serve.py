@@ -231,7 +231,7 @@ print("stopped:", server.stop(30).reason, server.wait().reason, flush=True)
     p.wait_for("^waiting$", stream="out")
     os.kill(p.pid, signal.SIGINT)  # to the Python process only: its workers ignore SIGINT anyway
     assert p.finish() == 0, p.describe()
-    assert p.out == ["waiting", "interrupted while serving", "stopped: shutdown shutdown"], p.describe()
+    assert p.out == ["waiting", "interrupted while serving", "stopped: stop stop"], p.describe()
 
 
 def run_cli(*args: str) -> "subprocess.CompletedProcess[str]":

@@ -48,7 +48,7 @@ class TestBundleFlows < Minitest::Test
   def test_path_gem_after_rake_compile
     run!("rake", "compile", chdir: RUBY_DIR)
     File.write(File.join(@app, "Gemfile"), %(gem "port_sharding", path: #{RUBY_DIR.inspect}\n))
-    assert_equal "shutdown\n", run!(*BUNDLE, "exec", "ruby", "-e", CHECK)
+    assert_equal "stop\n", run!(*BUNDLE, "exec", "ruby", "-e", CHECK)
     assert_match(/\Aport-sharding \d+\.\d+/, run!(*BUNDLE, "exec", "port-sharding", "--version"))
   end
 
@@ -60,7 +60,7 @@ class TestBundleFlows < Minitest::Test
     File.rename(File.join(cache, "port_sharding.gem"), File.join(cache, "port_sharding-#{version}.gem"))
     File.write(File.join(@app, "Gemfile"), %(source "https://rubygems.org"\ngem "port_sharding"\n))
     run!(*BUNDLE, "install", "--local")
-    assert_equal "shutdown\n", run!(*BUNDLE, "exec", "ruby", "-e", CHECK)
+    assert_equal "stop\n", run!(*BUNDLE, "exec", "ruby", "-e", CHECK)
     assert_match(/\Aport-sharding \d+\.\d+/, run!(*BUNDLE, "exec", "port-sharding", "--version"))
   end
 end

@@ -12,7 +12,7 @@ class TestFork < Minitest::Test
     child = fork { sleep 30 }
     # Without the hook the child holds the workers' drain pipes and the listeners: the drain would wait for
     # it (up to drain_timeout) and the port would still take connections into its queues.
-    assert_equal :shutdown, server.stop(timeout: 10)&.reason, "stop waited for the forked child"
+    assert_equal :stop, server.stop(timeout: 10)&.reason, "stop waited for the forked child"
     assert alive?(child)
     assert_raises(Errno::ECONNREFUSED) { TCPSocket.new("127.0.0.1", server.port).close }
   ensure

@@ -107,7 +107,7 @@ class TestServe < Minitest::Test
     server = spawn_ruby("-e", script)
     server.wait_stdout("raised RuntimeError: raised by another thread")
     refute_predicate server.wait_exit, :success?
-    assert_match(/stopped \(shutdown\): all workers exited/, server.stderr)
+    assert_match(/stopped \(stop request\): all workers exited/, server.stderr)
     assert_gone server.worker_pids
   end
 
@@ -126,7 +126,7 @@ class TestServe < Minitest::Test
     server = spawn_ruby("-e", script)
     assert_predicate server.wait_exit, :success?, server.stderr
     assert_equal "raised Timeout::Error\nafter serve\n", server.stdout
-    assert_match(/stopped \(shutdown\): all workers exited/, server.stderr)
+    assert_match(/stopped \(stop request\): all workers exited/, server.stderr)
     assert_gone server.worker_pids
   end
 
@@ -142,7 +142,7 @@ class TestServe < Minitest::Test
     server = spawn_ruby("-e", script)
     assert_predicate server.wait_exit, :success?, server.stderr
     assert_match(/joined: #<Thread.*, status false/, server.stdout)
-    assert_match(/stopped \(shutdown\): all workers exited/, server.stderr)
+    assert_match(/stopped \(stop request\): all workers exited/, server.stderr)
     assert_gone server.worker_pids
   end
 

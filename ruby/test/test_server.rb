@@ -28,7 +28,7 @@ class TestServer < Minitest::Test
     assert_equal "127.0.0.1:#{server.port}", status.first[:addr]
 
     report = server.stop
-    assert_equal :shutdown, report.reason
+    assert_equal :stop, report.reason
     refute report.forced
     assert_equal 20, report.served
     assert_kind_of Float, report.drain
@@ -42,7 +42,7 @@ class TestServer < Minitest::Test
   def test_other_threads_use_the_server_while_it_stops
     server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1).start
     reader = Thread.new { Array.new(200) { [server.stats.size, server.running?, server.port] } }
-    assert_equal :shutdown, server.stop.reason
+    assert_equal :stop, server.stop.reason
     assert_equal 200, reader.join(PortShardingTest::PATIENCE).value.size
   ensure
     server&.stop
@@ -51,7 +51,7 @@ class TestServer < Minitest::Test
   def test_stop_before_start_closes_the_listeners
     server = PortSharding::Server.new(0, host: "127.0.0.1", workers: 1)
     port = server.port
-    assert_equal PortSharding::Report.new(:shutdown, false, 0, 0.0), server.stop
+    assert_equal PortSharding::Report.new(:stop, false, 0, 0.0), server.stop
     assert_raises(Errno::ECONNREFUSED) { Socket.tcp("127.0.0.1", port, connect_timeout: 5) }
     assert_raises(PortSharding::InvalidStateError) { server.start }
   end
@@ -72,7 +72,7 @@ class TestServer < Minitest::Test
     server.start(timeout: nil)
     assert_equal "serving", server.phase
     assert_match(/serving>\z/, server.inspect)
-    assert_equal :shutdown, server.stop(timeout: Float::INFINITY).reason
+    assert_equal :stop, server.stop(timeout: Float::INFINITY).reason
     assert_equal "stopped", server.phase
   ensure
     server&.stop

@@ -145,7 +145,7 @@ class TestWorker < Minitest::Test
     assert_predicate child.wait_exit, :success?, child.stderr
     assert_equal ["wait before start: PortSharding::InvalidStateError", "answers: hi 1, hi 2, hi 3",
                   "second start: PortSharding::InvalidStateError", "waiter: enough, still serving, running? true",
-                  "stopped: shutdown false 3, stopped, again true"], child.stdout.lines(chomp: true)
+                  "stopped: stop false 3, stopped, again true"], child.stdout.lines(chomp: true)
     assert_gone child.worker_pids
   end
 

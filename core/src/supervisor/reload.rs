@@ -137,7 +137,10 @@ impl Supervisor {
     /// A new worker was not ready in time (and was killed): the reload stops.
     pub(super) fn incoming_late(&mut self, late: Late) {
         if let Some(r) = self.reload.as_mut() {
-            let why = format!("was not ready within {:?} (the ready timeout)", late.timeout);
+            let why = format!(
+                "was not ready within {:?} (the ready timeout)",
+                late.timeout
+            );
             r.failure.get_or_insert(fail(late.index, late.pid, why));
         }
     }

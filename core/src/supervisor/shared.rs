@@ -1,4 +1,4 @@
-//! What the supervisor shares with [`crate::Handle`]s on other threads: the shutdown flag and its waker,
+//! What the supervisor shares with [`crate::Handle`]s on other threads: the stop flag and its waker,
 //! the counters, and the phase with a condition variable, so waiting for `serving` or `stopped` never
 //! sleep-polls.
 
@@ -14,7 +14,8 @@ use crate::stats::StatsArea;
 
 pub(crate) struct Shared {
     pub(crate) waker: Waker,
-    pub(crate) shutdown: AtomicBool,
+    /// Set by [`crate::Handle::stop`]: drain.
+    pub(crate) stop: AtomicBool,
     pub(crate) stats: Arc<StatsArea>,
     pub(crate) addr: SocketAddr,
     phase: Mutex<Phase>,
@@ -25,7 +26,7 @@ impl Shared {
     pub(crate) fn new(waker: Waker, stats: Arc<StatsArea>, addr: SocketAddr) -> Shared {
         Shared {
             waker,
-            shutdown: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
             stats,
             addr,
             phase: Mutex::new(Phase::Starting),

@@ -8,7 +8,7 @@ module PortSharding
   #   server.port   # => 41234
   #   server.phase  # => "serving" (starting, serving, handing over, draining, stopped)
   #   server.stats  # => [{index: 0, pid: 4242, state: "serving", accepted: 3, …}, …]
-  #   server.stop   # drains and waits; => #<struct PortSharding::Report reason=:shutdown, forced=false, …>
+  #   server.stop   # drains and waits; => #<struct PortSharding::Report reason=:stop, forced=false, …>
   #
   # Settings as for PortSharding.serve. Signals are left to Ruby (SIGINT raises Interrupt in the main
   # thread as usual); stop the server in an `ensure`. One left running when the process exits is told to
@@ -32,9 +32,9 @@ module PortSharding
       self
     end
 
-    # Drains and waits until every worker has exited; returns the Report (reason :shutdown, or :stop /
-    # :taken_over if that came first), or nil if `timeout` passed first. A server never started closes its
-    # listeners (reason :shutdown, nothing served); one already stopped returns its report again.
+    # Drains and waits until every worker has exited; returns the Report (reason :stop, or
+    # :taken_over / :terminate if that came first), or nil if `timeout` passed first. A server never started closes its
+    # listeners (reason :stop, nothing served); one already stopped returns its report again.
     def stop(timeout: nil)
       _stop(timeout)
     end

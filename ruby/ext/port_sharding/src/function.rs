@@ -78,7 +78,7 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("fileno", method!(RbListener::fileno, 0))?;
     class.define_method("drain_fileno", method!(RbListener::drain_fileno, 0))?;
     class.define_method("draining?", method!(RbListener::draining, 0))?;
-    class.define_method("settled?", method!(RbListener::settled, 0))?;
+    class.define_method("drained?", method!(RbListener::drained, 0))?;
     class.define_method("ready", method!(RbListener::ready, 0))?;
     class.define_method("_accept", method!(RbListener::accept, 1))?;
     Ok(())
@@ -101,8 +101,8 @@ impl RbListener {
         self.inner.draining()
     }
 
-    fn settled(&self) -> bool {
-        self.inner.settled()
+    fn drained(&self) -> bool {
+        self.inner.drained()
     }
 
     fn ready(&self) {

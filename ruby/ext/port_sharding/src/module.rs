@@ -47,7 +47,7 @@ fn serve(ruby: &Ruby, given: RHash, worker: Option<Value>) -> Result<Value, Erro
             .map_err(|e| to_ruby(ruby, e))?;
     }
     let handle = server.handle();
-    let result = nogvl(ruby, || server.run(), || handle.shutdown())?;
+    let result = nogvl(ruby, || server.run(), || handle.stop())?;
     // A pending Thread#raise / Timeout / trapped signal wins: it is why we drained.
     ruby.thread_check_ints()?;
     let report = result.map_err(|e| to_ruby(ruby, e))?;

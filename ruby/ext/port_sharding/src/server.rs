@@ -208,7 +208,7 @@ fn run_on_ruby_thread(ruby: &Ruby, job: Job, server: &Server) {
     let mut job = Some(job);
     ruby.thread_create_from_fn(move |ruby| {
         // Unrun (an interrupt before it began), the job ends the server as if stopped when dropped.
-        nogvl(ruby, || job.take().map(Job::run), || handle.shutdown()).ok();
+        nogvl(ruby, || job.take().map(Job::run), || handle.stop()).ok();
         ruby.qnil()
     });
 }
