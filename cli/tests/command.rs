@@ -266,7 +266,7 @@ fn a_crashed_command_worker_is_replaced_on_the_same_listener_and_its_queue_answe
 }
 
 fn reload_under_load(serve: &[&str], worker: &[&str], echo: bool) {
-    let srv = Spawn::new(&args(serve, worker)).start();
+    let mut srv = Spawn::new(&args(serve, worker)).start();
     let before = current_pids(&srv);
     let load = Load::start(srv.port, 6, echo);
     load.wait_for(300);
@@ -293,6 +293,8 @@ fn reload_under_load(serve: &[&str], worker: &[&str], echo: bool) {
             "{out}"
         );
         wait_until("the old worker exits", || !alive(*old));
+        // Reaped and logged by the supervisor (a moment after it is gone).
+        srv.wait_log(&format!("(pid {old}, generation 1) retired"));
     }
     if !echo {
         assert!(
