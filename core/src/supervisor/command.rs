@@ -16,7 +16,6 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
-use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
@@ -172,8 +171,8 @@ impl Prepared {
                 if got == 0 {
                     return Ok(child); // EOF: the pipe closed on exec
                 }
-                // It reported why exec failed and _exits: reap it here, nobody else tracks it.
-                let _ = waitpid(child, None);
+                // It reported why exec failed and _exits: it never was a worker.
+                super::reaper::reap_stillborn(child);
                 let e = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
                 Err(Error::io(
                     format!("cannot run {}", self.path.to_string_lossy()),

@@ -39,6 +39,12 @@ impl ExitWatch {
     }
 }
 
+/// Reaps a child that never became a worker (a command whose `exec` failed: it reported why and exits at
+/// once), waiting for it.
+pub(super) fn reap_stillborn(pid: Pid) {
+    let _ = waitpid(pid, None);
+}
+
 /// Reaps children that have exited: `known` (our workers) always, and as PID 1 every other child too.
 pub(super) struct Reaper {
     all: bool,
