@@ -111,7 +111,8 @@ def _watch(config: pytest.Config) -> None:
         os._exit(1)
 
 
-def _listening_inodes(port: int) -> set[str]:
+def listening_inodes(port: int) -> set[str]:
+    """The sockets (`socket:[inode]`, as /proc/PID/fd links read) listening on TCP `port`, from /proc/net."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
@@ -164,7 +165,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     """Fails a test that leaves a process of this session listening on port 1234 (tests use ephemeral ports).
     Checked right after the test body, before its fixtures kill the servers it started."""
     result = yield  # raises what the test raised
-    inodes = _listening_inodes(DEFAULT_PORT)
+    inodes = listening_inodes(DEFAULT_PORT)
     if inodes:  # the common case is the cheap one: nobody listens there
         ours = [pid for pid in _holders(inodes) if _started_by_us(pid)]
         if ours:

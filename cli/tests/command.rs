@@ -19,22 +19,6 @@ fn worker_script() -> String {
         .to_string()
 }
 
-/// Whether `python3` runs here (it runs the test worker); else the test is skipped, saying why.
-fn python(test: &str) -> bool {
-    let ok = std::process::Command::new("python3")
-        .arg("-c")
-        .arg("pass")
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        skip(
-            test,
-            "python3 is not installed (it runs the test's command worker)",
-        );
-    }
-    ok
-}
-
 /// `serve` args, then `--`, then the worker.
 fn args<'a>(serve: &[&'a str], worker: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["--port", "0", "--ready-delay", "200ms"];
@@ -173,7 +157,7 @@ fn current_pids(srv: &ServerProc) -> Vec<i32> {
 
 #[test]
 fn command_workers_serve_and_share_the_port_with_a_builtin_server() {
-    if !python("command_workers_serve_and_share_the_port_with_a_builtin_server") {
+    if !python3("command_workers_serve_and_share_the_port_with_a_builtin_server") {
         return;
     }
     let script = worker_script();
@@ -223,7 +207,8 @@ fn command_workers_serve_and_share_the_port_with_a_builtin_server() {
 
 #[test]
 fn a_crashed_command_worker_is_replaced_on_the_same_listener_and_its_queue_answered() {
-    if !python("a_crashed_command_worker_is_replaced_on_the_same_listener_and_its_queue_answered") {
+    if !python3("a_crashed_command_worker_is_replaced_on_the_same_listener_and_its_queue_answered")
+    {
         return;
     }
     let script = worker_script();
@@ -330,7 +315,7 @@ fn assert_capacity_kept(log: &[String], before: &[i32], after: &[i32]) {
 
 #[test]
 fn reload_of_command_workers_under_load_loses_nothing() {
-    if !python("reload_of_command_workers_under_load_loses_nothing") {
+    if !python3("reload_of_command_workers_under_load_loses_nothing") {
         return;
     }
     let script = worker_script();
@@ -384,7 +369,7 @@ fn sighup_reloads() {
 
 #[test]
 fn a_reload_whose_new_command_fails_keeps_the_old_workers_serving() {
-    if !python("a_reload_whose_new_command_fails_keeps_the_old_workers_serving") {
+    if !python3("a_reload_whose_new_command_fails_keeps_the_old_workers_serving") {
         return;
     }
     let dir = control_dir();
@@ -427,7 +412,7 @@ fn a_reload_whose_new_command_fails_keeps_the_old_workers_serving() {
 /// the old one: connections would go unanswered, or the reload would report success.
 #[test]
 fn a_reload_keeps_the_old_worker_until_the_new_one_sends_ready() {
-    if !python("a_reload_keeps_the_old_worker_until_the_new_one_sends_ready") {
+    if !python3("a_reload_keeps_the_old_worker_until_the_new_one_sends_ready") {
         return;
     }
     let dir = control_dir();
@@ -494,7 +479,7 @@ fn a_reload_keeps_the_old_worker_until_the_new_one_sends_ready() {
 
 #[test]
 fn ready_notify_is_honoured_and_the_ready_timeout_enforced() {
-    if !python("ready_notify_is_honoured_and_the_ready_timeout_enforced") {
+    if !python3("ready_notify_is_honoured_and_the_ready_timeout_enforced") {
         return;
     }
     let script = worker_script();
@@ -520,7 +505,7 @@ fn ready_notify_is_honoured_and_the_ready_timeout_enforced() {
 
 #[test]
 fn the_stop_signal_is_sent_and_sigkill_follows_after_the_drain_timeout() {
-    if !python("the_stop_signal_is_sent_and_sigkill_follows_after_the_drain_timeout") {
+    if !python3("the_stop_signal_is_sent_and_sigkill_follows_after_the_drain_timeout") {
         return;
     }
     let script = worker_script();
@@ -559,7 +544,7 @@ fn the_stop_signal_is_sent_and_sigkill_follows_after_the_drain_timeout() {
 
 #[test]
 fn takeover_between_command_servers_loses_nothing() {
-    if !python("takeover_between_command_servers_loses_nothing") {
+    if !python3("takeover_between_command_servers_loses_nothing") {
         return;
     }
     let script = worker_script();
@@ -595,7 +580,7 @@ fn takeover_between_command_servers_loses_nothing() {
 
 #[test]
 fn bench_http_workloads_verify_command_workers_answers() {
-    if !python("bench_http_workloads_verify_command_workers_answers") {
+    if !python3("bench_http_workloads_verify_command_workers_answers") {
         return;
     }
     let script = worker_script();
@@ -653,7 +638,7 @@ fn bench_http_workloads_verify_command_workers_answers() {
 
 #[test]
 fn built_in_and_command_servers_do_not_take_over_from_each_other() {
-    if !python("built_in_and_command_servers_do_not_take_over_from_each_other") {
+    if !python3("built_in_and_command_servers_do_not_take_over_from_each_other") {
         return;
     }
     let old = Spawn::new(&["--port", "0", "-w", "1"]).start();
@@ -673,7 +658,7 @@ fn built_in_and_command_servers_do_not_take_over_from_each_other() {
 
 #[test]
 fn a_dead_supervisors_command_workers_get_the_stop_signal() {
-    if !python("a_dead_supervisors_command_workers_get_the_stop_signal") {
+    if !python3("a_dead_supervisors_command_workers_get_the_stop_signal") {
         return;
     }
     let script = worker_script();

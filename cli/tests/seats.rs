@@ -148,20 +148,6 @@ fn a_reloaded_command_worker_gets_a_socket_of_its_own() {
     eprintln!("reload of an event-loop worker: {answered} answered, 0 failed");
 }
 
-fn python3(test: &str) -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "pass"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        skip(
-            test,
-            "python3 is not installed (it runs the test's command worker)",
-        );
-    }
-    ok
-}
-
 /// The socket behind `pid`'s fd 3 (`socket:[inode]`).
 fn socket_of(pid: i32) -> String {
     std::fs::read_link(format!("/proc/{pid}/fd/3"))

@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 from pytest_guards import *  # noqa: E402,F401,F403 -- time limit, private control dir, port 1234 guard
-from pytest_guards import DEFAULT_SIGNALS  # noqa: E402
+from pytest_guards import DEFAULT_SIGNALS, listening_inodes  # noqa: E402
 TIMEOUT = 20.0  # seconds any single wait may take before the test fails
 READY = re.compile(r"ready: \d+ worker\(s\) serving 127\.0\.0\.1:(\d+)")
 
@@ -216,13 +216,7 @@ def wait_stopped(pid: int) -> None:
 
 def holds_listener(pid: int, port: int) -> bool:
     """Whether process `pid` holds a descriptor of a listening TCP socket on `port` (from /proc)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                    inodes.add(f"socket:[{fields[9]}]")
+    inodes = listening_inodes(port)
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except FileNotFoundError:

@@ -52,6 +52,21 @@ pub fn skip(test: &str, reason: &str) {
     }
 }
 
+/// Whether `python3` runs here (it runs the tests' command workers); else the test is skipped, saying why.
+pub fn python3(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "pass"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip(
+            test,
+            "python3 is not installed (it runs the test's command worker)",
+        );
+    }
+    ok
+}
+
 /// A private control directory, so tests never see each other's (or a developer's) servers; removed on
 /// drop.
 pub struct ControlDir(PathBuf);
