@@ -135,10 +135,12 @@ settings! {
             shown "1234", short 'p', value "PORT",
             help "Port to bind; 0 picks a free one";
         /// Number of worker processes, each with its own listener in the port's reuseport group (at most
-        /// [`MAX_WORKERS`]). The default honours `taskset` and cgroup CPU sets.
+        /// [`MAX_WORKERS`]). The default ([`default_workers`], `auto` on the command line) is what this
+        /// process may use: min(CPUs in its affinity mask, its cgroup's CPU quota rounded up).
         workers: usize = default_workers(),
-            shown "number of CPUs", short 'w', value "N",
-            help "Worker processes, each with its own listener";
+            shown "auto", short 'w', value "N",
+            help "Worker processes, each with its own listener; auto: the CPUs this process may use (its CPU \
+                  affinity and its cgroup's CPU quota, rounded up)";
         /// What workers do with a connection ([`Mode`]).
         mode: Mode = Mode::Echo,
             shown "echo", short 'm', value "MODE",
@@ -237,9 +239,11 @@ settings! {
     }
 }
 
-/// One worker per CPU this process may run on (honours `taskset` and cgroup CPU sets).
+/// One worker per CPU this process may use: min(CPUs in its affinity mask — `taskset`, cgroup CPU sets —,
+/// its cgroup's CPU quota rounded up — Kubernetes' `limits.cpu`, Docker's `--cpus`), at least 1. A quota
+/// of 1.5 CPUs gives 2 workers (where `std::thread::available_parallelism` gives 1).
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    crate::cpus::worker_budget().workers
 }
 
 /// The most workers one server may run: a takeover hands every listener over in one `SCM_RIGHTS` message,

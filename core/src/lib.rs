@@ -111,6 +111,7 @@ compile_error!(
 
 mod config;
 mod control;
+mod cpus;
 mod drain;
 mod error;
 mod fds;

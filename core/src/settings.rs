@@ -265,6 +265,12 @@ impl Config {
                 reason: format!("not a setting (known: {})", known.join(", ")),
             });
         };
+        // `--workers auto`: the command line's way to ask for the default (elsewhere: leave it out).
+        if s.name == "workers" && host == Host::Cli && matches!(&value, Value::Str(t) if t.trim() == "auto")
+        {
+            self.workers = crate::config::default_workers();
+            return Ok(());
+        }
         self.set_field(s, value, host == Host::Cli)
     }
 }
@@ -499,7 +505,7 @@ mod tests {
         for s in SETTINGS {
             let value = match (s.kind, s.default) {
                 // Phrases, and "off" for an optional duration (no value a host can give means "none").
-                (_, "number of CPUs" | "none: built-in workers") | (Kind::Duration, "off") => {
+                (_, "none: built-in workers") | (Kind::Duration, "off") => {
                     continue
                 }
                 (Kind::Flag, shown) => Value::Bool(shown == "on"),

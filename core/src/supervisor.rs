@@ -247,10 +247,11 @@ impl Supervisor {
     fn run(&mut self) -> Result<Report> {
         let c = &self.server.config;
         log!(
-            "{} server starting on {}: {} worker(s), {}, backlog {}, drain timeout {:?}",
+            "{} server starting on {}: {} worker(s) ({}), {}, backlog {}, drain timeout {:?}",
             c.runtime,
             self.server.addr,
             self.seats.len(),
+            crate::cpus::why_this_many(self.seats.len()),
             self.server.kind.describe(),
             c.backlog,
             c.drain_timeout
