@@ -257,8 +257,11 @@ fn bench(args: &load::BenchArgs) -> u8 {
 
 fn serve(m: &ArgMatches, host: Host) -> port_sharding::Result<u8> {
     port_sharding::set_quiet(m.get_flag("quiet"));
+    // The command line runs nothing but the server: it may reap every child (orphans of command
+    // workers included), whichever interpreter hosts it.
     let config = Config {
         runtime: host.runtime().to_string(),
+        subreaper: true,
         ..Config::from_settings(Host::Cli, given_settings(m))?
     };
     let server = Server::bind(config)?;

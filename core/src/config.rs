@@ -236,6 +236,15 @@ settings! {
         ///
         /// Default value: `true`.
         control: bool = true;
+        /// Reap every child, expected or not, and become a child subreaper (`PR_SET_CHILD_SUBREAPER`)
+        /// while running, so that orphans of command workers (a daemonized child, a shell's background
+        /// job) are reparented to this process rather than to a PID 1 that may never reap them. The CLI
+        /// sets it. A host that waits for children of its own (Python's `subprocess`, Ruby's `spawn`)
+        /// must leave it off: reaping every child would take their exit statuses away. As PID 1 (a
+        /// container's init) every child is reaped whatever this says.
+        ///
+        /// Default value: `false`.
+        subreaper: bool = false;
     }
 }
 

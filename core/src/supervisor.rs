@@ -211,10 +211,11 @@ impl Supervisor {
         let dir = control::control_dir();
         control::ensure_dir(&dir)?;
         let notify = NotifySocket::bind(&dir, server.addr, server.poll.registry(), NOTIFY)?;
+        let reaper = Reaper::new(server.config.subreaper);
         Ok(Supervisor {
             server,
             seats,
-            reaper: Reaper::new(),
+            reaper,
             reload: None,
             notify,
             signals,
