@@ -42,10 +42,14 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
         } else {
             format!("command {}", s.command.join(" "))
         };
+        let state = match s.drain_in_secs {
+            Some(secs) => format!("{} (drain delay: draining in {secs:.1}s)", s.state),
+            None => s.state.to_string(),
+        };
         writeln!(
             out,
-            "{} server pid {} on {} — {}, {what}, up {:.0}s, {steering}",
-            s.runtime, s.pid, s.addr, s.state, s.uptime_secs
+            "{} server pid {} on {} — {state}, {what}, up {:.0}s, {steering}",
+            s.runtime, s.pid, s.addr, s.uptime_secs
         )
         .ok();
         row(&mut out, HEADINGS.map(str::to_string));

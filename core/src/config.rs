@@ -153,6 +153,15 @@ settings! {
         drain_timeout: Duration = Duration::from_secs(30),
             shown "30s", value "DURATION",
             help "Longest a drain may take before open connections are closed";
+        /// After SIGTERM (or SIGQUIT), keep accepting this long before draining: a load balancer (a
+        /// Kubernetes Service, …) takes a few seconds to stop sending new connections to a server that
+        /// is going away, and one that stops accepting at once refuses them meanwhile. The server stays
+        /// `serving` (and ready) during the delay. A second signal stops at once; a stop request, SIGINT
+        /// and a takeover drain at once.
+        drain_delay: Duration = Duration::ZERO,
+            shown "0s", value "DURATION",
+            help "After SIGTERM keep accepting this long before draining, while load balancers stop sending \
+                  here (a second signal stops at once)";
         /// Open connections per worker; at the limit a worker stops accepting until one closes.
         max_connections: usize = 10_000,
             shown "10000", value "N",
@@ -297,6 +306,12 @@ impl Config {
                 }
                 _ => {}
             }
+        }
+        if self.drain_delay > MAX_DURATION {
+            return bad(
+                "drain_delay",
+                format!("must be at most one year, got {:?}", self.drain_delay),
+            );
         }
         if let Some(first) = self.command.first() {
             if first.is_empty() {

@@ -386,9 +386,9 @@ unsigned!(u16, u32, usize);
 
 impl FromValue for Duration {
     const KIND: Kind = Kind::Duration;
-    /// Seconds (an integer or a float), or on the CLI `30s`, `500ms`, `2m`. Seconds no `Duration` holds
-    /// become the nearest one that does, which `validate` rejects: 0 for negatives and NaN,
-    /// `Duration::MAX` beyond it (infinity).
+    /// Seconds (an integer or a float), or on the CLI `30s`, `500ms`, `2m`. Negative seconds and NaN are
+    /// errors; seconds beyond what a `Duration` holds (infinity) become `Duration::MAX`, which `validate`
+    /// rejects.
     fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Duration> {
         let secs = match value {
             Value::Int(n) => n as f64,
@@ -398,7 +398,17 @@ impl FromValue for Duration {
             }
             other => return Err(wrong(s, "a number of seconds", &other)),
         };
-        if secs.is_nan() || secs <= 0.0 {
+        if secs.is_nan() {
+            return Err(Error::invalid(s.name, "is not a number".to_string()));
+        }
+        // Negative is no nearest duration: for a delay, 0 is valid and would hide the mistake.
+        if secs < 0.0 {
+            return Err(Error::invalid(
+                s.name,
+                format!("must not be negative, got {secs}"),
+            ));
+        }
+        if secs == 0.0 {
             return Ok(Duration::ZERO);
         }
         Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
@@ -531,11 +541,19 @@ mod tests {
         assert_eq!(e, "invalid --port: must be at most 65535, got 70000");
         let e = cli(&[("workers", "0")]).unwrap_err().to_string();
         assert_eq!(e, "invalid --workers: must be at least 1, got 0");
-        let e = Config::from_settings(Host::Python, [("drain_timeout", Value::Float(-1.0))]);
+        let e = Config::from_settings(Host::Python, [("drain_timeout", Value::Float(0.0))]);
         assert_eq!(
             e.unwrap_err().to_string(),
             "invalid drain_timeout=: must be more than 0 seconds"
         );
+        // A delay may be 0, so a negative one is not quietly taken as 0.
+        let e = Config::from_settings(Host::Ruby, [("drain_delay", Value::Float(-1.0))]);
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "invalid drain_delay: must not be negative, got -1"
+        );
+        let c = Config::from_settings(Host::Python, [("drain_delay", Value::Int(0))]).unwrap();
+        assert!(c.drain_delay.is_zero());
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::signals::SignalGuard;
 use crate::stats::{Role, StatsArea};
 
 mod command;
+mod delay;
 mod function;
 mod group;
 mod kind;
@@ -186,6 +187,8 @@ struct Supervisor {
     /// A new server that holds our sockets and owes us `ready`, and since when.
     successor: Option<(mio::net::UnixStream, Instant)>,
     draining: Option<(Instant, StopReason)>,
+    /// The drain delay runs: when the drain begins, and what asked for it (see `delay`).
+    drain_due: Option<(Instant, StopReason)>,
     forced: bool,
     /// Every seat's worker was ready once (sticky: the server is serving).
     ready: bool,
@@ -221,6 +224,7 @@ impl Supervisor {
             signals,
             successor: None,
             draining: None,
+            drain_due: None,
             forced: false,
             ready: false,
             started: Instant::now(),
@@ -320,6 +324,7 @@ impl Supervisor {
             }
             self.on_control(None);
             self.expire_successor();
+            self.drain_when_due(now);
             self.tick(now);
             self.drive_reload();
             self.steer();
@@ -507,14 +512,7 @@ impl Supervisor {
                 Signal::SIGINT => StopReason::Interrupt,
                 _ => StopReason::Terminate,
             };
-            if self.draining.is_some() {
-                log!("{sig} again: stopping now");
-                self.forced = true;
-                self.kill_all();
-            } else {
-                log!("{sig}: draining");
-                self.begin_drain(reason);
-            }
+            self.on_stop_signal(sig, reason);
         }
     }
 
@@ -522,6 +520,8 @@ impl Supervisor {
         if self.draining.is_some() {
             return;
         }
+        // A stop request during the drain delay drains now; the report keeps what began the stop.
+        let reason = self.cut_drain_delay(reason).unwrap_or(reason);
         self.draining = Some((Instant::now(), reason));
         let open: u64 = self.server.stats.snapshot().iter().map(|s| s.active).sum();
         let running = self.seats.iter().filter(|s| s.serving().is_some()).count();
@@ -605,6 +605,7 @@ impl Supervisor {
                 .unwrap_or_default(),
             workers: self.server.stats.snapshot(),
             steering: self.server.steering.status(&self.server.group),
+            drain_in_secs: self.drain_in().map(|d| d.as_secs_f64()),
         }
     }
 

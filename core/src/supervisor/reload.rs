@@ -53,7 +53,7 @@ impl Supervisor {
     }
 
     fn can_reload(&self) -> Result<(), String> {
-        if self.draining.is_some() {
+        if self.stopping() {
             return Err(control::DRAINING.to_string());
         }
         if self.reload.is_some() {
