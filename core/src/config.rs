@@ -230,6 +230,14 @@ settings! {
         stall_restart_after: Option<Duration> = None,
             shown "off", value "DURATION",
             help "Replace a worker stalled this long (SIGKILL; a new one serves its queue)";
+        /// Serve HTTP on this address, from the supervisor: `GET /livez` (200 while the supervisor
+        /// runs), `/readyz` (200 exactly while the listeners accept: serving, handing over, and during
+        /// the drain delay; 503 while starting and draining) and `/metrics` (Prometheus text format).
+        /// `HOST:PORT`, `[IPv6]:PORT`, or `:PORT` for every IPv4 address; `None`: no endpoint.
+        admin: Option<String> = None,
+            shown "off", value "HOST:PORT",
+            help "Serve /livez, /readyz and /metrics (Prometheus) over HTTP on this address (e.g. :9090), from \
+                  the supervisor: for Kubernetes probes and scrapes";
 
         decided by the host:
         /// Who hosts the engine: `rust`, `python` or `ruby`. Named in `hello` replies, logs and `status`.
@@ -307,6 +315,11 @@ impl Config {
                 _ => {}
             }
         }
+        if let Some(a) = &self.admin {
+            if let Err(why) = split_host_port(a) {
+                return bad("admin", why);
+            }
+        }
         if self.drain_delay > MAX_DURATION {
             return bad(
                 "drain_delay",
@@ -346,6 +359,23 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+/// Splits an address as `admin` takes it — `HOST:PORT`, `[IPv6]:PORT`, `:PORT` — into host (empty: every
+/// IPv4 address) and port; the host is resolved at bind.
+pub(crate) fn split_host_port(s: &str) -> std::result::Result<(&str, u16), String> {
+    let s = s.trim();
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} is not HOST:PORT (e.g. 0.0.0.0:9090, [::1]:9090, :9090)"));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.contains(':') && !s.starts_with('[') {
+        return Err(format!("{s:?}: write an IPv6 address in brackets, e.g. [::1]:9090"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((host, p)),
+        _ => Err(format!("{s:?}: the port must be a number from 1 to 65535")),
     }
 }
 

@@ -415,6 +415,14 @@ impl FromValue for Duration {
     }
 }
 
+/// An optional text (`admin`): off unless given.
+impl FromValue for Option<String> {
+    const KIND: Kind = Kind::Text;
+    fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Option<String>> {
+        String::from_value(s, value, parse).map(Some)
+    }
+}
+
 /// An optional duration (`idle_timeout`): off unless given.
 impl FromValue for Option<Duration> {
     const KIND: Kind = Kind::Duration;
@@ -515,7 +523,7 @@ mod tests {
         for s in SETTINGS {
             let value = match (s.kind, s.default) {
                 // Phrases, and "off" for an optional duration (no value a host can give means "none").
-                (_, "none: built-in workers") | (Kind::Duration, "off") => {
+                (_, "none: built-in workers") | (Kind::Duration | Kind::Text, "off") => {
                     continue
                 }
                 (Kind::Flag, shown) => Value::Bool(shown == "on"),

@@ -219,6 +219,10 @@ impl Supervisor {
             seat.drop_incoming(&ctx);
         }
         match &r.failure {
+            None => self.counters.reloads_done += 1,
+            Some(_) => self.counters.reloads_failed += 1,
+        }
+        match &r.failure {
             None => log!(
                 "reload: done, {} worker(s) replaced in {:.2?}",
                 r.replaced.len(),
