@@ -134,7 +134,7 @@ pub use config::{
     MAX_WORKERS, SETTINGS,
 };
 pub use control::{
-    control_dir, reload, status, stop, ReloadFailure, ReloadReport, Replaced, ServerStatus,
+    control_dir, reload, status, stop, PidNamespace, ReloadFailure, ReloadReport, Replaced, ServerStatus,
     SteeringState, SteeringStatus,
 };
 pub use drain::DRAIN_GRACE;

@@ -637,6 +637,7 @@ impl Supervisor {
             workers: self.server.stats.snapshot(),
             steering: self.server.steering.status(&self.server.group),
             drain_in_secs: self.drain_in().map(|d| d.as_secs_f64()),
+            pid_namespace: control::pid_namespace(),
         }
     }
 
