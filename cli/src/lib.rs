@@ -154,7 +154,8 @@ pub fn command() -> Command {
 }
 
 const SIGNALS: &str = "Signals to a serving supervisor: SIGINT (Ctrl-C), SIGTERM or SIGQUIT drain (stop accepting, \
-finish open connections, exit; a second one stops at once); SIGHUP reloads (as `reload`, one worker at a time). \
+finish open connections, exit; a second one stops at once; with --drain-delay, SIGTERM and SIGQUIT keep accepting \
+that long first); SIGHUP reloads (as `reload`, one worker at a time). \
 SIGTERM to one worker drains it and a fresh one replaces it on the same listener.";
 
 fn serve_command() -> Command {
