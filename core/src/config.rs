@@ -364,6 +364,7 @@ impl Config {
 
 /// Splits an address as `admin` takes it — `HOST:PORT`, `[IPv6]:PORT`, `:PORT` — into host (empty: every
 /// IPv4 address) and port; the host is resolved at bind.
+
 pub(crate) fn split_host_port(s: &str) -> std::result::Result<(&str, u16), String> {
     let s = s.trim();
     let Some((host, port)) = s.rsplit_once(':') else {
@@ -373,10 +374,10 @@ pub(crate) fn split_host_port(s: &str) -> std::result::Result<(&str, u16), Strin
     if host.contains(':') && !s.starts_with('[') {
         return Err(format!("{s:?}: write an IPv6 address in brackets, e.g. [::1]:9090"));
     }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok((host, p)),
-        _ => Err(format!("{s:?}: the port must be a number from 1 to 65535")),
-    }
+    // 0 asks the kernel for a free port (the start log says which).
+    port.parse::<u16>()
+        .map(|p| (host, p))
+        .map_err(|_| format!("{s:?}: the port must be a number from 0 to 65535"))
 }
 
 /// Parses a duration as the CLI, bench and bindings write it: `30` (seconds), `30s`, `500ms`, `2m`, `1.5h`.
@@ -416,6 +417,23 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3x").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn admin_addresses_split() {
+        assert_eq!(split_host_port(":9090"), Ok(("", 9090)));
+        assert_eq!(split_host_port("0.0.0.0:9090"), Ok(("0.0.0.0", 9090)));
+        assert_eq!(split_host_port("[::1]:0"), Ok(("::1", 0)));
+        assert!(split_host_port("::1:9090").unwrap_err().contains("brackets"));
+        assert!(split_host_port("9090").is_err());
+        assert!(split_host_port("localhost:http").is_err());
+        let err = Config {
+            admin: Some("nope".into()),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().starts_with("invalid admin:"), "{err}");
     }
 
     #[test]
