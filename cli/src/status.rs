@@ -48,7 +48,9 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
         };
         // A server in another pid namespace (a container): whose pids these are.
         let ns = match &s.pid_namespace {
-            Some(ns) if ns.translated == Some(true) => format!(" (pid {} in its pid namespace)", ns.pid),
+            Some(ns) if ns.translated == Some(true) => {
+                format!(" (pid {} in its pid namespace)", ns.pid)
+            }
             Some(ns) if ns.translated == Some(false) => {
                 " (in another pid namespace: the pids below are that namespace's)".to_string()
             }

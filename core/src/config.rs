@@ -364,15 +364,18 @@ impl Config {
 
 /// Splits an address as `admin` takes it — `HOST:PORT`, `[IPv6]:PORT`, `:PORT` — into host (empty: every
 /// IPv4 address) and port; the host is resolved at bind.
-
 pub(crate) fn split_host_port(s: &str) -> std::result::Result<(&str, u16), String> {
     let s = s.trim();
     let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(format!("{s:?} is not HOST:PORT (e.g. 0.0.0.0:9090, [::1]:9090, :9090)"));
+        return Err(format!(
+            "{s:?} is not HOST:PORT (e.g. 0.0.0.0:9090, [::1]:9090, :9090)"
+        ));
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.contains(':') && !s.starts_with('[') {
-        return Err(format!("{s:?}: write an IPv6 address in brackets, e.g. [::1]:9090"));
+        return Err(format!(
+            "{s:?}: write an IPv6 address in brackets, e.g. [::1]:9090"
+        ));
     }
     // 0 asks the kernel for a free port (the start log says which).
     port.parse::<u16>()
@@ -424,7 +427,9 @@ mod tests {
         assert_eq!(split_host_port(":9090"), Ok(("", 9090)));
         assert_eq!(split_host_port("0.0.0.0:9090"), Ok(("0.0.0.0", 9090)));
         assert_eq!(split_host_port("[::1]:0"), Ok(("::1", 0)));
-        assert!(split_host_port("::1:9090").unwrap_err().contains("brackets"));
+        assert!(split_host_port("::1:9090")
+            .unwrap_err()
+            .contains("brackets"));
         assert!(split_host_port("9090").is_err());
         assert!(split_host_port("localhost:http").is_err());
         let err = Config {

@@ -30,7 +30,10 @@ pub(crate) struct WorkerBudget {
 pub(crate) fn worker_budget() -> WorkerBudget {
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
     let affinity = affinity().unwrap_or(online);
-    let quota = cgroup_quota(Path::new("/proc/self/cgroup"), Path::new("/proc/self/mountinfo"));
+    let quota = cgroup_quota(
+        Path::new("/proc/self/cgroup"),
+        Path::new("/proc/self/mountinfo"),
+    );
     budget(affinity, machine_cpus(), quota)
 }
 
@@ -82,7 +85,9 @@ fn affinity() -> Option<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return None;
         }
-        usize::try_from(libc::CPU_COUNT(&set)).ok().filter(|&n| n > 0)
+        usize::try_from(libc::CPU_COUNT(&set))
+            .ok()
+            .filter(|&n| n > 0)
     }
 }
 
@@ -232,7 +237,10 @@ mod tests {
         let b = budget(2, Some(2), Some(0.5));
         assert_eq!((b.workers, b.why.as_str()), (1, "cgroup CPU quota 0.5"));
         let b = budget(1, Some(2), Some(1.5));
-        assert_eq!((b.workers, b.why.as_str()), (1, "CPU affinity: 1 of 2 CPUs"));
+        assert_eq!(
+            (b.workers, b.why.as_str()),
+            (1, "CPU affinity: 1 of 2 CPUs")
+        );
         let b = budget(8, Some(8), None);
         assert_eq!((b.workers, b.why.as_str()), (8, "8 CPUs"));
         assert_eq!(budget(0, None, Some(0.001)).workers, 1, "never below 1");

@@ -140,8 +140,8 @@ pub use config::{
     MAX_WORKERS, SETTINGS,
 };
 pub use control::{
-    control_dir, reload, status, stop, PidNamespace, ReloadFailure, ReloadReport, Replaced, ServerStatus,
-    SteeringState, SteeringStatus,
+    control_dir, reload, status, stop, PidNamespace, ReloadFailure, ReloadReport, Replaced,
+    ServerStatus, SteeringState, SteeringStatus,
 };
 pub use drain::DRAIN_GRACE;
 pub use error::{Error, Result};

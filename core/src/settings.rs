@@ -266,7 +266,9 @@ impl Config {
             });
         };
         // `--workers auto`: the command line's way to ask for the default (elsewhere: leave it out).
-        if s.name == "workers" && host == Host::Cli && matches!(&value, Value::Str(t) if t.trim() == "auto")
+        if s.name == "workers"
+            && host == Host::Cli
+            && matches!(&value, Value::Str(t) if t.trim() == "auto")
         {
             self.workers = crate::config::default_workers();
             return Ok(());
@@ -523,9 +525,7 @@ mod tests {
         for s in SETTINGS {
             let value = match (s.kind, s.default) {
                 // Phrases, and "off" for an optional duration (no value a host can give means "none").
-                (_, "none: built-in workers") | (Kind::Duration | Kind::Text, "off") => {
-                    continue
-                }
+                (_, "none: built-in workers") | (Kind::Duration | Kind::Text, "off") => continue,
                 (Kind::Flag, shown) => Value::Bool(shown == "on"),
                 (_, shown) => Value::Str(shown.to_string()),
             };

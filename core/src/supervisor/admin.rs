@@ -179,7 +179,7 @@ impl Admin {
     }
 
     fn retry_bind(&mut self, registry: &Registry, now: Instant) {
-        if !self.retry_at.is_some_and(|t| now >= t) {
+        if self.retry_at.is_none_or(|t| now < t) {
             return;
         }
         match listen(self.addr) {

@@ -163,7 +163,12 @@ fn per_worker(w: &mut Writer, workers: &[WorkerStats]) {
         .iter()
         .map(|s| (s.index.to_string(), s.kind.to_string()))
         .collect();
-    let ids = |i: usize| [("worker", labels[i].0.as_str()), ("kind", labels[i].1.as_str())];
+    let ids = |i: usize| {
+        [
+            ("worker", labels[i].0.as_str()),
+            ("kind", labels[i].1.as_str()),
+        ]
+    };
     w.family(
         "port_sharding_worker_info",
         "gauge",
@@ -206,7 +211,11 @@ fn per_worker(w: &mut Writer, workers: &[WorkerStats]) {
             let [a, b] = ids(i);
             let name = h.to_string();
             let on = u8::from(s.health == h);
-            w.sample("port_sharding_worker_health", &[a, b, ("health", &name)], on);
+            w.sample(
+                "port_sharding_worker_health",
+                &[a, b, ("health", &name)],
+                on,
+            );
         }
     }
 }

@@ -77,7 +77,10 @@ impl Reaper {
 
     /// The children that exited since the last call, with how they ended. A known pid that is not our
     /// child any more (someone else reaped it: `ECHILD`) counts as exited, status unknown (`None`).
-    pub(super) fn reap(&mut self, known: impl Iterator<Item = Pid>) -> Vec<(Pid, Option<WaitStatus>)> {
+    pub(super) fn reap(
+        &mut self,
+        known: impl Iterator<Item = Pid>,
+    ) -> Vec<(Pid, Option<WaitStatus>)> {
         let mut out = Vec::new();
         if self.all {
             loop {
@@ -96,9 +99,14 @@ impl Reaper {
                 // One line per pass, however many: a worker that leaves orphans by the hundred must
                 // not flood the log.
                 self.orphans += orphans.len() as u64;
-                let pids: Vec<String> = orphans.iter().take(8).map(|(p, _)| p.to_string()).collect();
+                let pids: Vec<String> =
+                    orphans.iter().take(8).map(|(p, _)| p.to_string()).collect();
                 let more = if orphans.len() > 8 { ", …" } else { "" };
-                let to = if std::process::id() == 1 { "PID 1" } else { "this subreaper" };
+                let to = if std::process::id() == 1 {
+                    "PID 1"
+                } else {
+                    "this subreaper"
+                };
                 log!(
                     "reaped {} orphan(s) (not workers; reparented to {to}): pid {}{more}",
                     orphans.len(),
@@ -123,7 +131,15 @@ impl Reaper {
 fn is_subreaper() -> bool {
     let mut on: libc::c_int = 0;
     // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which is valid.
-    let r = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut on as *mut libc::c_int, 0, 0, 0) };
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_GET_CHILD_SUBREAPER,
+            &mut on as *mut libc::c_int,
+            0,
+            0,
+            0,
+        )
+    };
     r == 0 && on != 0
 }
 
