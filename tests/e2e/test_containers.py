@@ -131,9 +131,9 @@ def need_unshare() -> None:
 
 
 def test_as_pid_1_no_zombie_remains_and_sigterm_drains_to_exit_0(control_dir: Path, servers: list[Server]) -> None:
-    """The CLI as PID 1 of a pid namespace: command workers that leave orphans (at start, at each of two reloads, and
-    when one is killed and restarted) leave no zombie; status from outside names the namespace's pids; SIGTERM from
-    outside drains to exit 0."""
+    """The CLI as PID 1 of a pid namespace: command workers that leave orphans (at start, at each of two reloads —
+    SIGHUP, then `reload` —, and when one is killed and restarted) leave no zombie; status from outside names the
+    namespace's pids; SIGTERM from outside drains to exit 0."""
     need_unshare()
     unshare = ["unshare", "--pid", "--fork", "--mount-proc", str(BIN), "serve"]
     server = Server("rust", 0, control_dir, "-w", "2", "--admin", "127.0.0.1:0", *orphaning_worker(0.2),
@@ -148,8 +148,10 @@ def test_as_pid_1_no_zombie_remains_and_sigterm_drains_to_exit_0(control_dir: Pa
     assert {w["pid"] for w in st["workers"]} <= set(children(supervisor)), st  # (its orphans are children too)
     table = cli("status", "--port", str(server.port), control_dir=control_dir).stdout
     assert f"server pid {supervisor} (pid 1 in its pid namespace)" in table, table
-    for _ in range(2):
-        cli("reload", "--port", str(server.port), control_dir=control_dir)
+    # Two reloads: SIGHUP to PID 1 (handled as anywhere else), then the control socket's.
+    os.kill(supervisor, signal.SIGHUP)
+    server.wait_log("reload: done")
+    cli("reload", "--port", str(server.port), control_dir=control_dir)
     [st] = json.loads(cli("status", "--port", str(server.port), "--json", control_dir=control_dir).stdout)
     os.kill(st["workers"][0]["pid"], signal.SIGKILL)  # a worker dies; its replacement leaves an orphan too
     server.wait_log("restarting in")
