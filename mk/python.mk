@@ -24,7 +24,7 @@ setup-python: setup-rust setup-python-tools ## build and install the Python pack
 	  echo "setup-python: pip install ./python"; \
 	  mkdir -p target && $(PIP) install -q --no-build-isolation ./python && touch $(PY_STAMP)
 
-PY_TYPED    = python/port_sharding python/tests examples/echo.py examples/seed_echo_listen.py examples/seed_echo.py examples/asyncio_worker.py examples/hello.py examples/gunicorn/app.py
+PY_TYPED    = python/port_sharding python/tests examples/echo.py examples/seed_echo_listen.py examples/seed_echo.py examples/asyncio_worker.py examples/hello.py examples/gunicorn/app.py examples/kubernetes/app.py
 
 test-python: setup-python ## Python package tests (pytest python/tests), stubs vs module (mypy.stubtest), mypy --strict
 	$(CARGO) build --locked -q -p port-sharding-cli  # the Rust CLI whose help and tables python -m must match

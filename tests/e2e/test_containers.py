@@ -60,7 +60,9 @@ def until(what: str, check, timeout: float = PATIENCE):
 
 def admin_port(server: Server) -> int:
     line = server.wait_log("admin: http://")
-    return int(re.search(r"http://[^/]*:(\d+)/", line).group(1))
+    m = re.search(r"http://[^/]*:(\d+)/", line)
+    assert m, line
+    return int(m.group(1))
 
 
 def get(port: int, path: str) -> tuple[int, str]:
