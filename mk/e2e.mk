@@ -8,7 +8,7 @@ build-cli: setup-rust ## build the CLI (debug for tests, release for the demo)
 
 test-e2e: build-cli setup-python setup-ruby ## end-to-end: takeovers in every direction under load, plain restarts (netns), the examples, gunicorn/Puma/talk-loop command workers
 	$(PYTHON) -m pytest -q -rs -p no:cacheprovider -s tests/e2e/test_takeover.py tests/e2e/test_restart.py tests/e2e/test_examples.py \
-	  tests/e2e/test_apps.py tests/e2e/test_functions.py
+	  tests/e2e/test_apps.py tests/e2e/test_functions.py tests/e2e/test_containers.py
 
 demo: build-cli setup-python setup-ruby ## rolling upgrade Python → Ruby → CLI under load on :$(PORT); prints 0 failed
 	examples/rolling_upgrade.sh $(PORT)

@@ -13,9 +13,10 @@ export PIP_ROOT_USER_ACTION := ignore
 .PHONY: setup-python setup-python-tools test-python
 
 # pytest-timeout: every Python suite runs each test under a time limit (scripts/pytest_guards.py).
-setup-python-tools: ## the Python tools the suites use (maturin, pytest, pytest-timeout, mypy, gunicorn), when missing
-	@$(PYTHON) -c 'import maturin, pytest, pytest_timeout, mypy, gunicorn' 2>/dev/null \
-	  || $(PIP) install -q maturin pytest pytest-timeout mypy gunicorn
+# prometheus_client parses /metrics and PyYAML the Kubernetes manifests (tests/e2e/test_containers.py).
+setup-python-tools: ## the Python tools the suites use (maturin, pytest, pytest-timeout, mypy, gunicorn, prometheus_client, PyYAML), when missing
+	@$(PYTHON) -c 'import maturin, pytest, pytest_timeout, mypy, gunicorn, prometheus_client, yaml' 2>/dev/null \
+	  || $(PIP) install -q maturin pytest pytest-timeout mypy gunicorn prometheus_client pyyaml
 
 setup-python: setup-rust setup-python-tools ## build and install the Python package (pip install ./python) when its sources changed
 	@if [ -f $(PY_STAMP) ] && [ -z "$$(find $(PY_SOURCES) -newer $(PY_STAMP) 2>/dev/null | head -1)" ] \
@@ -23,7 +24,7 @@ setup-python: setup-rust setup-python-tools ## build and install the Python pack
 	  echo "setup-python: pip install ./python"; \
 	  mkdir -p target && $(PIP) install -q --no-build-isolation ./python && touch $(PY_STAMP)
 
-PY_TYPED    = python/port_sharding python/tests examples/echo.py examples/seed_echo_listen.py examples/seed_echo.py examples/asyncio_worker.py examples/hello.py examples/gunicorn/app.py
+PY_TYPED    = python/port_sharding python/tests examples/echo.py examples/seed_echo_listen.py examples/seed_echo.py examples/asyncio_worker.py examples/hello.py examples/gunicorn/app.py examples/kubernetes/app.py
 
 test-python: setup-python ## Python package tests (pytest python/tests), stubs vs module (mypy.stubtest), mypy --strict
 	$(CARGO) build --locked -q -p port-sharding-cli  # the Rust CLI whose help and tables python -m must match

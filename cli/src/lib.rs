@@ -3,12 +3,14 @@
 //! [`main`], so flags, help, tables, messages and exit codes are the same everywhere.
 //!
 //! Exit status: 0 done; 1 a drain was cut short, or any other failure; 2 a bad argument or address; 3 no
-//! server runs on the port; 130 a server drained after Ctrl-C (as shells report a SIGINT death).
+//! server runs on the port; 130 a server drained after Ctrl-C (as shells report a SIGINT death). `probe`
+//! exits 0 when a server on the port serves and 1 otherwise (none running included), as probes expect.
 //!
 //! # Dependencies, and why
 //! - `clap` (builder API): `--help` on every subcommand, with `serve`'s options built from the engine's
 //!   one table of settings ([`port_sharding::SETTINGS`]), so a setting added there appears here.
 
+mod probe;
 mod status;
 
 use std::ffi::OsString;
@@ -50,6 +52,7 @@ where
         Some(("status", m)) => status(m),
         Some(("stop", m)) => stop(m),
         Some(("reload", m)) => reload(m),
+        Some(("probe", m)) => probe(m),
         Some(("bench", m)) => match load::BenchArgs::from_arg_matches(m) {
             Ok(args) => return bench(&args),
             Err(e) => {
@@ -142,11 +145,17 @@ pub fn command() -> Command {
                     .help("New workers started at a time (capacity stays between N and N+K) [default: 1]"),
             ),
         )
+        .subcommand(target_command(
+            "probe",
+            "Exit 0 when a server on the port is serving (its listeners accept), 1 with a one-line reason \
+             otherwise: for exec probes (Kubernetes, Docker HEALTHCHECK)",
+        ))
         .subcommand(load::BenchArgs::augment_args(Command::new("bench")))
 }
 
 const SIGNALS: &str = "Signals to a serving supervisor: SIGINT (Ctrl-C), SIGTERM or SIGQUIT drain (stop accepting, \
-finish open connections, exit; a second one stops at once); SIGHUP reloads (as `reload`, one worker at a time). \
+finish open connections, exit; a second one stops at once; with --drain-delay, SIGTERM and SIGQUIT keep accepting \
+that long first); SIGHUP reloads (as `reload`, one worker at a time). \
 SIGTERM to one worker drains it and a fresh one replaces it on the same listener.";
 
 fn serve_command() -> Command {
@@ -257,8 +266,11 @@ fn bench(args: &load::BenchArgs) -> u8 {
 
 fn serve(m: &ArgMatches, host: Host) -> port_sharding::Result<u8> {
     port_sharding::set_quiet(m.get_flag("quiet"));
+    // The command line runs nothing but the server: it may reap every child (orphans of command
+    // workers included), whichever interpreter hosts it.
     let config = Config {
         runtime: host.runtime().to_string(),
+        subreaper: true,
         ..Config::from_settings(Host::Cli, given_settings(m))?
     };
     let server = Server::bind(config)?;
@@ -314,6 +326,22 @@ fn stop(m: &ArgMatches) -> port_sharding::Result<u8> {
             return Ok(130);
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn probe(m: &ArgMatches) -> port_sharding::Result<u8> {
+    let (host, port) = target(m)?;
+    // Not running is an answer here (not serving), and so is a server that cannot be asked.
+    let (serving, line) = match port_sharding::status(host.as_deref(), port) {
+        Ok(servers) => probe::verdict(&servers),
+        Err(e) => (false, e.to_string()),
+    };
+    if serving {
+        println!("serving: {line}");
+        Ok(0)
+    } else {
+        eprintln!("port-sharding probe: not serving: {line}");
+        Ok(1)
     }
 }
 

@@ -42,10 +42,24 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
         } else {
             format!("command {}", s.command.join(" "))
         };
+        let state = match s.drain_in_secs {
+            Some(secs) => format!("{} (drain delay: draining in {secs:.1}s)", s.state),
+            None => s.state.to_string(),
+        };
+        // A server in another pid namespace (a container): whose pids these are.
+        let ns = match &s.pid_namespace {
+            Some(ns) if ns.translated == Some(true) => {
+                format!(" (pid {} in its pid namespace)", ns.pid)
+            }
+            Some(ns) if ns.translated == Some(false) => {
+                " (in another pid namespace: the pids below are that namespace's)".to_string()
+            }
+            _ => String::new(),
+        };
         writeln!(
             out,
-            "{} server pid {} on {} — {}, {what}, up {:.0}s, {steering}",
-            s.runtime, s.pid, s.addr, s.state, s.uptime_secs
+            "{} server pid {}{ns} on {} — {state}, {what}, up {:.0}s, {steering}",
+            s.runtime, s.pid, s.addr, s.uptime_secs
         )
         .ok();
         row(&mut out, HEADINGS.map(str::to_string));

@@ -135,10 +135,12 @@ settings! {
             shown "1234", short 'p', value "PORT",
             help "Port to bind; 0 picks a free one";
         /// Number of worker processes, each with its own listener in the port's reuseport group (at most
-        /// [`MAX_WORKERS`]). The default honours `taskset` and cgroup CPU sets.
+        /// [`MAX_WORKERS`]). The default ([`default_workers`], `auto` on the command line) is what this
+        /// process may use: min(CPUs in its affinity mask, its cgroup's CPU quota rounded up).
         workers: usize = default_workers(),
-            shown "number of CPUs", short 'w', value "N",
-            help "Worker processes, each with its own listener";
+            shown "auto", short 'w', value "N",
+            help "Worker processes, each with its own listener; auto: the CPUs this process may use (its CPU \
+                  affinity and its cgroup's CPU quota, rounded up)";
         /// What workers do with a connection ([`Mode`]).
         mode: Mode = Mode::Echo,
             shown "echo", short 'm', value "MODE",
@@ -151,6 +153,15 @@ settings! {
         drain_timeout: Duration = Duration::from_secs(30),
             shown "30s", value "DURATION",
             help "Longest a drain may take before open connections are closed";
+        /// After SIGTERM (or SIGQUIT), keep accepting this long before draining: a load balancer (a
+        /// Kubernetes Service, …) takes a few seconds to stop sending new connections to a server that
+        /// is going away, and one that stops accepting at once refuses them meanwhile. The server stays
+        /// `serving` (and ready) during the delay. A second signal stops at once; a stop request, SIGINT
+        /// and a takeover drain at once.
+        drain_delay: Duration = Duration::ZERO,
+            shown "0s", value "DURATION",
+            help "After SIGTERM keep accepting this long before draining, while load balancers stop sending \
+                  here (a second signal stops at once)";
         /// Open connections per worker; at the limit a worker stops accepting until one closes.
         max_connections: usize = 10_000,
             shown "10000", value "N",
@@ -219,6 +230,14 @@ settings! {
         stall_restart_after: Option<Duration> = None,
             shown "off", value "DURATION",
             help "Replace a worker stalled this long (SIGKILL; a new one serves its queue)";
+        /// Serve HTTP on this address, from the supervisor: `GET /livez` (200 while the supervisor
+        /// runs), `/readyz` (200 exactly while the listeners accept: serving, handing over, and during
+        /// the drain delay; 503 while starting and draining) and `/metrics` (Prometheus text format).
+        /// `HOST:PORT`, `[IPv6]:PORT`, or `:PORT` for every IPv4 address; `None`: no endpoint.
+        admin: Option<String> = None,
+            shown "off", value "HOST:PORT",
+            help "Serve /livez, /readyz and /metrics (Prometheus) over HTTP on this address (e.g. :9090), from \
+                  the supervisor: for Kubernetes probes and scrapes";
 
         decided by the host:
         /// Who hosts the engine: `rust`, `python` or `ruby`. Named in `hello` replies, logs and `status`.
@@ -234,12 +253,23 @@ settings! {
         ///
         /// Default value: `true`.
         control: bool = true;
+        /// Reap every child, expected or not, and become a child subreaper (`PR_SET_CHILD_SUBREAPER`)
+        /// while running, so that orphans of command workers (a daemonized child, a shell's background
+        /// job) are reparented to this process rather than to a PID 1 that may never reap them. The CLI
+        /// sets it. A host that waits for children of its own (Python's `subprocess`, Ruby's `spawn`)
+        /// must leave it off: reaping every child would take their exit statuses away. As PID 1 (a
+        /// container's init) every child is reaped whatever this says.
+        ///
+        /// Default value: `false`.
+        subreaper: bool = false;
     }
 }
 
-/// One worker per CPU this process may run on (honours `taskset` and cgroup CPU sets).
+/// One worker per CPU this process may use: min(CPUs in its affinity mask — `taskset`, cgroup CPU sets —,
+/// its cgroup's CPU quota rounded up — Kubernetes' `limits.cpu`, Docker's `--cpus`), at least 1. A quota
+/// of 1.5 CPUs gives 2 workers (where `std::thread::available_parallelism` gives 1).
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    crate::cpus::worker_budget().workers
 }
 
 /// The most workers one server may run: a takeover hands every listener over in one `SCM_RIGHTS` message,
@@ -285,6 +315,17 @@ impl Config {
                 _ => {}
             }
         }
+        if let Some(a) = &self.admin {
+            if let Err(why) = split_host_port(a) {
+                return bad("admin", why);
+            }
+        }
+        if self.drain_delay > MAX_DURATION {
+            return bad(
+                "drain_delay",
+                format!("must be at most one year, got {:?}", self.drain_delay),
+            );
+        }
         if let Some(first) = self.command.first() {
             if first.is_empty() {
                 return bad("command", "the program name is empty".to_string());
@@ -319,6 +360,27 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Splits an address as `admin` takes it — `HOST:PORT`, `[IPv6]:PORT`, `:PORT` — into host (empty: every
+/// IPv4 address) and port; the host is resolved at bind.
+pub(crate) fn split_host_port(s: &str) -> std::result::Result<(&str, u16), String> {
+    let s = s.trim();
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!(
+            "{s:?} is not HOST:PORT (e.g. 0.0.0.0:9090, [::1]:9090, :9090)"
+        ));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.contains(':') && !s.starts_with('[') {
+        return Err(format!(
+            "{s:?}: write an IPv6 address in brackets, e.g. [::1]:9090"
+        ));
+    }
+    // 0 asks the kernel for a free port (the start log says which).
+    port.parse::<u16>()
+        .map(|p| (host, p))
+        .map_err(|_| format!("{s:?}: the port must be a number from 0 to 65535"))
 }
 
 /// Parses a duration as the CLI, bench and bindings write it: `30` (seconds), `30s`, `500ms`, `2m`, `1.5h`.
@@ -358,6 +420,25 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3x").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn admin_addresses_split() {
+        assert_eq!(split_host_port(":9090"), Ok(("", 9090)));
+        assert_eq!(split_host_port("0.0.0.0:9090"), Ok(("0.0.0.0", 9090)));
+        assert_eq!(split_host_port("[::1]:0"), Ok(("::1", 0)));
+        assert!(split_host_port("::1:9090")
+            .unwrap_err()
+            .contains("brackets"));
+        assert!(split_host_port("9090").is_err());
+        assert!(split_host_port("localhost:http").is_err());
+        let err = Config {
+            admin: Some("nope".into()),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().starts_with("invalid admin:"), "{err}");
     }
 
     #[test]

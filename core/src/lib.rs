@@ -69,7 +69,7 @@
 //!
 //! | signal | effect |
 //! |---|---|
-//! | SIGINT, SIGTERM, SIGQUIT (first) | drain: workers stop accepting, accept what is queued, finish open connections, exit |
+//! | SIGINT, SIGTERM, SIGQUIT (first) | drain: workers stop accepting, accept what is queued, finish open connections, exit; SIGTERM and SIGQUIT after [`Config::drain_delay`] |
 //! | SIGINT, SIGTERM, SIGQUIT (second) | stop now: workers are killed, open connections cut |
 //! | SIGHUP | reload in place, one worker at a time (as [`reload`]); never fatal, as nginx users expect |
 //! | SIGPIPE | never kills: the engine sends with `MSG_NOSIGNAL` and workers ignore it; a client that hung up is an error on that connection only |
@@ -101,6 +101,12 @@
 //! - `nix` (and `libc` where nix has no wrapper, e.g. `TCP_INFO`): safe fork, waitpid, sigaction, `SCM_RIGHTS`.
 //! - `thiserror`: one typed [`Error`] enum with messages, no boxing.
 //! - `serde`/`serde_json`: the control socket's one-line JSON protocol, readable by any language.
+//!
+//! Not `prometheus-client` for the admin endpoint's `/metrics`: its model is metrics registered once and
+//! updated in place, while ours live in shared memory written by the workers, so it would only encode —
+//! OpenMetrics, not the Prometheus text format — and it brings `parking_lot` and a proc-macro crate into
+//! what the Python and Ruby extensions link. A dozen families and two escaping rules are written here
+//! (`supervisor/metrics.rs`), and the tests parse them with Prometheus' own Python parser.
 
 // SO_REUSEPORT balances connections on Linux only; elsewhere the engine would silently half-work.
 #[cfg(not(target_os = "linux"))]
@@ -111,6 +117,7 @@ compile_error!(
 
 mod config;
 mod control;
+mod cpus;
 mod drain;
 mod error;
 mod fds;
@@ -133,8 +140,8 @@ pub use config::{
     MAX_WORKERS, SETTINGS,
 };
 pub use control::{
-    control_dir, reload, status, stop, ReloadFailure, ReloadReport, Replaced, ServerStatus,
-    SteeringState, SteeringStatus,
+    control_dir, reload, status, stop, PidNamespace, ReloadFailure, ReloadReport, Replaced,
+    ServerStatus, SteeringState, SteeringStatus,
 };
 pub use drain::DRAIN_GRACE;
 pub use error::{Error, Result};

@@ -265,6 +265,14 @@ impl Config {
                 reason: format!("not a setting (known: {})", known.join(", ")),
             });
         };
+        // `--workers auto`: the command line's way to ask for the default (elsewhere: leave it out).
+        if s.name == "workers"
+            && host == Host::Cli
+            && matches!(&value, Value::Str(t) if t.trim() == "auto")
+        {
+            self.workers = crate::config::default_workers();
+            return Ok(());
+        }
         self.set_field(s, value, host == Host::Cli)
     }
 }
@@ -380,9 +388,9 @@ unsigned!(u16, u32, usize);
 
 impl FromValue for Duration {
     const KIND: Kind = Kind::Duration;
-    /// Seconds (an integer or a float), or on the CLI `30s`, `500ms`, `2m`. Seconds no `Duration` holds
-    /// become the nearest one that does, which `validate` rejects: 0 for negatives and NaN,
-    /// `Duration::MAX` beyond it (infinity).
+    /// Seconds (an integer or a float), or on the CLI `30s`, `500ms`, `2m`. Negative seconds and NaN are
+    /// errors; seconds beyond what a `Duration` holds (infinity) become `Duration::MAX`, which `validate`
+    /// rejects.
     fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Duration> {
         let secs = match value {
             Value::Int(n) => n as f64,
@@ -392,10 +400,28 @@ impl FromValue for Duration {
             }
             other => return Err(wrong(s, "a number of seconds", &other)),
         };
-        if secs.is_nan() || secs <= 0.0 {
+        if secs.is_nan() {
+            return Err(Error::invalid(s.name, "is not a number".to_string()));
+        }
+        // Negative is no nearest duration: for a delay, 0 is valid and would hide the mistake.
+        if secs < 0.0 {
+            return Err(Error::invalid(
+                s.name,
+                format!("must not be negative, got {secs}"),
+            ));
+        }
+        if secs == 0.0 {
             return Ok(Duration::ZERO);
         }
         Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+    }
+}
+
+/// An optional text (`admin`): off unless given.
+impl FromValue for Option<String> {
+    const KIND: Kind = Kind::Text;
+    fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Option<String>> {
+        String::from_value(s, value, parse).map(Some)
     }
 }
 
@@ -499,9 +525,7 @@ mod tests {
         for s in SETTINGS {
             let value = match (s.kind, s.default) {
                 // Phrases, and "off" for an optional duration (no value a host can give means "none").
-                (_, "number of CPUs" | "none: built-in workers") | (Kind::Duration, "off") => {
-                    continue
-                }
+                (_, "none: built-in workers") | (Kind::Duration | Kind::Text, "off") => continue,
                 (Kind::Flag, shown) => Value::Bool(shown == "on"),
                 (_, shown) => Value::Str(shown.to_string()),
             };
@@ -525,11 +549,19 @@ mod tests {
         assert_eq!(e, "invalid --port: must be at most 65535, got 70000");
         let e = cli(&[("workers", "0")]).unwrap_err().to_string();
         assert_eq!(e, "invalid --workers: must be at least 1, got 0");
-        let e = Config::from_settings(Host::Python, [("drain_timeout", Value::Float(-1.0))]);
+        let e = Config::from_settings(Host::Python, [("drain_timeout", Value::Float(0.0))]);
         assert_eq!(
             e.unwrap_err().to_string(),
             "invalid drain_timeout=: must be more than 0 seconds"
         );
+        // A delay may be 0, so a negative one is not quietly taken as 0.
+        let e = Config::from_settings(Host::Ruby, [("drain_delay", Value::Float(-1.0))]);
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "invalid drain_delay: must not be negative, got -1"
+        );
+        let c = Config::from_settings(Host::Python, [("drain_delay", Value::Int(0))]).unwrap();
+        assert!(c.drain_delay.is_zero());
     }
 
     #[test]

@@ -31,10 +31,13 @@ use crate::notify::NotifySocket;
 use crate::signals::SignalGuard;
 use crate::stats::{Role, StatsArea};
 
+mod admin;
 mod command;
+mod delay;
 mod function;
 mod group;
 mod kind;
+mod metrics;
 mod process;
 mod reaper;
 mod reload;
@@ -45,6 +48,7 @@ mod takeover;
 
 pub(crate) use shared::Shared;
 
+use admin::Admin;
 use group::{Group, Listener};
 use kind::Kind;
 use process::on_main_thread;
@@ -90,6 +94,8 @@ pub(crate) struct Bound {
     steering: Steering,
     /// What the workers are: chosen once, at bind from the config (or by [`Bound::set_function`]).
     kind: Box<dyn Kind>,
+    /// `/livez`, `/readyz`, `/metrics` (`Config::admin`).
+    admin: Option<Admin>,
 }
 
 /// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
@@ -132,6 +138,10 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
     } else {
         None
     };
+    let admin = match config.admin.as_deref() {
+        Some(spec) => Some(Admin::bind(spec, poll.registry(), predecessor.is_some())?),
+        None => None,
+    };
     let shared = Arc::new(Shared::new(waker, stats.clone(), addr));
     Ok(Bound {
         config,
@@ -145,6 +155,7 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         predecessor,
         steering,
         kind,
+        admin,
     })
 }
 
@@ -186,9 +197,13 @@ struct Supervisor {
     /// A new server that holds our sockets and owes us `ready`, and since when.
     successor: Option<(mio::net::UnixStream, Instant)>,
     draining: Option<(Instant, StopReason)>,
+    /// The drain delay runs: when the drain begins, and what asked for it (see `delay`).
+    drain_due: Option<(Instant, StopReason)>,
     forced: bool,
     /// Every seat's worker was ready once (sticky: the server is serving).
     ready: bool,
+    /// Counts of the supervisor's own events, for `/metrics`.
+    counters: metrics::Counters,
     started: Instant,
 }
 
@@ -211,17 +226,20 @@ impl Supervisor {
         let dir = control::control_dir();
         control::ensure_dir(&dir)?;
         let notify = NotifySocket::bind(&dir, server.addr, server.poll.registry(), NOTIFY)?;
+        let reaper = Reaper::new(server.config.subreaper);
         Ok(Supervisor {
             server,
             seats,
-            reaper: Reaper::new(),
+            reaper,
             reload: None,
             notify,
             signals,
             successor: None,
             draining: None,
+            drain_due: None,
             forced: false,
             ready: false,
+            counters: metrics::Counters::default(),
             started: Instant::now(),
         })
     }
@@ -247,14 +265,18 @@ impl Supervisor {
     fn run(&mut self) -> Result<Report> {
         let c = &self.server.config;
         log!(
-            "{} server starting on {}: {} worker(s), {}, backlog {}, drain timeout {:?}",
+            "{} server starting on {}: {} worker(s) ({}), {}, backlog {}, drain timeout {:?}",
             c.runtime,
             self.server.addr,
             self.seats.len(),
+            crate::cpus::why_this_many(self.seats.len()),
             self.server.kind.describe(),
             c.backlog,
             c.drain_timeout
         );
+        if let Some(admin) = &self.server.admin {
+            log!("{}", admin.describe());
+        }
         let room = process::connection_room();
         if c.max_connections > room {
             log!(
@@ -303,6 +325,9 @@ impl Supervisor {
                     SIGNALS => self.on_signals(),
                     SUCCESSOR => self.on_successor(),
                     NOTIFY => self.on_notify(),
+                    t if self.server.admin.as_ref().is_some_and(|a| a.owns(t)) => {
+                        self.on_admin(Some(t))
+                    }
                     t if self.server.control.as_ref().is_some_and(|c| c.owns(t)) => {
                         self.on_control(Some(t))
                     }
@@ -317,7 +342,9 @@ impl Supervisor {
                 next_reap = now + REAP_ANYWAY;
             }
             self.on_control(None);
+            self.on_admin(None);
             self.expire_successor();
+            self.drain_when_due(now);
             self.tick(now);
             self.drive_reload();
             self.steer();
@@ -340,6 +367,9 @@ impl Supervisor {
             exits.extend(seats.iter_mut().find_map(|s| s.on_exit(&ctx, pid, status)));
         }
         for mut exit in exits {
+            if exit.crashed {
+                self.counters.crashes += 1;
+            }
             // Its own socket leaves the group, without a new connection reaching one it must not.
             if let Some(socket) = exit.socket.take() {
                 let any = self.seats.iter().find_map(Seat::listener);
@@ -456,6 +486,9 @@ impl Supervisor {
                 .client
                 .send(&Request::Ready)
                 .and_then(|_| p.client.answer::<serde_json::Value>());
+            if ack.is_ok() {
+                self.counters.adopted += 1;
+            }
             match ack {
                 Ok(_) => log!(
                     "takeover: {} server pid {} is draining; this server now owns {}",
@@ -505,14 +538,7 @@ impl Supervisor {
                 Signal::SIGINT => StopReason::Interrupt,
                 _ => StopReason::Terminate,
             };
-            if self.draining.is_some() {
-                log!("{sig} again: stopping now");
-                self.forced = true;
-                self.kill_all();
-            } else {
-                log!("{sig}: draining");
-                self.begin_drain(reason);
-            }
+            self.on_stop_signal(sig, reason);
         }
     }
 
@@ -520,6 +546,8 @@ impl Supervisor {
         if self.draining.is_some() {
             return;
         }
+        // A stop request during the drain delay drains now; the report keeps what began the stop.
+        let reason = self.cut_drain_delay(reason).unwrap_or(reason);
         self.draining = Some((Instant::now(), reason));
         let open: u64 = self.server.stats.snapshot().iter().map(|s| s.active).sum();
         let running = self.seats.iter().filter(|s| s.serving().is_some()).count();
@@ -531,6 +559,11 @@ impl Supervisor {
         self.abort_reload("the server began to drain");
         // A successor that took over serves our listeners' queues: our workers let go of them at once.
         let ask = if reason == StopReason::TakenOver {
+            self.counters.handed_over += 1;
+            // The successor binds our admin address as soon as we let go of it.
+            if let Some(admin) = self.server.admin.as_mut() {
+                admin.release(self.server.poll.registry());
+            }
             Ask::Handover
         } else {
             Ask::Drain
@@ -603,6 +636,8 @@ impl Supervisor {
                 .unwrap_or_default(),
             workers: self.server.stats.snapshot(),
             steering: self.server.steering.status(&self.server.group),
+            drain_in_secs: self.drain_in().map(|d| d.as_secs_f64()),
+            pid_namespace: control::pid_namespace(),
         }
     }
 

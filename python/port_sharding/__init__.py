@@ -74,6 +74,7 @@ class Settings(TypedDict, total=False):
     mode: Optional[Literal["echo", "once", "hello"]]
     backlog: Optional[int]
     drain_timeout: Optional[float]
+    drain_delay: Optional[float]
     max_connections: Optional[int]
     idle_timeout: Optional[float]
     command: Optional[Union[List[str], Tuple[str, ...]]]
@@ -86,6 +87,7 @@ class Settings(TypedDict, total=False):
     steering: Optional[bool]
     stall_after: Optional[float]
     stall_restart_after: Optional[float]
+    admin: Optional[str]
 
 
 _SETTING_NAMES = frozenset(Settings.__annotations__)

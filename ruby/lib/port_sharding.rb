@@ -34,10 +34,13 @@ module PortSharding
     # The settings are the engine's (`port-sharding serve --help` says the same; a nil one is the default):
     #   host:            address to bind, an IPv4/IPv6 literal or "localhost" (default "0.0.0.0")
     #   port:            the port, also the first argument; 0 picks a free one (default 1234)
-    #   workers:         worker processes, each with its own listener (default: one per CPU)
+    #   workers:         worker processes, each with its own listener (default: the CPUs this process may
+    #                    use: its CPU affinity and its cgroup's CPU quota, rounded up)
     #   mode:            :echo, :once (one read, echo, close: the talk's loop) or :hello (default :echo)
     #   backlog:         listen(2) backlog per listener (default 1024)
     #   drain_timeout:   longest a drain may take, in seconds (default 30)
+    #   drain_delay:     after SIGTERM keep accepting this many seconds before draining, while load balancers
+    #                    stop sending here (default 0)
     #   max_connections: open connections per worker (default 10_000)
     #   idle_timeout:    close connections idle this many seconds (default: never)
     #   command:         an Array of Strings: run this program as every worker, its listener as fd 3 with
@@ -54,6 +57,8 @@ module PortSharding
     #   stall_after:     seconds a worker with connections queued may accept none before it counts as
     #                    stalled (default 0.1)
     #   stall_restart_after: replace a worker stalled this many seconds (default: never)
+    #   admin:           "HOST:PORT" (or ":PORT"): serve /livez, /readyz and /metrics (Prometheus) over HTTP
+    #                    from the supervisor (default: off)
     # A bad value raises ConfigError (SettingTypeError for a wrong type) naming the keyword.
     #
     # Returns a Report (reason, forced, served, drain) once drained. On the main thread the engine owns

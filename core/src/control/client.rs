@@ -28,13 +28,14 @@ fn trust_root() -> bool {
     std::env::var_os("PORT_SHARDING_TRUST_ROOT").is_some_and(|v| v == "1")
 }
 
-/// Refuses a server that runs as another user.
-fn check_peer(stream: &UnixStream, path: &Path) -> Result<()> {
+/// Refuses a server that runs as another user; returns its pid as the kernel gives it to this process
+/// (in our pid namespace; 0 when the server's is not visible from ours).
+fn check_peer(stream: &UnixStream, path: &Path) -> Result<u32> {
     let cred = socket::getsockopt(stream, socket::sockopt::PeerCredentials)
         .map_err(|e| Error::io(format!("SO_PEERCRED of {}", path.display()), e.into()))?;
     let me = nix::unistd::geteuid().as_raw();
     if cred.uid() == me || (cred.uid() == 0 && trust_root()) {
-        return Ok(());
+        return Ok(u32::try_from(cred.pid()).unwrap_or(0));
     }
     let hint = if cred.uid() == 0 {
         " (set PORT_SHARDING_TRUST_ROOT=1 to trust root)"
@@ -55,6 +56,8 @@ pub(crate) struct Client {
     /// Bytes read past the last answer line.
     buf: Vec<u8>,
     timeout: Duration,
+    /// The server's pid as seen from here (`SO_PEERCRED`), 0 when not visible.
+    pub(crate) peer_pid: u32,
 }
 
 impl Client {
@@ -62,7 +65,7 @@ impl Client {
     pub(crate) fn connect(path: &Path) -> Result<Client> {
         let stream = UnixStream::connect(path)
             .map_err(|e| Error::io(format!("connect {}", path.display()), e))?;
-        check_peer(&stream, path)?;
+        let peer_pid = check_peer(&stream, path)?;
         stream
             .set_write_timeout(Some(REPLY_TIMEOUT))
             .map_err(|e| Error::io("control socket", e))?;
@@ -70,6 +73,7 @@ impl Client {
             stream,
             buf: Vec::new(),
             timeout: REPLY_TIMEOUT,
+            peer_pid,
         })
     }
 
@@ -181,12 +185,13 @@ impl Client {
 }
 
 /// Sends `request` to every live server on `port` (only those bound to `host`, when given) and reads each
-/// answer; [`Error::NotRunning`] when none answers.
+/// answer, with the server's pid from its socket's name (its own namespace's) and as the kernel shows it
+/// to us (`SO_PEERCRED`: ours; 0 when not visible); [`Error::NotRunning`] when none answers.
 fn ask_all<T: serde::de::DeserializeOwned>(
     host: Option<&str>,
     port: u16,
     request: &Request,
-) -> Result<Vec<(u32, T)>> {
+) -> Result<Vec<(u32, u32, T)>> {
     let host: Option<SocketAddr> = host
         .map(|h| crate::listener::resolve(h, port))
         .transpose()?;
@@ -199,7 +204,7 @@ fn ask_all<T: serde::de::DeserializeOwned>(
         .map(|f| {
             let mut c = Client::connect(&f.path)?;
             c.send(request)?;
-            Ok((f.pid, c.answer::<T>()?))
+            Ok((f.pid, c.peer_pid, c.answer::<T>()?))
         })
         .collect()
 }
@@ -212,17 +217,24 @@ fn ask_all<T: serde::de::DeserializeOwned>(
 pub fn status(host: Option<&str>, port: u16) -> Result<Vec<ServerStatus>> {
     Ok(ask_all(host, port, &Request::Status)?
         .into_iter()
-        .map(|(_, s)| s)
+        .map(|(_, seen, mut s): (u32, u32, ServerStatus)| {
+            super::pidns::translate(&mut s, seen);
+            s
+        })
         .collect())
 }
 
-/// Asks every server on `port` (only those bound to `host`, when given) to drain; returns their pids.
+/// Asks every server on `port` (only those bound to `host`, when given) to drain; returns their pids, as
+/// this process sees them (a server in another pid namespace has another pid there).
 ///
 /// # Errors
 /// As [`status`].
 pub fn stop(host: Option<&str>, port: u16) -> Result<Vec<u32>> {
     let answers = ask_all::<serde_json::Value>(host, port, &Request::Stop)?;
-    Ok(answers.into_iter().map(|(pid, _)| pid).collect())
+    Ok(answers
+        .into_iter()
+        .map(|(named, seen, _)| if seen > 0 { seen } else { named })
+        .collect())
 }
 
 /// How long a client waits for a reload's answer: each new worker has `ready_timeout` to be ready, and

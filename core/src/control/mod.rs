@@ -11,17 +11,20 @@
 //! supervisor's non-blocking side).
 
 mod client;
+mod pidns;
 mod protocol;
 mod registry;
 mod server;
 
 pub use client::{reload, status, stop};
+pub use pidns::PidNamespace;
 pub use protocol::{
     ReloadFailure, ReloadReport, Replaced, ServerStatus, SteeringState, SteeringStatus,
 };
 pub use registry::control_dir;
 
 pub(crate) use client::Client;
+pub(crate) use pidns::here as pid_namespace;
 pub(crate) use protocol::{encode, error_line, Offer, Request, DRAINING};
 pub(crate) use registry::{ensure_dir, find};
 pub(crate) use server::{send_line, send_offer, ConnId, ControlSocket};

@@ -74,6 +74,14 @@ pub struct ServerStatus {
     /// Whether new connections are being steered away from stalled or overloaded workers.
     #[serde(default)]
     pub steering: SteeringStatus,
+    /// During the drain delay (after SIGTERM, see `Config::drain_delay`): seconds until the drain begins.
+    /// The server still accepts meanwhile, and its state is `serving`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_in_secs: Option<f64>,
+    /// The supervisor's pid namespace; a client in another one (on the host, the server in a container)
+    /// translates the pids above to its own where the kernel shows how, and says whether it could.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_namespace: Option<super::PidNamespace>,
 }
 
 /// What a server does about workers that do not keep up (see [`Config::steering`](crate::Config::steering)).

@@ -3,9 +3,15 @@
 //! Where pidfds are missing, the supervisor's periodic tick reaps instead.
 //!
 //! Whom it reaps: as PID 1 (a container's init), every child, expected or not — orphans are reparented to
-//! PID 1, and a zombie nobody reaps stays forever. Elsewhere only its own workers, by pid: the supervisor
-//! may run inside a host interpreter (Python, Ruby) whose other children (`subprocess`, `spawn`) its own
-//! code waits for, and a `waitpid(-1)` here would take their exit statuses away.
+//! PID 1, and a zombie nobody reaps stays forever. Likewise as a child subreaper, which a host asks for
+//! with [`Config::subreaper`](crate::Config::subreaper) (the CLI does): orphans of command workers are
+//! then reparented to us instead of to a PID 1 that may not reap. Elsewhere only its own workers, by pid:
+//! the supervisor may run inside a host interpreter (Python, Ruby) whose other children (`subprocess`,
+//! `spawn`) its own code waits for, and a `waitpid(-1)` here would take their exit statuses away.
+//!
+//! Orphans have no pidfd: the supervisor's once-a-second reap pass collects them (a zombie lasts at most a
+//! second). No SIGCHLD handler: a worker whose children come and go by the hundred must not wake the
+//! supervisor for each, and the loop stays cheap when idle.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -45,21 +51,42 @@ pub(super) fn reap_stillborn(pid: Pid) {
     let _ = waitpid(pid, None);
 }
 
-/// Reaps children that have exited: `known` (our workers) always, and as PID 1 every other child too.
+/// Reaps children that have exited: `known` (our workers) always, and as PID 1 or a subreaper every
+/// other child too.
 pub(super) struct Reaper {
     all: bool,
+    /// We made this process a subreaper, and undo it when done.
+    made_subreaper: bool,
+    /// Children reaped that were not workers (orphans), over the whole run.
+    pub(super) orphans: u64,
 }
 
 impl Reaper {
-    pub(super) fn new() -> Reaper {
+    /// The reaper of this process; `subreaper`: become a child subreaper and reap every child.
+    pub(super) fn new(subreaper: bool) -> Reaper {
+        let pid1 = std::process::id() == 1;
+        let mut made_subreaper = false;
+        if subreaper && !pid1 && !is_subreaper() {
+            // SAFETY: prctl with an integer argument; no memory is passed.
+            made_subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0;
+            if !made_subreaper {
+                let e = std::io::Error::last_os_error();
+                log!("note: cannot become a child subreaper ({e}): orphans of workers go to PID 1");
+            }
+        }
         Reaper {
-            all: std::process::id() == 1,
+            all: pid1 || subreaper,
+            made_subreaper,
+            orphans: 0,
         }
     }
 
     /// The children that exited since the last call, with how they ended. A known pid that is not our
     /// child any more (someone else reaped it: `ECHILD`) counts as exited, status unknown (`None`).
-    pub(super) fn reap(&self, known: impl Iterator<Item = Pid>) -> Vec<(Pid, Option<WaitStatus>)> {
+    pub(super) fn reap(
+        &mut self,
+        known: impl Iterator<Item = Pid>,
+    ) -> Vec<(Pid, Option<WaitStatus>)> {
         let mut out = Vec::new();
         if self.all {
             loop {
@@ -72,16 +99,27 @@ impl Reaper {
                 }
             }
             let ours: Vec<Pid> = known.collect();
-            out.retain(|(pid, s)| {
-                if !ours.contains(pid) {
-                    let how = s.map(super::process::describe).unwrap_or_default();
-                    log!(
-                        "reaped pid {pid} (not a worker: an orphan reparented to PID 1): it {how}"
-                    );
-                }
-                ours.contains(pid)
-            });
-            return out;
+            let (workers, orphans): (Vec<_>, Vec<_>) =
+                out.into_iter().partition(|(pid, _)| ours.contains(pid));
+            if !orphans.is_empty() {
+                // One line per pass, however many: a worker that leaves orphans by the hundred must
+                // not flood the log.
+                self.orphans += orphans.len() as u64;
+                let pids: Vec<String> =
+                    orphans.iter().take(8).map(|(p, _)| p.to_string()).collect();
+                let more = if orphans.len() > 8 { ", …" } else { "" };
+                let to = if std::process::id() == 1 {
+                    "PID 1"
+                } else {
+                    "this subreaper"
+                };
+                log!(
+                    "reaped {} orphan(s) (not workers; reparented to {to}): pid {}{more}",
+                    orphans.len(),
+                    pids.join(", ")
+                );
+            }
+            return workers;
         }
         for pid in known {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
@@ -92,5 +130,30 @@ impl Reaper {
             }
         }
         out
+    }
+}
+
+/// Whether this process is a child subreaper already (set by whoever started it).
+fn is_subreaper() -> bool {
+    let mut on: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which is valid.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_GET_CHILD_SUBREAPER,
+            &mut on as *mut libc::c_int,
+            0,
+            0,
+            0,
+        )
+    };
+    r == 0 && on != 0
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if self.made_subreaper {
+            // SAFETY: as in `new`. Orphans from now on go where they went before this server ran.
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
+        }
     }
 }

@@ -53,7 +53,7 @@ impl Supervisor {
     }
 
     fn can_reload(&self) -> Result<(), String> {
-        if self.draining.is_some() {
+        if self.stopping() {
             return Err(control::DRAINING.to_string());
         }
         if self.reload.is_some() {
@@ -217,6 +217,10 @@ impl Supervisor {
         let (seats, ctx, _) = self.seats();
         for seat in seats.iter_mut() {
             seat.drop_incoming(&ctx);
+        }
+        match &r.failure {
+            None => self.counters.reloads_done += 1,
+            Some(_) => self.counters.reloads_failed += 1,
         }
         match &r.failure {
             None => log!(

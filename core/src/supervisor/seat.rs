@@ -133,6 +133,8 @@ pub(super) struct Exit {
     pub(super) status: String,
     /// Its own socket, to leave the group now that nobody else holds it.
     pub(super) socket: Option<Listener>,
+    /// It served and died unasked (not after `STOPPING=1`), or died before it was ready: a crash.
+    pub(super) crashed: bool,
 }
 
 /// Something a reload must hear about: its incoming worker was not ready in time (and was killed).
@@ -420,12 +422,14 @@ impl Seat {
         let clean = matches!(status, Some(WaitStatus::Exited(_, 0)));
         let lived = w.started.elapsed();
         let mut w = w;
+        let stopped_itself = matches!(w.state, State::Draining { .. }) && clean;
         let exit = Exit {
             index: i,
             pid,
             role,
             status: said.clone(),
             socket: w.socket.take(),
+            crashed: role == Role::Serving && !ctx.draining && !stopped_itself,
         };
         match role {
             Role::Retiring => {

@@ -215,7 +215,7 @@ impl Supervisor {
     /// The old server's side: hands the listening sockets to a new server, if this one is serving.
     pub(super) fn offer(&mut self, id: ConnId, wanted: SocketAddr, command: bool) {
         let mine = self.server.addr;
-        if self.draining.is_some() {
+        if self.stopping() {
             return self.refuse_takeover(id, control::DRAINING);
         }
         if self.successor.is_some() {
