@@ -234,6 +234,12 @@ settings! {
         ///
         /// Default value: `true`.
         control: bool = true;
+        /// The settings the caller named, as [`Config::from_settings`] records them (a `Config` built in
+        /// Rust names none). Where something else decides a setting — the sockets a service manager passes
+        /// (`LISTEN_FDS`) decide `host`, `port` and `workers` — one the caller named must agree with it.
+        ///
+        /// Default value: empty.
+        given: Vec<&'static str> = Vec::new();
     }
 }
 

@@ -8,6 +8,7 @@
 //! decides when; the seats start, promote and stop the workers.
 
 use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use nix::unistd::Pid;
@@ -84,6 +85,9 @@ impl Supervisor {
         }
         let n = self.seats.len();
         log!("reload: replacing {n} worker(s), {batch} at a time");
+        self.server.service.reloading(&format!(
+            "reloading: replacing {n} worker(s), {batch} at a time"
+        ));
         self.reload = Some(Reload {
             queue: (0..n).collect(),
             batch: batch.max(1),
@@ -106,6 +110,9 @@ impl Supervisor {
             log!("reload: worker {i}'s new worker shares its listener ({why})");
             None
         };
+        if self.server.managed {
+            return refuse("the listeners are the service manager's, which keeps a copy of each: a socket of our own could never leave the group");
+        }
         if let Err(why) = self.server.group.known() {
             return refuse(why);
         }
@@ -121,7 +128,10 @@ impl Supervisor {
         }
         let c = &self.server.config;
         match self.server.group.bind(self.server.addr, c.backlog) {
-            Ok(l) => Some(l),
+            Ok(l) => {
+                self.store(l.as_raw_fd());
+                Some(l)
+            }
             Err(e) => refuse(&format!("a new socket could not be bound: {e}")),
         }
     }
@@ -218,17 +228,27 @@ impl Supervisor {
         for seat in seats.iter_mut() {
             seat.drop_incoming(&ctx);
         }
-        match &r.failure {
-            None => log!(
-                "reload: done, {} worker(s) replaced in {:.2?}",
+        let outcome = match &r.failure {
+            None => format!(
+                "done, {} worker(s) replaced in {:.2?}",
                 r.replaced.len(),
                 r.started.elapsed()
             ),
-            Some(f) => log!(
-                "reload stopped after {} replaced worker(s): {}; the others keep serving",
+            Some(f) => format!(
+                "stopped after {} replaced worker(s): {}; the others keep serving",
                 r.replaced.len(),
                 describe_failure(f)
             ),
+        };
+        match &r.failure {
+            None => log!("reload: {outcome}"),
+            Some(_) => log!("reload {outcome}"),
+        }
+        self.last_reload = Some(outcome);
+        // The service manager's reload is over either way (a drain says STOPPING=1 instead).
+        if self.draining.is_none() {
+            let status = self.status_line();
+            self.server.service.reloaded(&status);
         }
         let report = ReloadReport {
             pid: std::process::id(),
@@ -239,6 +259,22 @@ impl Supervisor {
         if let Some(s) = r.requester.take() {
             // Best effort: a client that went away does not need it.
             let _ = control::send_line(&s, &control::encode(&report));
+        }
+    }
+}
+
+impl Supervisor {
+    /// A reload the service manager asked for (SIGHUP) that cannot happen now still ends, so that
+    /// `systemctl reload` does not wait for it: `RELOADING=1` then `READY=1`, with why in `STATUS=`. One
+    /// in progress ends with its own `READY=1`; a server still starting or draining has nothing to say.
+    pub(super) fn reload_refused(&mut self, why: &str) {
+        if !self.ready || self.draining.is_some() {
+            return;
+        }
+        self.server.service.reloading("reloading");
+        if self.reload.is_none() {
+            let status = format!("reload refused: {why}; {}", self.status_line());
+            self.server.service.reloaded(&status);
         }
     }
 }
