@@ -10,7 +10,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -425,7 +424,6 @@ impl Supervisor {
         for mut exit in exits {
             // Its own socket leaves the group, without a new connection reaching one it must not.
             if let Some(socket) = exit.socket.take() {
-                self.unstore(socket.as_raw_fd());
                 let any = self.seats.iter().find_map(Seat::listener);
                 self.server.group.close(socket, any);
             }

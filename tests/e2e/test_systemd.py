@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import BIN, DEFAULT_SIGNALS, ClientLoad, alive, runtime_available, serve_command
+from .harness import BIN, DEFAULT_SIGNALS, ROOT, ClientLoad, HttpLoad, alive, runtime_available, serve_command
 
 MANAGER = Path(__file__).with_name("service_manager.py")
 PATIENCE = 30.0
@@ -38,7 +38,7 @@ class Managed:
         self.proc = subprocess.Popen(
             [sys.executable, str(MANAGER), *manager_args, "--", *command],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            start_new_session=True)
+            start_new_session=True, cwd=ROOT)
         self.events: list[dict] = []
         self.lines: list[str] = []
         self._threads = [threading.Thread(target=self._read_events, daemon=True),
@@ -462,3 +462,124 @@ def test_a_successor_that_fails_leaves_the_old_one_serving(control_dir, managed,
     os.kill(start["pid"], signal.SIGTERM)
     _, stopped = m.wait("stop", lambda e: e["event"] == "stopped")
     assert stopped["code"] == 0
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The environment `pid` was exec'd with."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
+
+
+SERVICE_ENV = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "FDSTORE", "LISTEN_PID", "LISTEN_FDS",
+               "LISTEN_FDNAMES", "PORT_SHARDING_UPGRADE_FROM"]
+
+
+@pytest.mark.timeout(180)
+def test_gunicorn_under_a_manager_reloads_and_upgrades_losing_nothing(control_dir, managed):
+    """examples/systemd/gunicorn-port-sharding.service in small: gunicorn masters as command workers keep their
+    private NOTIFY_SOCKET (their READY=1 never reaches the manager) and none of the manager's variables; the
+    supervisor alone speaks to the manager; reload and upgrade under HTTP load lose nothing."""
+    if why := runtime_available("rust"):
+        pytest.skip(why)
+    if subprocess.run([sys.executable, "-c", "import gunicorn"], capture_output=True).returncode != 0:
+        pytest.skip(f"gunicorn is not installed for {sys.executable} (make setup-python pip-installs it)")
+    gunicorn = [sys.executable, "-m", "gunicorn", "-w", "1", "--no-control-socket", "--chdir", "examples/gunicorn",
+                "app:app"]
+    m = Managed([str(BIN), "serve", "--host", "127.0.0.1", "--port", "0", "-w", "2", "--ready", "notify", "--",
+                 *gunicorn], "--watchdog-usec", str(WATCHDOG_USEC), "--fdstore", "8", control_dir=control_dir)
+    managed.append(m)
+    _, start = m.wait("start", lambda e: e["event"] == "start")
+    i, ready = m.notified("READY=1", "READY", "1", pid=start["pid"])
+    assert "2/2 workers ready" in ready["fields"]["STATUS"], ready
+    port = m.port()
+    status = json.loads(cli(control_dir, "status", "--json", "--port", str(port)).stdout)
+    for w in status[0]["workers"]:
+        env = environ(w["pid"])
+        assert env["NOTIFY_SOCKET"].startswith(str(control_dir)), env["NOTIFY_SOCKET"]
+        assert env["LISTEN_FDS"] == "1" and env["LISTEN_FDNAMES"] == "port-sharding", env
+        assert not {"WATCHDOG_USEC", "WATCHDOG_PID", "FDSTORE", "PORT_SHARDING_UPGRADE_FROM"} & set(env), env
+    load = HttpLoad(port, threads=4, max_seconds=150)
+    load.wait_for(200)
+    phases = {"start": failed(load)}
+    os.kill(start["pid"], signal.SIGHUP)
+    i, _ = m.notified("RELOADING=1", "RELOADING", "1", after=i, pid=start["pid"])
+    i, _ = m.notified("READY=1 after the reload", "READY", "1", after=i, pid=start["pid"])
+    load.wait_for(200)
+    phases["reload"] = failed(load)
+    os.kill(start["pid"], signal.SIGUSR2)
+    i, mainpid = m.wait("MAINPID", lambda e: e["event"] == "mainpid", after=i)
+    i, _ = m.notified("READY=1 from the successor", "READY", "1", after=i, pid=mainpid["pid"])
+    m.wait("the old supervisor's exit", lambda e: e["event"] == "exit" and e["pid"] == start["pid"] and e["code"] == 0)
+    load.wait_for(200)
+    phases["upgrade"] = failed(load)
+    # gunicorn stops accepting at SIGTERM without serving what is queued (its own drain): the load ends first,
+    # as a balancer would take the service out before stopping it.
+    report = load.stop()
+    os.kill(mainpid["pid"], signal.SIGTERM)
+    m.notified("STOPPING=1", "STOPPING", "1", after=i, pid=mainpid["pid"])
+    m.wait("stop", lambda e: e["event"] == "stopped")
+    # Only the supervisors spoke to the manager: gunicorn's READY=1 went to port-sharding.
+    speakers = {e["pid"] for e in m.events if e["event"] == "notify"}
+    assert speakers == {start["pid"], mainpid["pid"]}, (speakers, m.dump())
+    print(f"\ngunicorn under the manager, reload and upgrade: {report} by {dict(load.by_who)}; failed after "
+          f"each phase: {phases}")
+    assert report["failed"] == 0 and report["wrong"] == 0, (report, phases)
+
+
+APP = """
+import ctypes, json, os, sys
+import port_sharding
+
+KEYS = {keys!r}
+libc = ctypes.CDLL(None)
+libc.getenv.restype = ctypes.c_char_p
+
+
+def worker(listener):
+    seen = {{k: [os.environ.get(k), libc.getenv(k.encode()) and libc.getenv(k.encode()).decode()] for k in KEYS}}
+    with open(os.path.join(sys.argv[1], f"worker.{{os.getpid()}}"), "w") as f:
+        json.dump(seen, f)
+    for client, _ in listener:
+        with client:
+            client.sendall(client.recv(4096))
+
+
+port_sharding.serve(0, host="127.0.0.1", workers=1, worker=worker)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_python_program_with_function_workers_upgrades_and_its_workers_see_no_service_environment(
+        control_dir, managed, tmp_path):
+    """A Python program (port_sharding.serve with a worker function) as the service: its function workers see
+    none of the manager's variables, neither in os.environ nor in the C environment; SIGUSR2 re-executes the
+    program (the interpreter with the same script and arguments) and it takes over, losing nothing."""
+    if why := runtime_available("python"):
+        pytest.skip(why)
+    script = tmp_path / "app.py"
+    script.write_text(APP.format(keys=SERVICE_ENV))
+    out = tmp_path / "seen"
+    out.mkdir()
+    m = Managed([sys.executable, str(script), str(out)], "--watchdog-usec", str(WATCHDOG_USEC), "--fdstore", "4",
+                control_dir=control_dir)
+    managed.append(m)
+    _, start = m.wait("start", lambda e: e["event"] == "start")
+    i, _ = m.notified("READY=1", "READY", "1", pid=start["pid"])
+    load = ClientLoad(m.port(), threads=4, max_seconds=120)
+    load.wait_for(100)
+    os.kill(start["pid"], signal.SIGUSR2)
+    i, mainpid = m.wait("MAINPID", lambda e: e["event"] == "mainpid", after=i)
+    m.notified("READY=1 from the successor", "READY", "1", after=i, pid=mainpid["pid"])
+    cmdline = Path(f"/proc/{mainpid['pid']}/cmdline").read_bytes().split(b"\0")[:-1]
+    assert cmdline[1:] == [str(script).encode(), str(out).encode()], cmdline
+    load.wait_for(100)
+    os.kill(mainpid["pid"], signal.SIGTERM)
+    m.notified("STOPPING=1", "STOPPING", "1", after=i, pid=mainpid["pid"])
+    report = load.stop()
+    m.wait("stop", lambda e: e["event"] == "stopped")
+    seen = [json.loads(f.read_text()) for f in out.iterdir()]
+    assert len(seen) >= 2, seen  # a worker of each supervisor
+    for s in seen:
+        assert all(v == [None, None] for v in s.values()), s
+    print(f"\nPython program with function workers, upgrade: {report}")
+    assert report["failed"] == 0 and report["wrong"] == 0, report

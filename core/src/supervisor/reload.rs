@@ -63,6 +63,9 @@ impl Supervisor {
         if self.successor.is_some() {
             return Err("this server is handing over to a new server".to_string());
         }
+        if self.upgrade.is_some() {
+            return Err("an upgrade is in progress".to_string());
+        }
         if !self.ready {
             return Err(
                 "this server is still starting (not every worker is ready yet)".to_string(),
@@ -128,10 +131,7 @@ impl Supervisor {
         }
         let c = &self.server.config;
         match self.server.group.bind(self.server.addr, c.backlog) {
-            Ok(l) => {
-                self.store(l.as_raw_fd());
-                Some(l)
-            }
+            Ok(l) => Some(l),
             Err(e) => refuse(&format!("a new socket could not be bound: {e}")),
         }
     }
@@ -163,12 +163,14 @@ impl Supervisor {
         };
         let (seats, ctx, _) = self.seats();
         let mut promoted = false;
+        let mut moved = Vec::new();
         if r.failure.is_none() {
             for seat in seats.iter_mut() {
                 if !seat.incoming().is_some_and(|w| w.is_ready()) {
                     continue;
                 }
                 let i = seat.index;
+                let before = seat.listener().map(|l| l.as_raw_fd());
                 if let Some((old_pid, new)) = seat.promote(&ctx) {
                     let (new_pid, generation) = (new.pid.as_raw() as u32, new.generation);
                     let old_pid = old_pid.as_raw() as u32;
@@ -181,6 +183,20 @@ impl Supervisor {
                     });
                     promoted = true;
                 }
+                let after = seat.listener().map(|l| l.as_raw_fd());
+                if before != after {
+                    moved.push((before, after));
+                }
+            }
+        }
+        // The fd store follows the seats' listeners: the new one in, the old one out now, long before it
+        // closes (a copy left in the store would keep it in the group after we close ours).
+        for (before, after) in moved {
+            if let Some(fd) = before {
+                self.unstore(fd);
+            }
+            if let Some(fd) = after {
+                self.store(fd);
             }
         }
         if promoted {

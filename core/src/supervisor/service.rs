@@ -283,7 +283,7 @@ impl Supervisor {
         );
     }
 
-    /// A listener that joined the group (a reload's socket of its own) into the fd store.
+    /// A seat's new listener (a reload's socket of its own, once its worker is promoted) into the fd store.
     pub(super) fn store(&mut self, fd: RawFd) {
         if !self.server.managed {
             let name = super::activation::fd_name(&fd);
@@ -291,8 +291,9 @@ impl Supervisor {
         }
     }
 
-    /// A listener about to leave the group out of the fd store first: a copy the manager kept would keep
-    /// it in the group, queueing connections nobody accepts.
+    /// A listener that is no longer a seat's (it will leave the group once its worker has emptied it) out
+    /// of the fd store, well before we close it: a copy the manager kept would keep it in the group,
+    /// queueing connections nobody accepts.
     pub(super) fn unstore(&mut self, fd: RawFd) {
         if !self.server.managed {
             let name = super::activation::fd_name(&fd);

@@ -264,6 +264,14 @@ impl Supervisor {
                 "this server is still starting (not every worker is serving yet); take over once it is serving",
             );
         }
+        if self.seats.iter().any(|s| s.has_retiring_socket()) {
+            // The new server must adopt a group that holds only the sockets it is given: one of these
+            // closing later would move its members about under its program.
+            return self.refuse_takeover(
+                id,
+                "workers the last reload replaced still hold sockets of their own; take over once they have exited",
+            );
+        }
         let mine_command = self.server.kind.blocking();
         if command != mine_command {
             let (this, new) = if mine_command {

@@ -95,11 +95,13 @@ pub(super) fn from_env() -> Result<Option<(u32, SocketAddr)>> {
 
 /// An upgrade in progress: the successor we started, until it is ready (or failed).
 pub(super) struct Upgrade {
-    pid: Pid,
+    /// `None` while workers a reload replaced still empty sockets of their own: a successor must adopt
+    /// a group that holds only the sockets it is given (their closing would move its members about).
+    pid: Option<Pid>,
     started: Instant,
     /// The `upgrade` request to answer (`None`: SIGUSR2).
     requester: Option<mio::net::UnixStream>,
-    /// Why it failed, once it did (it was killed: we wait for its exit).
+    /// Why it failed, once it did (it was killed or asked to stop: we wait for its exit).
     failed: Option<String>,
     _exit: Option<ExitWatch>,
 }
@@ -147,25 +149,49 @@ impl Supervisor {
                     .into(),
             );
         }
+        if upgrade_command().is_none() {
+            return Err("this process's command line is unknown".into());
+        }
         Ok(())
     }
 
-    /// Starts the successor; `requester` gets the outcome.
+    /// Begins an upgrade; `requester` gets the outcome. The successor starts at once, or as soon as no
+    /// replaced worker empties a socket of its own.
     pub(super) fn begin_upgrade(
         &mut self,
         requester: Option<mio::net::UnixStream>,
     ) -> std::result::Result<(), String> {
-        let refuse = |why: String, requester: Option<mio::net::UnixStream>| {
+        if let Err(why) = self.can_upgrade() {
             if let Some(s) = requester {
                 let _ = control::send_line(&s, &control::error_line(&why));
             }
-            Err(why)
-        };
-        if let Err(why) = self.can_upgrade() {
-            return refuse(why, requester);
+            return Err(why);
+        }
+        self.upgrade = Some(Upgrade {
+            pid: None,
+            started: Instant::now(),
+            requester,
+            failed: None,
+            _exit: None,
+        });
+        if self.seats.iter().any(|s| s.has_retiring_socket()) {
+            log!("upgrade: waiting until the workers the last reload replaced have emptied and closed their sockets");
+        }
+        self.start_successor();
+        Ok(())
+    }
+
+    /// Starts the successor of an upgrade that waits for one, once it may.
+    fn start_successor(&mut self) {
+        let waiting = self
+            .upgrade
+            .as_ref()
+            .is_some_and(|u| u.pid.is_none() && u.failed.is_none());
+        if !waiting || self.seats.iter().any(|s| s.has_retiring_socket()) {
+            return;
         }
         let Some(argv) = upgrade_command() else {
-            return refuse("this process's command line is unknown".into(), requester);
+            return self.finish_upgrade(Err("this process's command line is unknown".into()));
         };
         let mut env = self.server.service.successor_env();
         env.push((
@@ -175,11 +201,7 @@ impl Supervisor {
         let pid = match spawn(&argv, &env) {
             Ok(pid) => pid,
             Err(e) => {
-                let why = format!("the successor could not be started: {e}");
-                self.server
-                    .service
-                    .say(&format!("upgrade failed: {why}; still serving"));
-                return refuse(why, requester);
+                return self.finish_upgrade(Err(format!("the successor could not be started: {e}")))
             }
         };
         let shown: Vec<_> = argv.iter().map(|a| a.to_string_lossy()).collect();
@@ -187,19 +209,17 @@ impl Supervisor {
         self.server
             .service
             .say(&format!("upgrading: successor pid {pid} is starting"));
-        self.upgrade = Some(Upgrade {
-            pid,
-            started: Instant::now(),
-            requester,
-            failed: None,
-            _exit: ExitWatch::new(self.server.poll.registry(), EXITS, pid),
-        });
-        Ok(())
+        let exit = ExitWatch::new(self.server.poll.registry(), EXITS, pid);
+        if let Some(u) = self.upgrade.as_mut() {
+            u.pid = Some(pid);
+            u.started = Instant::now();
+            u._exit = exit;
+        }
     }
 
     /// The successor's pid, for the reaper.
     pub(super) fn upgrade_pid(&self) -> Option<Pid> {
-        self.upgrade.as_ref().map(|u| u.pid)
+        self.upgrade.as_ref().and_then(|u| u.pid)
     }
 
     /// The successor exited before it was ready: the upgrade failed, this server serves on.
@@ -208,39 +228,47 @@ impl Supervisor {
             return;
         };
         let how = status.map_or_else(|| "is gone".to_string(), process::describe);
-        let why = match &u.failed {
-            Some(why) => why.clone(),
-            None => format!("successor pid {} {how} before it was ready", u.pid),
+        let why = match (&u.failed, u.pid) {
+            (Some(why), _) => why.clone(),
+            (None, Some(pid)) => format!("successor pid {pid} {how} before it was ready"),
+            (None, None) => format!("the successor {how} before it was ready"),
         };
         self.finish_upgrade(Err(why));
     }
 
-    /// A successor not ready in time is killed (its exit ends the upgrade).
+    /// Once per pass: starts a waiting successor when it may; kills one not ready in time (its exit ends
+    /// the upgrade).
     pub(super) fn expire_upgrade(&mut self, now: Instant) {
+        self.start_successor();
         let Some(u) = self.upgrade.as_mut() else {
             return;
         };
+        // Waiting: replaced workers are asked to stop within the drain timeout whatever their queue.
+        let Some(pid) = u.pid else {
+            return;
+        };
         if u.failed.is_none() && now.saturating_duration_since(u.started) > UPGRADE_TIMEOUT {
-            let why = format!(
-                "successor pid {} was not ready within {UPGRADE_TIMEOUT:?}; killed it",
-                u.pid
-            );
+            let why =
+                format!("successor pid {pid} was not ready within {UPGRADE_TIMEOUT:?}; killed it");
             log!("upgrade: {why}");
-            let _ = nix::sys::signal::kill(u.pid, Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             u.failed = Some(why);
         }
     }
 
     /// A drain during an upgrade ends it: the successor is asked to drain too (SIGTERM), and reaped.
     pub(super) fn abort_upgrade(&mut self) {
-        if let Some(u) = self.upgrade.as_mut() {
-            if u.failed.is_none() {
-                let _ = nix::sys::signal::kill(u.pid, Signal::SIGTERM);
-                u.failed = Some(format!(
-                    "this server began to drain; successor pid {} was asked to stop (SIGTERM)",
-                    u.pid
-                ));
-            }
+        let Some(u) = self.upgrade.as_mut() else {
+            return;
+        };
+        let Some(pid) = u.pid else {
+            return self.finish_upgrade(Err("this server began to drain".into()));
+        };
+        if u.failed.is_none() {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+            u.failed = Some(format!(
+                "this server began to drain; successor pid {pid} was asked to stop (SIGTERM)"
+            ));
         }
     }
 
