@@ -184,3 +184,69 @@ impl Drop for NotifySocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStringExt;
+
+    /// A datagram socket as a service manager binds it: an abstract name, or a path.
+    fn manager(name: &[u8]) -> (UnixDatagram, OsString) {
+        let socket = UnixDatagram::unbound().unwrap();
+        let addr = UnixAddr::new_abstract(name).unwrap();
+        socket::bind(socket.as_raw_fd(), &addr).unwrap();
+        let mut shown = b"@".to_vec();
+        shown.extend_from_slice(name);
+        (socket, OsString::from_vec(shown))
+    }
+
+    #[test]
+    fn sends_to_an_abstract_socket_with_fds() {
+        let name = format!("port-sharding-notify-test-{}", std::process::id());
+        let (rx, addr) = manager(name.as_bytes());
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        send(&addr, "FDSTORE=1\nFDNAME=x", &[file.as_raw_fd()]).unwrap();
+        let mut buf = [0u8; 256];
+        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = socket::recvmsg::<UnixAddr>(
+            rx.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let fds: Vec<RawFd> = msg
+            .cmsgs()
+            .unwrap()
+            .flat_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => fds,
+                _ => Vec::new(),
+            })
+            .collect();
+        let n = msg.bytes;
+        assert_eq!(&buf[..n], b"FDSTORE=1\nFDNAME=x");
+        assert_eq!(fds.len(), 1);
+        // SAFETY: the kernel just installed it in this process.
+        let got = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        let ino = |fd: std::os::fd::BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        assert_eq!(ino(got.as_fd()), ino(file.as_fd()), "the same file, passed");
+    }
+
+    #[test]
+    fn sends_to_a_path_and_refuses_anything_else() {
+        let dir = std::env::temp_dir().join(format!("ps-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("n.sock");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        notify(&path, "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        let e = send(OsStr::new("relative/path"), "READY=1", &[]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -347,3 +347,17 @@ impl Supervisor {
         line
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_variable_the_supervisor_takes_is_listed_for_the_hosts() {
+        let mut taken: Vec<&str> = super::ENV.to_vec();
+        taken.extend(super::super::activation::ENV);
+        taken.push("PORT_SHARDING_UPGRADE_FROM");
+        taken.sort_unstable();
+        let mut listed = super::super::SERVICE_ENV.to_vec();
+        listed.sort_unstable();
+        assert_eq!(taken, listed);
+    }
+}
