@@ -583,3 +583,34 @@ def test_a_python_program_with_function_workers_upgrades_and_its_workers_see_no_
         assert all(v == [None, None] for v in s.values()), s
     print(f"\nPython program with function workers, upgrade: {report}")
     assert report["failed"] == 0 and report["wrong"] == 0, report
+
+
+def unit(name: str) -> dict[str, list[str]]:
+    """An example unit's settings: key → every value given (continuation lines joined)."""
+    text = (ROOT / "examples" / "systemd" / name).read_text().replace("\\\n", " ")
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            k, v = line.split("=", 1)
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def test_the_example_units_are_what_the_readme_and_these_tests_describe():
+    """examples/systemd: what the stand-in manager above exercises is what the units configure."""
+    for name in ["port-sharding.service", "port-sharding-activated.service", "gunicorn-port-sharding.service"]:
+        u = unit(name)
+        assert u["Type"] == ["notify-reload"] and u["NotifyAccess"] == ["main"], name
+        assert u["KillMode"] == ["mixed"] and u["Restart"] == ["on-failure"] and "WatchdogSec" in u, name
+        assert u["ExecStart"][0].split()[1] == "serve", name
+    own = unit("port-sharding.service")
+    assert int(own["FileDescriptorStoreMax"][0]) >= 4 + 1  # every worker's listener and a reload's new one
+    assert own["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"] and "--port 80" in own["ExecStart"][0]
+    activated = unit("port-sharding-activated.service")
+    assert "--port" not in activated["ExecStart"][0] and "--workers" not in activated["ExecStart"][0]
+    assert "FileDescriptorStoreMax" not in activated and "AmbientCapabilities" not in activated
+    sockets = unit("port-sharding-activated.socket")
+    assert sockets["ReusePort"] == ["yes"] and len(sockets["ListenStream"]) == 4 and len(set(sockets["ListenStream"])) == 1
+    gunicorn = unit("gunicorn-port-sharding.service")
+    assert "--ready notify" in gunicorn["ExecStart"][0] and "gunicorn" in gunicorn["ExecStart"][0]

@@ -3,7 +3,8 @@
 //! Where pidfds are missing, the supervisor's periodic tick reaps instead.
 //!
 //! Whom it reaps: as PID 1 (a container's init), every child, expected or not — orphans are reparented to
-//! PID 1, and a zombie nobody reaps stays forever. Elsewhere only its own workers, by pid: the supervisor
+//! PID 1, and a zombie nobody reaps stays forever. Elsewhere only its own workers (and an upgrade's
+//! successor until it is ready), by pid: the supervisor
 //! may run inside a host interpreter (Python, Ruby) whose other children (`subprocess`, `spawn`) its own
 //! code waits for, and a `waitpid(-1)` here would take their exit statuses away.
 
