@@ -614,3 +614,30 @@ def test_the_example_units_are_what_the_readme_and_these_tests_describe():
     assert sockets["ReusePort"] == ["yes"] and len(sockets["ListenStream"]) == 4 and len(set(sockets["ListenStream"])) == 1
     gunicorn = unit("gunicorn-port-sharding.service")
     assert "--ready notify" in gunicorn["ExecStart"][0] and "gunicorn" in gunicorn["ExecStart"][0]
+
+
+@pytest.mark.timeout(120)
+def test_a_drain_that_makes_progress_asks_for_more_time(control_dir, managed):
+    """EXTEND_TIMEOUT_USEC= during a drain, once connections still finish (here: one of two held ones closes),
+    so TimeoutStopSec= does not cut a drain that gets somewhere."""
+    if why := runtime_available("rust"):
+        pytest.skip(why)
+    m = Managed([str(BIN), "serve", "--host", "127.0.0.1", "--port", "0", "--workers", "1", "--drain-timeout", "60s"],
+                control_dir=control_dir)
+    managed.append(m)
+    _, start = m.wait("start", lambda e: e["event"] == "start")
+    i, _ = m.notified("READY=1", "READY", "1", pid=start["pid"])
+    port = m.port()
+    held = [socket.create_connection(("127.0.0.1", port), timeout=PATIENCE) for _ in range(2)]
+    for s in held:  # echoed: both are being served
+        s.sendall(b"x")
+        assert s.recv(1) == b"x"
+    os.kill(start["pid"], signal.SIGTERM)
+    i, stopping = m.notified("STOPPING=1", "STOPPING", "1", after=i, pid=start["pid"])
+    assert "2 connection(s) open" in stopping["fields"]["STATUS"], stopping
+    held.pop().close()  # progress
+    _, extend = m.notified("EXTEND_TIMEOUT_USEC=", "EXTEND_TIMEOUT_USEC", after=i, pid=start["pid"])
+    assert int(extend["fields"]["EXTEND_TIMEOUT_USEC"]) == 10_000_000, extend
+    held.pop().close()
+    _, stopped = m.wait("stop", lambda e: e["event"] == "stopped")
+    assert stopped["code"] == 0, m.dump()
