@@ -53,6 +53,7 @@ where
         Some(("stop", m)) => stop(m),
         Some(("reload", m)) => reload(m),
         Some(("probe", m)) => probe(m),
+        Some(("upgrade", m)) => upgrade(m),
         Some(("bench", m)) => match load::BenchArgs::from_arg_matches(m) {
             Ok(args) => return bench(&args),
             Err(e) => {
@@ -150,12 +151,29 @@ pub fn command() -> Command {
             "Exit 0 when a server on the port is serving (its listeners accept), 1 with a one-line reason \
              otherwise: for exec probes (Kubernetes, Docker HEALTHCHECK)",
         ))
+        .subcommand(
+            target_command(
+                "upgrade",
+                "Upgrade the servers running on a port in place: each starts its successor (the same program \
+                 again, from disk, as its own child, so a service manager accepts it as the new main process) \
+                 and hands it its sockets; once the successor is ready the old one drains and exits \
+                 (nothing queued is lost). As SIGUSR2 to a supervisor",
+            )
+            .arg(
+                Arg::new("pid")
+                    .long("pid")
+                    .value_name("PID")
+                    .value_parser(clap::value_parser!(u32))
+                    .help("Only the server whose supervisor has this pid"),
+            ),
+        )
         .subcommand(load::BenchArgs::augment_args(Command::new("bench")))
 }
 
 const SIGNALS: &str = "Signals to a serving supervisor: SIGINT (Ctrl-C), SIGTERM or SIGQUIT drain (stop accepting, \
 finish open connections, exit; a second one stops at once; with --drain-delay, SIGTERM and SIGQUIT keep accepting \
 that long first); SIGHUP reloads (as `reload`, one worker at a time). \
+SIGUSR2 upgrades (as `upgrade`: the supervisor starts its successor, which takes its sockets over). \
 SIGTERM to one worker drains it and a fresh one replaces it on the same listener.";
 
 fn serve_command() -> Command {
@@ -378,6 +396,31 @@ fn reload(m: &ArgMatches) -> port_sharding::Result<u8> {
                     r.pid,
                     f.reason,
                     r.replaced.len()
+                );
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+fn upgrade(m: &ArgMatches) -> port_sharding::Result<u8> {
+    let (host, port) = target(m)?;
+    let pid = m.get_one::<u32>("pid").copied();
+    let reports = port_sharding::upgrade(host.as_deref(), port, pid)?;
+    let mut code = 0;
+    for r in &reports {
+        match (&r.failed, r.successor) {
+            (None, Some(successor)) => println!(
+                "{} server pid {}: upgraded to pid {successor} in {:.2}s; pid {} drains",
+                r.runtime, r.pid, r.seconds, r.pid
+            ),
+            (failed, _) => {
+                eprintln!(
+                    "port-sharding: error: upgrade of {} server pid {} failed: {}; it keeps serving",
+                    r.runtime,
+                    r.pid,
+                    failed.as_deref().unwrap_or("no successor")
                 );
                 code = 1;
             }

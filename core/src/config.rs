@@ -262,6 +262,13 @@ settings! {
         ///
         /// Default value: `false`.
         subreaper: bool = false;
+
+        /// The settings the caller named, as [`Config::from_settings`] records them (a `Config` built in
+        /// Rust names none). Where something else decides a setting — the sockets a service manager passes
+        /// (`LISTEN_FDS`) decide `host`, `port` and `workers` — one the caller named must agree with it.
+        ///
+        /// Default value: empty.
+        given: Vec<&'static str> = Vec::new();
     }
 }
 

@@ -140,8 +140,8 @@ pub use config::{
     MAX_WORKERS, SETTINGS,
 };
 pub use control::{
-    control_dir, reload, status, stop, PidNamespace, ReloadFailure, ReloadReport, Replaced,
-    ServerStatus, SteeringState, SteeringStatus,
+    control_dir, reload, status, stop, upgrade, PidNamespace, ReloadFailure, ReloadReport,
+    Replaced, ServerStatus, SteeringState, SteeringStatus, UpgradeReport,
 };
 pub use drain::DRAIN_GRACE;
 pub use error::{Error, Result};
@@ -153,6 +153,7 @@ pub use log::set_quiet;
 pub use server::{Handle, Job, Server, SLICE};
 pub use settings::{setting, Host, Kind, Setting, Value};
 pub use stats::{Health, Role, WorkerKind, WorkerProcess, WorkerStats};
+pub use supervisor::{set_upgrade_command, SERVICE_ENV};
 
 /// The version shared by the crate, the CLI, the Python package and the Ruby gem.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -136,7 +136,7 @@ pub struct Setting {
 /// Declares every setting once, in `config.rs`: one row per setting gives the [`Config`] field (its doc,
 /// ending "Default value: …"), its default, its [`SETTINGS`] row (CLI short flag, value name, help) and
 /// its conversion, which follows from the field's type ([`FromValue`]). The fields the host decides
-/// (`runtime`, `handle_signals`, `control`) follow, without a row.
+/// (`runtime`, `handle_signals`, `control`, `given`) follow, without a row.
 macro_rules! settings {
     (
         $(#[$meta:meta])*
@@ -177,8 +177,8 @@ macro_rules! settings {
             }
         }
 
-        /// Every setting a user can give, in `--help` order. `runtime`, `handle_signals` and `control`
-        /// are not here: the host decides those.
+        /// Every setting a user can give, in `--help` order. `runtime`, `handle_signals`, `control` and
+        /// `given` are not here: the host decides those.
         pub const SETTINGS: &[Setting] = &[
             $(
                 Setting {
@@ -273,7 +273,9 @@ impl Config {
             self.workers = crate::config::default_workers();
             return Ok(());
         }
-        self.set_field(s, value, host == Host::Cli)
+        self.set_field(s, value, host == Host::Cli)?;
+        self.given.push(s.name);
+        Ok(())
     }
 }
 
@@ -529,14 +531,10 @@ mod tests {
                 (Kind::Flag, shown) => Value::Bool(shown == "on"),
                 (_, shown) => Value::Str(shown.to_string()),
             };
-            let set = Config::from_settings(Host::Cli, [(s.name, value)]);
-            assert_eq!(
-                set.unwrap(),
-                defaults,
-                "{}: shown as {:?}",
-                s.name,
-                s.default
-            );
+            let mut set = Config::from_settings(Host::Cli, [(s.name, value)]).unwrap();
+            assert_eq!(set.given, [s.name]);
+            set.given.clear();
+            assert_eq!(set, defaults, "{}: shown as {:?}", s.name, s.default);
         }
         assert_eq!(defaults.workers, crate::config::default_workers());
         assert!(defaults.idle_timeout.is_none() && defaults.stall_restart_after.is_none());

@@ -1,4 +1,4 @@
-//! SIGINT, SIGTERM, SIGQUIT and SIGHUP become events in the supervisor's mio loop, through a self-pipe, in one place.
+//! SIGINT, SIGTERM, SIGQUIT, SIGHUP and SIGUSR2 become events in the supervisor's mio loop, through a self-pipe, in one place.
 //!
 //! The handlers are installed only while [`Server::run`](crate::Server::run) runs on the main thread, and
 //! the previous dispositions (Python's, Ruby's, or the defaults) are restored when it returns.
@@ -16,13 +16,15 @@ use crate::error::{Error, Result};
 /// Write end of the self-pipe, or -1. A static because a signal handler cannot capture anything.
 static PIPE_FD: AtomicI32 = AtomicI32::new(-1);
 
-/// What the supervisor handles, as nginx does: INT, TERM and QUIT drain; HUP reloads the workers in place.
+/// What the supervisor handles, as nginx does: INT, TERM and QUIT drain; HUP reloads the workers in place;
+/// USR2 upgrades the supervisor itself (a successor takes its sockets over).
 /// A worker handles SIGTERM alone.
 pub(crate) const SUPERVISOR: &[Signal] = &[
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGQUIT,
     Signal::SIGHUP,
+    Signal::SIGUSR2,
 ];
 /// A worker's SIGTERM drains that worker (the supervisor then forks a fresh one): `kill <worker pid>` and a
 /// process-group SIGTERM (systemd's default `KillMode=control-group`, `timeout`) never cut connections.

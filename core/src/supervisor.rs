@@ -31,6 +31,7 @@ use crate::notify::NotifySocket;
 use crate::signals::SignalGuard;
 use crate::stats::{Role, StatsArea};
 
+mod activation;
 mod admin;
 mod command;
 mod delay;
@@ -42,11 +43,29 @@ mod process;
 mod reaper;
 mod reload;
 mod seat;
+mod service;
 mod shared;
 mod steering;
 mod takeover;
+mod upgrade;
 
 pub(crate) use shared::Shared;
+pub use upgrade::set_upgrade_command;
+
+/// The environment variables a supervisor takes out of its own process when it binds, so that no worker
+/// inherits them: the service manager's (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`, `FDSTORE`,
+/// `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`) and an upgrade's (`PORT_SHARDING_UPGRADE_FROM`). A host
+/// with a copy of its environment of its own (Python's `os.environ`) drops them there too.
+pub const SERVICE_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "FDSTORE",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "PORT_SHARDING_UPGRADE_FROM",
+];
 
 use admin::Admin;
 use group::{Group, Listener};
@@ -55,8 +74,10 @@ use process::on_main_thread;
 use reaper::Reaper;
 use reload::Reload;
 use seat::{Ctx, Seat, Spawner};
+use service::Service;
 use steering::Steering;
-use takeover::{take_over, Predecessor};
+use takeover::{take_over, take_over_from, Predecessor};
+use upgrade::Upgrade;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -96,19 +117,49 @@ pub(crate) struct Bound {
     kind: Box<dyn Kind>,
     /// `/livez`, `/readyz`, `/metrics` (`Config::admin`).
     admin: Option<Admin>,
+    /// The service manager above us (`NOTIFY_SOCKET`), if any.
+    service: Service,
+    /// The listeners are the service manager's (socket activation): it holds a copy of each, so none
+    /// leaves the group when we close ours — we never bind a socket beside them nor store them.
+    managed: bool,
+    /// Names to take out of the manager's fd store at start (listeners we no longer serve).
+    unstore: Vec<String>,
 }
 
-/// Validates `config`, binds `workers` reuseport listeners (or adopts a running server's on `takeover`)
-/// and opens the control socket.
-pub(crate) fn bind(config: Config) -> Result<Bound> {
+/// Validates `config`, binds `workers` reuseport listeners — or adopts the ones a service manager passed
+/// (socket activation, its fd store), or a running server's (`takeover`, an upgrade's successor) — and
+/// opens the control socket.
+pub(crate) fn bind(mut config: Config) -> Result<Bound> {
     config.validate()?;
+    let kind = kind::choose(&config);
+    // The service manager's environment is ours alone from here on: no worker inherits it.
+    let service = Service::from_env();
+    upgrade::remember();
+    let upgrading = upgrade::from_env()?;
+    let activation = activation::take(&mut config, kind.blocking())?;
     let wanted = listener::resolve(&config.host, config.port)?;
     let mut listeners = Vec::new();
     let mut predecessor = None;
-    let kind = kind::choose(&config);
-    if config.takeover {
+    let mut managed = false;
+    // The group's order of passed sockets: the manager binds a socket unit's in unit order.
+    let mut passed_order = None;
+    if let Some(p) = activation.passed {
+        managed = p.managed;
+        passed_order = Some(match (p.managed, p.reuseport) {
+            (true, true) => Ok((0..p.listeners.len() as u32).collect::<Vec<_>>()),
+            (true, false) => Err("the service manager's socket has no SO_REUSEPORT, so no group to steer".to_string()),
+            (false, _) => Err("the listeners came back from the service manager's fd store without their order in the group".to_string()),
+        });
+        listeners = p.listeners.into_iter().map(Tracked::new).collect();
+    } else if let Some((pid, addr)) = upgrading {
+        let (p, adopted) = take_over_from(pid, addr, kind.blocking())?;
+        listeners = adopted.into_iter().map(Tracked::new).collect();
+        managed = p.managed;
+        predecessor = Some(p);
+    } else if config.takeover {
         if let Some((p, adopted)) = take_over(wanted, kind.blocking())? {
             listeners = adopted.into_iter().map(Tracked::new).collect();
+            managed = p.managed;
             predecessor = Some(p);
         }
     }
@@ -117,7 +168,8 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         Some(l) => l.local_addr().map_err(|e| Error::io("getsockname", e))?,
         None => wanted,
     };
-    while listeners.len() < config.workers {
+    // The manager's sockets are all there is: we bind none beside them.
+    while listeners.len() < config.workers && !managed {
         let l = listener::bind(addr, config.backlog, true)?;
         addr = l.local_addr().map_err(|e| Error::io("getsockname", e))?;
         listeners.push(Tracked::new(l));
@@ -127,7 +179,11 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         _ => None,
     };
     let adopted_order = predecessor.as_ref().and_then(|p| p.order.as_deref());
-    let order = group::group_order(addr, adopted, adopted_order, listeners.len());
+    let order = match passed_order {
+        Some(Ok(o)) => group::group_order(addr, adopted, Some(&o), listeners.len()),
+        Some(Err(why)) => Err(why),
+        None => group::group_order(addr, adopted, adopted_order, listeners.len()),
+    };
     let (group, listeners) = Group::new(addr, listeners, order, migrate_prog, adopted > 0);
     let steering = Steering::new(&config, listeners.len());
     let stats = Arc::new(StatsArea::new(listeners.len())?);
@@ -156,6 +212,9 @@ pub(crate) fn bind(config: Config) -> Result<Bound> {
         steering,
         kind,
         admin,
+        service,
+        managed,
+        unstore: activation.unstore,
     })
 }
 
@@ -191,6 +250,10 @@ struct Supervisor {
     reaper: Reaper,
     /// The reload in progress.
     reload: Option<Reload>,
+    /// How the last reload went, for `STATUS=`.
+    last_reload: Option<String>,
+    /// The upgrade in progress: our successor, until it is ready.
+    upgrade: Option<Upgrade>,
     /// Where workers say `READY=1` and `STOPPING=1`.
     notify: NotifySocket,
     signals: Option<SignalGuard>,
@@ -232,6 +295,8 @@ impl Supervisor {
             seats,
             reaper,
             reload: None,
+            last_reload: None,
+            upgrade: None,
             notify,
             signals,
             successor: None,
@@ -285,15 +350,19 @@ impl Supervisor {
                 c.max_connections
             );
         }
+        // Sockets the service manager holds (socket unit, fd store) outlive a restart anyway.
         if migrate_req() == Some(false)
             && self.server.predecessor.is_none()
             && !self.server.group.migrates()
+            && !self.server.managed
+            && !self.server.service.fd_store()
         {
             log!(
                 "note: net.ipv4.tcp_migrate_req=0: closing a listener resets connections queued on it; \
                  use --takeover for rolling upgrades, or sysctl net.ipv4.tcp_migrate_req=1"
             );
         }
+        self.service_start();
         let (seats, ctx, spawner) = self.seats();
         let mut failed = None;
         for seat in seats.iter_mut() {
@@ -345,10 +414,13 @@ impl Supervisor {
             self.on_admin(None);
             self.expire_successor();
             self.drain_when_due(now);
+            self.expire_upgrade(now);
             self.tick(now);
             self.drive_reload();
             self.steer();
-            if let Some(report) = self.settle() {
+            let settled = self.settle();
+            self.service_tick(now);
+            if let Some(report) = settled {
                 return Ok(report);
             }
         }
@@ -356,15 +428,25 @@ impl Supervisor {
 
     /// Reaps the workers that exited and tells their seats (and a reload whose new worker it was).
     fn reap(&mut self) {
-        let known: Vec<Pid> = self.seats.iter().flat_map(Seat::pids).collect();
+        let mut known: Vec<Pid> = self.seats.iter().flat_map(Seat::pids).collect();
+        let successor = self.upgrade_pid();
+        known.extend(successor);
         let exited = self.reaper.reap(known.into_iter());
         if exited.is_empty() {
             return;
         }
         let (seats, ctx, _) = self.seats();
         let mut exits = Vec::new();
+        let mut successor_exit = None;
         for (pid, status) in exited {
+            if Some(pid) == successor {
+                successor_exit = Some(status);
+                continue;
+            }
             exits.extend(seats.iter_mut().find_map(|s| s.on_exit(&ctx, pid, status)));
+        }
+        if let Some(status) = successor_exit {
+            self.upgrade_exited(status);
         }
         for mut exit in exits {
             if exit.crashed {
@@ -502,6 +584,10 @@ impl Supervisor {
                 ),
             }
         }
+        // After the predecessor's acknowledgement: an upgrade's successor is the main process only once
+        // its predecessor has said MAINPID=.
+        let status = self.status_line();
+        self.server.service.ready(&status);
     }
 
     /// `READY=1` and `STOPPING=1` from workers, by the sender's pid (as the kernel tells it).
@@ -532,6 +618,14 @@ impl Supervisor {
                     log!("SIGHUP: reload");
                     if let Err(why) = self.begin_reload(1, None) {
                         log!("reload refused: {why}");
+                        self.reload_refused(&why);
+                    }
+                    continue;
+                }
+                Signal::SIGUSR2 => {
+                    log!("SIGUSR2: upgrade");
+                    if let Err(why) = self.begin_upgrade(None) {
+                        log!("upgrade refused: {why}");
                     }
                     continue;
                 }
@@ -549,6 +643,8 @@ impl Supervisor {
         // A stop request during the drain delay drains now; the report keeps what began the stop.
         let reason = self.cut_drain_delay(reason).unwrap_or(reason);
         self.draining = Some((Instant::now(), reason));
+        let (status, progress) = (self.status_line(), self.drain_progress());
+        self.server.service.stopping(&status, progress);
         let open: u64 = self.server.stats.snapshot().iter().map(|s| s.active).sum();
         let running = self.seats.iter().filter(|s| s.serving().is_some()).count();
         log!(
@@ -557,6 +653,7 @@ impl Supervisor {
             self.server.config.drain_timeout
         );
         self.abort_reload("the server began to drain");
+        self.abort_upgrade();
         // A successor that took over serves our listeners' queues: our workers let go of them at once.
         let ask = if reason == StopReason::TakenOver {
             self.counters.handed_over += 1;
@@ -666,6 +763,7 @@ impl Supervisor {
                 }
                 Request::Takeover { addr, command } => self.offer(id, addr, command),
                 Request::Reload { batch } => self.reload_request(id, batch),
+                Request::Upgrade => self.upgrade_request(id),
                 Request::Ready => self.respond(
                     id,
                     control::error_line("ready is only valid after takeover"),

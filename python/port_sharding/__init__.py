@@ -58,7 +58,7 @@ __version__: str = _native.VERSION
 # close what they do not serve on their own.
 os.register_at_fork(after_in_child=_native.close_in_forked_child)
 __all__ = ["__version__", "serve", "Server", "Settings", "Report", "Listener", "Worker", "listen", "status", "stop",
-           "reload", "set_quiet",
+           "reload", "upgrade", "set_quiet",
            # One exception class per engine error, all under Error (see _errors.py).
            "Error", "ConfigError", "SettingTypeError", "AddressError", "AddrInUseError", "PermissionDeniedError",
            "NotRunningError", "TakeoverError", "ControlError", "InvalidStateError", "IoError"]
@@ -366,6 +366,19 @@ def reload(port: int, host: Optional[str] = None, pid: Optional[int] = None,
     workers not replaced keep serving, and the servers after it are not reloaded).
     Raises ``NotRunningError`` when none answers, ``ControlError`` when a server refuses (draining, starting)."""
     reports: List[Dict[str, Any]] = json.loads(_native.reload_json(port, host, pid, batch))
+    return reports
+
+
+def upgrade(port: int, host: Optional[str] = None, pid: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Upgrade every server on ``port`` in place (only those bound to ``host``, or the one whose supervisor is
+    ``pid``, when given), as SIGUSR2 does: each starts its successor — the same program again, from disk (a Python
+    host re-executes its interpreter with the same command line) — as its own child, and hands it its sockets;
+    once the successor is ready it is the main process (``MAINPID=`` under systemd) and the old one drains and
+    exits. Returns one report per server: ``pid``, ``runtime``, ``successor`` (its pid, or ``None``), ``failed``
+    (``None``, or why: the successor could not start, exited or was not ready in time; the old one keeps serving)
+    and ``seconds`` (until the successor was ready). The servers after a failed one are not upgraded.
+    Raises ``NotRunningError`` when none answers, ``ControlError`` when a server refuses (draining, starting)."""
+    reports: List[Dict[str, Any]] = json.loads(_native.upgrade_json(port, host, pid))
     return reports
 
 

@@ -1,7 +1,7 @@
 # Stubs of the native module (python/src/*.rs). Private: use the port_sharding façade.
 from typing import Any, Literal, Optional, Sequence, TypedDict, final
 
-__all__ = ["VERSION", "Server", "Listener", "cli_main", "listen", "status_json", "stop", "reload_json", "set_quiet", "settings",
+__all__ = ["VERSION", "Server", "Listener", "cli_main", "listen", "status_json", "stop", "reload_json", "upgrade_json", "set_quiet", "settings",
            "close_in_forked_child"]
 
 VERSION: str
@@ -42,6 +42,7 @@ def status_json(port: int, host: Optional[str] = None) -> str: ...
 def stop(port: int, host: Optional[str] = None) -> list[int]: ...
 def reload_json(port: int, host: Optional[str] = None, pid: Optional[int] = None,
                 batch: Optional[int] = None) -> str: ...
+def upgrade_json(port: int, host: Optional[str] = None, pid: Optional[int] = None) -> str: ...
 def set_quiet(quiet: bool) -> None: ...
 class _Setting(TypedDict):
     """One row of the engine's table of settings (port_sharding::SETTINGS)."""

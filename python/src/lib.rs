@@ -82,6 +82,22 @@ fn reload_json(
     json.map_err(|e| to_py(py, e))
 }
 
+/// Upgrades every server on `port` (bound to `host`, or the one whose supervisor is `pid`, when given) in
+/// place: each starts its successor, which takes its sockets over; the reports as a JSON array.
+#[pyfunction]
+#[pyo3(signature = (port, host=None, pid=None))]
+fn upgrade_json(
+    py: Python<'_>,
+    port: u16,
+    host: Option<String>,
+    pid: Option<u32>,
+) -> PyResult<String> {
+    let reports = py.detach(|| no_panic(|| port_sharding::upgrade(host.as_deref(), port, pid)));
+    let json =
+        reports.and_then(|r| serde_json::to_string(&r).map_err(|e| Error::Internal(e.to_string())));
+    json.map_err(|e| to_py(py, e))
+}
+
 /// Silences (or restores) the engine's log lines on stderr.
 #[pyfunction]
 fn set_quiet(quiet: bool) {
@@ -112,8 +128,30 @@ fn settings(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     port_sharding::SETTINGS.iter().map(row).collect()
 }
 
+/// Tells the engine how an upgrade starts this program again: this interpreter (`sys.executable`) with the
+/// arguments it was started with (`sys.orig_argv`: its own options, the script or `-m` module, the
+/// script's arguments), whatever the program did to `sys.argv` since.
+fn upgrade_command(py: Python<'_>) -> PyResult<()> {
+    let sys = py.import("sys")?;
+    let executable: Option<OsString> = sys.getattr("executable")?.extract()?;
+    let Some(executable) = executable.filter(|e| !e.is_empty()) else {
+        return Ok(()); // embedded without an interpreter to run: the process's own argv will do
+    };
+    let argv = sys
+        .getattr("orig_argv")
+        .or_else(|_| sys.getattr("argv"))?
+        .extract::<Vec<OsString>>()?;
+    let mut command = vec![executable];
+    // sys.argv lacks the interpreter: it starts with the script; orig_argv starts with the interpreter.
+    let skip = usize::from(sys.hasattr("orig_argv")?);
+    command.extend(argv.into_iter().skip(skip));
+    port_sharding::set_upgrade_command(command);
+    Ok(())
+}
+
 #[pymodule]
 fn _port_sharding(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    upgrade_command(m.py())?;
     m.add("VERSION", port_sharding::VERSION)?;
     m.add_class::<server::Server>()?;
     m.add_class::<function::Listener>()?;
@@ -122,6 +160,7 @@ fn _port_sharding(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(status_json, m)?)?;
     m.add_function(wrap_pyfunction!(stop, m)?)?;
     m.add_function(wrap_pyfunction!(reload_json, m)?)?;
+    m.add_function(wrap_pyfunction!(upgrade_json, m)?)?;
     m.add_function(wrap_pyfunction!(set_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(close_in_forked_child, m)?)?;
     m.add_function(wrap_pyfunction!(settings, m)?)?;

@@ -72,6 +72,7 @@ impl Server {
         let mut inner = py
             .detach(|| no_panic(|| port_sharding::Server::bind(config)))
             .map_err(|e| to_py(py, e))?;
+        forget_service_env(py)?;
         if let Some(worker) = worker {
             inner
                 .set_function(crate::function::PyHost::shared(worker))
@@ -142,4 +143,17 @@ impl Server {
     fn stats_json(&self) -> String {
         serde_json::to_string(&self.inner.handle().stats()).unwrap_or_else(|_| "[]".to_string())
     }
+}
+
+/// The service manager's variables the engine took out of the process environment when it bound
+/// (`NOTIFY_SOCKET`, `LISTEN_*`, …) go from `os.environ` too, Python's own copy: a function worker, or a
+/// `subprocess` it starts, must not see them.
+fn forget_service_env(py: Python<'_>) -> PyResult<()> {
+    let environ = py.import("os")?.getattr("environ")?;
+    for name in port_sharding::SERVICE_ENV {
+        if std::env::var_os(name).is_none() {
+            environ.call_method1("pop", (*name, py.None()))?;
+        }
+    }
+    Ok(())
 }

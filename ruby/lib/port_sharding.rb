@@ -12,6 +12,14 @@ begin
 rescue LoadError => e
   raise LoadError, "#{e.message} (a Bundler path gem? run `rake compile` in #{File.dirname(__dir__)})"
 end
+# How an upgrade (SIGUSR2, PortSharding.upgrade) starts this program again: this interpreter with the command line
+# it was started with, read now, before a process title ($0 =) may overwrite it.
+begin
+  argv = File.binread("/proc/self/cmdline").split("\0").drop(1).map { |a| a.dup.force_encoding(Encoding::UTF_8) }
+  PortSharding._set_upgrade_command([RbConfig.ruby, *argv])
+rescue StandardError
+  nil # the engine falls back to the process's own argv
+end
 require_relative "port_sharding/server"
 require_relative "port_sharding/listener"
 require_relative "port_sharding/fork_hook"
@@ -99,6 +107,16 @@ module PortSharding
     # {index:, pid:, reason:}); a failed one stops the reload and the servers after it are not reloaded.
     def reload(port = nil, host: nil, pid: nil, batch: nil)
       JSON.parse(_reload({ port: port }.compact, host, pid, batch), symbolize_names: true)
+    end
+
+    # Upgrades every server on `port` in place (only those bound to `host`, or the one whose supervisor is `pid`),
+    # as SIGUSR2 does: each starts its successor — the same program again, from disk (a Ruby host re-executes its
+    # interpreter with the same command line) — as its own child, and hands it its sockets; once the successor is
+    # ready it is the main process (MAINPID= under systemd) and the old one drains and exits. Returns one Hash per
+    # server (:pid, :runtime, :successor => its pid or nil, :failed => nil or why — the old one keeps serving —,
+    # :seconds until the successor was ready); the servers after a failed one are not upgraded.
+    def upgrade(port = nil, host: nil, pid: nil)
+      JSON.parse(_upgrade({ port: port }.compact, host, pid), symbolize_names: true)
     end
 
     # true silences the engine's log lines (on stderr) in this process.

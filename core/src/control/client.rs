@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, UnixAddr};
 
 use super::protocol::{
-    encode, parse_answer, Offer, ReloadReport, Request, ServerStatus, MAX_ANSWER,
+    encode, parse_answer, Offer, ReloadReport, Request, ServerStatus, UpgradeReport, MAX_ANSWER,
 };
 use super::registry::{find, not_running};
 use crate::error::{Error, Result};
@@ -277,6 +277,50 @@ pub fn reload(
         c.send(&Request::Reload { batch })?;
         c.set_timeout(RELOAD_TIMEOUT);
         let report: ReloadReport = c.answer()?;
+        let failed = report.failed.is_some();
+        reports.push(report);
+        if failed {
+            break;
+        }
+    }
+    Ok(reports)
+}
+
+/// How long a client waits for an upgrade's answer: the successor has a bounded time to be ready
+/// (after which the server kills it and answers).
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Upgrades every server on `port` in place (only those bound to `host`, or the one whose supervisor is
+/// `pid`, when given), one after the other: each starts its successor — the same program again, from disk
+/// — and hands it its sockets; once the successor is ready, the old one drains and exits. Stops at the
+/// first server whose upgrade failed (its report says why; it keeps serving).
+///
+/// # Errors
+/// As [`reload`]; [`Error::Control`] when a server refuses (draining, still starting, reloading,
+/// upgrading already).
+pub fn upgrade(host: Option<&str>, port: u16, pid: Option<u32>) -> Result<Vec<UpgradeReport>> {
+    let addr: Option<SocketAddr> = host
+        .map(|h| crate::listener::resolve(h, port))
+        .transpose()?;
+    let mut found = find(addr, port)?;
+    if let Some(pid) = pid {
+        found.retain(|f| f.pid == pid);
+        if found.is_empty() {
+            return Err(Error::NotRunning {
+                what: format!("port {port} with supervisor pid {pid}"),
+                dir: super::registry::control_dir().display().to_string(),
+            });
+        }
+    }
+    if found.is_empty() {
+        return Err(not_running(addr, port));
+    }
+    let mut reports = Vec::new();
+    for f in &found {
+        let mut c = Client::connect(&f.path)?;
+        c.send(&Request::Upgrade)?;
+        c.set_timeout(UPGRADE_TIMEOUT);
+        let report: UpgradeReport = c.answer()?;
         let failed = report.failed.is_some();
         reports.push(report);
         if failed {

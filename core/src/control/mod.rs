@@ -1,4 +1,4 @@
-//! The control socket: how `status`, `stop` and `takeover` reach a running server.
+//! The control socket: how `status`, `stop`, `reload`, `upgrade` and `takeover` reach a running server.
 //!
 //! Each server instance listens on its own unix socket in [`control_dir`] (0700, owned by the user;
 //! sockets 0600). The protocol is one JSON line each way ([`protocol`]). A request from another uid is
@@ -16,15 +16,16 @@ mod protocol;
 mod registry;
 mod server;
 
-pub use client::{reload, status, stop};
+pub use client::{reload, status, stop, upgrade};
 pub use pidns::PidNamespace;
 pub use protocol::{
     ReloadFailure, ReloadReport, Replaced, ServerStatus, SteeringState, SteeringStatus,
+    UpgradeReport,
 };
 pub use registry::control_dir;
 
 pub(crate) use client::Client;
 pub(crate) use pidns::here as pid_namespace;
 pub(crate) use protocol::{encode, error_line, Offer, Request, DRAINING};
-pub(crate) use registry::{ensure_dir, find};
+pub(crate) use registry::{ensure_dir, find, Found};
 pub(crate) use server::{send_line, send_offer, ConnId, ControlSocket};

@@ -34,6 +34,8 @@ pub(crate) enum Request {
         #[serde(default)]
         batch: Option<usize>,
     },
+    /// Start the successor (this program again) and hand it the sockets.
+    Upgrade,
 }
 
 /// What `takeover` answers, beside the sockets.
@@ -47,6 +49,10 @@ pub(crate) struct Offer {
     /// new one's steering program needs it. Older servers leave it out.
     #[serde(default)]
     pub order: Option<Vec<u32>>,
+    /// The sockets are the service manager's (socket activation): it keeps a copy of each, so the new
+    /// server must never bind beside them, and one may lack `SO_REUSEPORT`.
+    #[serde(default)]
+    pub managed: bool,
 }
 
 /// A running server as `status` reports it.
@@ -154,6 +160,22 @@ pub struct ReloadFailure {
     pub pid: Option<u32>,
     /// What happened: `exited with status 1 before it was ready`, `was not ready within 30s`, …
     pub reason: String,
+}
+
+/// What an upgrade of one server did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    /// The supervisor's process id (now draining, when the upgrade succeeded).
+    pub pid: u32,
+    /// `rust`, `python` or `ruby`.
+    pub runtime: String,
+    /// The successor's process id, once it is ready and serves: the main process from now on.
+    pub successor: Option<u32>,
+    /// Why the upgrade failed (the old supervisor keeps serving): the successor could not be started,
+    /// exited, or was not ready in time.
+    pub failed: Option<String>,
+    /// Seconds from the successor's start until it was ready (or failed).
+    pub seconds: f64,
 }
 
 /// One line: `value` as JSON and `\n`.

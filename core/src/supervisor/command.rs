@@ -21,13 +21,20 @@ use nix::unistd::Pid;
 use crate::error::{Error, Result};
 
 /// Variables a worker gets from us; inherited ones of these names are dropped.
+/// The service manager's (`WATCHDOG_*`, `FDSTORE`) are the supervisor's alone: the supervisor takes them
+/// out of its environment when it binds, and this keeps them out should another server in the process
+/// have left them.
 const OURS: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
     "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "FDSTORE",
     "PORT_SHARDING_WORKER",
     "PORT_SHARDING_PORT",
+    "PORT_SHARDING_UPGRADE_FROM",
 ];
 /// `LISTEN_PID=` and room for any pid (at most 20 digits) and the NUL.
 const PID_PREFIX: &[u8] = b"LISTEN_PID=";
@@ -47,7 +54,7 @@ pub(super) struct Prepared {
 }
 
 /// Finds `program` as `execvp` would (a name without `/` is looked up in `PATH`), before `fork`.
-fn resolve(program: &str) -> Result<PathBuf> {
+pub(super) fn resolve(program: &str) -> Result<PathBuf> {
     let not_found = |why: String| {
         Error::io(
             format!("command worker {program:?}"),
@@ -278,7 +285,7 @@ unsafe fn exec_child(
 ///
 /// # Safety
 /// Only in the forked child.
-unsafe fn fail(err: RawFd) -> ! {
+pub(super) unsafe fn fail(err: RawFd) -> ! {
     // SAFETY: reading errno and write/_exit are async-signal-safe.
     unsafe {
         let bytes = (*libc::__errno_location()).to_ne_bytes();
@@ -288,7 +295,7 @@ unsafe fn fail(err: RawFd) -> ! {
 }
 
 /// Closes fds `lo..=hi` (nothing when `lo > hi`); system calls only.
-fn close_range(lo: u32, hi: u32) {
+pub(super) fn close_range(lo: u32, hi: u32) {
     if lo > hi {
         return;
     }

@@ -5,7 +5,8 @@
 //! Whom it reaps: as PID 1 (a container's init), every child, expected or not — orphans are reparented to
 //! PID 1, and a zombie nobody reaps stays forever. Likewise as a child subreaper, which a host asks for
 //! with [`Config::subreaper`](crate::Config::subreaper) (the CLI does): orphans of command workers are
-//! then reparented to us instead of to a PID 1 that may not reap. Elsewhere only its own workers, by pid:
+//! then reparented to us instead of to a PID 1 that may not reap. Elsewhere only its own workers (and an upgrade's
+//! successor until it is ready), by pid:
 //! the supervisor may run inside a host interpreter (Python, Ruby) whose other children (`subprocess`,
 //! `spawn`) its own code waits for, and a `waitpid(-1)` here would take their exit statuses away.
 //!

@@ -8,6 +8,7 @@
 //! decides when; the seats start, promote and stop the workers.
 
 use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use nix::unistd::Pid;
@@ -62,6 +63,9 @@ impl Supervisor {
         if self.successor.is_some() {
             return Err("this server is handing over to a new server".to_string());
         }
+        if self.upgrade.is_some() {
+            return Err("an upgrade is in progress".to_string());
+        }
         if !self.ready {
             return Err(
                 "this server is still starting (not every worker is ready yet)".to_string(),
@@ -84,6 +88,9 @@ impl Supervisor {
         }
         let n = self.seats.len();
         log!("reload: replacing {n} worker(s), {batch} at a time");
+        self.server.service.reloading(&format!(
+            "reloading: replacing {n} worker(s), {batch} at a time"
+        ));
         self.reload = Some(Reload {
             queue: (0..n).collect(),
             batch: batch.max(1),
@@ -106,6 +113,9 @@ impl Supervisor {
             log!("reload: worker {i}'s new worker shares its listener ({why})");
             None
         };
+        if self.server.managed {
+            return refuse("the listeners are the service manager's, which keeps a copy of each: a socket of our own could never leave the group");
+        }
         if let Err(why) = self.server.group.known() {
             return refuse(why);
         }
@@ -153,12 +163,14 @@ impl Supervisor {
         };
         let (seats, ctx, _) = self.seats();
         let mut promoted = false;
+        let mut moved = Vec::new();
         if r.failure.is_none() {
             for seat in seats.iter_mut() {
                 if !seat.incoming().is_some_and(|w| w.is_ready()) {
                     continue;
                 }
                 let i = seat.index;
+                let before = seat.listener().map(|l| l.as_raw_fd());
                 if let Some((old_pid, new)) = seat.promote(&ctx) {
                     let (new_pid, generation) = (new.pid.as_raw() as u32, new.generation);
                     let old_pid = old_pid.as_raw() as u32;
@@ -171,6 +183,20 @@ impl Supervisor {
                     });
                     promoted = true;
                 }
+                let after = seat.listener().map(|l| l.as_raw_fd());
+                if before != after {
+                    moved.push((before, after));
+                }
+            }
+        }
+        // The fd store follows the seats' listeners: the new one in, the old one out now, long before it
+        // closes (a copy left in the store would keep it in the group after we close ours).
+        for (before, after) in moved {
+            if let Some(fd) = before {
+                self.unstore(fd);
+            }
+            if let Some(fd) = after {
+                self.store(fd);
             }
         }
         if promoted {
@@ -222,17 +248,27 @@ impl Supervisor {
             None => self.counters.reloads_done += 1,
             Some(_) => self.counters.reloads_failed += 1,
         }
-        match &r.failure {
-            None => log!(
-                "reload: done, {} worker(s) replaced in {:.2?}",
+        let outcome = match &r.failure {
+            None => format!(
+                "done, {} worker(s) replaced in {:.2?}",
                 r.replaced.len(),
                 r.started.elapsed()
             ),
-            Some(f) => log!(
-                "reload stopped after {} replaced worker(s): {}; the others keep serving",
+            Some(f) => format!(
+                "stopped after {} replaced worker(s): {}; the others keep serving",
                 r.replaced.len(),
                 describe_failure(f)
             ),
+        };
+        match &r.failure {
+            None => log!("reload: {outcome}"),
+            Some(_) => log!("reload {outcome}"),
+        }
+        self.last_reload = Some(outcome);
+        // The service manager's reload is over either way (a drain says STOPPING=1 instead).
+        if self.draining.is_none() {
+            let status = self.status_line();
+            self.server.service.reloaded(&status);
         }
         let report = ReloadReport {
             pid: std::process::id(),
@@ -243,6 +279,22 @@ impl Supervisor {
         if let Some(s) = r.requester.take() {
             // Best effort: a client that went away does not need it.
             let _ = control::send_line(&s, &control::encode(&report));
+        }
+    }
+}
+
+impl Supervisor {
+    /// A reload the service manager asked for (SIGHUP) that cannot happen now still ends, so that
+    /// `systemctl reload` does not wait for it: `RELOADING=1` then `READY=1`, with why in `STATUS=`. One
+    /// in progress ends with its own `READY=1`; a server still starting or draining has nothing to say.
+    pub(super) fn reload_refused(&mut self, why: &str) {
+        if !self.ready || self.draining.is_some() {
+            return;
+        }
+        self.server.service.reloading("reloading");
+        if self.reload.is_none() {
+            let status = format!("reload refused: {why}; {}", self.status_line());
+            self.server.service.reloaded(&status);
         }
     }
 }

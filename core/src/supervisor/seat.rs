@@ -231,6 +231,12 @@ impl Seat {
         self.serving.as_ref().is_some_and(Worker::is_ready)
     }
 
+    /// Whether a replaced worker still holds a socket of its own: out of the group's program, but in the
+    /// group until that worker has exited and the socket closes.
+    pub(super) fn has_retiring_socket(&self) -> bool {
+        self.retiring.iter().any(|w| w.socket.is_some())
+    }
+
     /// Starts a worker on this seat: a fresh serving one (first start, restart), or an incoming one —
     /// on the seat's listener, or on `own` socket (generations).
     pub(super) fn start(

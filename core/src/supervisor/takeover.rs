@@ -27,6 +27,8 @@ pub(super) struct Predecessor {
     pub(super) runtime: String,
     /// The group index of each adopted socket, as the old server knew it.
     pub(super) order: Option<Vec<u32>>,
+    /// The sockets are the service manager's (socket activation): see `activation`.
+    pub(super) managed: bool,
 }
 
 fn as_takeover(e: Error) -> Error {
@@ -63,41 +65,67 @@ pub(super) fn take_over(
     // Newest first: an older one is usually draining, or handing over to a newer one.
     let mut refusals = Vec::new();
     for f in found.iter().rev() {
-        let mut client = Client::connect(&f.path).map_err(as_takeover)?;
-        client.send(&Request::Takeover {
-            addr: wanted,
-            command,
-        })?;
-        let (offer, fds) = match client.offer() {
-            Ok(got) => got,
-            Err(Error::Control(msg)) if msg == control::DRAINING => continue,
-            Err(Error::Control(msg)) => {
-                refusals.push(format!("pid {} refused: {msg}", f.pid));
-                continue;
-            }
-            Err(e) => return Err(as_takeover(e)),
-        };
-        let listeners = adopt(&offer, fds, wanted, f.pid)?;
-        log!(
-            "takeover: received {} listening socket(s) for {} from {} server pid {}",
-            listeners.len(),
-            offer.addr,
-            offer.runtime,
-            offer.pid
-        );
-        let p = Predecessor {
-            client,
-            pid: offer.pid,
-            runtime: offer.runtime,
-            order: offer.order,
-        };
-        return Ok(Some((p, listeners)));
+        match ask(f, wanted, command)? {
+            Ok(got) => return Ok(Some(got)),
+            Err(msg) if msg == control::DRAINING => continue,
+            Err(msg) => refusals.push(format!("pid {} refused: {msg}", f.pid)),
+        }
     }
     if refusals.is_empty() {
         log!("takeover: every server on {wanted} is draining; starting normally");
         return Ok(None);
     }
     Err(Error::Takeover(refusals.join("; ")))
+}
+
+/// Adopted sockets, and the server they came from.
+type Adopted = (Predecessor, Vec<std::net::TcpListener>);
+
+/// Asks the server `f` for its sockets: what it handed over, or why it refused (`Err` inside).
+fn ask(
+    f: &control::Found,
+    wanted: SocketAddr,
+    command: bool,
+) -> Result<std::result::Result<Adopted, String>> {
+    let mut client = Client::connect(&f.path).map_err(as_takeover)?;
+    client.send(&Request::Takeover {
+        addr: wanted,
+        command,
+    })?;
+    let (offer, fds) = match client.offer() {
+        Ok(got) => got,
+        Err(Error::Control(msg)) => return Ok(Err(msg)),
+        Err(e) => return Err(as_takeover(e)),
+    };
+    let listeners = adopt(&offer, fds, wanted, f.pid)?;
+    log!(
+        "takeover: received {} listening socket(s) for {} from {} server pid {}",
+        listeners.len(),
+        offer.addr,
+        offer.runtime,
+        offer.pid
+    );
+    let p = Predecessor {
+        client,
+        pid: offer.pid,
+        runtime: offer.runtime,
+        order: offer.order,
+        managed: offer.managed,
+    };
+    Ok(Ok((p, listeners)))
+}
+
+/// An upgrade's successor: adopts the sockets of the supervisor `pid` on `addr` (its parent), which
+/// started it for this; anything else is an error (it must not start a server of its own beside it).
+pub(super) fn take_over_from(pid: u32, addr: SocketAddr, command: bool) -> Result<Adopted> {
+    let found = control::find(Some(addr), addr.port()).map_err(as_takeover)?;
+    let Some(f) = found.iter().find(|f| f.pid == pid) else {
+        return Err(Error::Takeover(format!(
+            "upgrade: the server pid {pid} on {addr} that started this one is not running"
+        )));
+    };
+    ask(f, addr, command)?
+        .map_err(|msg| Error::Takeover(format!("upgrade: pid {pid} refused: {msg}")))
 }
 
 /// Checks every received fd and only then turns them into listeners; any doubt refuses them all.
@@ -123,7 +151,7 @@ fn adopt(
         return bad(format!("an offer for {}, not {wanted}", offer.addr));
     }
     for (i, fd) in fds.iter().enumerate() {
-        if let Err(why) = check_listener(fd, wanted) {
+        if let Err(why) = check_listener(fd, wanted, !offer.managed) {
             return bad(format!("socket {} of {}, which {why}", i + 1, fds.len()));
         }
     }
@@ -157,7 +185,13 @@ fn int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> std::result::Res
 }
 
 /// Why `fd` cannot join `wanted`'s reuseport group as one of our listeners, if it cannot.
-fn check_listener(fd: &OwnedFd, wanted: SocketAddr) -> std::result::Result<(), String> {
+/// `reuseport`: it must have `SO_REUSEPORT` (all but a service manager's socket, which may be alone on its
+/// port).
+fn check_listener(
+    fd: &OwnedFd,
+    wanted: SocketAddr,
+    reuseport: bool,
+) -> std::result::Result<(), String> {
     let raw = fd.as_raw_fd();
     let ty = int_opt(raw, libc::SOL_SOCKET, libc::SO_TYPE)?;
     if ty != libc::SOCK_STREAM {
@@ -181,7 +215,7 @@ fn check_listener(fd: &OwnedFd, wanted: SocketAddr) -> std::result::Result<(), S
     if int_opt(raw, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 1 {
         return Err("is not listening".to_string());
     }
-    if int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 1 {
+    if reuseport && int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 1 {
         return Err("does not have SO_REUSEPORT set".to_string());
     }
     if wanted.is_ipv6() && int_opt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)? != 1 {
@@ -230,6 +264,14 @@ impl Supervisor {
                 "this server is still starting (not every worker is serving yet); take over once it is serving",
             );
         }
+        if self.seats.iter().any(|s| s.has_retiring_socket()) {
+            // The new server must adopt a group that holds only the sockets it is given: one of these
+            // closing later would move its members about under its program.
+            return self.refuse_takeover(
+                id,
+                "workers the last reload replaced still hold sockets of their own; take over once they have exited",
+            );
+        }
         let mine_command = self.server.kind.blocking();
         if command != mine_command {
             let (this, new) = if mine_command {
@@ -269,6 +311,7 @@ impl Supervisor {
             addr: mine,
             sockets: fds.len(),
             order: self.server.group.numbers(&listeners),
+            managed: self.server.managed,
         };
         if let Err(e) = control::send_offer(&stream, &offer, &fds) {
             log!("takeover aborted: could not send the listening sockets ({e}); still serving");
@@ -332,6 +375,12 @@ impl Supervisor {
         let _ = self.server.poll.registry().deregister(&mut s);
         match outcome {
             Ok(()) => {
+                // Our upgrade's successor becomes the main process before it hears the ack.
+                let peer =
+                    nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+                        .ok()
+                        .map(|c| c.pid() as u32);
+                self.upgrade_ready(peer);
                 let _ =
                     control::send_line(&s, &control::encode(&serde_json::json!({ "ok": true })));
                 log!("takeover: the new server is ready");

@@ -20,6 +20,8 @@ pub fn init(module: RModule) -> Result<(), Error> {
     module.define_singleton_method("_status", function!(status, 2))?;
     module.define_singleton_method("_stop", function!(stop, 2))?;
     module.define_singleton_method("_reload", function!(reload, 4))?;
+    module.define_singleton_method("_upgrade", function!(upgrade, 3))?;
+    module.define_singleton_method("_set_upgrade_command", function!(set_upgrade_command, 1))?;
     module.define_singleton_method("_cli_main", function!(cli_main, 1))?;
     module.define_singleton_method("_settings", function!(settings::list, 0))?;
     module.define_singleton_method("_set_quiet", function!(port_sharding::set_quiet, 1))?;
@@ -101,6 +103,24 @@ fn reload(
         port_sharding::reload(host.as_deref(), port, pid, batch)
     })?;
     json(ruby, &reports)
+}
+
+/// Upgrades every server on the port in `given` (and `host`, or supervisor `pid`) in place: each starts its
+/// successor, which takes its sockets over; the reports as JSON. Waits (GVL released) until each is over.
+fn upgrade(
+    ruby: &Ruby,
+    given: RHash,
+    host: Option<String>,
+    pid: Option<u32>,
+) -> Result<String, Error> {
+    let port = settings::config(ruby, given)?.port;
+    let reports = control(ruby, || port_sharding::upgrade(host.as_deref(), port, pid))?;
+    json(ruby, &reports)
+}
+
+/// How an upgrade starts this program again (the interpreter and its command line, as Ruby saw it at load).
+fn set_upgrade_command(argv: Vec<String>) {
+    port_sharding::set_upgrade_command(argv.into_iter().map(Into::into).collect());
 }
 
 /// A short control-socket exchange (the core bounds each with a 5 s timeout) with the GVL released, so
