@@ -6,7 +6,7 @@ OUT            ?= bench-out
 CC             ?= cc
 C_SERVER       := target/bench/c_epoll_echo
 
-.PHONY: bench bench-quick bench-scaling bench-floor bench-build test-bench-harness
+.PHONY: bench bench-quick bench-scaling bench-floor bench-bulk bench-build test-bench-harness
 
 $(C_SERVER): bench/servers/c_epoll_echo.c
 	@mkdir -p $(dir $@)
@@ -26,6 +26,9 @@ bench-quick: bench-build ## a fast smoke run of `make bench` (1 run of 1 s per c
 
 bench-floor: bench-build ## the engine vs the minimal C server only: CPU and system calls per op -> stdout, $(OUT)/floor-*.json
 	OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py floor
+
+bench-bulk: bench-build ## the engine vs uvloop and the C server on bulk streams (stream-4, bulk-4 = 4 x 256 MiB): MB/s, CPU per GB -> stdout, $(OUT)/bulk-*.json
+	OUT=$(OUT) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py bulk
 
 bench-scaling: bench-build ## workers 1,2,4,8,16, engine and C server side by side -> $(OUT)/scaling-*.md/json + BENCHMARKS.md
 	OUT=$(OUT) $(PYTHON) bench/run.py scaling

@@ -1,8 +1,10 @@
 """The bench's command line: `python3 -m harness COMMAND` from bench/ (or `python3 bench/run.py COMMAND`).
 
     matrix                  servers x workloads, memory, start-up, drain, system calls -> BENCHMARKS.md + bench/chart.svg
-    floor                   the engine vs the minimal C server only (once, echo, pingpong; CPU and system calls
-                            per operation) -> stdout + $OUT/floor-*.json; BENCHMARKS.md untouched
+    floor                   the engine vs the minimal C server only (once, echo, pingpong, bulk; CPU and system
+                            calls per operation) -> stdout + $OUT/floor-*.json; BENCHMARKS.md untouched
+    bulk                    the engine vs uvloop and the C server on bulk streams (stream-4, bulk-4 = 4 × 256 MiB):
+                            MB/s and server CPU per GB -> stdout + $OUT/bulk-*.json; BENCHMARKS.md untouched
     scaling                 workers 1..16 against one load generator -> $OUT/ + BENCHMARKS.md
     report                  rewrite BENCHMARKS.md + chart from bench/results/matrix.json
     merge-scaling FILE.md   add a scaling table measured on another machine
@@ -25,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from .context import Context
-from .matrix import cmd_floor, cmd_matrix, cmd_report
+from .matrix import cmd_bulk, cmd_floor, cmd_matrix, cmd_report
 from .scaling import cmd_merge_scaling, cmd_scaling
 
 
@@ -39,6 +41,8 @@ def main(argv: list[str]) -> int:
             return cmd_matrix(ctx)
         if cmd == "floor":
             return cmd_floor(ctx)
+        if cmd == "bulk":
+            return cmd_bulk(ctx)
         if cmd == "report":
             return cmd_report(ctx)
         if cmd == "merge-scaling" and len(argv) > 1:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from .format import fmt_num
-from .measure import WORKLOADS
+from .measure import BYTE_WORKLOADS, WORKLOADS
 
 
 def svg_chart(summary: dict, labels: dict[str, str], order: list[str]) -> str:
     """Grouped horizontal bars: one panel per workload, one bar per server (median, runs as ticks)."""
-    panels = [(w, "ops/s" if w != "stream-4" else "MB/s") for w, *_ in WORKLOADS]
+    panels = [(w, "MB/s" if w in BYTE_WORKLOADS else "ops/s") for w, *_ in WORKLOADS]
     colors = {"engine-cli": "#1f77b4", "engine-python": "#4c9be8", "engine-ruby": "#9ecae9", "talk-python": "#d62728",
               "c-epoll": "#555555", "uvloop": "#98df8a",
               "talk-ruby": "#ff9896", "asyncio": "#2ca02c"}

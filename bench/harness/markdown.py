@@ -7,7 +7,7 @@ import statistics
 
 from .context import Context
 from .format import fmt_num, fmt_us
-from .measure import WORKLOADS
+from .measure import BYTE_WORKLOADS, WORKLOADS, work_of
 from .targets import targets
 
 # The scaling section is kept between these markers when the rest of the file is rewritten.
@@ -25,7 +25,8 @@ def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: in
          f"Median of {runs} run(s) per cell, both servers with one process pinned to the same core, measured in the same "
          "session. ≥ 1.00× means the server spends no more CPU per operation than the minimal C server "
          "(bench/servers/c_epoll_echo.c). conn-32 = connect, echo, the client closes (`--mode echo`); once-32 = the "
-         "server closes after one echo (`--mode once`).\n",
+         "server closes after one echo (`--mode once`); stream-4 and bulk-4 (4 connections × 256 MiB) count MB echoed "
+         "per server CPU-second instead of operations.\n",
          "| server | " + " | ".join(wkeys) + " |", "|---|" + "---:|" * len(wkeys)]
     for k in order:
         if k not in summary:
@@ -33,12 +34,13 @@ def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: in
         row = []
         for w in wkeys:
             c, b = summary[k].get(w), floor.get(w)
+            unit = " MB" if w in BYTE_WORKLOADS else ""
             if not c:
                 row.append("n/a")
-            elif k == "c-epoll" or not b or not b.get("ops_per_server_cpu_s"):
-                row.append(fmt_num(c["ops_per_server_cpu_s"]))
+            elif k == "c-epoll" or not b or not work_of(b, w):
+                row.append(fmt_num(work_of(c, w)) + unit)
             else:
-                row.append(f"{c['ops_per_server_cpu_s'] / b['ops_per_server_cpu_s']:.2f}× ({fmt_num(c['ops_per_server_cpu_s'])})")
+                row.append(f"{work_of(c, w) / work_of(b, w):.2f}× ({fmt_num(work_of(c, w))}{unit})")
         L.append(f"| {labels.get(k, k)} | " + " | ".join(row) + " |")
     L.append("")
     titles = {"perf": "at full speed (perf's syscall tracepoints, one timed run)",
@@ -117,8 +119,8 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
                 serves = served.get(k)
                 row.append("n/a" if serves is not None and w not in serves else ("failed" if k in matrix["failures"] else "—"))
                 continue
-            val = c["mb_per_sec"] if w == "stream-4" else c["ops_per_sec"]
-            txt = fmt_num(val) + (" MB/s" if w == "stream-4" else "")
+            val = c["mb_per_sec"] if w in BYTE_WORKLOADS else c["ops_per_sec"]
+            txt = fmt_num(val) + (" MB/s" if w in BYTE_WORKLOADS else "")
             b = base.get(w)
             if b and b["ops_per_sec"] and k != "talk-python":
                 txt += f" ({c['ops_per_sec'] / b['ops_per_sec']:.2f}×)"
@@ -147,7 +149,8 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
     L.append("## Where the CPU went: ops per server CPU-second (server core busy / load-generator core busy)\n")
     L.append("Each side has one core. When the load generator's core is near 100 % and the server's is not, the "
              "ops/s above measure the load generator (on loopback the sender also runs the receiver's TCP stack), "
-             "and ops per server CPU-second is the fairer comparison of servers.\n")
+             "and ops per server CPU-second is the fairer comparison of servers. stream-4 and bulk-4: MB echoed per "
+             "server CPU-second.\n")
     L.append(head)
     L.append("|---|" + "---:|" * len(WORKLOADS))
     for k in order:
@@ -160,7 +163,7 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
             if not c:
                 row.append("n/a")
                 continue
-            txt = f"{fmt_num(c['ops_per_server_cpu_s'])}"
+            txt = f"{fmt_num(work_of(c, w))}" + (" MB" if w in BYTE_WORKLOADS else "")
             if b and b.get("ops_per_server_cpu_s") and k != "talk-python":
                 txt += f" ({c['ops_per_server_cpu_s'] / b['ops_per_server_cpu_s']:.2f}×)"
             txt += f" · {c['server_cpu']:.0%} / {c['client_cpu']:.0%}"
@@ -181,10 +184,10 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
             row.append(f"{fmt_us(c['p50_us'])} / {fmt_us(c['p99_us'])}" if c else "n/a")
         L.append(f"| {labels[k]} | " + " | ".join(row) + " |")
     L.append("\nconn latency is connect → last echoed byte; pingpong one round trip; stream one 64 KiB message "
-             "(2 in flight per connection).\n")
+             "(2 in flight per connection); bulk one whole 256 MiB upload and its echo.\n")
     if ctx.chart.exists():
         L.append(f"![throughput chart]({ctx.rel(ctx.chart)})\n")
-    L.append("## Targets (issues 6 and 14; measured, not asserted)\n")
+    L.append("## Targets (issues 6, 14 and 25; measured, not asserted)\n")
     L.append("| target | goal | measured | |")
     L.append("|---|---|---|---|")
     for t in targets(summary, memory):
@@ -241,12 +244,14 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
     L.append("```sh")
     L.append("make bench            # this file and bench/chart.svg (BENCH_DURATION=3 BENCH_RUNS=5 by default)")
     L.append("make bench-floor      # the engine vs the minimal C server only: CPU and system calls per op (stdout, $OUT)")
+    L.append("make bench-bulk       # the engine vs uvloop and the C server on stream-4 and bulk-4: MB/s, CPU per GB (stdout, $OUT)")
     L.append("make bench-scaling    # workers 1,2,4,8,16, engine and C server: $OUT/scaling-*.md/json and the section below")
     L.append("python3 bench/run.py merge-scaling bench/results/scaling-X.md   # add a table measured on another machine")
     L.append("python3 bench/run.py report   # rewrite this file from bench/results/matrix.json (after editing bench/NOTES.md)")
     L.append("# one cell by hand, e.g. the engine under conn-32:")
     L.append("taskset -c 0 target/release/port-sharding serve --host 127.0.0.1 --port 0 -w 1 --mode echo &   # prints the port")
     L.append("taskset -c 1 target/release/port-sharding bench --host 127.0.0.1 -p PORT --workload conn -c 32 -d 3s --size 64")
+    L.append("# bulk-4: taskset -c 1 target/release/port-sharding bench -p PORT -W stream -c 4 --size 256MiB --window 1 -n 4")
     L.append("# the baselines: python3 bench/servers/talk_echo.py PORT 127.0.0.1 | ruby bench/servers/talk_echo.rb PORT 127.0.0.1 |")
     L.append("#                python3 bench/servers/asyncio_echo.py PORT | python3 bench/servers/uvloop_echo.py PORT [--once] |")
     L.append("#                target/bench/c_epoll_echo -p PORT -w 1 -m echo|once   (built by make bench)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ from .context import Context
 from .chart import svg_chart
 from .footprint import measure_drain, measure_memory, measure_startup
 from .markdown import floor_table, write_benchmarks
-from .measure import CLIENT_CPU, SERVER_CPU, WORKLOADS, bench, machine, machine_key, median_of
+from .measure import (BYTE_WORKLOADS, CLIENT_CPU, SERVER_CPU, WORKLOADS, bench_cell, machine, machine_key, median_of,
+                      per_server_cpu_s)
 from .syscalls import trace_server
 from .targets import targets
 from .servers import Server, ServerKind, available, free_port, log, server_kinds
@@ -35,6 +37,8 @@ def summarize(matrix: dict) -> dict:
                 "server_cpu": median_of(runs, "server_cpu"),
                 "client_cpu": median_of(runs, "client_cpu"),
                 "ops_per_server_cpu_s": median_of(runs, "ops_per_server_cpu_s"),
+                # MB per server CPU-second for byte workloads, else ops: what the floor and bulk tables compare.
+                "work_per_server_cpu_s": statistics.median(per_server_cpu_s(r, wkey) for r in runs),
                 "runs": len(runs),
                 "all_ops_per_sec": [r["ops_per_sec"] for r in runs],
             }
@@ -71,8 +75,9 @@ def run_matrix(ctx: Context, kinds: list[ServerKind], workloads: list[tuple] = W
                 try:
                     with Server(ctx, k.argv_for(mode) or [], port, SERVER_CPU, k.key) as srv:
                         srv.wait_ready()
-                        for wkey, workload, conc, size, _ in (w for w in mine if w[4] == mode):
-                            r = bench(ctx, port, workload, conc, size, ctx.duration, CLIENT_CPU, server_pgid=srv.pid)
+                        for w in (w for w in mine if w[4] == mode):
+                            wkey = w[0]
+                            r = bench_cell(ctx, port, w, CLIENT_CPU, server_pgid=srv.pid)
                             cells[k.key].setdefault(wkey, []).append(r)
                             log(f"  {wkey:12} {r['ops_per_sec']:>10.0f} ops/s {r['mb_per_sec']:>8.1f} MB/s "
                                 f"p99 {r['latency_us']['p99']:>9.0f}µs errors {r['errors']['total']}  cpu server "
@@ -121,7 +126,7 @@ def selected(ctx: Context) -> list[ServerKind]:
 
 
 def cmd_floor(ctx: Context) -> int:
-    """The engine against the minimal C server only (issue 14): once, echo and pingpong, ops per server
+    """The engine against the minimal C server only (issue 14): once, echo, pingpong and bulk, work per server
     CPU-second and system calls per operation, printed and saved to $OUT/floor-*.json. BENCHMARKS.md is
     not touched: this is the quick loop for changes to the worker."""
     if not ctx.bin.exists():
@@ -129,7 +134,7 @@ def cmd_floor(ctx: Context) -> int:
         return 2
     also = {k for k in os.environ.get("BENCH_FLOOR_ALSO", "").split(",") if k}  # e.g. engine-python
     kinds = [k for k in server_kinds(ctx) if k.key in SYSCALL_SERVERS or k.key in also]
-    workloads = [w for w in WORKLOADS if w[0] in SYSCALL_WORKLOADS]
+    workloads = [w for w in WORKLOADS if w[0] in SYSCALL_WORKLOADS or w[0] == "bulk-4"]
     matrix = run_matrix(ctx, kinds, workloads)
     summary = summarize(matrix)
     syscalls = None if os.environ.get("BENCH_STRACE") == "0" else measure_syscalls(ctx, kinds, matrix["skipped"])
@@ -142,6 +147,57 @@ def cmd_floor(ctx: Context) -> int:
     print(md)
     log(f"wrote {out_dir}/floor-{stamp}.json")
     return 0
+
+
+BULK_SERVERS = ("engine-cli", "engine-baseline", "uvloop", "c-epoll")
+
+
+def cmd_bulk(ctx: Context) -> int:
+    """Issue 25: the engine against uvloop (and the C server) on bulk streams only — stream-4 and bulk-4
+    (4 connections × 256 MiB), runs alternating between servers — MB/s and server CPU-seconds per GB, printed
+    and saved to $OUT/bulk-*.json. BENCHMARKS.md is not touched."""
+    if not ctx.bin.exists():
+        log(f"{ctx.bin} missing: run `cargo build --release`")
+        return 2
+    m = machine(ctx)
+    kinds = [k for k in server_kinds(ctx) if k.key in BULK_SERVERS]
+    workloads = [w for w in WORKLOADS if w[0] in BYTE_WORKLOADS]
+    matrix = run_matrix(ctx, kinds, workloads)
+    summary = summarize(matrix)
+    load_end = os.getloadavg()[0]
+    md = bulk_table(summary, [w[0] for w in workloads], {k.key: k.short for k in kinds}, [k.key for k in kinds])
+    md += (f"\nMedian of {ctx.runs} runs per cell, alternating servers; load average {m['loadavg_at_start']:.2f} at the "
+           f"start, {load_end:.2f} at the end; server pinned to CPU {SERVER_CPU}, load generator to CPU {CLIENT_CPU}.\n")
+    out_dir = Path(os.environ.get("OUT", ctx.root / "bench-out"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out_dir / f"bulk-{stamp}.json").write_text(json.dumps({"machine": m, "loadavg_at_end": load_end, "summary": summary,
+                                                            "matrix": matrix}, indent=1, default=str))
+    print(md)
+    log(f"wrote {out_dir}/bulk-{stamp}.json")
+    return 0
+
+
+def bulk_table(summary: dict, wkeys: list[str], labels: dict[str, str], order: list[str]) -> str:
+    """MB/s and server CPU per GB of each server, with their ratios to uvloop (issue 25's comparison)."""
+    L = ["| server | workload | MB/s | vs uvloop | server CPU-s per GB | vs uvloop | load generator CPU-s per GB | runs |",
+         "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for w in wkeys:
+        base = summary.get("uvloop", {}).get(w)
+        for k in order:
+            c = summary.get(k, {}).get(w)
+            if not c:
+                continue
+            per_gb = 1000 / c["work_per_server_cpu_s"] if c["work_per_server_cpu_s"] else float("nan")
+            client_gb = c["client_cpu"] / c["mb_per_sec"] * 1000 if c["mb_per_sec"] else float("nan")
+            vs_mb = vs_cpu = "—"
+            if base and k != "uvloop" and base["mb_per_sec"] and base["work_per_server_cpu_s"]:
+                vs_mb = f"{c['mb_per_sec'] / base['mb_per_sec']:.2f}×"
+                vs_cpu = f"{base['work_per_server_cpu_s'] / c['work_per_server_cpu_s']:.2f}×"
+            err = f" ⚠ {c['errors']} err" if c["errors"] else ""
+            L.append(f"| {labels.get(k, k)} | {w} | {c['mb_per_sec']:,.0f}{err} | {vs_mb} | {per_gb:.3f} | {vs_cpu} | "
+                     f"{client_gb:.3f} | {c['runs']} |")
+    return "\n".join(L) + "\n"
 
 
 def cmd_matrix(ctx: Context) -> int:

@@ -43,12 +43,12 @@ def machine_busy_s() -> float:
 
 
 def bench(ctx: Context, port: int, workload: str, conc: int, size: int, duration: float, cpus: str | None, threads: int = 1,
-          server_pgid: int | None = None, sources: int = 1, connections: int | None = None) -> dict:
+          server_pgid: int | None = None, sources: int = 1, connections: int | None = None, window: int | None = None) -> dict:
     """One `port-sharding bench --json` run; adds the CPU time the server's process group and the load
     generator used, so a run limited by the load generator can be told from one limited by the server."""
     argv = [str(ctx.bin), "bench", "--host", "127.0.0.1", "--port", str(port), "--workload", workload, "--concurrency", str(conc),
             "--duration", f"{duration}s", "--size", str(size), "--threads", str(threads), "--sources", str(sources),
-            "--json"] + (["--connections", str(connections)] if connections else [])
+            "--json"] + (["--connections", str(connections)] if connections else []) + (["--window", str(window)] if window else [])
     s0 = group_cpu_s(server_pgid) if server_pgid else None
     m0 = machine_busy_s()
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -64,6 +64,7 @@ def bench(ctx: Context, port: int, workload: str, conc: int, size: int, duration
     if s0 is not None:
         out["server_cpu"] = (s1 - s0) / el
         out["ops_per_server_cpu_s"] = out["ops"] / max(s1 - s0, 1 / CLK_TCK)
+        out["mb_per_server_cpu_s"] = out["bytes"] / 1e6 / max(s1 - s0, 1 / CLK_TCK)
         # Cores kept busy by everything else on the machine meanwhile (other builds, the script itself): noise.
         out["other_cpu"] = max(0.0, (m1 - m0) / el - out["server_cpu"] - out["client_cpu"])
     return out
@@ -74,8 +75,40 @@ WORKLOADS = [  # key, workload, concurrency, size, the server's mode
     ("conn-32", "conn", 32, 64, "echo"),  # connect, echo, the client closes (issue 14's `echo`)
     ("once-32", "conn", 32, 64, "once"),  # connect, echo, the server closes (the talk's protocol)
     ("pingpong-32", "pingpong", 32, 64, "echo"),
-    ("stream-4", "stream", 4, 65536, "echo"),
+    ("stream-4", "stream", 4, 65536, "echo"),  # 64 KiB messages, 2 in flight per connection
+    ("bulk-4", "stream", 4, 256 << 20, "echo"),  # 4 connections × one 256 MiB message each, to the end (issue 25)
 ]
+
+# Workloads that move bulk bytes: measured in MB/s and MB per server CPU-second rather than operations.
+BYTE_WORKLOADS = {"stream-4", "bulk-4"}
+
+# `bench` arguments beyond the tuple's: bulk-4 is one whole 256 MiB upload per connection (window 1, one
+# operation each), so it runs until the 1 GiB is back, not for the run's duration (this is only its bound).
+BENCH_EXTRA: dict[str, dict] = {"bulk-4": {"window": 1, "connections": 4, "duration": 120.0}}
+
+
+def bench_cell(ctx: Context, port: int, w: tuple, cpus: str | None, server_pgid: int | None = None) -> dict:
+    """One run of a WORKLOADS entry, with its extra arguments."""
+    wkey, workload, conc, size, _ = w
+    extra = BENCH_EXTRA.get(wkey, {})
+    return bench(ctx, port, workload, conc, size, extra.get("duration", ctx.duration), cpus, server_pgid=server_pgid,
+                 connections=extra.get("connections"), window=extra.get("window"))
+
+
+def work_of(cell: dict, wkey: str) -> float:
+    """A summary cell's work per server CPU-second (summaries saved before it was recorded: from the medians)."""
+    if "work_per_server_cpu_s" in cell:
+        return cell["work_per_server_cpu_s"]
+    return per_server_cpu_s(cell, wkey)
+
+
+def per_server_cpu_s(r: dict, wkey: str) -> float:
+    """Work per server CPU-second: MB for byte workloads, operations otherwise (older results lack the MB)."""
+    if wkey not in BYTE_WORKLOADS:
+        return r["ops_per_server_cpu_s"]
+    if "mb_per_server_cpu_s" in r:
+        return r["mb_per_server_cpu_s"]
+    return r["mb_per_sec"] / r["server_cpu"] if r.get("server_cpu") else float("nan")
 
 SERVER_CPU = "0"
 CLIENT_CPU = "1"

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use port_sharding::parse_duration;
 
-/// The largest `--size` accepted (16 MiB): the load generator holds no per-message buffers, but a single
-/// message this large already measures bulk throughput.
-pub const MAX_SIZE: usize = 16 << 20;
+/// The largest `--size` accepted (1 GiB): the load generator holds no per-message buffers (a message is a
+/// stretch of a pattern it writes and checks in 64 KiB pieces), so one message can be a whole bulk upload,
+/// e.g. `-W stream -c 4 --size 256MiB --window 1 -n 4`: four connections, 256 MiB echoed on each.
+pub const MAX_SIZE: usize = 1 << 30;
 /// The most connections one run may open at once.
 pub const MAX_CONCURRENCY: usize = 100_000;
 /// The most load threads.
@@ -81,8 +82,8 @@ pub struct BenchArgs {
     /// How long to run (e.g. 10s, 500ms, 1m); the run never lasts longer.
     #[arg(long, short, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Bytes per message (one operation echoes one message).
-    #[arg(long, short, default_value_t = 64)]
+    /// Bytes per message (one operation echoes one message): a number, or with KiB, MiB or GiB.
+    #[arg(long, short, default_value = "64", value_parser = parse_size)]
     pub size: usize,
     /// Load threads, each with its own event loop.
     #[arg(long, short, default_value_t = 1)]
@@ -136,6 +137,29 @@ impl Default for BenchArgs {
             no_status: false,
         }
     }
+}
+
+/// Parses a byte count: `65536`, `64KiB`, `256MiB`, `1GiB` (binary multiples; `B` allowed).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (try 65536, 64KiB, 256MiB)"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use KiB, MiB or GiB, or a plain number of bytes)"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Why a run could not start.
@@ -241,6 +265,19 @@ mod tests {
         assert_eq!(a.size, 65536);
         assert_eq!(a.connections, Some(10));
         assert!(a.json);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("12B"), Ok(12));
+        assert!(parse_size("64k").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
     }
 
     #[test]

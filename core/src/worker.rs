@@ -3,7 +3,9 @@
 //! Connections live in a slab keyed by mio token. Reads go into one scratch buffer per worker and are
 //! written straight back; only a write that would block copies the rest into the connection, so an idle
 //! connection holds no buffer at all. While a connection has unsent bytes it is not read from: the client
-//! feels backpressure through TCP instead of the worker buffering without bound.
+//! feels backpressure through TCP instead of the worker buffering without bound. The most user-space
+//! memory one connection can hold is therefore one read, [`SCRATCH`] (256 KiB), and only while its client
+//! is not taking the echo.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -21,15 +23,25 @@ use crate::log::log;
 use crate::notify::notify;
 use crate::stats::Slot;
 
+mod stream;
+
 const LISTENER: Token = Token(usize::MAX);
 const DRAIN_PIPE: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
-/// Size of the shared read buffer; also the most one connection reads per step.
-const SCRATCH: usize = 64 * 1024;
+/// Size of the shared read buffer: the most one read takes, and so the most unsent bytes one connection
+/// can be left holding (the per-connection memory bound). 256 KiB, not 64: a bulk stream then needs a
+/// quarter of the `recvfrom`/`sendto` pairs and of the wake-ups; with `TCP_NODELAY` that took the
+/// worker's CPU per byte echoed to about half (bench/NOTES.md, issue 25). Larger reads (512 KiB, 1 MiB)
+/// moved kernel work between the worker and its peer rather than saving any. A read returns what is
+/// there, so small messages are not affected.
+const SCRATCH: usize = 256 * 1024;
 /// The talk's `recv(1024)`.
 const ONCE_READ: usize = 1024;
-/// Reads per connection per wakeup before others get a turn (fairness under bulk echo).
+/// Reads per connection per wakeup before others get a turn (fairness under bulk echo)...
 const BUDGET: usize = 16;
+/// ...or bytes read, whichever comes first: a stream that fills every read yields after 4 of them, so the
+/// others wait for at most about a mebibyte of copying per streaming connection.
+const BUDGET_BYTES: usize = 1 << 20;
 // On a plain drain the listener stays open DRAIN_GRACE (see `drain`), accepting what is queued (and what is
 // mid-handshake), then closes right after a pass that found its queue empty. A handover closes it at once
 // instead: the successor holds the same socket and serves its queue.
@@ -149,6 +161,7 @@ struct Loop<'a> {
 impl<'a> Loop<'a> {
     fn new(w: Worker<'a>) -> io::Result<Loop<'a>> {
         let poll = Poll::new()?;
+        stream::no_delay(&w.listener);
         let mut listener = TcpListener::from_std(w.listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -550,7 +563,11 @@ fn nothing_unread(conn: &mut Conn, scratch: &mut [u8], slot: &Slot) -> bool {
 
 /// Advances one connection as far as it can go without blocking.
 fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot, now: Instant) -> Step {
+    let mut taken = 0;
     for _ in 0..BUDGET {
+        if taken >= BUDGET_BYTES {
+            break;
+        }
         // 1. Unsent bytes first: until they are out we read nothing more (backpressure).
         if conn.sent < conn.pending.len() {
             match conn.stream.write(&conn.pending[conn.sent..]) {
@@ -605,6 +622,7 @@ fn step(conn: &mut Conn, scratch: &mut [u8], mode: Mode, slot: &Slot, now: Insta
             Err(_) => return Step::Close { error: true },
         };
         slot.bytes_in(n);
+        taken += n;
         conn.heard = true;
         if n < limit && !conn.hangup {
             conn.readable = false; // the receive queue is empty; the next arrival raises a new edge
