@@ -38,6 +38,7 @@ use nix::unistd::Pid;
 
 use super::group::Listener;
 use super::kind::{Kind, Spawn, Stop};
+use super::pgroup::{self, Leftover};
 use super::process::describe;
 use super::reaper::ExitWatch;
 use crate::drain::Ask;
@@ -79,6 +80,8 @@ pub(super) struct Worker {
     asked: String,
     /// Its own socket, when it does not share the seat's (generations): held here until it exits.
     socket: Option<Listener>,
+    /// It leads a process group of its own (command workers): signals reach all of it.
+    group: bool,
     /// Its counters' slot in the stats area, given back when it has exited.
     counters: usize,
     /// Wakes the supervisor when it exits; closed (and unregistered) with it.
@@ -102,8 +105,7 @@ impl Worker {
     fn ask_to_stop(&mut self, ask: Ask) {
         match self.stop.take() {
             Some(Stop::Pipe(pipe)) => pipe.ask(ask),
-            // ESRCH: it is gone already, which the reaper will see.
-            Some(Stop::Signal(sig)) => drop(nix::sys::signal::kill(self.pid, sig)),
+            Some(Stop::Signal(sig)) => pgroup::signal(self.pid, self.group, sig),
             None => {}
         }
         self.draining(Instant::now());
@@ -118,9 +120,10 @@ impl Worker {
         }
     }
 
-    /// SIGKILL. `ESRCH`: it is gone already, which the reaper will see.
+    /// SIGKILL, to its whole process group when it leads one. `ESRCH`: it is gone already, which the
+    /// reaper will see.
     pub(super) fn kill(&self) {
-        nix::sys::signal::kill(self.pid, Signal::SIGKILL).ok();
+        pgroup::signal(self.pid, self.group, Signal::SIGKILL);
     }
 }
 
@@ -163,6 +166,8 @@ pub(super) struct Seat {
     serving: Option<Worker>,
     incoming: Option<Worker>,
     retiring: Vec<Worker>,
+    /// Process groups of workers that exited while processes they started live on (see `pgroup`).
+    leftovers: Vec<Leftover>,
     /// The last generation started here (the first worker is generation 1).
     generation: u64,
     /// Quick deaths in a row, for the back-off.
@@ -180,6 +185,7 @@ impl Seat {
             serving: None,
             incoming: None,
             retiring: Vec::new(),
+            leftovers: Vec::new(),
             generation: 0,
             crashes: 0,
             restart_at: None,
@@ -221,9 +227,17 @@ impl Seat {
         self.workers().map(|(_, w)| w.pid)
     }
 
-    /// No worker process is left on this seat.
+    /// No worker process is left on this seat, nor any process a worker started.
     pub(super) fn is_empty(&self) -> bool {
-        self.serving.is_none() && self.incoming.is_none() && self.retiring.is_empty()
+        self.serving.is_none()
+            && self.incoming.is_none()
+            && self.retiring.is_empty()
+            && self.leftovers.is_empty()
+    }
+
+    /// Whether processes of an exited worker's group live on (orphans, reaped by a subreaper's pass).
+    pub(super) fn has_leftovers(&self) -> bool {
+        !self.leftovers.is_empty()
     }
 
     /// Whether the seat's worker serves.
@@ -232,9 +246,10 @@ impl Seat {
     }
 
     /// Whether a replaced worker still holds a socket of its own: out of the group's program, but in the
-    /// group until that worker has exited and the socket closes.
+    /// group until that worker (and its process group) has exited and the socket closes.
     pub(super) fn has_retiring_socket(&self) -> bool {
         self.retiring.iter().any(|w| w.socket.is_some())
+            || self.leftovers.iter().any(|l| l.socket.is_some())
     }
 
     /// Starts a worker on this seat: a fresh serving one (first start, restart), or an incoming one —
@@ -289,6 +304,7 @@ impl Seat {
             stop: Some(spawned.stop),
             asked,
             socket: own,
+            group: spawned.group,
             counters,
             _exit: ExitWatch::new(spawn.registry, spawn.exits, pid),
         };
@@ -396,13 +412,17 @@ impl Seat {
         self.publish(ctx);
     }
 
-    /// SIGKILL to every worker of the seat.
+    /// SIGKILL to every worker of the seat, and to what is left of exited ones.
     pub(super) fn kill_all(&mut self) {
         for w in self.workers_mut() {
             w.kill();
             if let State::Draining { killed, .. } = &mut w.state {
                 *killed = true;
             }
+        }
+        for l in &mut self.leftovers {
+            pgroup::signal(l.pgid, true, Signal::SIGKILL);
+            l.killed = true;
         }
     }
 
@@ -429,7 +449,7 @@ impl Seat {
         let lived = w.started.elapsed();
         let mut w = w;
         let stopped_itself = matches!(w.state, State::Draining { .. }) && clean;
-        let exit = Exit {
+        let mut exit = Exit {
             index: i,
             pid,
             role,
@@ -437,6 +457,9 @@ impl Seat {
             socket: w.socket.take(),
             crashed: role == Role::Serving && !ctx.draining && !stopped_itself,
         };
+        if w.group && pgroup::alive(pid) {
+            self.keep_leftover(ctx, &w, &mut exit);
+        }
         match role {
             Role::Retiring => {
                 let since = match w.state {
@@ -480,6 +503,67 @@ impl Seat {
         }
         self.publish(ctx);
         Some(exit)
+    }
+
+    /// `w`'s leader exited but its group lives on: the seat keeps the group (and `exit`'s socket, which
+    /// its processes may hold) until it is empty. Asked to stop if `w` was not (a crash: what it forked is
+    /// told to stop too), SIGKILL by the worker's own deadline.
+    fn keep_leftover(&mut self, ctx: &Ctx<'_>, w: &Worker, exit: &mut Exit) {
+        let i = self.index;
+        let pid = w.pid;
+        let kill_after = ctx.kind.kill_after();
+        let kill_at = match w.state {
+            State::Draining { since, .. } => since + kill_after,
+            _ => {
+                if let Some(Stop::Signal(sig)) = &w.stop {
+                    pgroup::signal(pid, true, *sig);
+                }
+                Instant::now() + kill_after
+            }
+        };
+        let left: Vec<String> = pgroup::members(pid, 8).iter().map(Pid::to_string).collect();
+        log!(
+            "worker {i} (pid {pid}) exited, but its process group lives on (pid {}): waiting for it, SIGKILL in {:.2?}",
+            left.join(", "),
+            kill_at.saturating_duration_since(Instant::now())
+        );
+        self.leftovers.push(Leftover {
+            pgid: pid,
+            generation: w.generation,
+            kill_at,
+            killed: matches!(w.state, State::Draining { killed: true, .. }),
+            socket: exit.socket.take(),
+        });
+    }
+
+    /// Groups of exited workers: the sockets of those now empty (to leave the port's group), and SIGKILL
+    /// to those past their deadline (and whether any got it).
+    pub(super) fn tick_leftovers(&mut self, now: Instant) -> (Vec<Listener>, bool) {
+        let i = self.index;
+        let mut gone = Vec::new();
+        let mut killed_any = false;
+        self.leftovers.retain_mut(|l| {
+            if !pgroup::alive(l.pgid) {
+                log!(
+                    "worker {i} (pid {}, generation {}): the last process of its group has exited",
+                    l.pgid,
+                    l.generation
+                );
+                gone.extend(l.socket.take());
+                return false;
+            }
+            if !l.killed && now >= l.kill_at {
+                log!(
+                    "worker {i} (pid {}): its process group is still running past the drain timeout; sending it SIGKILL",
+                    l.pgid
+                );
+                pgroup::signal(l.pgid, true, Signal::SIGKILL);
+                l.killed = true;
+                killed_any = true;
+            }
+            true
+        });
+        (gone, killed_any)
     }
 
     /// Due work by the clock: a worker ready by its ready delay, one not ready in time (SIGKILL), one
