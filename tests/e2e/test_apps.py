@@ -229,6 +229,29 @@ def test_hypercorn_workers_reload_three_times_under_load_without_a_failure_and_s
     reloads_then_stop(servers, loads, control_dir, 3, "-w", "2", "--ready-delay", "1500ms", "--", *HYPERCORN)
 
 
+UNICORN = ["unicorn", "-c", "examples/unicorn/unicorn.conf.rb", "examples/puma/config.ru"]
+NODE = ["node", "examples/node/server.js"]
+
+
+def need_program(program: str, why: str) -> None:
+    if not shutil.which(program):
+        pytest.skip(f"{program} is not installed ({why})")
+
+
+def test_unicorn_workers_stopped_with_quit_reload_three_times_under_load_without_a_failure(servers, loads,
+                                                                                          control_dir):
+    need("rust")
+    need_program("unicorn", "make setup-system installs the Debian package")
+    reloads_then_stop(servers, loads, control_dir, 3, "-w", "2", "--stop-signal", "QUIT", "--", *UNICORN)
+
+
+def test_node_workers_closing_on_sigterm_reload_three_times_under_load_without_a_failure(servers, loads,
+                                                                                       control_dir):
+    need("rust")
+    need_program("node", "make setup-system installs the Debian package nodejs")
+    reloads_then_stop(servers, loads, control_dir, 3, "-w", "2", "--", *NODE)
+
+
 STUBBORN = [sys.executable, "tests/e2e/stubborn_child.py"]
 
 
