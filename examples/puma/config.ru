@@ -12,5 +12,6 @@ lock = Mutex.new
 server = defined?(Unicorn) ? "unicorn" : "puma" # examples/unicorn runs this app too
 run lambda { |_env|
   sleep(slow_s) if slow_every.positive? && lock.synchronize { (count += 1) % slow_every }.zero?
-  [200, { "content-type" => "text/plain" }, ["Hello from #{server} process #{Process.pid}\n"]]
+  body = "Hello from #{server} process #{Process.pid}\n"
+  [200, { "content-type" => "text/plain", "content-length" => body.bytesize.to_s }, [body]]
 }

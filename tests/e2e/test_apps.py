@@ -238,6 +238,17 @@ def need_program(program: str, why: str) -> None:
         pytest.skip(f"{program} is not installed ({why})")
 
 
+def test_gunicorn_workers_reload_three_times_under_load_without_a_failure_and_stop_cleanly(servers, loads,
+                                                                                            control_dir):
+    need("rust", "gunicorn")
+    reloads_then_stop(servers, loads, control_dir, 3, "-w", "2", "--", *GUNICORN)
+
+
+def test_puma_workers_reload_three_times_under_load_without_a_failure_and_stop_cleanly(servers, loads, control_dir):
+    need("rust", "puma")
+    reloads_then_stop(servers, loads, control_dir, 3, "-w", "2", "--", *PUMA)
+
+
 def test_unicorn_workers_stopped_with_quit_reload_three_times_under_load_without_a_failure(servers, loads,
                                                                                           control_dir):
     need("rust")
