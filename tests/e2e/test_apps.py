@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import os
 import shutil
 import subprocess
@@ -316,6 +317,35 @@ def test_a_reload_kills_what_a_replaced_worker_left_running_and_keeps_serving(se
         assert answers(server.port, 20)
         log = "\n".join(server.lines)
         assert "sending it SIGKILL" in log, log
+    finally:
+        for pid in in_groups(pgids):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_replaced_uvicorn_is_not_stopped_while_a_connection_it_accepted_has_not_sent_its_request(servers,
+                                                                                                 control_dir):
+    """uvicorn closes, on shutdown, connections whose request has not arrived. A client connects to the old
+    worker and sends its request only well after the reload: the old worker must still be there to answer it
+    (it is asked to stop once it has read something from every connection it holds)."""
+    need("rust")
+    need_module("uvicorn")
+    server = start(servers, control_dir, "-w", "1", "--ready-delay", "1s", "--", *UVICORN)
+    old = worker_pids(server)
+    pgids = set(old)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as quiet:
+            time.sleep(0.3)  # accepted by the old worker, which reads nothing: no request yet
+            done = reload(server)
+            assert done.returncode == 0, done.stdout + done.stderr
+            pgids |= set(worker_pids(server))
+            time.sleep(1.5)  # well past the 250 ms its socket must stay empty
+            assert alive(old[0]), "\n".join(server.lines)
+            quiet.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := quiet.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and f"process {old[0]}".encode() in reply, reply
+        server.wait_log(f"worker 0 (pid {old[0]}, generation 1) retired")
     finally:
         for pid in in_groups(pgids):
             os.kill(pid, signal.SIGKILL)

@@ -22,11 +22,14 @@
 //! blocking would block its predecessor's event loop), the incoming worker gets a socket of its own in the
 //! port's group, kept out of the group's program until it is promoted. The old worker then keeps serving
 //! its own socket, out of selection, until that socket's accept queue has stayed empty for
-//! [`EMPTY_GRACE`] — so nothing queued on it, and no request still on its way to it, is cut — and only
-//! then is it asked to stop; its socket closes once it has exited.
+//! [`EMPTY_GRACE`] — so nothing queued on it, and no connection still on its way to it, is cut — and it
+//! has read from every connection it accepted (`crate::conns`: none whose request has not arrived or has
+//! not been read, which uvicorn or Puma would close unanswered on a stop) — and only then is it asked to
+//! stop (at the latest after `drain_timeout`); its socket closes once it (its process group) has exited.
 //!
 //! ```text
-//!   ready (serving) ──promoted away, own socket──► emptying ──queue empty for EMPTY_GRACE──► draining
+//!   ready (serving) ──promoted away, own socket──► emptying ──queue empty for EMPTY_GRACE,──► draining
+//!                                                              nothing accepted unread
 //! ```
 
 use std::os::fd::AsRawFd;
@@ -118,6 +121,20 @@ impl Worker {
                 killed: false,
             };
         }
+    }
+
+    /// How many connections on its own socket's port it (its process group) holds without having read
+    /// anything from them (see `conns`); 0 when that cannot be known.
+    fn unread(&self) -> usize {
+        let Some(addr) = self.socket.as_ref().and_then(|s| s.local_addr().ok()) else {
+            return 0;
+        };
+        let pids = if self.group {
+            pgroup::members(self.pid, 1024)
+        } else {
+            vec![self.pid]
+        };
+        crate::conns::unread(addr, &crate::conns::socket_inodes(&pids)).unwrap_or(0)
     }
 
     /// SIGKILL, to its whole process group when it leads one. `ESRCH`: it is gone already, which the
@@ -613,14 +630,18 @@ impl Seat {
                     w.state = State::Emptying { since, empty };
                     let emptied =
                         empty.is_some_and(|t| now.saturating_duration_since(t) >= EMPTY_GRACE);
+                    // And it has read from every connection it accepted: it would close one it has not
+                    // (a request not arrived, or not read) unanswered.
+                    let unread = if emptied { w.unread() } else { 0 };
+                    let done = emptied && unread == 0;
                     let overdue = now.saturating_duration_since(since) > ctx.drain_timeout;
-                    if overdue && !emptied {
-                        log!("worker {i} (pid {pid}) still has {queued} connection(s) queued {:?} after it was replaced; asking it to stop anyway", ctx.drain_timeout);
+                    if overdue && !done {
+                        log!("worker {i} (pid {pid}) still has {queued} connection(s) queued and {unread} accepted but unread {:?} after it was replaced; asking it to stop anyway", ctx.drain_timeout);
                     }
-                    if emptied {
-                        log!("worker {i} (pid {pid}): its socket has stayed empty for {EMPTY_GRACE:?} since it was replaced; asking it {}", w.asked);
+                    if done {
+                        log!("worker {i} (pid {pid}): its socket has stayed empty for {EMPTY_GRACE:?} since it was replaced and it has read from every connection it holds; asking it {}", w.asked);
                     }
-                    if emptied || overdue {
+                    if done || overdue {
                         w.ask_to_stop(Ask::Drain);
                         changed = true;
                     }
