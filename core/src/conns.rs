@@ -2,7 +2,8 @@
 //! (uvicorn closes, on shutdown, every connection without a request in progress; Puma 5 those waiting in its
 //! reactor). The supervisor asks a replaced worker to stop only once it holds none (see `supervisor::seat`).
 //!
-//! Found with `sock_diag` (netlink, unprivileged, what `ss` uses): the port's `ESTABLISHED` TCP sockets with
+//! Found with `sock_diag` (netlink, unprivileged, what `ss` uses): the port's `ESTABLISHED` (and `CLOSE_WAIT`:
+//! half-closed by the client) TCP sockets with
 //! their unread bytes (`idiag_rqueue`), the bytes they ever received (`tcp_info.tcpi_bytes_received`) and their
 //! inode, matched against the inodes of the sockets the process holds (`/proc/PID/fd`). A connection whose
 //! every received byte is still unread — none yet, or a request not read — has not been served at all;
@@ -23,6 +24,8 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
 const TCP_ESTABLISHED: u32 = 1;
+/// The client sent its request and shut down its side (half-close) — unread all the same.
+const TCP_CLOSE_WAIT: u32 = 8;
 /// `struct nlmsghdr`; `struct inet_diag_req_v2`; `struct inet_diag_msg`.
 const NLMSG_HDR: usize = 16;
 const REQ_LEN: usize = 56;
@@ -103,7 +106,7 @@ pub(crate) fn unread(addr: SocketAddr, inodes: &HashSet<u64>) -> io::Result<usiz
     }
 }
 
-/// A dump request (`nlmsghdr` + `inet_diag_req_v2`) for `ESTABLISHED` TCP sockets on `addr`'s local port,
+/// A dump request (`nlmsghdr` + `inet_diag_req_v2`) for `ESTABLISHED` and `CLOSE_WAIT` TCP sockets on `addr`'s local port,
 /// with their `tcp_info`.
 fn request(addr: SocketAddr) -> Vec<u8> {
     let mut req = Vec::with_capacity(NLMSG_HDR + REQ_LEN);
@@ -120,7 +123,7 @@ fn request(addr: SocketAddr) -> Vec<u8> {
     // family, protocol, extensions wanted (bit INET_DIAG_INFO - 1), padding; then the states.
     let ext = 1u8 << (INET_DIAG_INFO - 1);
     req.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, ext, 0]);
-    req.extend_from_slice(&(1u32 << TCP_ESTABLISHED).to_ne_bytes());
+    req.extend_from_slice(&((1u32 << TCP_ESTABLISHED) | (1u32 << TCP_CLOSE_WAIT)).to_ne_bytes());
     // inet_diag_sockid: the source port; the rest is not used by a dump and stays zero.
     req.extend_from_slice(&addr.port().to_be_bytes());
     req.resize(NLMSG_HDR + REQ_LEN, 0);
@@ -160,9 +163,11 @@ fn count_unread(buf: &[u8], port: u16, inodes: &HashSet<u64>) -> io::Result<(usi
                 let rqueue = u64::from(u32_at(body, 56));
                 let inode = u64::from(u32_at(body, 68));
                 if sport == port && inodes.contains(&inode) {
-                    // Without tcp_info, count it: better a later stop than a cut request.
-                    let received = bytes_received(&body[MSG_LEN..]).unwrap_or(rqueue);
-                    if received == rqueue {
+                    // Unread bytes (`rcv_nxt - copied_seq`) count a FIN not read yet as one more, so
+                    // nothing was read iff they are at least all the data received. Without tcp_info,
+                    // count it: better a later stop than a cut request.
+                    let received = bytes_received(&body[MSG_LEN..]).unwrap_or(0);
+                    if rqueue >= received {
                         found += 1;
                     }
                 }
@@ -233,6 +238,20 @@ mod tests {
         client.write_all(b"GET /2 HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(unread(addr, &mine).unwrap(), 0);
         assert_eq!(socket_inodes(&[Pid::this()]).intersection(&mine).count(), 1);
+
+        // A request sent with a half-close (CLOSE_WAIT here): unread until read.
+        let mut half = TcpStream::connect(addr).unwrap();
+        let (mut conn2, _) = listener.accept().unwrap();
+        let theirs = inode_of(&conn2);
+        half.write_all(b"ping").unwrap();
+        half.shutdown(std::net::Shutdown::Write).unwrap();
+        while conn_rqueue(&conn2) == 0 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(unread(addr, &theirs).unwrap(), 1);
+        let n = conn2.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        assert_eq!(unread(addr, &theirs).unwrap(), 0);
     }
 
     fn conn_rqueue(conn: &TcpStream) -> libc::c_int {
