@@ -15,6 +15,8 @@
 
 use std::time::Instant;
 
+use crate::log::log;
+
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -77,12 +79,81 @@ pub(super) fn members(pgid: Pid, limit: usize) -> Vec<Pid> {
 /// What is left of a worker whose leader has exited while its group lives on.
 pub(super) struct Leftover {
     /// The group (the exited worker's pid).
-    pub(super) pgid: Pid,
-    pub(super) generation: u64,
+    pgid: Pid,
+    generation: u64,
     /// When the group gets SIGKILL if it has not emptied by then.
-    pub(super) kill_at: Instant,
-    pub(super) killed: bool,
+    kill_at: Instant,
+    killed: bool,
     /// The worker's own socket (generations), which the group's processes may hold: it leaves the port's
     /// group only once they are gone, so the group's member order stays what the supervisor believes.
     pub(super) socket: Option<Listener>,
+}
+
+impl Leftover {
+    /// Worker `index`'s group `pgid` (generation `generation`) outlived its leader; SIGKILL at `kill_at`
+    /// unless `killed` already.
+    pub(super) fn new(
+        index: usize,
+        pgid: Pid,
+        generation: u64,
+        kill_at: Instant,
+        killed: bool,
+    ) -> Leftover {
+        let left: Vec<String> = members(pgid, 8).iter().map(Pid::to_string).collect();
+        log!(
+            "worker {index} (pid {pgid}) exited, but its process group lives on (pid {}): waiting for it, SIGKILL in {:.2?}",
+            left.join(", "),
+            kill_at.saturating_duration_since(Instant::now())
+        );
+        Leftover {
+            pgid,
+            generation,
+            kill_at,
+            killed,
+            socket: None,
+        }
+    }
+
+    pub(super) fn with_socket(mut self, socket: Option<Listener>) -> Leftover {
+        self.socket = socket;
+        self
+    }
+
+    /// SIGKILL to the group.
+    pub(super) fn kill(&mut self) {
+        signal(self.pgid, true, Signal::SIGKILL);
+        self.killed = true;
+    }
+}
+
+/// Seat `index`'s leftovers: forgets those now empty (returning their sockets, to leave the port's group)
+/// and SIGKILLs those past their deadline (and says whether any got it).
+pub(super) fn tick(
+    leftovers: &mut Vec<Leftover>,
+    index: usize,
+    now: Instant,
+) -> (Vec<Listener>, bool) {
+    let mut gone = Vec::new();
+    let mut killed_any = false;
+    leftovers.retain_mut(|l| {
+        if !alive(l.pgid) {
+            log!(
+                "worker {index} (pid {}, generation {}): the last process of its group has exited",
+                l.pgid,
+                l.generation
+            );
+            gone.extend(l.socket.take());
+            return false;
+        }
+        if !l.killed && now >= l.kill_at {
+            log!(
+                "worker {index} (pid {}): its process group is still running past the drain timeout; sending it SIGKILL",
+                l.pgid
+            );
+            l.kill();
+            killed_any = true;
+        }
+        true
+    });
+    (gone, killed_any)
 }

@@ -438,8 +438,7 @@ impl Seat {
             }
         }
         for l in &mut self.leftovers {
-            pgroup::signal(l.pgid, true, Signal::SIGKILL);
-            l.killed = true;
+            l.kill();
         }
     }
 
@@ -526,61 +525,24 @@ impl Seat {
     /// its processes may hold) until it is empty. Asked to stop if `w` was not (a crash: what it forked is
     /// told to stop too), SIGKILL by the worker's own deadline.
     fn keep_leftover(&mut self, ctx: &Ctx<'_>, w: &Worker, exit: &mut Exit) {
-        let i = self.index;
-        let pid = w.pid;
         let kill_after = ctx.kind.kill_after();
-        let kill_at = match w.state {
-            State::Draining { since, .. } => since + kill_after,
+        let (kill_at, killed) = match w.state {
+            State::Draining { since, killed } => (since + kill_after, killed),
             _ => {
                 if let Some(Stop::Signal(sig)) = &w.stop {
-                    pgroup::signal(pid, true, *sig);
+                    pgroup::signal(w.pid, true, *sig);
                 }
-                Instant::now() + kill_after
+                (Instant::now() + kill_after, false)
             }
         };
-        let left: Vec<String> = pgroup::members(pid, 8).iter().map(Pid::to_string).collect();
-        log!(
-            "worker {i} (pid {pid}) exited, but its process group lives on (pid {}): waiting for it, SIGKILL in {:.2?}",
-            left.join(", "),
-            kill_at.saturating_duration_since(Instant::now())
-        );
-        self.leftovers.push(Leftover {
-            pgid: pid,
-            generation: w.generation,
-            kill_at,
-            killed: matches!(w.state, State::Draining { killed: true, .. }),
-            socket: exit.socket.take(),
-        });
+        let left = Leftover::new(self.index, w.pid, w.generation, kill_at, killed);
+        self.leftovers.push(left.with_socket(exit.socket.take()));
     }
 
     /// Groups of exited workers: the sockets of those now empty (to leave the port's group), and SIGKILL
     /// to those past their deadline (and whether any got it).
     pub(super) fn tick_leftovers(&mut self, now: Instant) -> (Vec<Listener>, bool) {
-        let i = self.index;
-        let mut gone = Vec::new();
-        let mut killed_any = false;
-        self.leftovers.retain_mut(|l| {
-            if !pgroup::alive(l.pgid) {
-                log!(
-                    "worker {i} (pid {}, generation {}): the last process of its group has exited",
-                    l.pgid,
-                    l.generation
-                );
-                gone.extend(l.socket.take());
-                return false;
-            }
-            if !l.killed && now >= l.kill_at {
-                log!(
-                    "worker {i} (pid {}): its process group is still running past the drain timeout; sending it SIGKILL",
-                    l.pgid
-                );
-                pgroup::signal(l.pgid, true, Signal::SIGKILL);
-                l.killed = true;
-                killed_any = true;
-            }
-            true
-        });
-        (gone, killed_any)
+        pgroup::tick(&mut self.leftovers, self.index, now)
     }
 
     /// Due work by the clock: a worker ready by its ready delay, one not ready in time (SIGKILL), one
