@@ -9,18 +9,16 @@
 //!   (and the worker's own socket, which those processes may still hold) until the group is empty, and the
 //!   supervisor does not finish a drain before — nothing it started keeps a listener of the port after it.
 //!
-//! A process that leaves the group (`setsid`, a daemon) is beyond this; so is one reparented elsewhere that
-//! keeps the group id — it is still reached, by the id, which the kernel keeps from reuse while any member
-//! lives.
+//! A process that leaves the group (`setsid`, a daemon) is beyond this. One whose parent exited keeps the
+//! group id and is still reached by it: the kernel keeps that id from reuse while any member lives.
 
 use std::time::Instant;
-
-use crate::log::log;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use super::group::Listener;
+use crate::log::log;
 
 /// Sends `sig` to `pid`'s whole group when it leads one of its own (`group`), else to `pid` alone.
 /// `ESRCH` (all of it is gone) is the reaper's to see.
@@ -41,7 +39,8 @@ pub(super) fn alive(pgid: Pid) -> bool {
     !matches!(killpg(pgid, None), Err(nix::errno::Errno::ESRCH))
 }
 
-/// The live processes of group `pgid` (from /proc), for a log line: at most `limit` of them.
+/// The live processes of group `pgid` (from /proc), at most `limit` of them: for a log line, and to find
+/// the sockets a worker's processes hold.
 pub(super) fn members(pgid: Pid, limit: usize) -> Vec<Pid> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
