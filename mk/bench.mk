@@ -6,7 +6,7 @@ OUT            ?= bench-out
 CC             ?= cc
 C_SERVER       := target/bench/c_epoll_echo
 
-.PHONY: bench bench-quick bench-scaling bench-floor bench-bulk bench-build test-bench-harness
+.PHONY: bench-apps bench bench-quick bench-scaling bench-floor bench-bulk bench-build test-bench-harness
 
 $(C_SERVER): bench/servers/c_epoll_echo.c
 	@mkdir -p $(dir $@)
@@ -32,6 +32,15 @@ bench-bulk: bench-build ## the engine vs uvloop and the C server on bulk streams
 
 bench-scaling: bench-build ## workers 1,2,4,8,16, engine and C server side by side -> $(OUT)/scaling-*.md/json + BENCHMARKS.md
 	OUT=$(OUT) $(PYTHON) bench/run.py scaling
+
+# Issue 23: gunicorn, Puma and uvicorn under their own master vs as command workers (needs make setup's
+# gunicorn, uvicorn and the Debian puma; a server that is missing fails its cell loudly).
+bench-apps: setup-rust setup-python-tools ## gunicorn sync/gthread, Puma, uvicorn: own master vs command workers, 2 workers, uniform and mixed -> BENCHMARKS.md
+	$(CARGO) build --release --locked -q --bin port-sharding
+	PORT_SHARDING_BIN=$(TARGET_DIR)/release/port-sharding BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_APPS_RUNS) \
+	  $(PYTHON) bench/run.py apps
+
+BENCH_APPS_RUNS ?= 3
 
 test-bench-harness: setup-python-tools ## the bench harness: no side effects at import, parsers, report, the C server (pytest)
 	$(PYTHON) -m pytest -q -p no:cacheprovider bench/harness_tests

@@ -13,10 +13,11 @@ export PIP_ROOT_USER_ACTION := ignore
 .PHONY: setup-python setup-python-tools test-python
 
 # pytest-timeout: every Python suite runs each test under a time limit (scripts/pytest_guards.py).
-# prometheus_client parses /metrics and PyYAML the Kubernetes manifests (tests/e2e/test_containers.py).
-setup-python-tools: ## the Python tools the suites use (maturin, pytest, pytest-timeout, mypy, gunicorn, prometheus_client, PyYAML), when missing
-	@$(PYTHON) -c 'import maturin, pytest, pytest_timeout, mypy, gunicorn, prometheus_client, yaml' 2>/dev/null \
-	  || $(PIP) install -q maturin pytest pytest-timeout mypy gunicorn prometheus_client pyyaml
+# prometheus_client parses /metrics and PyYAML the Kubernetes manifests (tests/e2e/test_containers.py);
+# uvicorn and hypercorn run as command workers (tests/e2e/test_apps.py, make bench-apps).
+setup-python-tools: ## the Python tools the suites use (maturin, pytest, pytest-timeout, mypy, gunicorn, uvicorn, hypercorn, prometheus_client, PyYAML), when missing
+	@$(PYTHON) -c 'import maturin, pytest, pytest_timeout, mypy, gunicorn, uvicorn, hypercorn, prometheus_client, yaml' 2>/dev/null \
+	  || $(PIP) install -q maturin pytest pytest-timeout mypy gunicorn uvicorn hypercorn prometheus_client pyyaml
 
 setup-python: setup-rust setup-python-tools ## build and install the Python package (pip install ./python) when its sources changed
 	@if [ -f $(PY_STAMP) ] && [ -z "$$(find $(PY_SOURCES) -newer $(PY_STAMP) 2>/dev/null | head -1)" ] \

@@ -8,6 +8,8 @@
     scaling                 workers 1..16 against one load generator -> $OUT/ + BENCHMARKS.md
     report                  rewrite BENCHMARKS.md + chart from bench/results/matrix.json
     merge-scaling FILE.md   add a scaling table measured on another machine
+    apps                    gunicorn, Puma, uvicorn: own master vs command workers, 2 workers, uniform and mixed
+                            -> bench/results/apps.json + the "Real servers" section of BENCHMARKS.md
 
 Environment: BENCH_DURATION (seconds per run, default 3), BENCH_RUNS (default 3), BENCH_ONLY (comma list
 of server keys), OUT (scaling: output folder, default bench-out), BENCH_WORKERS (scaling: default
@@ -26,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .apps import cmd_apps
 from .context import Context
 from .matrix import cmd_bulk, cmd_floor, cmd_matrix, cmd_report
 from .scaling import cmd_merge_scaling, cmd_scaling
@@ -47,6 +50,8 @@ def main(argv: list[str]) -> int:
             return cmd_report(ctx)
         if cmd == "merge-scaling" and len(argv) > 1:
             return cmd_merge_scaling(ctx, argv[1])
+        if cmd == "apps":
+            return cmd_apps(ctx)
         if cmd == "scaling":
             return cmd_scaling(ctx)
         print(__doc__)

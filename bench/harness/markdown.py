@@ -12,6 +12,8 @@ from .targets import targets
 
 # The scaling section is kept between these markers when the rest of the file is rewritten.
 SCALING_BEGIN, SCALING_END = "<!-- scaling:begin -->", "<!-- scaling:end -->"
+# So is the real servers' section (`make bench-apps`, harness/apps.py).
+APPS_BEGIN, APPS_END = "<!-- apps:begin -->", "<!-- apps:end -->"
 
 
 def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: int, labels: dict[str, str] | None = None,
@@ -73,13 +75,18 @@ def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: in
 
 
 def existing_scaling(ctx: Context) -> str:
+    return kept_section(ctx, SCALING_BEGIN, SCALING_END)
+
+
+def kept_section(ctx: Context, begin: str, end: str) -> str:
+    """What BENCHMARKS.md holds between two markers (without them), or ""."""
     if not ctx.benchmarks.exists():
         return ""
     text = ctx.benchmarks.read_text()
-    i, j = text.find(SCALING_BEGIN), text.find(SCALING_END)
+    i, j = text.find(begin), text.find(end)
     if i < 0 or j < 0:
         return ""
-    return text[i + len(SCALING_BEGIN):j].strip("\n")
+    return text[i + len(begin):j].strip("\n")
 
 
 def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory: dict | None, startup: dict | None, drain: dict | None,
@@ -261,6 +268,8 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
     L.append(scaling_md if scaling_md is not None else (existing_scaling(ctx) or
              "## Scaling\n\nNot measured yet on a machine with more cores: run `make bench-scaling` there."))
     L.append(SCALING_END + "\n")
+    if apps := kept_section(ctx, APPS_BEGIN, APPS_END):
+        L.append(APPS_BEGIN + "\n" + apps + "\n" + APPS_END + "\n")
     ctx.benchmarks.write_text("\n".join(L))
 
 

@@ -116,6 +116,7 @@ compile_error!(
 );
 
 mod config;
+mod conns;
 mod control;
 mod cpus;
 mod drain;

@@ -39,6 +39,7 @@ mod function;
 mod group;
 mod kind;
 mod metrics;
+mod pgroup;
 mod process;
 mod reaper;
 mod reload;
@@ -406,7 +407,10 @@ impl Supervisor {
             }
             let now = Instant::now();
             // A worker's pidfd says when it exited; the periodic pass covers a kernel without pidfds.
-            if exited || now >= next_reap {
+            // While an exited worker's group lives on, its orphans (ours as a subreaper) are reaped each
+            // pass: a zombie keeps the group alive.
+            let leftovers = self.seats.iter().any(Seat::has_leftovers);
+            if exited || now >= next_reap || leftovers {
                 self.reap();
                 next_reap = now + REAP_ANYWAY;
             }
@@ -480,7 +484,24 @@ impl Supervisor {
         for l in late {
             self.incoming_late(l);
         }
+        self.leftovers(now);
         self.restart_due(now);
+    }
+
+    /// Groups of exited workers: SIGKILL when due; those that have emptied are forgotten, and their
+    /// sockets leave the port's group now.
+    fn leftovers(&mut self, now: Instant) {
+        let mut gone = Vec::new();
+        for seat in self.seats.iter_mut().filter(|s| s.has_leftovers()) {
+            let (sockets, killed) = seat.tick_leftovers(now);
+            gone.extend(sockets);
+            // A drain that had to kill was cut short (the CLI exits 1).
+            self.forced |= killed && self.draining.is_some();
+        }
+        for socket in gone {
+            let any = self.seats.iter().find_map(Seat::listener);
+            self.server.group.close(socket, any);
+        }
     }
 
     /// Starts a fresh worker on each seat whose worker died and whose back-off is over.
@@ -691,6 +712,7 @@ impl Supervisor {
             .get_or_insert((Instant::now(), StopReason::Stop));
         while !self.seats.iter().all(Seat::is_empty) && Instant::now() < until {
             self.reap();
+            self.leftovers(Instant::now());
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -5,8 +5,8 @@
 //! |---|---|---|---|
 //! | spawn | fork, the engine's mio loop | fork through the host interpreter, the host's function | fork + exec, listener as fd 3 |
 //! | ready | `READY=1` when its loop runs | `READY=1` at its first accept (or `ready()`) | `READY=1` on `NOTIFY_SOCKET`, or alive for `ready_delay` |
-//! | ask to stop | drain pipe | drain pipe | `stop_signal` |
-//! | kill after | `drain_timeout` + grace (it bounds its own drain) | `drain_timeout` | `drain_timeout` |
+//! | ask to stop | drain pipe | drain pipe | `stop_signal` to its process group |
+//! | kill after | `drain_timeout` + grace (it bounds its own drain) | `drain_timeout` | `drain_timeout` (SIGKILL to its process group) |
 //!
 //! To add a kind: implement [`Kind`], and pick it in [`choose`] (or, for a kind the host brings, in a
 //! constructor like [`function`]).
@@ -52,6 +52,9 @@ pub(super) enum Stop {
 pub(super) struct Spawned {
     pub(super) pid: Pid,
     pub(super) stop: Stop,
+    /// It leads a process group of its own, which holds whatever it forks: signals go to the group
+    /// (see `pgroup`).
+    pub(super) group: bool,
 }
 
 /// One kind of worker: how to start it, when it is ready, how long it may take to stop.
@@ -158,6 +161,7 @@ impl Kind for Builtin {
             Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Spawned {
                 pid: child,
                 stop: Stop::Pipe(tx),
+                group: false,
             }),
         }
     }
@@ -194,6 +198,7 @@ impl Kind for Function {
         Ok(Spawned {
             pid,
             stop: Stop::Pipe(tx),
+            group: false,
         })
     }
     fn ready_after(&self) -> Option<Duration> {
@@ -236,9 +241,11 @@ impl Kind for Command {
     fn spawn(&self, s: &Spawn<'_>) -> Result<Spawned> {
         let prepared = Prepared::new(&self.command, s.index, s.server.addr.port(), s.notify)?;
         let pid = prepared.spawn(s.listener, self.stop)?;
+        // exec_child made it the leader of a group of its own before exec (and spawn returns after exec).
         Ok(Spawned {
             pid,
             stop: Stop::Signal(self.stop),
+            group: true,
         })
     }
     fn ready_after(&self) -> Option<Duration> {

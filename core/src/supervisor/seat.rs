@@ -22,11 +22,14 @@
 //! blocking would block its predecessor's event loop), the incoming worker gets a socket of its own in the
 //! port's group, kept out of the group's program until it is promoted. The old worker then keeps serving
 //! its own socket, out of selection, until that socket's accept queue has stayed empty for
-//! [`EMPTY_GRACE`] — so nothing queued on it, and no request still on its way to it, is cut — and only
-//! then is it asked to stop; its socket closes once it has exited.
+//! [`EMPTY_GRACE`] — so nothing queued on it, and no connection still on its way to it, is cut — and it
+//! has read from every connection it accepted (`crate::conns`: none whose request has not arrived or has
+//! not been read, which uvicorn or Puma would close unanswered on a stop) — and only then is it asked to
+//! stop (at the latest after `drain_timeout`); its socket closes once it (its process group) has exited.
 //!
 //! ```text
-//!   ready (serving) ──promoted away, own socket──► emptying ──queue empty for EMPTY_GRACE──► draining
+//!   ready (serving) ──promoted away, own socket──► emptying ──queue empty for EMPTY_GRACE,──► draining
+//!                                                              nothing accepted unread
 //! ```
 
 use std::os::fd::AsRawFd;
@@ -38,6 +41,7 @@ use nix::unistd::Pid;
 
 use super::group::Listener;
 use super::kind::{Kind, Spawn, Stop};
+use super::pgroup::{self, Leftover};
 use super::process::describe;
 use super::reaper::ExitWatch;
 use crate::drain::Ask;
@@ -79,6 +83,8 @@ pub(super) struct Worker {
     asked: String,
     /// Its own socket, when it does not share the seat's (generations): held here until it exits.
     socket: Option<Listener>,
+    /// It leads a process group of its own (command workers): signals reach all of it.
+    group: bool,
     /// Its counters' slot in the stats area, given back when it has exited.
     counters: usize,
     /// Wakes the supervisor when it exits; closed (and unregistered) with it.
@@ -102,8 +108,7 @@ impl Worker {
     fn ask_to_stop(&mut self, ask: Ask) {
         match self.stop.take() {
             Some(Stop::Pipe(pipe)) => pipe.ask(ask),
-            // ESRCH: it is gone already, which the reaper will see.
-            Some(Stop::Signal(sig)) => drop(nix::sys::signal::kill(self.pid, sig)),
+            Some(Stop::Signal(sig)) => pgroup::signal(self.pid, self.group, sig),
             None => {}
         }
         self.draining(Instant::now());
@@ -118,9 +123,24 @@ impl Worker {
         }
     }
 
-    /// SIGKILL. `ESRCH`: it is gone already, which the reaper will see.
+    /// How many connections on its own socket's port it (its process group) holds without having read
+    /// anything from them (see `conns`); 0 when that cannot be known.
+    fn unread(&self) -> usize {
+        let Some(addr) = self.socket.as_ref().and_then(|s| s.local_addr().ok()) else {
+            return 0;
+        };
+        let pids = if self.group {
+            pgroup::members(self.pid, 1024)
+        } else {
+            vec![self.pid]
+        };
+        crate::conns::unread(addr, &crate::conns::socket_inodes(&pids)).unwrap_or(0)
+    }
+
+    /// SIGKILL, to its whole process group when it leads one. `ESRCH`: it is gone already, which the
+    /// reaper will see.
     pub(super) fn kill(&self) {
-        nix::sys::signal::kill(self.pid, Signal::SIGKILL).ok();
+        pgroup::signal(self.pid, self.group, Signal::SIGKILL);
     }
 }
 
@@ -163,6 +183,8 @@ pub(super) struct Seat {
     serving: Option<Worker>,
     incoming: Option<Worker>,
     retiring: Vec<Worker>,
+    /// Process groups of workers that exited while processes they started live on (see `pgroup`).
+    leftovers: Vec<Leftover>,
     /// The last generation started here (the first worker is generation 1).
     generation: u64,
     /// Quick deaths in a row, for the back-off.
@@ -180,6 +202,7 @@ impl Seat {
             serving: None,
             incoming: None,
             retiring: Vec::new(),
+            leftovers: Vec::new(),
             generation: 0,
             crashes: 0,
             restart_at: None,
@@ -221,9 +244,17 @@ impl Seat {
         self.workers().map(|(_, w)| w.pid)
     }
 
-    /// No worker process is left on this seat.
+    /// No worker process is left on this seat, nor any process a worker started.
     pub(super) fn is_empty(&self) -> bool {
-        self.serving.is_none() && self.incoming.is_none() && self.retiring.is_empty()
+        self.serving.is_none()
+            && self.incoming.is_none()
+            && self.retiring.is_empty()
+            && self.leftovers.is_empty()
+    }
+
+    /// Whether processes of an exited worker's group live on (orphans, reaped by a subreaper's pass).
+    pub(super) fn has_leftovers(&self) -> bool {
+        !self.leftovers.is_empty()
     }
 
     /// Whether the seat's worker serves.
@@ -232,9 +263,10 @@ impl Seat {
     }
 
     /// Whether a replaced worker still holds a socket of its own: out of the group's program, but in the
-    /// group until that worker has exited and the socket closes.
+    /// group until that worker (and its process group) has exited and the socket closes.
     pub(super) fn has_retiring_socket(&self) -> bool {
         self.retiring.iter().any(|w| w.socket.is_some())
+            || self.leftovers.iter().any(|l| l.socket.is_some())
     }
 
     /// Starts a worker on this seat: a fresh serving one (first start, restart), or an incoming one —
@@ -289,6 +321,7 @@ impl Seat {
             stop: Some(spawned.stop),
             asked,
             socket: own,
+            group: spawned.group,
             counters,
             _exit: ExitWatch::new(spawn.registry, spawn.exits, pid),
         };
@@ -396,13 +429,16 @@ impl Seat {
         self.publish(ctx);
     }
 
-    /// SIGKILL to every worker of the seat.
+    /// SIGKILL to every worker of the seat, and to what is left of exited ones.
     pub(super) fn kill_all(&mut self) {
         for w in self.workers_mut() {
             w.kill();
             if let State::Draining { killed, .. } = &mut w.state {
                 *killed = true;
             }
+        }
+        for l in &mut self.leftovers {
+            l.kill();
         }
     }
 
@@ -429,7 +465,7 @@ impl Seat {
         let lived = w.started.elapsed();
         let mut w = w;
         let stopped_itself = matches!(w.state, State::Draining { .. }) && clean;
-        let exit = Exit {
+        let mut exit = Exit {
             index: i,
             pid,
             role,
@@ -437,6 +473,9 @@ impl Seat {
             socket: w.socket.take(),
             crashed: role == Role::Serving && !ctx.draining && !stopped_itself,
         };
+        if w.group && pgroup::alive(pid) {
+            self.keep_leftover(ctx, &w, &mut exit);
+        }
         match role {
             Role::Retiring => {
                 let since = match w.state {
@@ -480,6 +519,30 @@ impl Seat {
         }
         self.publish(ctx);
         Some(exit)
+    }
+
+    /// `w`'s leader exited but its group lives on: the seat keeps the group (and `exit`'s socket, which
+    /// its processes may hold) until it is empty. Asked to stop if `w` was not (a crash: what it forked is
+    /// told to stop too), SIGKILL by the worker's own deadline.
+    fn keep_leftover(&mut self, ctx: &Ctx<'_>, w: &Worker, exit: &mut Exit) {
+        let kill_after = ctx.kind.kill_after();
+        let (kill_at, killed) = match w.state {
+            State::Draining { since, killed } => (since + kill_after, killed),
+            _ => {
+                if let Some(Stop::Signal(sig)) = &w.stop {
+                    pgroup::signal(w.pid, true, *sig);
+                }
+                (Instant::now() + kill_after, false)
+            }
+        };
+        let left = Leftover::new(self.index, w.pid, w.generation, kill_at, killed);
+        self.leftovers.push(left.with_socket(exit.socket.take()));
+    }
+
+    /// Groups of exited workers: the sockets of those now empty (to leave the port's group), and SIGKILL
+    /// to those past their deadline (and whether any got it).
+    pub(super) fn tick_leftovers(&mut self, now: Instant) -> (Vec<Listener>, bool) {
+        pgroup::tick(&mut self.leftovers, self.index, now)
     }
 
     /// Due work by the clock: a worker ready by its ready delay, one not ready in time (SIGKILL), one
@@ -529,14 +592,18 @@ impl Seat {
                     w.state = State::Emptying { since, empty };
                     let emptied =
                         empty.is_some_and(|t| now.saturating_duration_since(t) >= EMPTY_GRACE);
+                    // And it has read from every connection it accepted: it would close one it has not
+                    // (a request not arrived, or not read) unanswered.
+                    let unread = if emptied { w.unread() } else { 0 };
+                    let done = emptied && unread == 0;
                     let overdue = now.saturating_duration_since(since) > ctx.drain_timeout;
-                    if overdue && !emptied {
-                        log!("worker {i} (pid {pid}) still has {queued} connection(s) queued {:?} after it was replaced; asking it to stop anyway", ctx.drain_timeout);
+                    if overdue && !done {
+                        log!("worker {i} (pid {pid}) still has {queued} connection(s) queued and {unread} accepted but unread {:?} after it was replaced; asking it to stop anyway", ctx.drain_timeout);
                     }
-                    if emptied {
-                        log!("worker {i} (pid {pid}): its socket has stayed empty for {EMPTY_GRACE:?} since it was replaced; asking it {}", w.asked);
+                    if done {
+                        log!("worker {i} (pid {pid}): its socket has stayed empty for {EMPTY_GRACE:?} since it was replaced and it has read from every connection it holds; asking it {}", w.asked);
                     }
-                    if emptied || overdue {
+                    if done || overdue {
                         w.ask_to_stop(Ask::Drain);
                         changed = true;
                     }
