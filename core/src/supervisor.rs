@@ -42,6 +42,7 @@ mod metrics;
 mod process;
 mod reaper;
 mod reload;
+mod rest;
 mod seat;
 mod service;
 mod shared;
@@ -73,6 +74,7 @@ use kind::Kind;
 use process::on_main_thread;
 use reaper::Reaper;
 use reload::Reload;
+use rest::Rest;
 use seat::{Ctx, Seat, Spawner};
 use service::Service;
 use steering::Steering;
@@ -87,7 +89,8 @@ const NOTIFY: Token = Token(4);
 /// Every worker's pidfd: readable once it has exited (which one does not matter: the reaper looks).
 const EXITS: Token = Token(5);
 /// How often the supervisor looks at its clocks (ready delays and timeouts, kills, restarts, queue
-/// samples for steering) when nothing else wakes it.
+/// samples for steering) when nothing else wakes it — while anything is due; at rest it sleeps until an
+/// event (see `rest`).
 const TICK: Duration = Duration::from_millis(50);
 /// Extra time past `drain_timeout` before workers that still have not exited are killed.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -268,6 +271,8 @@ struct Supervisor {
     /// Counts of the supervisor's own events, for `/metrics`.
     counters: metrics::Counters,
     started: Instant,
+    /// The listeners watched while the loop sleeps at rest.
+    rest: Rest,
 }
 
 impl Supervisor {
@@ -306,6 +311,7 @@ impl Supervisor {
             ready: false,
             counters: metrics::Counters::default(),
             started: Instant::now(),
+            rest: Rest::default(),
         })
     }
 
@@ -378,13 +384,16 @@ impl Supervisor {
         }
         let mut events = Events::with_capacity(64);
         let mut next_reap = Instant::now();
+        let mut sleep = Some(TICK);
         loop {
-            if let Err(e) = self.server.poll.poll(&mut events, Some(TICK)) {
+            if let Err(e) = self.server.poll.poll(&mut events, sleep) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     self.kill_all();
                     return Err(Error::io("supervisor epoll_wait", e));
                 }
             }
+            // Before anything may close a listener (see `rest`).
+            self.rest.disarm(self.server.poll.registry());
             let mut exited = false;
             for event in events.iter() {
                 match event.token() {
@@ -401,6 +410,8 @@ impl Supervisor {
                         self.on_control(Some(t))
                     }
                     EXITS => exited = true,
+                    // A connection arrived while at rest: watch the queues again.
+                    t if Rest::owns(t) => self.server.steering.moved(Instant::now()),
                     _ => {}
                 }
             }
@@ -423,6 +434,7 @@ impl Supervisor {
             if let Some(report) = settled {
                 return Ok(report);
             }
+            sleep = self.sleep_for(Instant::now(), next_reap);
         }
     }
 

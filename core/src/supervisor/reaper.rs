@@ -82,6 +82,12 @@ impl Reaper {
         }
     }
 
+    /// Whether it reaps children it has no pidfd for (orphans, as PID 1 or a subreaper): then only a
+    /// periodic pass finds them.
+    pub(super) fn reaps_orphans(&self) -> bool {
+        self.all
+    }
+
     /// The children that exited since the last call, with how they ended. A known pid that is not our
     /// child any more (someone else reaped it: `ECHILD`) counts as exited, status unknown (`None`).
     pub(super) fn reap(

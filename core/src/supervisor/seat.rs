@@ -118,6 +118,22 @@ impl Worker {
         }
     }
 
+    /// The signal that asks it to stop, when it has one (command workers; the others have a drain pipe).
+    pub(super) fn stop_signal(&self) -> Option<Signal> {
+        match self.stop {
+            Some(Stop::Signal(sig)) => Some(sig),
+            _ => None,
+        }
+    }
+
+    /// Sends its stop signal, leaving its state as it is: a stalled worker replaced by
+    /// `stall_restart_after` is restarted as one that exited unasked once it exits.
+    pub(super) fn signal_stop(&self) {
+        if let Some(sig) = self.stop_signal() {
+            nix::sys::signal::kill(self.pid, sig).ok();
+        }
+    }
+
     /// SIGKILL. `ESRCH`: it is gone already, which the reaper will see.
     pub(super) fn kill(&self) {
         nix::sys::signal::kill(self.pid, Signal::SIGKILL).ok();
@@ -229,6 +245,18 @@ impl Seat {
     /// Whether the seat's worker serves.
     pub(super) fn is_ready(&self) -> bool {
         self.serving.as_ref().is_some_and(Worker::is_ready)
+    }
+
+    /// Nothing on this seat is due by the clock: its worker serves, none is incoming or retiring, no
+    /// restart waits, and its exit will wake the supervisor (a pidfd).
+    pub(super) fn at_rest(&self) -> bool {
+        self.incoming.is_none()
+            && self.retiring.is_empty()
+            && self.restart_at.is_none()
+            && self
+                .serving
+                .as_ref()
+                .is_some_and(|w| w.is_ready() && w._exit.is_some())
     }
 
     /// Whether a replaced worker still holds a socket of its own: out of the group's program, but in the
