@@ -490,17 +490,20 @@ fn a_command_worker_stalled_too_long_gets_its_stop_signal_then_sigkill() {
     signal(stopped, libc::SIGSTOP);
     wait_stopped(stopped);
     // Patient clients: those hashed to the stopped worker wait in its queue for the replacement.
+    // (Steering soon sends new ones elsewhere, and the replacement empties the queue a second later.)
     let mut clients: Vec<(TcpStream, String)> = Vec::new();
+    let mut most = 0;
     for i in 0..200 {
         let mut s = connect(srv.port);
         let msg = format!("patient {i}");
         s.write_all(msg.as_bytes()).unwrap();
         clients.push((s, msg));
-        if queued(srv.port) >= 3 {
+        most = most.max(queued(srv.port));
+        if most >= 2 {
             break;
         }
     }
-    assert!(queued(srv.port) > 0, "nothing queued on the stopped worker");
+    assert!(most > 0, "nothing queued on the stopped worker");
     srv.wait_log("steering started");
     let asked = srv.wait_log("(stall_restart_after): replacing it");
     assert!(asked.contains("SIGTERM now, SIGKILL in 1s"), "{asked}");

@@ -49,6 +49,8 @@ struct Watch {
     queue: u64,
     /// The last sample that showed progress or an empty queue.
     progress_at: Instant,
+    /// The last sample.
+    sampled_at: Instant,
     stalled_since: Option<Instant>,
     overloaded: bool,
     /// Its queue did not drain since the previous sample (sampled more often until it does).
@@ -66,6 +68,7 @@ impl Watch {
             accepted,
             queue,
             progress_at: now,
+            sampled_at: now,
             stalled_since: None,
             overloaded: false,
             suspect: false,
@@ -201,9 +204,13 @@ impl Steering {
         // A worker still starting is given `stall_after` from when it serves; a slot with no worker at
         // all (waiting out a crash back-off) is judged like a stopped one.
         let drained = queue == 0 || accepted != w.accepted || queue < w.queue;
-        if drained || starting {
+        // After a gap in the samples (the supervisor rested, or was not scheduled) nothing is known of
+        // the queue meanwhile: its stall clock starts now.
+        let gap = now.saturating_duration_since(w.sampled_at) > 2 * super::TICK;
+        if drained || starting || gap {
             w.progress_at = now;
         }
+        w.sampled_at = now;
         w.suspect = !drained;
         (w.accepted, w.queue) = (accepted, queue);
         let stuck = now.saturating_duration_since(w.progress_at);
@@ -562,6 +569,18 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_first_seen_after_a_rest_is_given_stall_after_from_then() {
+        let mut s = steering(100);
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        assert_eq!(s.judge(0, 7, at(0, 0), t), Health::KeepingUp);
+        // Woken by a connection 5 s later: its queue is not empty, but for how long is unknown.
+        assert_eq!(s.judge(0, 7, at(0, 1), ms(5000)), Health::KeepingUp);
+        assert_eq!(s.judge(0, 7, at(0, 1), ms(5050)), Health::KeepingUp);
+        assert_eq!(s.judge(0, 7, at(0, 1), ms(5100)), Health::Stalled);
+    }
+
+    #[test]
     fn overload_has_hysteresis() {
         let mut s = steering(1000);
         let t = Instant::now();
@@ -584,7 +603,8 @@ mod tests {
         let ms = |n| t + Duration::from_millis(n);
         let grace = Duration::from_secs(30);
         s.judge(0, 7, at(0, 0), t);
-        s.judge(0, 7, at(0, 2), ms(200));
+        s.judge(0, 7, at(0, 2), ms(50));
+        assert_eq!(s.judge(0, 7, at(0, 2), ms(100)), Health::Stalled);
         assert_eq!(s.due_for_restart(0, ms(900), false, grace), None);
         let kill = s.due_for_restart(0, ms(1300), false, grace);
         assert_eq!(kill.map(|(what, _)| what), Some(Replace::Kill));
@@ -600,7 +620,8 @@ mod tests {
         // Its kill_after (drain_timeout) is longer than stall_restart_after: it gets the latter again.
         let grace = Duration::from_secs(30);
         s.judge(0, 7, at(0, 0), t);
-        s.judge(0, 7, at(0, 2), ms(200));
+        s.judge(0, 7, at(0, 2), ms(50));
+        assert_eq!(s.judge(0, 7, at(0, 2), ms(100)), Health::Stalled);
         let ask = s.due_for_restart(0, ms(1300), true, grace);
         assert_eq!(ask.map(|(what, _)| what), Some(Replace::Ask));
         assert_eq!(s.due_for_restart(0, ms(1400), true, grace), None);
