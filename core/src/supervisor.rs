@@ -277,15 +277,18 @@ struct Supervisor {
 
 impl Supervisor {
     fn new(mut server: Bound) -> Result<Supervisor> {
+        let reaper = Reaper::new(server.config.subreaper);
         let signals = if server.config.handle_signals && on_main_thread() {
-            Some(SignalGuard::install(
-                server.poll.registry(),
-                SIGNALS,
-                crate::signals::SUPERVISOR,
-            )?)
+            // As PID 1 or a subreaper, SIGCHLD says an orphan exited (it has no pidfd): see `rest`.
+            let mut set = crate::signals::SUPERVISOR.to_vec();
+            if reaper.reaps_orphans() {
+                set.push(Signal::SIGCHLD);
+            }
+            Some(SignalGuard::install(server.poll.registry(), SIGNALS, &set)?)
         } else {
             None
         };
+        let orphans_signalled = signals.is_some() && reaper.reaps_orphans();
         let seats = std::mem::take(&mut server.listeners)
             .into_iter()
             .enumerate()
@@ -294,7 +297,6 @@ impl Supervisor {
         let dir = control::control_dir();
         control::ensure_dir(&dir)?;
         let notify = NotifySocket::bind(&dir, server.addr, server.poll.registry(), NOTIFY)?;
-        let reaper = Reaper::new(server.config.subreaper);
         Ok(Supervisor {
             server,
             seats,
@@ -311,7 +313,7 @@ impl Supervisor {
             ready: false,
             counters: metrics::Counters::default(),
             started: Instant::now(),
-            rest: Rest::default(),
+            rest: Rest::new(orphans_signalled),
         })
     }
 
@@ -416,9 +418,11 @@ impl Supervisor {
                 }
             }
             let now = Instant::now();
-            // A worker's pidfd says when it exited; the periodic pass covers a kernel without pidfds.
+            // A worker's pidfd says when it exited; the periodic pass covers a kernel without pidfds, and
+            // orphans (at most one pass a second however many SIGCHLDs say they exit).
             if exited || now >= next_reap {
                 self.reap();
+                self.rest.orphans_reaped();
                 next_reap = now + REAP_ANYWAY;
             }
             self.on_control(None);
@@ -626,6 +630,11 @@ impl Supervisor {
         for sig in guard.drain() {
             // Like nginx: HUP reloads; QUIT drains as TERM does.
             let reason = match sig {
+                // An orphan (or a worker) exited: the next reap pass collects it.
+                Signal::SIGCHLD => {
+                    self.rest.orphan_exited();
+                    continue;
+                }
                 Signal::SIGHUP => {
                     log!("SIGHUP: reload");
                     if let Err(why) = self.begin_reload(1, None) {

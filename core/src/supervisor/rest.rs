@@ -4,10 +4,12 @@
 //! an event: a signal, a control or admin client, `READY=1`/`STOPPING=1`, a worker's exit (its pidfd), and
 //! a connection arriving on any listener — the supervisor's own copies of the listeners are in its epoll
 //! set (edge-triggered) only while it rests, so a first connection wakes it and sampling starts again, and
-//! under load it does not wake for every connection. The only clocks left at rest are the service
-//! manager's (`WATCHDOG=1`, a changed `STATUS=`) and, as PID 1 or a subreaper, the once-a-second pass that
-//! reaps orphans (they have no pidfd, and a SIGCHLD handler would wake the supervisor for every child that
-//! a worker's orphans leave behind).
+//! under load it does not wake for every connection. The only clock left at rest is the service manager's
+//! (`WATCHDOG=1`, a changed `STATUS=`). Orphans (as PID 1 or a subreaper) have no pidfd: where the
+//! supervisor handles signals (the CLI), SIGCHLD says one exited and the reap pass runs then — at most
+//! once a second, so a zombie lasts at most a second as before; where signals are the host's, the pass
+//! runs once a second as before. (Only orphans signal the supervisor: a worker's own children signal the
+//! worker.)
 //!
 //! At rest means: serving (every seat's worker ready, nothing incoming, retiring or restarting, every exit
 //! watched by a pidfd), no reload, upgrade, takeover or drain under way, the control socket and the admin
@@ -32,13 +34,32 @@ pub(super) const LINGER: Duration = Duration::from_secs(1);
 /// control socket's connections.
 const QUEUES: std::ops::Range<usize> = 64..(1 << 18);
 
-/// The listeners watched while at rest.
-#[derive(Default)]
+/// The listeners watched while at rest, and whether orphans wait for the reap pass.
 pub(super) struct Rest {
     armed: Vec<RawFd>,
+    /// SIGCHLD wakes the loop when an orphan exits (the CLI: signals handled, a subreaper).
+    orphans_signalled: bool,
+    /// A SIGCHLD came since the last reap pass.
+    orphans_waiting: bool,
 }
 
 impl Rest {
+    pub(super) fn new(orphans_signalled: bool) -> Rest {
+        Rest {
+            armed: Vec::new(),
+            orphans_signalled,
+            orphans_waiting: false,
+        }
+    }
+
+    pub(super) fn orphan_exited(&mut self) {
+        self.orphans_waiting = true;
+    }
+
+    pub(super) fn orphans_reaped(&mut self) {
+        self.orphans_waiting = false;
+    }
+
     /// Whether `token` is one of the listeners' (a connection arrived while at rest).
     pub(super) fn owns(token: Token) -> bool {
         QUEUES.contains(&token.0)
@@ -105,7 +126,11 @@ impl Supervisor {
         if fds.len() != self.seats.len() || !self.rest.arm(registry, &fds) {
             return Some(TICK);
         }
-        let reap = self.reaper.reaps_orphans().then_some(next_reap);
+        // Orphans have no pidfd: the pass runs when SIGCHLD said one exited, or (signals left to the
+        // host) once a second.
+        let reap = (self.reaper.reaps_orphans()
+            && (!self.rest.orphans_signalled || self.rest.orphans_waiting))
+            .then_some(next_reap);
         let service = self.server.service.next_due(|| self.status_line());
         let due = match (reap, service) {
             (Some(a), Some(b)) => Some(a.min(b)),
