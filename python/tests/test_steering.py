@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import pytest
 
@@ -89,7 +89,7 @@ class Load:
         return dict(self.counts)
 
 
-def worker_pids(p: Proc) -> list:
+def worker_pids(p: Proc) -> List[int]:
     return [int(p.wait_for(rf"worker {i} started: pid (\d+)").group(1)) for i in range(2)]
 
 
