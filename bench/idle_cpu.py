@@ -6,7 +6,8 @@ time the supervisor process (all its threads) uses over a window, from `/proc/<p
     python3 bench/idle_cpu.py [--bin target/release/port-sharding] [--base OTHER_BINARY] [--runs 3] [--window 10]
                               [-- extra serve arguments]
 
-With `--base`, runs alternate between the two binaries (same session, same machine). Prints one line per run
+With `--load conn` (or another workload), `port-sharding bench -c 32` loads the server during the window: the
+supervisor's CPU under load. With `--base`, runs alternate between the two binaries (same session, same machine). Prints one line per run
 and the medians, in milliseconds of CPU per window, and the supervisor's wake-ups (voluntary context switches).
 """
 
@@ -47,7 +48,7 @@ def wakeups(pid: int) -> int:
     return total
 
 
-def one_run(binary: str, window: float, extra: list) -> tuple:
+def one_run(binary: str, window: float, extra: list, load: str = "") -> tuple:
     d = tempfile.mkdtemp(prefix="ps-idle-")
     os.chmod(d, 0o700)
     env = dict(os.environ, PORT_SHARDING_CONTROL_DIR=d)
@@ -56,15 +57,25 @@ def one_run(binary: str, window: float, extra: list) -> tuple:
                          text=True)
     try:
         assert p.stderr is not None
+        port = 0
         for _ in range(200):  # bounded: the start-up lines
             line = p.stderr.readline()
+            if "starting on " in line:
+                port = int(line.split("starting on ")[1].split(": ")[0].rsplit(":", 1)[1])
             if not line or "ready:" in line:
                 break
         time.sleep(2.0)  # settle: the start-up's own work is not rest
         hz = os.sysconf("SC_CLK_TCK")
+        gen = None
+        if load:  # the same binary's load generator, for the window
+            gen = subprocess.Popen([binary, "bench", "-p", str(port), "-W", load, "-c", "32", "-d", f"{window + 1}s",
+                                    "--no-status", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         c0, t0, w0 = cpu_ns(p.pid), ticks(p.pid), wakeups(p.pid)
         time.sleep(window)
         c1, t1, w1 = cpu_ns(p.pid), ticks(p.pid), wakeups(p.pid)
+        if gen:
+            gen.wait(30)
         return (c1 - c0) / 1e6, (t1 - t0) * 1000 / hz, w1 - w0
     finally:
         os.killpg(p.pid, signal.SIGTERM)
@@ -77,6 +88,7 @@ def main() -> None:
     ap.add_argument("--base")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--window", type=float, default=10.0)
+    ap.add_argument("--load", default="", help="a bench workload during the window (conn, pingpong): CPU under load")
     ap.add_argument("extra", nargs="*")
     a = ap.parse_args()
     bins = {"this build": a.bin}
@@ -85,7 +97,7 @@ def main() -> None:
     got = {k: [] for k in bins}
     for r in range(a.runs):
         for name, b in bins.items():
-            ms, tick_ms, wakes = one_run(b, a.window, a.extra)
+            ms, tick_ms, wakes = one_run(b, a.window, a.extra, a.load)
             got[name].append((ms, tick_ms, wakes))
             print(f"run {r + 1} {name}: {ms:.2f} ms CPU in {a.window:.0f} s (utime+stime {tick_ms:.0f} ms), "
                   f"{wakes} wake-ups", flush=True)

@@ -5,12 +5,14 @@
     python3 bench/steering_apps.py [--bin target/release/port-sharding] [--runs 3] [--duration 15]
                                    [--concurrency 8] [--timeouts 1,5]
 
-Four setups, 2 workers each, alternating within every run (same session, same machine):
+Five setups, 2 gunicorn workers each, alternating within every run (same session, same machine):
 - `steering on`:  `port-sharding serve -w 2 -- gunicorn -w 1 ...` (a gunicorn master + sync worker per slot, each
                   slot its own reuseport queue), steering on (the default);
 - `steering on, stall_after 20ms`: the same, judging stalls five times sooner;
 - `steering off`: the same with `--steering=false`;
-- `gunicorn -w 2`: gunicorn's own master with 2 sync workers on one listener (one shared accept queue).
+- `gunicorn -w 2`: gunicorn's own master with 2 sync workers on one listener (one shared accept queue);
+- `serve -w 1 -- gunicorn -w 2`: the same gunicorn as one command worker of port-sharding (one slot, its queue
+  shared by gunicorn's 2 workers: reloads and takeovers from port-sharding, the queue from gunicorn).
 Each cell is `port-sharding bench --workload http -c 8 -d 15s --timeout T --connect-timeout T --json`, once
 with T = 1 s (how many requests wait longer than a second: every slow request itself, plus those stuck behind
 one) and once with T = 5 s (latency percentiles with every request completing). Prints a markdown table of
@@ -55,6 +57,9 @@ def start(setup: str, binary: str, port: int, extra: list) -> subprocess.Popen:
     os.chmod(env["PORT_SHARDING_CONTROL_DIR"], 0o700)
     if setup == "gunicorn -w 2":
         cmd = [*GUNICORN[:3], "-w", "2", "-b", f"127.0.0.1:{port}", *GUNICORN[3:]]
+    elif setup == "serve -w 1 -- gunicorn -w 2":
+        cmd = [binary, "serve", "--host", "127.0.0.1", "--port", str(port), "-w", "1", *extra, "--",
+               *GUNICORN[:3], "-w", "2", *GUNICORN[3:]]
     else:
         flag = "--steering=true" if setup.startswith("steering on") else "--steering=false"
         if "stall_after " in setup:  # e.g. "steering on, stall_after 20ms"
@@ -98,7 +103,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--timeouts", default="1,5")
-    ap.add_argument("--setups", default="steering on;steering on, stall_after 20ms;steering off;gunicorn -w 2",
+    ap.add_argument("--setups", default="steering on;steering on, stall_after 20ms;steering off;gunicorn -w 2;"
+                                        "serve -w 1 -- gunicorn -w 2",
                     help="';'-separated")
     ap.add_argument("--serve-args", default="", help="more `serve` arguments, e.g. '--stall-after 20ms'")
     a = ap.parse_args()

@@ -238,6 +238,20 @@ impl Steering {
         w.health()
     }
 
+    /// When no worker keeps up: those that made progress last (within `stall_after` of the latest). A
+    /// worker stopped for seconds is a worse bet than one whose queue has not drained for a moment — on a
+    /// busy machine a healthy worker starved of the CPU for `stall_after` looks stalled too, and going back
+    /// to the kernel's hash then would send new connections to the stopped one again.
+    fn least_stuck(&self, n: usize) -> Vec<usize> {
+        let watch = &self.watch[..n.min(self.watch.len())];
+        let Some(latest) = watch.iter().map(|w| w.progress_at).max() else {
+            return Vec::new();
+        };
+        (0..watch.len())
+            .filter(|&i| latest.saturating_duration_since(watch[i].progress_at) < self.stall_after)
+            .collect()
+    }
+
     /// How long until the next sample: soon while a queue has not drained since the last one, else the
     /// supervisor's tick.
     pub(super) fn next_sample(&self) -> Duration {
@@ -401,6 +415,9 @@ impl Supervisor {
                 healthy.push(i);
             }
             self.replace_stalled(i, now);
+        }
+        if healthy.is_empty() {
+            healthy = self.server.steering.least_stuck(n);
         }
         if healthy.len() == n || !self.server.steering.enabled {
             healthy.clear();
@@ -578,6 +595,26 @@ mod tests {
         assert_eq!(s.judge(0, 7, at(0, 1), ms(5000)), Health::KeepingUp);
         assert_eq!(s.judge(0, 7, at(0, 1), ms(5050)), Health::KeepingUp);
         assert_eq!(s.judge(0, 7, at(0, 1), ms(5100)), Health::Stalled);
+    }
+
+    #[test]
+    fn when_every_worker_is_stuck_the_one_stuck_longest_is_left_out() {
+        let mut s = steering(100);
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        for k in 0..=40 {
+            // Worker 0 stopped from the start; worker 1 drains until 3.9 s, then not for a moment.
+            let q1 = if k < 39 { k % 2 } else { 3 };
+            s.judge(0, 7, at(0, 5), ms(100 * k));
+            s.judge(1, 8, at(0, q1), ms(100 * k));
+        }
+        assert_eq!(s.judge(1, 8, at(0, 3), ms(4000)), Health::Stalled);
+        assert_eq!(s.least_stuck(2), vec![1]);
+        // Both made progress within stall_after of each other: no choice (the kernel's hash).
+        let mut s = steering(100);
+        s.judge(0, 7, at(0, 5), t);
+        s.judge(1, 8, at(0, 5), ms(50));
+        assert_eq!(s.least_stuck(2), vec![0, 1]);
     }
 
     #[test]
