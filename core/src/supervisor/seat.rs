@@ -82,7 +82,7 @@ pub(super) struct Worker {
     /// Its counters' slot in the stats area, given back when it has exited.
     counters: usize,
     /// Wakes the supervisor when it exits; closed (and unregistered) with it.
-    _exit: Option<ExitWatch>,
+    exit_watch: Option<ExitWatch>,
 }
 
 impl Worker {
@@ -256,7 +256,7 @@ impl Seat {
             && self
                 .serving
                 .as_ref()
-                .is_some_and(|w| w.is_ready() && w._exit.is_some())
+                .is_some_and(|w| w.is_ready() && w.exit_watch.is_some())
     }
 
     /// Whether a replaced worker still holds a socket of its own: out of the group's program, but in the
@@ -318,7 +318,7 @@ impl Seat {
             asked,
             socket: own,
             counters,
-            _exit: ExitWatch::new(spawn.registry, spawn.exits, pid),
+            exit_watch: ExitWatch::new(spawn.registry, spawn.exits, pid),
         };
         log!(
             "worker {i} started: pid {pid}, listener fd {listener}{}, generation {generation}",
