@@ -6,12 +6,9 @@ mod common;
 
 use common::*;
 
-fn successor_of(srv: &ServerProc) -> i32 {
-    let line = srv
-        .log()
-        .into_iter()
-        .find(|l| l.contains("upgrade: started successor pid"));
-    let line = line.unwrap_or_else(|| panic!("no successor; log: {:#?}", srv.log()));
+fn successor_of(srv: &mut ServerProc) -> i32 {
+    // Waited for: the log reader may lag behind the `upgrade` command's answer on a busy machine.
+    let line = srv.wait_log("upgrade: started successor pid");
     line.split("successor pid ")
         .nth(1)
         .unwrap()
@@ -34,7 +31,7 @@ fn the_upgrade_command_hands_the_sockets_to_a_fresh_supervisor() {
         "{stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let successor = successor_of(&srv);
+    let successor = successor_of(&mut srv);
     assert!(
         stdout.contains(&format!(
             "rust server pid {}: upgraded to pid {successor} in",
@@ -79,7 +76,7 @@ fn sigusr2_upgrades() {
         "{:#?}",
         srv.log()
     );
-    let successor = successor_of(&srv);
+    let successor = successor_of(&mut srv);
     assert_eq!(round_trip(srv.port, b"hi"), b"hi");
     // SAFETY: the successor we saw start.
     unsafe { libc::kill(successor, libc::SIGTERM) };

@@ -221,15 +221,19 @@ settings! {
             shown "on", value "",
             help "Steer new connections away from stalled or overloaded workers while others are healthy \
                   (a cBPF program on the port's group; off where other processes share the port)";
-        /// A worker with connections queued that accepts none for this long is *stalled*.
+        /// A worker whose listener's accept queue is not empty and does not drain for this long is
+        /// *stalled* (any kind: judged from the kernel's queue length, and from the accepted counter
+        /// where the kind keeps one).
         stall_after: Duration = Duration::from_millis(100),
             shown "100ms", value "DURATION",
-            help "A worker with connections queued that accepts none for this long is stalled";
-        /// Replace (SIGKILL, then fork anew on the same listener) a worker stalled this long; `None` never
-        /// does.
+            help "A worker whose accept queue is not empty and does not drain for this long is stalled";
+        /// Replace a worker stalled this long: a command worker gets its stop signal, and SIGKILL if it has
+        /// not exited `min(stall_restart_after, drain_timeout)` later; the other kinds SIGKILL at once. Its
+        /// seat starts a new one on the same listener. `None` never does.
         stall_restart_after: Option<Duration> = None,
             shown "off", value "DURATION",
-            help "Replace a worker stalled this long (SIGKILL; a new one serves its queue)";
+            help "Replace a worker stalled this long (command workers: their stop signal, then SIGKILL; others: \
+                  SIGKILL); a new one serves its queue";
         /// Serve HTTP on this address, from the supervisor: `GET /livez` (200 while the supervisor
         /// runs), `/readyz` (200 exactly while the listeners accept: serving, handing over, and during
         /// the drain delay; 503 while starting and draining) and `/metrics` (Prometheus text format).

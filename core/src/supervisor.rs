@@ -43,6 +43,7 @@ mod pgroup;
 mod process;
 mod reaper;
 mod reload;
+mod rest;
 mod seat;
 mod service;
 mod shared;
@@ -74,6 +75,7 @@ use kind::Kind;
 use process::on_main_thread;
 use reaper::Reaper;
 use reload::Reload;
+use rest::Rest;
 use seat::{Ctx, Seat, Spawner};
 use service::Service;
 use steering::Steering;
@@ -88,7 +90,8 @@ const NOTIFY: Token = Token(4);
 /// Every worker's pidfd: readable once it has exited (which one does not matter: the reaper looks).
 const EXITS: Token = Token(5);
 /// How often the supervisor looks at its clocks (ready delays and timeouts, kills, restarts, queue
-/// samples for steering) when nothing else wakes it.
+/// samples for steering) when nothing else wakes it — while anything is due; at rest it sleeps until an
+/// event (see `rest`).
 const TICK: Duration = Duration::from_millis(50);
 /// Extra time past `drain_timeout` before workers that still have not exited are killed.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -269,19 +272,24 @@ struct Supervisor {
     /// Counts of the supervisor's own events, for `/metrics`.
     counters: metrics::Counters,
     started: Instant,
+    /// The listeners watched while the loop sleeps at rest.
+    rest: Rest,
 }
 
 impl Supervisor {
     fn new(mut server: Bound) -> Result<Supervisor> {
+        let reaper = Reaper::new(server.config.subreaper);
         let signals = if server.config.handle_signals && on_main_thread() {
-            Some(SignalGuard::install(
-                server.poll.registry(),
-                SIGNALS,
-                crate::signals::SUPERVISOR,
-            )?)
+            // As PID 1 or a subreaper, SIGCHLD says an orphan exited (it has no pidfd): see `rest`.
+            let mut set = crate::signals::SUPERVISOR.to_vec();
+            if reaper.reaps_orphans() {
+                set.push(Signal::SIGCHLD);
+            }
+            Some(SignalGuard::install(server.poll.registry(), SIGNALS, &set)?)
         } else {
             None
         };
+        let orphans_signalled = signals.is_some() && reaper.reaps_orphans();
         let seats = std::mem::take(&mut server.listeners)
             .into_iter()
             .enumerate()
@@ -290,7 +298,6 @@ impl Supervisor {
         let dir = control::control_dir();
         control::ensure_dir(&dir)?;
         let notify = NotifySocket::bind(&dir, server.addr, server.poll.registry(), NOTIFY)?;
-        let reaper = Reaper::new(server.config.subreaper);
         Ok(Supervisor {
             server,
             seats,
@@ -307,6 +314,7 @@ impl Supervisor {
             ready: false,
             counters: metrics::Counters::default(),
             started: Instant::now(),
+            rest: Rest::new(orphans_signalled),
         })
     }
 
@@ -379,13 +387,16 @@ impl Supervisor {
         }
         let mut events = Events::with_capacity(64);
         let mut next_reap = Instant::now();
+        let mut sleep = Some(TICK);
         loop {
-            if let Err(e) = self.server.poll.poll(&mut events, Some(TICK)) {
+            if let Err(e) = self.server.poll.poll(&mut events, sleep) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     self.kill_all();
                     return Err(Error::io("supervisor epoll_wait", e));
                 }
             }
+            // Before anything may close a listener (see `rest`).
+            self.rest.disarm(self.server.poll.registry());
             let mut exited = false;
             for event in events.iter() {
                 match event.token() {
@@ -402,16 +413,20 @@ impl Supervisor {
                         self.on_control(Some(t))
                     }
                     EXITS => exited = true,
+                    // A connection arrived while at rest: watch the queues again.
+                    t if Rest::owns(t) => self.server.steering.moved(Instant::now()),
                     _ => {}
                 }
             }
             let now = Instant::now();
-            // A worker's pidfd says when it exited; the periodic pass covers a kernel without pidfds.
-            // While an exited worker's group lives on, its orphans (ours as a subreaper) are reaped each
-            // pass: a zombie keeps the group alive.
+            // A worker's pidfd says when it exited; the periodic pass covers a kernel without pidfds, and
+            // orphans (at most one pass a second however many SIGCHLDs say they exit). While an exited
+            // worker's group lives on, its orphans (ours as a subreaper) are reaped each pass: a zombie
+            // keeps the group alive.
             let leftovers = self.seats.iter().any(Seat::has_leftovers);
             if exited || now >= next_reap || leftovers {
                 self.reap();
+                self.rest.orphans_reaped();
                 next_reap = now + REAP_ANYWAY;
             }
             self.on_control(None);
@@ -427,6 +442,7 @@ impl Supervisor {
             if let Some(report) = settled {
                 return Ok(report);
             }
+            sleep = self.sleep_for(Instant::now(), next_reap);
         }
     }
 
@@ -635,6 +651,11 @@ impl Supervisor {
         for sig in guard.drain() {
             // Like nginx: HUP reloads; QUIT drains as TERM does.
             let reason = match sig {
+                // An orphan (or a worker) exited: the next reap pass collects it.
+                Signal::SIGCHLD => {
+                    self.rest.orphan_exited();
+                    continue;
+                }
                 Signal::SIGHUP => {
                     log!("SIGHUP: reload");
                     if let Err(why) = self.begin_reload(1, None) {

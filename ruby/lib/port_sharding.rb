@@ -62,8 +62,8 @@ module PortSharding
     #                    group with CAP_BPF, else net.ipv4.tcp_migrate_req=1 with CAP_NET_ADMIN)
     #   steering:        false: leave new connections to the kernel's hash even while a worker is stalled
     #                    (default true)
-    #   stall_after:     seconds a worker with connections queued may accept none before it counts as
-    #                    stalled (default 0.1)
+    #   stall_after:     seconds a worker's accept queue may stay non-empty without draining before it
+    #                    counts as stalled (default 0.1; every kind, block workers included)
     #   stall_restart_after: replace a worker stalled this many seconds (default: never)
     #   admin:           "HOST:PORT" (or ":PORT"): serve /livez, /readyz and /metrics (Prometheus) over HTTP
     #                    from the supervisor (default: off)

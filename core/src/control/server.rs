@@ -81,6 +81,8 @@ pub(crate) struct ControlSocket {
     conns: Vec<Option<Conn>>,
     open: usize,
     paused_until: Option<Instant>,
+    /// The last accept pass stopped at `ACCEPTS_PER_WAKE` with clients possibly left queued.
+    more: bool,
     accept_failed: Throttle,
     busy: Throttle,
     refused: Throttle,
@@ -160,6 +162,7 @@ impl ControlSocket {
             conns: Vec::new(),
             open: 0,
             paused_until: None,
+            more: false,
             accept_failed: Throttle::default(),
             busy: Throttle::default(),
             refused: Throttle::default(),
@@ -170,6 +173,12 @@ impl ControlSocket {
     /// Whether `token` is this socket's or one of its connections'.
     pub(crate) fn owns(&self, token: Token) -> bool {
         token == self.token || token.0 >= FIRST_CONN
+    }
+
+    /// Nothing is due by the clock: no connection open (deadlines), no accept pause, and the last accept
+    /// pass emptied the queue (an edge-triggered wake-up will come for the next client).
+    pub(crate) fn at_rest(&self) -> bool {
+        self.open == 0 && self.paused_until.is_none() && !self.more
     }
 
     /// Handles readiness on `token`; returns the requests that became complete.
@@ -240,6 +249,7 @@ impl ControlSocket {
         if self.paused_until.is_some() {
             return;
         }
+        self.more = false;
         for _ in 0..ACCEPTS_PER_WAKE {
             match self.listener.accept() {
                 Ok((stream, _)) => self.admit(registry, stream, now, out),
@@ -257,6 +267,7 @@ impl ControlSocket {
                 }
             }
         }
+        self.more = true;
     }
 
     fn admit(

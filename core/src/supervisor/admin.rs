@@ -79,6 +79,8 @@ pub(super) struct Admin {
     /// While the predecessor of a takeover holds the address: when to try again.
     retry_at: Option<Instant>,
     conns: Vec<Option<Conn>>,
+    /// The last accept failed other than for an empty queue (EMFILE and the like): the tick retries.
+    retry_accept: bool,
 }
 
 /// A listening TCP socket on `addr` (`SO_REUSEADDR`, not in any reuseport group: one server serves it).
@@ -108,6 +110,7 @@ impl Admin {
             listener: None,
             retry_at: None,
             conns: Vec::new(),
+            retry_accept: false,
         };
         match listen(addr) {
             Ok(l) => admin.serve(registry, l)?,
@@ -146,6 +149,11 @@ impl Admin {
     /// Whether `token` is the endpoint's.
     pub(super) fn owns(&self, token: Token) -> bool {
         token == LISTENER || (FIRST_CONN..FIRST_CONN + MAX_CONNS).contains(&token.0)
+    }
+
+    /// Nothing is due by the clock: bound (or given up), no connection open, no accept to retry.
+    pub(super) fn at_rest(&self) -> bool {
+        self.retry_at.is_none() && !self.retry_accept && self.conns.iter().all(Option::is_none)
     }
 
     /// Lets go of the address (a successor took over and binds it); open connections are answered.
@@ -208,8 +216,15 @@ impl Admin {
             let stream = match listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // WouldBlock, or EMFILE and the like: the next tick tries again.
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.retry_accept = false;
+                    return;
+                }
+                // EMFILE and the like: the next tick tries again.
+                Err(_) => {
+                    self.retry_accept = true;
+                    return;
+                }
             };
             let Some(slot) = self.free_slot() else {
                 continue; // full: closed at once (dropped); a probe counts that as a failure and retries

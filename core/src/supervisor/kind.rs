@@ -89,10 +89,6 @@ pub(super) trait Kind: Send {
     fn blocking(&self) -> bool {
         false
     }
-    /// Why stalls cannot be told from busy queues for this kind, when they cannot.
-    fn unsteerable(&self) -> Option<&'static str> {
-        None
-    }
 }
 
 /// The kind `config` asks for: command workers when it names a program, else built-in ones.
@@ -210,10 +206,6 @@ impl Kind for Function {
     fn quick_clean_exit_is_a_crash(&self) -> bool {
         true
     }
-    fn unsteerable(&self) -> Option<&'static str> {
-        // An event loop (asyncio) accepts on the socket itself, uncounted: it would look stalled.
-        Some("function workers may accept outside the engine (asyncio), so a stall cannot be told from a busy queue")
-    }
 }
 
 /// A program exec'd with its listener as fd 3 (socket activation).
@@ -261,9 +253,5 @@ impl Kind for Command {
     }
     fn kill_after(&self) -> Duration {
         self.drain_timeout
-    }
-    fn unsteerable(&self) -> Option<&'static str> {
-        // Programs count nothing in the stats slots: a busy queue would look like a stall.
-        Some("command workers report no accepted connections, so a stall cannot be told from a busy queue")
     }
 }

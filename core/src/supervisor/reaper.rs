@@ -10,9 +10,9 @@
 //! the supervisor may run inside a host interpreter (Python, Ruby) whose other children (`subprocess`,
 //! `spawn`) its own code waits for, and a `waitpid(-1)` here would take their exit statuses away.
 //!
-//! Orphans have no pidfd: the supervisor's once-a-second reap pass collects them (a zombie lasts at most a
-//! second). No SIGCHLD handler: a worker whose children come and go by the hundred must not wake the
-//! supervisor for each, and the loop stays cheap when idle.
+//! Orphans have no pidfd: a reap pass collects them, at most once a second (a zombie lasts at most a
+//! second). Where the supervisor handles signals it also handles SIGCHLD, so the pass runs only when an
+//! orphan exited (the loop sleeps at rest); elsewhere it runs once a second (see `rest`).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -80,6 +80,12 @@ impl Reaper {
             made_subreaper,
             orphans: 0,
         }
+    }
+
+    /// Whether it reaps children it has no pidfd for (orphans, as PID 1 or a subreaper): then only a
+    /// periodic pass finds them.
+    pub(super) fn reaps_orphans(&self) -> bool {
+        self.all
     }
 
     /// The children that exited since the last call, with how they ended. A known pid that is not our

@@ -88,7 +88,7 @@ pub(super) struct Worker {
     /// Its counters' slot in the stats area, given back when it has exited.
     counters: usize,
     /// Wakes the supervisor when it exits; closed (and unregistered) with it.
-    _exit: Option<ExitWatch>,
+    exit_watch: Option<ExitWatch>,
 }
 
 impl Worker {
@@ -135,6 +135,22 @@ impl Worker {
             vec![self.pid]
         };
         crate::conns::unread(addr, &crate::conns::socket_inodes(&pids)).unwrap_or(0)
+    }
+
+    /// The signal that asks it to stop, when it has one (command workers; the others have a drain pipe).
+    pub(super) fn stop_signal(&self) -> Option<Signal> {
+        match self.stop {
+            Some(Stop::Signal(sig)) => Some(sig),
+            _ => None,
+        }
+    }
+
+    /// Sends its stop signal, leaving its state as it is: a stalled worker replaced by
+    /// `stall_restart_after` is restarted as one that exited unasked once it exits.
+    pub(super) fn signal_stop(&self) {
+        if let Some(sig) = self.stop_signal() {
+            pgroup::signal(self.pid, self.group, sig);
+        }
     }
 
     /// SIGKILL, to its whole process group when it leads one. `ESRCH`: it is gone already, which the
@@ -262,6 +278,19 @@ impl Seat {
         self.serving.as_ref().is_some_and(Worker::is_ready)
     }
 
+    /// Nothing on this seat is due by the clock: its worker serves, none is incoming or retiring, no
+    /// restart waits, and its exit will wake the supervisor (a pidfd).
+    pub(super) fn at_rest(&self) -> bool {
+        self.incoming.is_none()
+            && self.retiring.is_empty()
+            && !self.has_leftovers()
+            && self.restart_at.is_none()
+            && self
+                .serving
+                .as_ref()
+                .is_some_and(|w| w.is_ready() && w.exit_watch.is_some())
+    }
+
     /// Whether a replaced worker still holds a socket of its own: out of the group's program, but in the
     /// group until that worker (and its process group) has exited and the socket closes.
     pub(super) fn has_retiring_socket(&self) -> bool {
@@ -323,7 +352,7 @@ impl Seat {
             socket: own,
             group: spawned.group,
             counters,
-            _exit: ExitWatch::new(spawn.registry, spawn.exits, pid),
+            exit_watch: ExitWatch::new(spawn.registry, spawn.exits, pid),
         };
         log!(
             "worker {i} started: pid {pid}, listener fd {listener}{}, generation {generation}",

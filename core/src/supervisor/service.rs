@@ -190,6 +190,23 @@ impl Service {
         self.last_status = Some((now, text));
     }
 
+    /// The next time something is due by the clock: `WATCHDOG=1`, or a `STATUS=` whose text (`line`, the
+    /// one it would send now) changed since the last. `None`: nothing.
+    pub(super) fn next_due(&self, line: impl FnOnce() -> String) -> Option<Instant> {
+        if !self.is_on() {
+            return None;
+        }
+        let ping = self.next_ping.filter(|_| self.ping_every.is_some());
+        let status = match &self.last_status {
+            Some((at, text)) if *text != line() => Some(*at + STATUS_EVERY),
+            _ => None,
+        };
+        match (ping, status) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// `WATCHDOG=1` when due (from the first `READY=1` on). Called once per pass of the loop.
     pub(super) fn tick(&mut self, now: Instant) {
         if let (Some(next), Some(every)) = (self.next_ping, self.ping_every) {

@@ -1,17 +1,31 @@
-//! Stall detection and steering: the supervisor judges every worker from what it already samples each tick
-//! (its listener's queue length and the worker's `accepted` counter in shared memory), and while some
-//! workers are stalled or overloaded and others keep up, the group's program ([`super::group`]) hashes new
-//! connections onto the healthy listeners only. When they recover the group goes back to the kernel's even
-//! hash — unless a reload's sockets must be kept out of it, which the program does too.
+//! Stall detection and steering: the supervisor judges every worker from what the kernel says of its
+//! listener (the accept-queue length, `TCP_INFO` on the supervisor's own copy of the socket: the number
+//! `sock_diag` reports too, without a dump) and, where a kind counts them, the worker's `accepted` counter
+//! in shared memory. While some workers are stalled or overloaded and others keep up, the group's program
+//! ([`super::group`]) hashes new connections onto the healthy listeners only. When they recover the group
+//! goes back to the kernel's even hash — unless a reload's sockets must be kept out of it, which the
+//! program does too.
 //!
-//! A worker is *stalled* when its queue is not empty and it made no progress for `stall_after`: progress is
-//! its `accepted` counter moving, or its queue getting shorter (for workers whose accepts the engine cannot
-//! count), and an empty queue counts as keeping up. It is *overloaded* while its queue holds more than half
-//! the backlog (until it is down to a quarter). Judging costs a few loads and compares per worker per tick.
+//! A worker is *stalled* when its queue is not empty and has not drained for `stall_after`: draining is
+//! the queue getting shorter or empty between two samples, or the `accepted` counter moving (built-in
+//! workers, and function workers that accept through the engine). Nothing is asked of the worker, so this
+//! holds for every kind: a program that only accepts on fd 3, an event loop that accepts on the socket
+//! itself. A worker that keeps up empties its queue many times a second; one that is stopped, hung or in a
+//! long pause never does (a queued connection leaves the queue only by `accept`, even when its client gave
+//! up). So that a busy worker whose queue is rarely empty is not taken for a stalled one, a queue that did
+//! not drain since the last sample is sampled again every `stall_after / 10` (at least 2 ms) until it
+//! drains or the worker is stalled: a stall is `stall_after` of such samples, none of them showing
+//! progress. It is *overloaded* while its queue holds more than half the backlog (until it is down to a
+//! quarter). Judging costs a few loads and compares per worker per sample.
 //!
 //! Other processes' sockets in the group (a second server on the port, a plain `listen()` user) would be
 //! starved by a program that knows only ours: while the group holds any, steering stays off and says why
 //! once.
+//!
+//! `stall_restart_after` replaces a worker stalled that long: built-in and function workers get SIGKILL
+//! (their drain pipe would not be read); command workers get their stop signal first — a program in a long
+//! request may finish it and exit — and SIGKILL if they have not exited `min(stall_restart_after,
+//! drain_timeout)` later. Its seat starts a new one on the same listener, which serves the queue.
 
 use std::time::{Duration, Instant};
 
@@ -35,8 +49,14 @@ struct Watch {
     queue: u64,
     /// The last sample that showed progress or an empty queue.
     progress_at: Instant,
+    /// The last sample.
+    sampled_at: Instant,
     stalled_since: Option<Instant>,
     overloaded: bool,
+    /// Its queue did not drain since the previous sample (sampled more often until it does).
+    suspect: bool,
+    /// `stall_restart_after` asked it to stop (its stop signal), when.
+    asked: Option<Instant>,
     /// `stall_restart_after` has sent it SIGKILL.
     killed: bool,
 }
@@ -48,8 +68,11 @@ impl Watch {
             accepted,
             queue,
             progress_at: now,
+            sampled_at: now,
             stalled_since: None,
             overloaded: false,
+            suspect: false,
+            asked: None,
             killed: false,
         }
     }
@@ -76,11 +99,23 @@ struct Sample {
     starting: bool,
 }
 
+/// What `stall_restart_after` does now to a worker stalled that long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// Its stop signal (command workers), SIGKILL later if it has not exited.
+    Ask,
+    Kill,
+}
+
 /// The supervisor's steering state.
 pub(super) struct Steering {
     enabled: bool,
     stall_after: Duration,
+    /// How often a queue that did not drain is sampled again.
+    recheck: Duration,
     restart_after: Option<Duration>,
+    /// The last sample that showed traffic (a queue not empty, a counter that moved).
+    moved_at: Option<Instant>,
     /// Queue lengths at which a worker becomes, and stops being, overloaded.
     overload_at: u64,
     calm_at: u64,
@@ -106,7 +141,9 @@ impl Steering {
         Steering {
             enabled: config.steering,
             stall_after: config.stall_after,
+            recheck: (config.stall_after / 10).clamp(Duration::from_millis(2), super::TICK),
             restart_after: config.stall_restart_after,
+            moved_at: None,
             overload_at: backlog / 2,
             calm_at: backlog / 4,
             watch: (0..workers).map(|_| Watch::new(0, 0, 0, now)).collect(),
@@ -161,11 +198,20 @@ impl Steering {
         if w.pid != pid {
             *w = Watch::new(pid, accepted, queue, now);
         }
+        if queue > 0 || accepted != w.accepted {
+            self.moved_at = Some(now);
+        }
         // A worker still starting is given `stall_after` from when it serves; a slot with no worker at
         // all (waiting out a crash back-off) is judged like a stopped one.
-        if queue == 0 || accepted != w.accepted || queue < w.queue || starting {
+        let drained = queue == 0 || accepted != w.accepted || queue < w.queue;
+        // After a gap in the samples (the supervisor rested, or was not scheduled) nothing is known of
+        // the queue meanwhile: its stall clock starts now.
+        let gap = now.saturating_duration_since(w.sampled_at) > 2 * super::TICK;
+        if drained || starting || gap {
             w.progress_at = now;
         }
+        w.sampled_at = now;
+        w.suspect = !drained;
         (w.accepted, w.queue) = (accepted, queue);
         let stuck = now.saturating_duration_since(w.progress_at);
         match (w.stalled_since, queue > 0 && stuck >= stall_after) {
@@ -175,7 +221,6 @@ impl Steering {
             }
             (Some(since), false) => {
                 w.stalled_since = None;
-                w.killed = false;
                 log!(
                     "worker {i} (pid {pid}) is serving again after {:.2?} stalled",
                     now.saturating_duration_since(since)
@@ -193,16 +238,86 @@ impl Steering {
         w.health()
     }
 
-    /// The worker to replace, if one has been stalled for `stall_restart_after` (each one once).
-    fn due_for_restart(&mut self, i: usize, now: Instant) -> Option<Duration> {
+    /// When no worker keeps up: those that made progress last (within `stall_after` of the latest). A
+    /// worker stopped for seconds is a worse bet than one whose queue has not drained for a moment — on a
+    /// busy machine a healthy worker starved of the CPU for `stall_after` looks stalled too, and going back
+    /// to the kernel's hash then would send new connections to the stopped one again.
+    fn least_stuck(&self, n: usize) -> Vec<usize> {
+        let watch = &self.watch[..n.min(self.watch.len())];
+        let Some(latest) = watch.iter().map(|w| w.progress_at).max() else {
+            return Vec::new();
+        };
+        (0..watch.len())
+            .filter(|&i| latest.saturating_duration_since(watch[i].progress_at) < self.stall_after)
+            .collect()
+    }
+
+    /// How long until the next sample: soon while a queue has not drained since the last one, else the
+    /// supervisor's tick.
+    pub(super) fn next_sample(&self) -> Duration {
+        if self
+            .watch
+            .iter()
+            .any(|w| w.suspect && w.stalled_since.is_none())
+        {
+            self.recheck
+        } else {
+            super::TICK
+        }
+    }
+
+    /// Nothing to watch until a connection arrives: every queue was empty and no counter moved for
+    /// `linger`, no worker is stalled or overloaded, and no connection is steered.
+    pub(super) fn quiet(&self, now: Instant, linger: Duration) -> bool {
+        self.to.is_empty()
+            && self
+                .moved_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= linger)
+            && self.watch.iter().all(|w| {
+                w.queue == 0 && w.stalled_since.is_none() && !w.overloaded && w.asked.is_none()
+            })
+    }
+
+    /// Traffic seen other than by sampling (a connection woke the supervisor at rest).
+    pub(super) fn moved(&mut self, now: Instant) {
+        self.moved_at = Some(now);
+    }
+
+    /// What to do to worker `i`, if it has been stalled for `stall_restart_after` (each one once): ask
+    /// it to stop when it has a stop signal (`can_ask`), SIGKILL at once when not, or `grace` after it was
+    /// asked. Returns how long it has been stalled (or asked) too.
+    fn due_for_restart(
+        &mut self,
+        i: usize,
+        now: Instant,
+        can_ask: bool,
+        grace: Duration,
+    ) -> Option<(Replace, Duration)> {
         let limit = self.restart_after?;
         let w = &mut self.watch[i];
-        let stalled = now.saturating_duration_since(w.stalled_since?);
-        if w.pid == 0 || w.killed || stalled < limit {
+        if w.pid == 0 || w.killed {
             return None;
         }
-        w.killed = true;
-        Some(stalled)
+        // Once asked, it goes: recovered or not, it got its stop signal.
+        if let Some(asked) = w.asked {
+            let waited = now.saturating_duration_since(asked);
+            if waited < grace.min(limit) {
+                return None;
+            }
+            w.killed = true;
+            return Some((Replace::Kill, waited));
+        }
+        let stalled = now.saturating_duration_since(w.stalled_since?);
+        if stalled < limit {
+            return None;
+        }
+        if can_ask {
+            w.asked = Some(now);
+            Some((Replace::Ask, stalled))
+        } else {
+            w.killed = true;
+            Some((Replace::Kill, stalled))
+        }
     }
 
     /// Logs once why steering cannot do what it would, and remembers it for `status`.
@@ -240,13 +355,7 @@ impl Supervisor {
         self.sample_queues();
         let now = Instant::now();
         let n = self.seats.len().min(self.server.steering.watch.len());
-        let to = match self.server.kind.unsteerable() {
-            Some(why) => {
-                self.server.steering.block(why.to_string());
-                Vec::new()
-            }
-            None => self.judge_all(n, now),
-        };
+        let to = self.judge_all(n, now);
         if self.successor.is_some() {
             // The new server decides the group's program once it runs; ours is stale from now.
             self.server.group.forget_program();
@@ -305,19 +414,51 @@ impl Supervisor {
             if health == Health::KeepingUp {
                 healthy.push(i);
             }
-            if let (Some(stalled), Some(w)) = (
-                self.server.steering.due_for_restart(i, now),
-                self.seats[i].serving(),
-            ) {
-                let pid = w.pid;
-                log!("worker {i} (pid {pid}) stalled for {stalled:.2?} (stall_restart_after): replacing it");
-                w.kill();
-            }
+            self.replace_stalled(i, now);
+        }
+        if healthy.is_empty() {
+            healthy = self.server.steering.least_stuck(n);
         }
         if healthy.len() == n || !self.server.steering.enabled {
             healthy.clear();
         }
         healthy
+    }
+
+    /// `stall_restart_after`: asks worker `i` to stop, or kills it, when it is due.
+    fn replace_stalled(&mut self, i: usize, now: Instant) {
+        let Some(w) = self.seats[i].serving() else {
+            return;
+        };
+        let sig = w.stop_signal();
+        let grace = self.server.kind.kill_after();
+        let Some((what, after)) =
+            self.server
+                .steering
+                .due_for_restart(i, now, sig.is_some(), grace)
+        else {
+            return;
+        };
+        let pid = w.pid;
+        match (what, sig) {
+            (Replace::Ask, Some(sig)) => {
+                let limit = self.server.steering.restart_after.unwrap_or_default();
+                log!(
+                    "worker {i} (pid {pid}) stalled for {after:.2?} (stall_restart_after): replacing it: \
+                     {sig:?} now, SIGKILL in {:?} if it has not exited",
+                    grace.min(limit)
+                );
+                w.signal_stop();
+            }
+            (Replace::Kill, Some(sig)) => {
+                log!("worker {i} (pid {pid}) still running {after:.2?} after {sig:?} (stall_restart_after): sending SIGKILL");
+                w.kill();
+            }
+            _ => {
+                log!("worker {i} (pid {pid}) stalled for {after:.2?} (stall_restart_after): replacing it");
+                w.kill();
+            }
+        }
     }
 
     /// Steering needs the group's order, and a group of ours alone: recounted while steering (once a
@@ -445,6 +586,38 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_first_seen_after_a_rest_is_given_stall_after_from_then() {
+        let mut s = steering(100);
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        assert_eq!(s.judge(0, 7, at(0, 0), t), Health::KeepingUp);
+        // Woken by a connection 5 s later: its queue is not empty, but for how long is unknown.
+        assert_eq!(s.judge(0, 7, at(0, 1), ms(5000)), Health::KeepingUp);
+        assert_eq!(s.judge(0, 7, at(0, 1), ms(5050)), Health::KeepingUp);
+        assert_eq!(s.judge(0, 7, at(0, 1), ms(5100)), Health::Stalled);
+    }
+
+    #[test]
+    fn when_every_worker_is_stuck_the_one_stuck_longest_is_left_out() {
+        let mut s = steering(100);
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        for k in 0..=40 {
+            // Worker 0 stopped from the start; worker 1 drains until 3.9 s, then not for a moment.
+            let q1 = if k < 39 { k % 2 } else { 3 };
+            s.judge(0, 7, at(0, 5), ms(100 * k));
+            s.judge(1, 8, at(0, q1), ms(100 * k));
+        }
+        assert_eq!(s.judge(1, 8, at(0, 3), ms(4000)), Health::Stalled);
+        assert_eq!(s.least_stuck(2), vec![1]);
+        // Both made progress within stall_after of each other: no choice (the kernel's hash).
+        let mut s = steering(100);
+        s.judge(0, 7, at(0, 5), t);
+        s.judge(1, 8, at(0, 5), ms(50));
+        assert_eq!(s.least_stuck(2), vec![0, 1]);
+    }
+
+    #[test]
     fn overload_has_hysteresis() {
         let mut s = steering(1000);
         let t = Instant::now();
@@ -464,12 +637,76 @@ mod tests {
         let mut s = steering(100);
         s.restart_after = Some(Duration::from_secs(1));
         let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let grace = Duration::from_secs(30);
         s.judge(0, 7, at(0, 0), t);
-        s.judge(0, 7, at(0, 2), t + Duration::from_millis(200));
-        assert_eq!(s.due_for_restart(0, t + Duration::from_millis(900)), None);
-        assert!(s
-            .due_for_restart(0, t + Duration::from_millis(1300))
-            .is_some());
-        assert_eq!(s.due_for_restart(0, t + Duration::from_millis(1400)), None);
+        s.judge(0, 7, at(0, 2), ms(50));
+        assert_eq!(s.judge(0, 7, at(0, 2), ms(100)), Health::Stalled);
+        assert_eq!(s.due_for_restart(0, ms(900), false, grace), None);
+        let kill = s.due_for_restart(0, ms(1300), false, grace);
+        assert_eq!(kill.map(|(what, _)| what), Some(Replace::Kill));
+        assert_eq!(s.due_for_restart(0, ms(1400), false, grace), None);
+    }
+
+    #[test]
+    fn a_worker_with_a_stop_signal_is_asked_first_then_killed() {
+        let mut s = steering(100);
+        s.restart_after = Some(Duration::from_secs(1));
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        // Its kill_after (drain_timeout) is longer than stall_restart_after: it gets the latter again.
+        let grace = Duration::from_secs(30);
+        s.judge(0, 7, at(0, 0), t);
+        s.judge(0, 7, at(0, 2), ms(50));
+        assert_eq!(s.judge(0, 7, at(0, 2), ms(100)), Health::Stalled);
+        let ask = s.due_for_restart(0, ms(1300), true, grace);
+        assert_eq!(ask.map(|(what, _)| what), Some(Replace::Ask));
+        assert_eq!(s.due_for_restart(0, ms(1400), true, grace), None);
+        // Recovered or not, once asked it is killed if still there a grace later.
+        s.judge(0, 7, at(0, 0), ms(1500));
+        assert_eq!(s.due_for_restart(0, ms(2200), true, grace), None);
+        let kill = s.due_for_restart(0, ms(2300), true, grace);
+        assert_eq!(kill.map(|(what, _)| what), Some(Replace::Kill));
+        assert_eq!(s.due_for_restart(0, ms(2400), true, grace), None);
+    }
+
+    #[test]
+    fn a_busy_queue_that_drains_between_samples_is_not_a_stall() {
+        // A worker that accepts on the socket itself (no counter): its queue is rarely empty when sampled,
+        // but it gets shorter now and then.
+        let mut s = steering(100);
+        let t = Instant::now();
+        for (k, q) in [3, 4, 4, 2, 5, 5, 5, 1, 3, 3, 6, 2, 2]
+            .into_iter()
+            .enumerate()
+        {
+            let now = t + Duration::from_millis(10 * k as u64);
+            assert_eq!(
+                s.judge(0, 7, at(0, q), now),
+                Health::KeepingUp,
+                "sample {k}"
+            );
+        }
+        // Once it did not drain, it is looked at again soon; once it does, at the tick.
+        assert_eq!(s.next_sample(), Duration::from_millis(10));
+        s.judge(0, 7, at(0, 0), t + Duration::from_millis(140));
+        assert_eq!(s.next_sample(), super::super::TICK);
+    }
+
+    #[test]
+    fn quiet_once_nothing_moved_for_the_linger() {
+        let mut s = steering(100);
+        let t = Instant::now();
+        let linger = Duration::from_secs(1);
+        assert!(s.quiet(t, linger), "nothing seen yet");
+        s.judge(0, 7, at(5, 0), t);
+        s.judge(0, 7, at(6, 0), t + Duration::from_millis(50));
+        assert!(!s.quiet(t + Duration::from_millis(500), linger));
+        assert!(s.quiet(t + Duration::from_millis(1050), linger));
+        s.judge(1, 8, at(0, 1), t + Duration::from_millis(1100));
+        assert!(
+            !s.quiet(t + Duration::from_secs(5), linger),
+            "a queue is not empty"
+        );
     }
 }
