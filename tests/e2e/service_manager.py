@@ -31,6 +31,7 @@ import argparse
 import array
 import ctypes
 import json
+import select
 import os
 import signal
 import socket
@@ -85,6 +86,10 @@ class Manager:
         self.store: list[tuple[str, int]] = []  # (name, fd), in push order
         self.units: list[socket.socket] = []  # the socket unit's sockets
         self.lock = threading.Lock()
+        # Held while a notify message is received and handled: the reap loop takes it to handle what is
+        # queued before it reports an exit (systemd, too, reads the notify socket before SIGCHLD), so a
+        # MAINPID= sent just before the old main process exits is never seen after its exit.
+        self.notify_lock = threading.Lock()
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.setsockopt(socket.SOL_SOCKET, SO_PASSCRED, 1)
         self.notify_name = f"port-sharding-test-manager-{os.getpid()}-{time.monotonic_ns()}"
@@ -166,7 +171,10 @@ class Manager:
         self.start()
         deadline = time.monotonic() + self.args.limit
         while time.monotonic() < deadline:
-            for pid, status in self.reap():
+            exited = self.reap()
+            if exited:
+                self.notified_first()
+            for pid, status in exited:
                 with self.lock:
                     main = pid == self.main
                 code = os.waitstatus_to_exitcode(status)
@@ -204,58 +212,73 @@ class Manager:
     # --- NOTIFY_SOCKET -----------------------------------------------------------------------------------
 
     def listen(self) -> None:
-        fd_size = array.array("i").itemsize
         while True:
+            select.select([self.notify], [], [], 0.1)
+            self.notified_first()
+
+    def notified_first(self) -> None:
+        """Handles every notify message already queued (without waiting for more)."""
+        with self.notify_lock:
+            while self.handle_one():
+                pass
+
+    def handle_one(self) -> bool:
+        fd_size = array.array("i").itemsize
+        try:
             data, ancdata, _flags, _addr = self.notify.recvmsg(
-                4096, socket.CMSG_SPACE(struct.calcsize("3i")) + socket.CMSG_SPACE(64 * fd_size))
-            pid, fds = None, []
-            for level, kind, payload in ancdata:
-                if level == socket.SOL_SOCKET and kind == SCM_CREDENTIALS:
-                    pid = struct.unpack("3i", payload[:12])[0]
-                elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    arr = array.array("i")
-                    arr.frombytes(payload[: len(payload) - len(payload) % fd_size])
-                    fds.extend(arr)
-            fields = dict(line.split("=", 1) for line in data.decode(errors="replace").splitlines() if "=" in line)
-            with self.lock:
-                main = pid is not None and pid == self.main
-            emit("notify", pid=pid, main=main, fields=fields, fds=len(fds))
-            if not main:  # NotifyAccess=main: everyone else is ignored
-                for fd in fds:
-                    os.close(fd)
-                continue
-            if "MAINPID" in fields:
-                new = int(fields["MAINPID"])
-                if ppid(new) == pid or ppid(new) == os.getpid():  # in the unit: its child
-                    with self.lock:
-                        self.main = new
-                    emit("mainpid", old=pid, pid=new)
-                else:
-                    emit("mainpid-refused", old=pid, pid=new)
-            if fields.get("FDSTOREREMOVE") == "1":
-                name = fields.get("FDNAME")
+                4096, socket.CMSG_SPACE(struct.calcsize("3i")) + socket.CMSG_SPACE(64 * fd_size),
+                socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        pid, fds = None, []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == SCM_CREDENTIALS:
+                pid = struct.unpack("3i", payload[:12])[0]
+            elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                arr = array.array("i")
+                arr.frombytes(payload[: len(payload) - len(payload) % fd_size])
+                fds.extend(arr)
+        fields = dict(line.split("=", 1) for line in data.decode(errors="replace").splitlines() if "=" in line)
+        with self.lock:
+            main = pid is not None and pid == self.main
+        emit("notify", pid=pid, main=main, fields=fields, fds=len(fds))
+        if not main:  # NotifyAccess=main: everyone else is ignored
+            for fd in fds:
+                os.close(fd)
+            return True
+        if "MAINPID" in fields:
+            new = int(fields["MAINPID"])
+            if ppid(new) == pid or ppid(new) == os.getpid():  # in the unit: its child
                 with self.lock:
-                    gone = [fd for n, fd in self.store if n == name]
-                    self.store = [(n, fd) for n, fd in self.store if n != name]
-                for fd in gone:
-                    os.close(fd)
-                emit("fdstore-remove", name=name, removed=len(gone))
-            elif fields.get("FDSTORE") == "1":
-                name = fields.get("FDNAME", "stored")
-                for fd in fds:
-                    ident = os.fstat(fd)
-                    with self.lock:
-                        known = any((os.fstat(f).st_dev, os.fstat(f).st_ino) == (ident.st_dev, ident.st_ino)
-                                    for _, f in self.store)
-                        full = len(self.store) >= self.args.fdstore
-                        if not known and not full:
-                            self.store.append((name, fd))
-                    if known or full:
-                        os.close(fd)
-                    emit("fdstore", name=name, kept=not known and not full)
+                    self.main = new
+                emit("mainpid", old=pid, pid=new)
             else:
-                for fd in fds:
+                emit("mainpid-refused", old=pid, pid=new)
+        if fields.get("FDSTOREREMOVE") == "1":
+            name = fields.get("FDNAME")
+            with self.lock:
+                gone = [fd for n, fd in self.store if n == name]
+                self.store = [(n, fd) for n, fd in self.store if n != name]
+            for fd in gone:
+                os.close(fd)
+            emit("fdstore-remove", name=name, removed=len(gone))
+        elif fields.get("FDSTORE") == "1":
+            name = fields.get("FDNAME", "stored")
+            for fd in fds:
+                ident = os.fstat(fd)
+                with self.lock:
+                    known = any((os.fstat(f).st_dev, os.fstat(f).st_ino) == (ident.st_dev, ident.st_ino)
+                                for _, f in self.store)
+                    full = len(self.store) >= self.args.fdstore
+                    if not known and not full:
+                        self.store.append((name, fd))
+                if known or full:
                     os.close(fd)
+                emit("fdstore", name=name, kept=not known and not full)
+        else:
+            for fd in fds:
+                os.close(fd)
+        return True
 
 
 def fcntl_dupfd(fd: int, at_least: int) -> int:
