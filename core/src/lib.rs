@@ -118,6 +118,7 @@ compile_error!(
 mod config;
 mod control;
 mod cpus;
+mod datagram;
 mod drain;
 mod error;
 mod fds;
@@ -136,7 +137,7 @@ mod supervisor;
 mod worker;
 
 pub use config::{
-    default_workers, parse_duration, parse_signal, Config, Mode, Ready, Signal, MAX_DURATION,
+    default_workers, parse_duration, parse_signal, Config, Mode, Protocol, Ready, Signal, MAX_DURATION,
     MAX_WORKERS, SETTINGS,
 };
 pub use control::{

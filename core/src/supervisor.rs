@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use socket2::Socket;
 
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::control::{self, ConnId, ControlSocket, Request, ServerStatus};
 use crate::drain::Ask;
 use crate::error::{Error, Result};
@@ -137,6 +138,14 @@ pub(crate) fn bind(mut config: Config) -> Result<Bound> {
     upgrade::remember();
     let upgrading = upgrade::from_env()?;
     let activation = activation::take(&mut config, kind.blocking())?;
+    let udp = config.protocol == Protocol::Udp;
+    if udp && activation.passed.is_some() {
+        return Err(Error::invalid(
+            "protocol",
+            "udp: sockets passed by a service manager (LISTEN_FDS) are taken for TCP listeners; \
+             start a UDP server without socket activation",
+        ));
+    }
     let wanted = listener::resolve(&config.host, config.port)?;
     let mut listeners = Vec::new();
     let mut predecessor = None;
@@ -150,14 +159,14 @@ pub(crate) fn bind(mut config: Config) -> Result<Bound> {
             (true, false) => Err("the service manager's socket has no SO_REUSEPORT, so no group to steer".to_string()),
             (false, _) => Err("the listeners came back from the service manager's fd store without their order in the group".to_string()),
         });
-        listeners = p.listeners.into_iter().map(Tracked::new).collect();
+        listeners = p.listeners.into_iter().map(member).collect();
     } else if let Some((pid, addr)) = upgrading {
-        let (p, adopted) = take_over_from(pid, addr, kind.blocking())?;
+        let (p, adopted) = take_over_from(pid, addr, kind.blocking(), udp)?;
         listeners = adopted.into_iter().map(Tracked::new).collect();
         managed = p.managed;
         predecessor = Some(p);
     } else if config.takeover {
-        if let Some((p, adopted)) = take_over(wanted, kind.blocking())? {
+        if let Some((p, adopted)) = take_over(wanted, kind.blocking(), udp)? {
             listeners = adopted.into_iter().map(Tracked::new).collect();
             managed = p.managed;
             predecessor = Some(p);
@@ -165,13 +174,17 @@ pub(crate) fn bind(mut config: Config) -> Result<Bound> {
     }
     let adopted = listeners.len();
     let mut addr = match listeners.first() {
-        Some(l) => l.local_addr().map_err(|e| Error::io("getsockname", e))?,
+        Some(l) => socket_addr(l)?,
         None => wanted,
     };
     // The manager's sockets are all there is: we bind none beside them.
     while listeners.len() < config.workers && !managed {
-        let l = listener::bind(addr, config.backlog, true)?;
-        addr = l.local_addr().map_err(|e| Error::io("getsockname", e))?;
+        let l = if udp {
+            Socket::from(crate::datagram::bind(addr, true)?)
+        } else {
+            Socket::from(listener::bind(addr, config.backlog, true)?)
+        };
+        addr = socket_addr(&l)?;
         listeners.push(Tracked::new(l));
     }
     let migrate_prog = match (config.migrate, listeners.first()) {
@@ -180,11 +193,11 @@ pub(crate) fn bind(mut config: Config) -> Result<Bound> {
     };
     let adopted_order = predecessor.as_ref().and_then(|p| p.order.as_deref());
     let order = match passed_order {
-        Some(Ok(o)) => group::group_order(addr, adopted, Some(&o), listeners.len()),
+        Some(Ok(o)) => group::group_order(addr, udp, adopted, Some(&o), listeners.len()),
         Some(Err(why)) => Err(why),
-        None => group::group_order(addr, adopted, adopted_order, listeners.len()),
+        None => group::group_order(addr, udp, adopted, adopted_order, listeners.len()),
     };
-    let (group, listeners) = Group::new(addr, listeners, order, migrate_prog, adopted > 0);
+    let (group, listeners) = Group::new(addr, listeners, udp, order, migrate_prog, adopted > 0);
     let steering = Steering::new(&config, listeners.len());
     let stats = Arc::new(StatsArea::new(listeners.len())?);
     let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);
@@ -216,6 +229,18 @@ pub(crate) fn bind(mut config: Config) -> Result<Bound> {
         managed,
         unstore: activation.unstore,
     })
+}
+
+/// A passed TCP listener as a member of the group.
+fn member(l: std::net::TcpListener) -> Tracked<Socket> {
+    Tracked::new(Socket::from(l))
+}
+
+/// The address a member of the group is bound to.
+fn socket_addr(s: &Socket) -> Result<SocketAddr> {
+    let addr = s.local_addr().map_err(|e| Error::io("getsockname", e))?;
+    addr.as_socket()
+        .ok_or_else(|| Error::io("getsockname", io::Error::other("not an IP socket")))
 }
 
 impl Bound {
@@ -352,6 +377,7 @@ impl Supervisor {
         }
         // Sockets the service manager holds (socket unit, fd store) outlive a restart anyway.
         if migrate_req() == Some(false)
+            && c.protocol == Protocol::Tcp
             && self.server.predecessor.is_none()
             && !self.server.group.migrates()
             && !self.server.managed
@@ -761,7 +787,7 @@ impl Supervisor {
                     log!("control: stop requested");
                     self.begin_drain(StopReason::Stop);
                 }
-                Request::Takeover { addr, command } => self.offer(id, addr, command),
+                Request::Takeover { addr, command, udp } => self.offer(id, addr, command, udp),
                 Request::Reload { batch } => self.reload_request(id, batch),
                 Request::Upgrade => self.upgrade_request(id),
                 Request::Ready => self.respond(

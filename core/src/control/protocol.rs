@@ -14,6 +14,8 @@ pub(crate) const MAX_REQUEST: usize = 64 * 1024;
 pub(crate) const MAX_ANSWER: usize = 4 * 1024 * 1024;
 /// What a server answers to `takeover` while draining: the new server then looks for another.
 pub(crate) const DRAINING: &str = "this server is draining";
+/// A takeover's answer from a server of the other protocol on the same port: not a refusal, another server.
+pub(crate) const OTHER_PROTOCOL: &str = "this server serves the port over the other protocol";
 
 /// One request line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -27,6 +29,9 @@ pub(crate) enum Request {
         /// belongs to the socket, so both sides must agree).
         #[serde(default)]
         command: bool,
+        /// The new server serves UDP: only a UDP server's sockets will do (absent: TCP).
+        #[serde(default)]
+        udp: bool,
     },
     Ready,
     /// Replace every worker in place, `batch` at a time (1 when absent).

@@ -11,8 +11,10 @@
 //! from sockets that must not get any — a reload's new socket before its worker is ready, an old one its
 //! worker is emptying before it stops (see [`super::seat`]).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use socket2::Socket;
 
 use crate::fds::Tracked;
 use crate::log::log;
@@ -25,11 +27,12 @@ use crate::reuseport;
 /// leaves moves the group's last one into its slot).
 pub(super) fn group_order(
     addr: SocketAddr,
+    udp: bool,
     adopted: usize,
     adopted_order: Option<&[u32]>,
     total: usize,
 ) -> Result<Vec<u32>, String> {
-    let members = reuseport::listening_on(addr)
+    let members = reuseport::members(addr, udp)
         .map_err(|e| format!("the port's group cannot be counted ({e})"))?;
     if members != total {
         return Err(format!(
@@ -63,15 +66,15 @@ fn is_permutation(order: &[u32], n: usize) -> bool {
 /// Names one of our sockets for as long as it is in the group.
 pub(super) type SockId = u64;
 
-/// One of our listening sockets and the id the group knows it by.
+/// One of our sockets — a listening TCP socket, or a bound UDP one — and the id the group knows it by.
 pub(super) struct Listener {
     pub(super) id: SockId,
-    socket: Tracked<TcpListener>,
+    socket: Tracked<Socket>,
 }
 
 impl std::ops::Deref for Listener {
-    type Target = TcpListener;
-    fn deref(&self) -> &TcpListener {
+    type Target = Socket;
+    fn deref(&self) -> &Socket {
         &self.socket
     }
 }
@@ -88,6 +91,8 @@ pub(super) struct Group {
     order: Result<Vec<SockId>, String>,
     next_id: SockId,
     v6: bool,
+    /// UDP sockets (`protocol = udp`): what [`Group::bind`] makes.
+    udp: bool,
     /// The sockets the attached program selects: `Some(empty)` none attached (the kernel's hash, or the
     /// migrate program); `None` unknown (a successor may have changed it).
     applied: Option<Vec<SockId>>,
@@ -100,7 +105,8 @@ impl Group {
     /// `adopted`: a takeover gave us some of them, and the old server's program may still be attached.
     pub(super) fn new(
         addr: SocketAddr,
-        listeners: Vec<Tracked<TcpListener>>,
+        listeners: Vec<Tracked<Socket>>,
+        udp: bool,
         order: Result<Vec<u32>, String>,
         migrate: Option<OwnedFd>,
         adopted: bool,
@@ -130,6 +136,7 @@ impl Group {
             order,
             next_id: listeners.len() as SockId,
             v6: addr.is_ipv6(),
+            udp,
             applied,
             migrate,
         };
@@ -143,7 +150,11 @@ impl Group {
         addr: SocketAddr,
         backlog: u32,
     ) -> crate::error::Result<Listener> {
-        let socket = crate::listener::bind(addr, backlog, true)?;
+        let socket = if self.udp {
+            Socket::from(crate::datagram::bind(addr, true)?)
+        } else {
+            Socket::from(crate::listener::bind(addr, backlog, true)?)
+        };
         let id = self.next_id;
         self.next_id += 1;
         if let Ok(order) = &mut self.order {
@@ -294,13 +305,13 @@ mod tests {
         let a = crate::listener::bind("127.0.0.1:0".parse().unwrap(), 16, true).unwrap();
         let addr = a.local_addr().unwrap();
         let b = crate::listener::bind(addr, 16, true).unwrap();
-        assert_eq!(group_order(addr, 0, None, 2), Ok(vec![0, 1]));
-        assert_eq!(group_order(addr, 1, Some(&[0]), 2), Ok(vec![0, 1]));
-        let why = group_order(addr, 1, None, 2).unwrap_err();
+        assert_eq!(group_order(addr, false, 0, None, 2), Ok(vec![0, 1]));
+        assert_eq!(group_order(addr, false, 1, Some(&[0]), 2), Ok(vec![0, 1]));
+        let why = group_order(addr, false, 1, None, 2).unwrap_err();
         assert!(why.contains("without their order"), "{why}");
         // A third socket we did not bind.
         let c = crate::listener::bind(addr, 16, true).unwrap();
-        let why = group_order(addr, 0, None, 2).unwrap_err();
+        let why = group_order(addr, false, 0, None, 2).unwrap_err();
         assert!(why.contains("held 1 socket(s) besides"), "{why}");
         drop((a, b, c));
     }

@@ -19,9 +19,9 @@ use std::time::Duration;
 use nix::unistd::Pid;
 
 use super::command::Prepared;
-use super::process::child_main;
+use super::process::{child_main, udp_child_main};
 use super::{Bound, KILL_GRACE};
-use crate::config::{Config, Ready};
+use crate::config::{Config, Protocol, Ready};
 use crate::drain;
 use crate::error::{Error, Result};
 use crate::function::FunctionHost;
@@ -94,7 +94,12 @@ pub(super) trait Kind: Send {
 
 /// The kind `config` asks for: command workers when it names a program, else built-in ones.
 pub(super) fn choose(config: &Config) -> Box<dyn Kind> {
-    if config.command.is_empty() {
+    if config.command.is_empty() && config.protocol == Protocol::Udp {
+        Box::new(Datagram {
+            mode: config.mode,
+            drain_timeout: config.drain_timeout,
+        })
+    } else if config.command.is_empty() {
         Box::new(Builtin {
             mode: config.mode,
             drain_timeout: config.drain_timeout,
@@ -119,6 +124,13 @@ pub(super) fn function(host: Arc<dyn FunctionHost>, config: &Config) -> Result<B
         return Err(Error::invalid(
             "command",
             "cannot be combined with a worker function: give one or the other",
+        ));
+    }
+    if config.protocol == Protocol::Udp {
+        return Err(Error::invalid(
+            "protocol",
+            "udp is served by built-in (echo, hello) and command workers; function workers take TCP \
+             connections only so far",
         ));
     }
     Ok(Box::new(Function {
@@ -167,6 +179,57 @@ impl Kind for Builtin {
     fn kill_after(&self) -> Duration {
         // It bounds its own drain by drain_timeout; SIGKILL is for one that hangs.
         self.drain_timeout.saturating_add(KILL_GRACE)
+    }
+}
+
+/// The engine's UDP loop (echo, hello), forked: one socket of the group per worker.
+struct Datagram {
+    mode: crate::config::Mode,
+    drain_timeout: Duration,
+}
+
+impl Kind for Datagram {
+    fn tag(&self) -> WorkerKind {
+        WorkerKind::Builtin
+    }
+    fn mode(&self) -> String {
+        format!("udp {}", self.mode)
+    }
+    fn describe(&self) -> String {
+        format!("udp, mode {}", self.mode)
+    }
+    fn detail(&self) -> String {
+        " (udp)".to_string()
+    }
+    fn spawn(&self, s: &Spawn<'_>) -> Result<Spawned> {
+        let (tx, rx) = drain::pipe()?;
+        // SAFETY: the child runs only Rust code of this crate and leaves with _exit (see udp_child_main).
+        match unsafe { nix::unistd::fork() } {
+            Err(e) => Err(Error::io(format!("fork worker {}", s.index), e.into())),
+            Ok(nix::unistd::ForkResult::Child) => {
+                drop(tx);
+                udp_child_main(s, rx)
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Spawned {
+                pid: child,
+                stop: Stop::Pipe(tx),
+            }),
+        }
+    }
+    fn ready_after(&self) -> Option<Duration> {
+        None
+    }
+    fn kill_after(&self) -> Duration {
+        self.drain_timeout.saturating_add(KILL_GRACE)
+    }
+    fn own_sockets(&self) -> bool {
+        // A socket shared with the old worker would do for stateless replies, but a new socket lets the
+        // old one leave the group's selection, be read empty and only then close: each worker keeps the
+        // datagrams it was sent, and the old one's exit says its socket has drained.
+        true
+    }
+    fn unsteerable(&self) -> Option<&'static str> {
+        Some("UDP sockets have no accept queue whose stalls could be told from busy ones")
     }
 }
 

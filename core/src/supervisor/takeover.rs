@@ -43,7 +43,8 @@ fn as_takeover(e: Error) -> Error {
 pub(super) fn take_over(
     wanted: SocketAddr,
     command: bool,
-) -> Result<Option<(Predecessor, Vec<std::net::TcpListener>)>> {
+    udp: bool,
+) -> Result<Option<Adopted>> {
     let found = control::find(Some(wanted), wanted.port()).map_err(as_takeover)?;
     if found.is_empty() {
         if let Some(other) = control::find(None, wanted.port())
@@ -65,9 +66,9 @@ pub(super) fn take_over(
     // Newest first: an older one is usually draining, or handing over to a newer one.
     let mut refusals = Vec::new();
     for f in found.iter().rev() {
-        match ask(f, wanted, command)? {
+        match ask(f, wanted, command, udp)? {
             Ok(got) => return Ok(Some(got)),
-            Err(msg) if msg == control::DRAINING => continue,
+            Err(msg) if msg == control::DRAINING || msg == control::OTHER_PROTOCOL => continue,
             Err(msg) => refusals.push(format!("pid {} refused: {msg}", f.pid)),
         }
     }
@@ -79,25 +80,27 @@ pub(super) fn take_over(
 }
 
 /// Adopted sockets, and the server they came from.
-type Adopted = (Predecessor, Vec<std::net::TcpListener>);
+type Adopted = (Predecessor, Vec<socket2::Socket>);
 
 /// Asks the server `f` for its sockets: what it handed over, or why it refused (`Err` inside).
 fn ask(
     f: &control::Found,
     wanted: SocketAddr,
     command: bool,
+    udp: bool,
 ) -> Result<std::result::Result<Adopted, String>> {
     let mut client = Client::connect(&f.path).map_err(as_takeover)?;
     client.send(&Request::Takeover {
         addr: wanted,
         command,
+        udp,
     })?;
     let (offer, fds) = match client.offer() {
         Ok(got) => got,
         Err(Error::Control(msg)) => return Ok(Err(msg)),
         Err(e) => return Err(as_takeover(e)),
     };
-    let listeners = adopt(&offer, fds, wanted, f.pid)?;
+    let listeners = adopt(&offer, fds, wanted, f.pid, udp)?;
     log!(
         "takeover: received {} listening socket(s) for {} from {} server pid {}",
         listeners.len(),
@@ -117,14 +120,19 @@ fn ask(
 
 /// An upgrade's successor: adopts the sockets of the supervisor `pid` on `addr` (its parent), which
 /// started it for this; anything else is an error (it must not start a server of its own beside it).
-pub(super) fn take_over_from(pid: u32, addr: SocketAddr, command: bool) -> Result<Adopted> {
+pub(super) fn take_over_from(
+    pid: u32,
+    addr: SocketAddr,
+    command: bool,
+    udp: bool,
+) -> Result<Adopted> {
     let found = control::find(Some(addr), addr.port()).map_err(as_takeover)?;
     let Some(f) = found.iter().find(|f| f.pid == pid) else {
         return Err(Error::Takeover(format!(
             "upgrade: the server pid {pid} on {addr} that started this one is not running"
         )));
     };
-    ask(f, addr, command)?
+    ask(f, addr, command, udp)?
         .map_err(|msg| Error::Takeover(format!("upgrade: pid {pid} refused: {msg}")))
 }
 
@@ -134,7 +142,8 @@ fn adopt(
     fds: Vec<OwnedFd>,
     wanted: SocketAddr,
     pid: u32,
-) -> Result<Vec<std::net::TcpListener>> {
+    udp: bool,
+) -> Result<Vec<socket2::Socket>> {
     let bad = |why: String| {
         Err(Error::Takeover(format!(
             "pid {pid} sent {why}; nothing adopted"
@@ -151,13 +160,13 @@ fn adopt(
         return bad(format!("an offer for {}, not {wanted}", offer.addr));
     }
     for (i, fd) in fds.iter().enumerate() {
-        if let Err(why) = check_listener(fd, wanted, !offer.managed) {
+        if let Err(why) = check_listener(fd, wanted, !offer.managed, udp) {
             return bad(format!("socket {} of {}, which {why}", i + 1, fds.len()));
         }
     }
     fds.into_iter()
         .map(|fd| {
-            let l = std::net::TcpListener::from(fd);
+            let l = socket2::Socket::from(fd);
             l.set_nonblocking(true)
                 .map_err(|e| Error::io("set received socket nonblocking", e))?;
             Ok(l)
@@ -191,11 +200,18 @@ fn check_listener(
     fd: &OwnedFd,
     wanted: SocketAddr,
     reuseport: bool,
+    udp: bool,
 ) -> std::result::Result<(), String> {
     let raw = fd.as_raw_fd();
     let ty = int_opt(raw, libc::SOL_SOCKET, libc::SO_TYPE)?;
-    if ty != libc::SOCK_STREAM {
-        return Err(format!("is not a stream socket (SO_TYPE {ty})"));
+    let (want_ty, want_proto) = if udp {
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDP)
+    } else {
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP)
+    };
+    if ty != want_ty {
+        let what = if udp { "datagram" } else { "stream" };
+        return Err(format!("is not a {what} socket (SO_TYPE {ty})"));
     }
     let domain = int_opt(raw, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
     let want = if wanted.is_ipv4() {
@@ -209,10 +225,10 @@ fn check_listener(
         ));
     }
     let proto = int_opt(raw, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
-    if proto != libc::IPPROTO_TCP {
-        return Err(format!("is not TCP (protocol {proto})"));
+    if proto != want_proto {
+        return Err(format!("is not of the protocol asked for (protocol {proto})"));
     }
-    if int_opt(raw, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 1 {
+    if !udp && int_opt(raw, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 1 {
         return Err("is not listening".to_string());
     }
     if reuseport && int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 1 {
@@ -247,8 +263,12 @@ impl Supervisor {
     }
 
     /// The old server's side: hands the listening sockets to a new server, if this one is serving.
-    pub(super) fn offer(&mut self, id: ConnId, wanted: SocketAddr, command: bool) {
+    pub(super) fn offer(&mut self, id: ConnId, wanted: SocketAddr, command: bool, udp: bool) {
         let mine = self.server.addr;
+        if udp != (self.server.config.protocol == crate::config::Protocol::Udp) {
+            // Not ours to refuse: the new server looks for a server of its own protocol on the port.
+            return self.respond(id, control::error_line(control::OTHER_PROTOCOL));
+        }
         if self.stopping() {
             return self.refuse_takeover(id, control::DRAINING);
         }
