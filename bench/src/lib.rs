@@ -29,6 +29,7 @@ mod engine;
 mod http;
 mod record;
 mod report;
+mod udp;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -50,7 +51,8 @@ fn worker_snapshot(host: &str, port: u16) -> Option<Vec<(String, u32, usize, u64
     let mut out = Vec::new();
     for s in servers {
         for w in s.workers {
-            out.push((s.runtime.clone(), s.pid, w.index, w.accepted));
+            // Connections accepted, or over UDP datagrams read (a worker counts only one of the two).
+            out.push((s.runtime.clone(), s.pid, w.index, w.accepted + w.datagrams_in));
         }
     }
     (!out.is_empty()).then_some(out)
@@ -110,7 +112,7 @@ pub fn run_with_progress(args: &BenchArgs, show_progress: bool) -> Result<Report
             workload: args.workload,
             connections: per_thread(t),
             size: args.size,
-            window: if args.workload == Workload::Stream {
+            window: if matches!(args.workload, Workload::Stream | Workload::Udp) {
                 args.window
             } else {
                 1
@@ -119,6 +121,7 @@ pub fn run_with_progress(args: &BenchArgs, show_progress: bool) -> Result<Report
             deadline,
             connect_timeout: args.connect_timeout,
             timeout: args.timeout,
+            interval: args.interval.unwrap_or(udp::DEFAULT_INTERVAL),
             sources: (1..=args.sources)
                 .map(|k| std::net::Ipv4Addr::new(127, 0, 0, k))
                 .collect(),
@@ -127,7 +130,9 @@ pub fn run_with_progress(args: &BenchArgs, show_progress: bool) -> Result<Report
         let h = std::thread::Builder::new()
             .name(format!("bench-{t}"))
             .spawn(move || {
-                if cfg.workload.is_http() {
+                if cfg.workload == Workload::Udp {
+                    udp::run_thread(cfg, &shared)
+                } else if cfg.workload.is_http() {
                     http::run_thread(cfg, &shared)
                 } else {
                     engine::run_thread(cfg, &shared)
