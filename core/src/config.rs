@@ -90,7 +90,7 @@ impl FromStr for Protocol {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Protocol> {
-        match s.trim().to_ascii_lowercase().as_str() {
+        match s {
             "tcp" => Ok(Protocol::Tcp),
             "udp" => Ok(Protocol::Udp),
             _ => Err(Error::invalid(

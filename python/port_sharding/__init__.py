@@ -71,6 +71,7 @@ class Settings(TypedDict, total=False):
     host: Optional[str]
     port: Optional[int]
     workers: Optional[int]
+    protocol: Optional[Literal["tcp", "udp"]]
     mode: Optional[Literal["echo", "once", "hello"]]
     backlog: Optional[int]
     drain_timeout: Optional[float]
