@@ -52,7 +52,12 @@ fn worker_snapshot(host: &str, port: u16) -> Option<Vec<(String, u32, usize, u64
     for s in servers {
         for w in s.workers {
             // Connections accepted, or over UDP datagrams read (a worker counts only one of the two).
-            out.push((s.runtime.clone(), s.pid, w.index, w.accepted + w.datagrams_in));
+            out.push((
+                s.runtime.clone(),
+                s.pid,
+                w.index,
+                w.accepted + w.datagrams_in,
+            ));
         }
     }
     (!out.is_empty()).then_some(out)

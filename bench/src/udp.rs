@@ -110,7 +110,10 @@ pub(crate) fn run_thread(cfg: ThreadConfig, shared: &Shared) -> ThreadResult {
                 socket,
                 next_seq: 0,
                 // Spread the flows' first sends over one interval.
-                next_send: start + cfg.interval.mul_f64(i as f64 / cfg.connections.max(1) as f64),
+                next_send: start
+                    + cfg
+                        .interval
+                        .mul_f64(i as f64 / cfg.connections.max(1) as f64),
                 due: HashMap::new(),
             }),
             Err(e) => sample(&mut r, ErrorKind::Other, format!("udp socket: {e}")),

@@ -192,7 +192,17 @@ fn a_plain_restart_is_measured_for_comparison() {
 
 #[test]
 fn status_counts_datagrams_and_flows_and_bad_settings_are_refused() {
-    let srv = Spawn::new(&["--protocol", "udp", "-w", "1", "--port", "0", "--mode", "hello"]).start();
+    let srv = Spawn::new(&[
+        "--protocol",
+        "udp",
+        "-w",
+        "1",
+        "--port",
+        "0",
+        "--mode",
+        "hello",
+    ])
+    .start();
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s.send_to(b"hi", ("127.0.0.1", srv.port)).unwrap();
@@ -206,7 +216,10 @@ fn status_counts_datagrams_and_flows_and_bad_settings_are_refused() {
         let st = srv.status();
         let w = &st[0]["workers"][0];
         if w["active"] == 1 {
-            assert_eq!((w["datagrams_in"].as_u64(), w["datagrams_out"].as_u64()), (Some(1), Some(1)));
+            assert_eq!(
+                (w["datagrams_in"].as_u64(), w["datagrams_out"].as_u64()),
+                (Some(1), Some(1))
+            );
             assert_eq!(st[0]["mode"], "udp hello");
             break;
         }
@@ -224,6 +237,9 @@ fn status_counts_datagrams_and_flows_and_bad_settings_are_refused() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
     }
 }

@@ -415,7 +415,8 @@ impl Config {
             if self.mode == Mode::Once {
                 return bad(
                     "mode",
-                    "once reads one request of a connection; with protocol udp use echo or hello".to_string(),
+                    "once reads one request of a connection; with protocol udp use echo or hello"
+                        .to_string(),
                 );
             }
             if self.migrate {

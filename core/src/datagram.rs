@@ -27,7 +27,8 @@ use crate::error::{Error, Result};
 /// `EADDRINUSE` becomes [`Error::AddrInUse`], `EACCES` [`Error::PermissionDenied`]; anything else is
 /// [`Error::Io`].
 pub fn bind(addr: SocketAddr, nonblocking: bool) -> Result<UdpSocket> {
-    let ctx = |what: &'static str| move |e: io::Error| Error::io(format!("{what} for udp {addr}"), e);
+    let ctx =
+        |what: &'static str| move |e: io::Error| Error::io(format!("{what} for udp {addr}"), e);
     let mut ty = Type::DGRAM.cloexec();
     if nonblocking {
         ty = ty.nonblocking();

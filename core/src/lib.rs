@@ -137,8 +137,8 @@ mod supervisor;
 mod worker;
 
 pub use config::{
-    default_workers, parse_duration, parse_signal, Config, Mode, Protocol, Ready, Signal, MAX_DURATION,
-    MAX_WORKERS, SETTINGS,
+    default_workers, parse_duration, parse_signal, Config, Mode, Protocol, Ready, Signal,
+    MAX_DURATION, MAX_WORKERS, SETTINGS,
 };
 pub use control::{
     control_dir, reload, status, stop, upgrade, PidNamespace, ReloadFailure, ReloadReport,

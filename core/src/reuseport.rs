@@ -391,10 +391,7 @@ fn count_answers(buf: &[u8], addr: SocketAddr, udp: bool) -> io::Result<(usize, 
             // inet_diag_msg: family, state, timer, retrans, then inet_diag_sockid (sport, dport, src …).
             _ if body.len() >= 24 => {
                 let sport = u16::from_be_bytes([body[4], body[5]]);
-                if body[1] == state
-                    && sport == addr.port()
-                    && body[8..8 + want.len()] == want[..]
-                {
+                if body[1] == state && sport == addr.port() && body[8..8 + want.len()] == want[..] {
                     found += 1;
                 }
             }

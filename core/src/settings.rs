@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use crate::config::{parse_duration, parse_signal, Config, Mode, Protocol, Ready, Signal, SETTINGS};
+use crate::config::{
+    parse_duration, parse_signal, Config, Mode, Protocol, Ready, Signal, SETTINGS,
+};
 use crate::error::{Error, Result};
 
 /// Who is passing settings: decides how a setting is named in errors, and whether strings are parsed.

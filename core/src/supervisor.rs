@@ -367,6 +367,15 @@ impl Supervisor {
         if let Some(admin) = &self.server.admin {
             log!("{}", admin.describe());
         }
+        if c.protocol == Protocol::Udp {
+            let how = match self.server.group.known() {
+                Ok(()) => "a socket of its own per new worker, steered by a classic BPF program (stateless: \
+                           every flow moves to the new generation; no eBPF flow map)"
+                    .to_string(),
+                Err(why) => format!("the old worker's socket, shared with the new one ({why})"),
+            };
+            log!("udp: reloads use {how}; a socket closes only once read empty");
+        }
         let room = process::connection_room();
         if c.max_connections > room {
             log!(

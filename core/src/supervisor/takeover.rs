@@ -40,11 +40,7 @@ fn as_takeover(e: Error) -> Error {
 
 /// Adopts the listening sockets of the newest server on `wanted` that offers them; `None` when no server
 /// (or only draining ones) runs there.
-pub(super) fn take_over(
-    wanted: SocketAddr,
-    command: bool,
-    udp: bool,
-) -> Result<Option<Adopted>> {
+pub(super) fn take_over(wanted: SocketAddr, command: bool, udp: bool) -> Result<Option<Adopted>> {
     let found = control::find(Some(wanted), wanted.port()).map_err(as_takeover)?;
     if found.is_empty() {
         if let Some(other) = control::find(None, wanted.port())
@@ -226,7 +222,9 @@ fn check_listener(
     }
     let proto = int_opt(raw, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
     if proto != want_proto {
-        return Err(format!("is not of the protocol asked for (protocol {proto})"));
+        return Err(format!(
+            "is not of the protocol asked for (protocol {proto})"
+        ));
     }
     if !udp && int_opt(raw, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 1 {
         return Err("is not listening".to_string());

@@ -116,7 +116,14 @@ fn serve(w: Worker<'_>) -> io::Result<()> {
         }
         if stop == Some(Ask::Handover) {
             // Not one more read: what is queued is the successor's.
-            return finish(&w, fd, Ask::Handover, &mut batch, greeting.as_deref(), &mut flows);
+            return finish(
+                &w,
+                fd,
+                Ask::Handover,
+                &mut batch,
+                greeting.as_deref(),
+                &mut flows,
+            );
         }
     }
 }
@@ -182,8 +189,7 @@ impl Flows {
             return;
         }
         self.swept = Some(now);
-        self.seen
-            .retain(|_, t| now.duration_since(*t) < FLOW_IDLE);
+        self.seen.retain(|_, t| now.duration_since(*t) < FLOW_IDLE);
         slot.set_flows(self.seen.len() as u64);
     }
 }
@@ -268,7 +274,10 @@ impl Batch {
             let name = m.msg_hdr.msg_namelen as usize;
             // SAFETY: the kernel wrote `name` bytes of address into addrs[i].
             let raw = unsafe {
-                std::slice::from_raw_parts((&self.addrs[i] as *const libc::sockaddr_storage).cast::<u8>(), name)
+                std::slice::from_raw_parts(
+                    (&self.addrs[i] as *const libc::sockaddr_storage).cast::<u8>(),
+                    name,
+                )
             };
             flows.heard(raw, now);
             match greeting {
