@@ -133,6 +133,7 @@ mod server;
 mod settings;
 mod signals;
 mod stats;
+mod sticky;
 mod supervisor;
 mod worker;
 
