@@ -96,9 +96,20 @@ fn wait_lines(srv: &ServerProc, needle: &str, n: usize) {
 fn three_reloads_and_a_takeover_lose_no_datagram() {
     watchdog::allow(Duration::from_secs(150));
     let dir = control_dir();
-    let mut old = Spawn::new(&["--protocol", "udp", "-w", "2", "--port", "0"])
-        .dir(&dir)
-        .start();
+    // Under continuous load no flow goes idle: with eBPF a replaced worker keeps its flows until the drain
+    // timeout, then lets them go to the new generation.
+    let mut old = Spawn::new(&[
+        "--protocol",
+        "udp",
+        "-w",
+        "2",
+        "--port",
+        "0",
+        "--drain-timeout",
+        "2s",
+    ])
+    .dir(&dir)
+    .start();
     let load = Load::start(&old);
     under_load(Duration::from_millis(500));
     let before = datagrams_in(&old.status());
@@ -242,4 +253,92 @@ fn status_counts_datagrams_and_flows_and_bad_settings_are_refused() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// With eBPF: after a reload a flow keeps reaching the worker that served it, a new flow reaches the new
+/// worker, and once the old flow is idle for `udp_flow_idle` the old worker lets go and retires.
+#[test]
+fn flows_stay_with_the_worker_that_served_them_until_idle() {
+    let srv = Spawn::new(&[
+        "--protocol",
+        "udp",
+        "-w",
+        "1",
+        "--port",
+        "0",
+        "--udp-flow-idle",
+        "500ms",
+    ])
+    .start();
+    if srv.count_log("steered by an eBPF program") == 0 {
+        return skip(
+            "flows_stay_with_the_worker_that_served_them_until_idle",
+            "bpf() is not permitted here (the classic program steers, statelessly)",
+        );
+    }
+    let port = srv.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let old_flow = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let (mut sent, mut back) = (0u64, 0u64);
+            let until = Instant::now() + PATIENCE;
+            let mut buf = [0u8; 64];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                s.send(&sent.to_be_bytes()).unwrap();
+                sent += 1;
+                if s.recv(&mut buf)
+                    .is_ok_and(|n| buf[..n] == (sent - 1).to_be_bytes())
+                {
+                    back += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (sent, back)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    srv.signal(libc::SIGHUP);
+    wait_lines(&srv, "reload: done", 1);
+    let retiring_in = |srv: &ServerProc| -> Option<u64> {
+        let st = srv.status();
+        st[0]["workers"][0]["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["role"] == "retiring")
+            .map(|p| p["datagrams_in"].as_u64().unwrap())
+    };
+    let first = retiring_in(&srv).expect("the old worker still serves its flow");
+    let new = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    new.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 16];
+    for i in 0..20u8 {
+        new.send_to(&[i], ("127.0.0.1", port)).unwrap();
+        assert_eq!(new.recv_from(&mut buf).unwrap().0, 1);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let later = retiring_in(&srv).expect("the old worker still serves its flow");
+    assert!(
+        later > first,
+        "the old flow still reaches the old worker ({first} → {later})"
+    );
+    let st = srv.status();
+    let serving = st[0]["workers"][0]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "serving")
+        .unwrap()
+        .clone();
+    assert_eq!(serving["generation"], 2);
+    assert_eq!(serving["datagrams_in"], 20, "the new flow, only: {st:#}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, back) = old_flow.join().unwrap();
+    assert_eq!(sent, back, "every datagram of the old flow was echoed");
+    wait_lines(&srv, "its flows are idle", 1);
+    wait_lines(&srv, "retired:", 1);
 }

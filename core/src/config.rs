@@ -193,6 +193,15 @@ settings! {
             shown "tcp", value "PROTO",
             help "Transport: tcp, or udp (a reuseport UDP socket per worker; reloads and takeovers lose no \
                   datagram)";
+        /// UDP with eBPF (where `bpf()` is permitted): at a reload (or a takeover's hand-over of the
+        /// group), a replaced worker keeps the flows it served — their datagrams still reach its socket —
+        /// until none has sent anything for this long (or `drain_timeout` has passed); then they move to
+        /// the new generation and its socket is read empty and closed. Also what `status` counts as a
+        /// live flow.
+        udp_flow_idle: Duration = Duration::from_secs(3),
+            shown "3s", value "DURATION",
+            help "UDP: a replaced worker keeps the flows it served until they are idle this long (eBPF, where \
+                  permitted), then they move to the new workers";
         /// What workers do with a connection ([`Mode`]).
         mode: Mode = Mode::Echo,
             shown "echo", short 'm', value "MODE",
@@ -363,6 +372,7 @@ impl Config {
             ("ready_timeout", Some(self.ready_timeout)),
             ("stall_after", Some(self.stall_after)),
             ("stall_restart_after", self.stall_restart_after),
+            ("udp_flow_idle", Some(self.udp_flow_idle)),
         ] {
             match t {
                 Some(t) if t.is_zero() => {

@@ -234,6 +234,10 @@ impl Slot {
         self.datagrams_out.fetch_add(n as u64, Relaxed);
         self.bytes_out.fetch_add(bytes as u64, Relaxed);
     }
+    /// The live flows a UDP worker published last.
+    pub fn flows(&self) -> u64 {
+        self.active.load(Relaxed)
+    }
     /// The live flows (UDP peers heard from lately): what `active` counts for a UDP worker.
     pub fn set_flows(&self, n: u64) {
         self.active.store(n, Relaxed);

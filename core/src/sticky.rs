@@ -314,7 +314,9 @@ mod tests {
         let sticky = match Sticky::new() {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("SKIPPED flows_stay_where_they_began: bpf() refused ({e}); needs CAP_BPF");
+                eprintln!(
+                    "SKIPPED flows_stay_where_they_began: bpf() refused ({e}); needs CAP_BPF"
+                );
                 return;
             }
         };
@@ -332,7 +334,11 @@ mod tests {
         for c in &clients {
             c.send_to(b"x", addr).unwrap();
         }
-        assert_eq!(receivers(&socks), vec![0; 8], "new flows go to the picked socket");
+        assert_eq!(
+            receivers(&socks),
+            vec![0; 8],
+            "new flows go to the picked socket"
+        );
         // A new generation: new flows to b, the known ones stay on a.
         sticky.pick(&[1]).unwrap();
         for c in &clients {

@@ -36,6 +36,7 @@ mod activation;
 mod admin;
 mod command;
 mod delay;
+mod flows;
 mod function;
 mod group;
 mod kind;
@@ -342,6 +343,7 @@ impl Supervisor {
             ready_timeout: self.server.config.ready_timeout,
             draining: self.draining.is_some(),
             drain_timeout: self.server.config.drain_timeout,
+            sticky: self.server.group.sticky().is_ok(),
         };
         let spawner = Spawner {
             server: &self.server,
@@ -368,11 +370,18 @@ impl Supervisor {
             log!("{}", admin.describe());
         }
         if c.protocol == Protocol::Udp {
-            let how = match self.server.group.known() {
-                Ok(()) => "a socket of its own per new worker, steered by a classic BPF program (stateless: \
-                           every flow moves to the new generation; no eBPF flow map)"
-                    .to_string(),
-                Err(why) => format!("the old worker's socket, shared with the new one ({why})"),
+            let group = &self.server.group;
+            let how = match (group.known(), group.sticky()) {
+                (Ok(()), Ok(())) => format!(
+                    "a socket of its own per new worker, steered by an eBPF program: new flows go to the new \
+                     workers, a replaced worker keeps its flows until they are idle for {:?}",
+                    c.udp_flow_idle
+                ),
+                (Ok(()), Err(why)) => format!(
+                    "a socket of its own per new worker, steered by a classic BPF program (stateless: every \
+                     flow moves to the new workers; no eBPF: {why})"
+                ),
+                (Err(why), _) => format!("the old worker's socket, shared with the new one ({why})"),
             };
             log!("udp: reloads use {how}; a socket closes only once read empty");
         }
@@ -507,6 +516,11 @@ impl Supervisor {
             let (l, k) = seat.tick(&ctx, now);
             late.extend(l);
             killed_any |= k;
+        }
+        for seat in &mut self.seats {
+            for id in seat.take_let_go() {
+                self.server.group.let_go(id);
+            }
         }
         // A drain that had to kill was cut short (the CLI exits 1).
         if killed_any && self.draining.is_some() {

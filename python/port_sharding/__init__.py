@@ -72,6 +72,7 @@ class Settings(TypedDict, total=False):
     port: Optional[int]
     workers: Optional[int]
     protocol: Optional[Literal["tcp", "udp"]]
+    udp_flow_idle: Optional[float]
     mode: Optional[Literal["echo", "once", "hello"]]
     backlog: Optional[int]
     drain_timeout: Optional[float]

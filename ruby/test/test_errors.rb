@@ -15,6 +15,7 @@ class TestErrors < Minitest::Test
     workers: [0, 10_000, -2, 2.5, "4"],
     mode: [:bogus, "ECHO", 1],
     protocol: [:sctp, "UDP", 17],
+    udp_flow_idle: [0, -1, "3s"],
     backlog: [0, -5, 1.5],
     drain_timeout: [0, -1, "30", Float::NAN],
     max_connections: [0, -1, "10"],

@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use socket2::Socket;
 
+use super::flows::Flows;
 use crate::fds::Tracked;
 use crate::log::log;
 use crate::reuseport;
@@ -98,9 +99,27 @@ pub(super) struct Group {
     applied: Option<Vec<SockId>>,
     /// The migrate program (`--migrate` with eBPF): what "no selection" means in this group.
     migrate: Option<OwnedFd>,
+    /// UDP with eBPF: the flow-sticky program, which replaces the classic one (see `flows`); `Err(why)`
+    /// where it could not be loaded (the classic program steers, statelessly).
+    flows: Result<Flows, String>,
 }
 
 impl Group {
+    /// Whether flows stick to the socket that got their first datagram (UDP with eBPF), and else why not.
+    pub(super) fn sticky(&self) -> Result<(), &str> {
+        self.flows.as_ref().map(drop).map_err(String::as_str)
+    }
+
+    /// Takes socket `id` out of the sticky program's array: the flows still on it move to the picked
+    /// sockets (nothing when flows do not stick).
+    pub(super) fn let_go(&mut self, id: SockId) {
+        if let Ok(flows) = &mut self.flows {
+            if let Err(e) = flows.let_go(id) {
+                log!("a retiring socket could not be taken out of the eBPF socket array ({e})");
+            }
+        }
+    }
+
     /// The group of `listeners` (in group order when `order` is `Ok`: see `group_order`).
     /// `adopted`: a takeover gave us some of them, and the old server's program may still be attached.
     pub(super) fn new(
@@ -132,6 +151,21 @@ impl Group {
         } else {
             Some(Vec::new())
         };
+        let flows = match (&order, udp) {
+            (Ok(_), true) => {
+                let members: Vec<(SockId, &Listener)> =
+                    listeners.iter().map(|l| (l.id, l)).collect();
+                Flows::new(&members)
+                    .map_err(|e| format!("the eBPF program could not be loaded ({e})"))
+            }
+            (Err(why), true) => Err(why.clone()),
+            (_, false) => Err("not UDP".to_string()),
+        };
+        let applied = if flows.is_ok() {
+            Some(listeners.iter().map(|l| l.id).collect())
+        } else {
+            applied
+        };
         let group = Group {
             order,
             next_id: listeners.len() as SockId,
@@ -139,6 +173,7 @@ impl Group {
             udp,
             applied,
             migrate,
+            flows,
         };
         (group, listeners)
     }
@@ -157,6 +192,11 @@ impl Group {
         };
         let id = self.next_id;
         self.next_id += 1;
+        if let Ok(flows) = &mut self.flows {
+            flows.join(id, &socket).map_err(|e| {
+                crate::error::Error::io("a new socket into the eBPF socket array", e)
+            })?;
+        }
         if let Ok(order) = &mut self.order {
             order.push(id);
         }
@@ -211,6 +251,23 @@ impl Group {
         if self.selects(want) {
             return Ok(());
         }
+        if let Ok(flows) = &self.flows {
+            // New flows to `want` (every member for none); known flows stay where they are.
+            let all;
+            let pick = match (want.is_empty(), &self.order) {
+                (true, Ok(order)) => {
+                    all = order.clone();
+                    &all
+                }
+                _ => want,
+            };
+            if self.applied.is_none() {
+                flows.attach(any)?;
+            }
+            flows.pick(pick)?;
+            self.applied = Some(want.to_vec());
+            return Ok(());
+        }
         let result = match (&self.order, want.is_empty()) {
             (Ok(order), false) => {
                 let numbers: Vec<u32> = want
@@ -256,6 +313,22 @@ impl Group {
     /// concern while other retired sockets are still open (one worker, overlapping reloads).
     pub(super) fn close(&mut self, leaving: Listener, any: Option<&impl AsRawFd>) {
         let id = leaving.id;
+        if let Ok(flows) = &mut self.flows {
+            // Its slot empties as it closes; no member moves under the eBPF program.
+            drop(leaving);
+            flows.leave(id);
+            if let Ok(order) = &mut self.order {
+                order.retain(|&m| m != id);
+            }
+            let was = self.applied.take().unwrap_or_default();
+            let again: Vec<SockId> = was.into_iter().filter(|&s| s != id).collect();
+            if let Some(any) = any {
+                if let Err(e) = self.select(any, &again) {
+                    log!("the eBPF pick set could not be updated after a socket left ({e})");
+                }
+            }
+            return;
+        }
         let selected = self.applied.clone();
         if let (Ok(order), Some(sel), Some(any)) = (&self.order, &selected, any) {
             let last = order.last().copied();

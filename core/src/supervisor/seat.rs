@@ -58,6 +58,10 @@ pub(super) enum State {
     Emptying {
         since: Instant,
         empty: Option<Instant>,
+        /// Its socket is out of every selection. Not yet while flows stick to it (UDP with eBPF): it
+        /// keeps them until they are idle (`udp_flow_idle`) or `drain_timeout` has passed; then the
+        /// supervisor lets go of the socket and `since` starts again.
+        released: bool,
     },
     /// Asked to stop (or stopping by itself) since `since`; `killed` once SIGKILL was sent.
     Draining { since: Instant, killed: bool },
@@ -153,6 +157,9 @@ pub(super) struct Ctx<'a> {
     pub(super) draining: bool,
     /// The longest a replaced worker's socket may take to empty before it is asked to stop anyway.
     pub(super) drain_timeout: Duration,
+    /// Flows stick to the socket that got their first datagram (UDP with eBPF): a replaced worker keeps
+    /// its socket in the array until its flows are idle.
+    pub(super) sticky: bool,
 }
 
 /// One listener and the workers on it.
@@ -165,6 +172,9 @@ pub(super) struct Seat {
     retiring: Vec<Worker>,
     /// The last generation started here (the first worker is generation 1).
     generation: u64,
+    /// Retiring sockets whose sticky flows are over: the supervisor takes them out of the eBPF socket
+    /// array ([`Seat::take_let_go`]).
+    let_go: Vec<super::group::SockId>,
     /// Quick deaths in a row, for the back-off.
     crashes: u32,
     restart_at: Option<Instant>,
@@ -181,6 +191,7 @@ impl Seat {
             incoming: None,
             retiring: Vec::new(),
             generation: 0,
+            let_go: Vec::new(),
             crashes: 0,
             restart_at: None,
             last_pid: Pid::from_raw(0),
@@ -353,6 +364,7 @@ impl Seat {
                     old.state = State::Emptying {
                         since: Instant::now(),
                         empty: None,
+                        released: !ctx.sticky,
                     };
                 }
                 // The new worker serves this very listener and its queue: a built-in worker lets go
@@ -494,6 +506,7 @@ impl Seat {
         let kill_after = ctx.kind.kill_after();
         let timeout = ctx.ready_timeout;
         let incoming_pid = self.incoming.as_ref().map(|w| w.pid);
+        let mut let_go = Vec::new();
         for w in self.workers_mut() {
             let pid = w.pid;
             let age = now.saturating_duration_since(w.started);
@@ -515,7 +528,36 @@ impl Seat {
                         log!("worker {i} (pid {pid}) was not ready within {timeout:?} (no READY=1); killing it");
                     }
                 }
-                State::Emptying { since, empty } => {
+                State::Emptying {
+                    since,
+                    released: false,
+                    ..
+                } => {
+                    let flows = ctx.stats.counters(w.counters).flows();
+                    let overdue = now.saturating_duration_since(since) > ctx.drain_timeout;
+                    if flows > 0 && !overdue {
+                        continue;
+                    }
+                    let why = if flows == 0 {
+                        "its flows are idle".to_string()
+                    } else {
+                        format!(
+                            "{flows} flow(s) still live {:?} after it was replaced",
+                            ctx.drain_timeout
+                        )
+                    };
+                    log!("worker {i} (pid {pid}): {why}; its socket leaves the eBPF socket array (those flows move to the new generation)");
+                    if let Some(s) = &w.socket {
+                        let_go.push(s.id);
+                    }
+                    w.state = State::Emptying {
+                        since: now,
+                        empty: None,
+                        released: true,
+                    };
+                    changed = true;
+                }
+                State::Emptying { since, empty, .. } => {
                     let queued = w
                         .socket
                         .as_ref()
@@ -526,7 +568,11 @@ impl Seat {
                     } else {
                         None
                     };
-                    w.state = State::Emptying { since, empty };
+                    w.state = State::Emptying {
+                        since,
+                        empty,
+                        released: true,
+                    };
                     let emptied =
                         empty.is_some_and(|t| now.saturating_duration_since(t) >= EMPTY_GRACE);
                     let overdue = now.saturating_duration_since(since) > ctx.drain_timeout;
@@ -557,10 +603,16 @@ impl Seat {
                 _ => {}
             }
         }
+        self.let_go.extend(let_go);
         if changed {
             self.publish(ctx);
         }
         (late, killed_any)
+    }
+
+    /// The retiring sockets to take out of the eBPF socket array now.
+    pub(super) fn take_let_go(&mut self) -> Vec<super::group::SockId> {
+        std::mem::take(&mut self.let_go)
     }
 
     /// Whether a restart of the serving worker is due (never while an incoming one is starting: that

@@ -35,8 +35,6 @@ const SIGNALS: Token = Token(2);
 pub(crate) const BATCH: usize = 32;
 /// Room for the largest UDP payload (65,507 bytes over IPv4): a datagram is never cut short.
 const DATAGRAM: usize = 64 * 1024;
-/// A peer heard from within this long counts as a live flow (`status`'s flows).
-pub(crate) const FLOW_IDLE: Duration = Duration::from_secs(3);
 /// Batches per wake-up before the drain pipe and signals are looked at again.
 const BUDGET: usize = 64;
 
@@ -84,7 +82,10 @@ fn serve(w: Worker<'_>) -> io::Result<()> {
         .into_bytes()
     });
     let mut batch = Batch::new();
-    let mut flows = Flows::default();
+    let mut flows = Flows {
+        idle: w.config.udp_flow_idle,
+        ..Flows::default()
+    };
     tell(w.notify, w.index, "READY=1");
     let mut events = Events::with_capacity(8);
     let mut stop = None;
@@ -99,7 +100,9 @@ fn serve(w: Worker<'_>) -> io::Result<()> {
             return finish(&w, fd, ask, &mut batch, greeting.as_deref(), &mut flows);
         }
         flows.sweep(w.slot);
-        if let Err(e) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
+        // Wakes for the flows' sweep even when nothing arrives (an idle worker's flows go to 0).
+        let wait = (w.config.udp_flow_idle / 10).min(Duration::from_secs(1));
+        if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
             }
@@ -162,9 +165,10 @@ fn tell(path: &Path, index: usize, message: &str) {
     }
 }
 
-/// The peers heard from lately, by address: the live flows.
+/// The peers heard from within `idle` (`udp_flow_idle`), by address: the live flows.
 #[derive(Default)]
 struct Flows {
+    idle: Duration,
     seen: HashMap<Vec<u8>, Instant>,
     swept: Option<Instant>,
 }
@@ -179,17 +183,16 @@ impl Flows {
         }
     }
 
-    /// Forgets flows idle for [`FLOW_IDLE`], at most once a second; publishes the count.
+    /// Forgets flows idle for `idle`, at most every tenth of it (and of a second); publishes the count.
     fn sweep(&mut self, slot: &Slot) {
         let now = Instant::now();
-        if self
-            .swept
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
+        let every = (self.idle / 10).min(Duration::from_secs(1));
+        if self.swept.is_some_and(|t| now.duration_since(t) < every) {
             return;
         }
         self.swept = Some(now);
-        self.seen.retain(|_, t| now.duration_since(*t) < FLOW_IDLE);
+        let idle = self.idle;
+        self.seen.retain(|_, t| now.duration_since(*t) < idle);
         slot.set_flows(self.seen.len() as u64);
     }
 }
