@@ -5,13 +5,16 @@
 //! out of the group's selection, lets its worker read it empty ([`queued_bytes`] says when), and only
 //! then closes it (see `supervisor::seat`'s generations).
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::{Error, Result};
+use crate::stats::Slot;
 
 /// Creates a UDP socket on `addr` that joins the port's `SO_REUSEPORT` group.
 ///
@@ -77,6 +80,51 @@ pub fn queued_bytes(socket: &impl AsRawFd) -> Option<u32> {
         )
     };
     (rc == 0 && len >= 4).then_some(info[0])
+}
+
+/// The peers heard from within `idle` (`udp_flow_idle`), by address: the live flows.
+#[derive(Default)]
+pub(crate) struct Flows {
+    idle: Duration,
+    seen: HashMap<Vec<u8>, Instant>,
+    swept: Option<Instant>,
+}
+
+impl Flows {
+    /// No flows yet; a peer silent for `idle` is forgotten.
+    pub(crate) fn new(idle: Duration) -> Flows {
+        Flows {
+            idle,
+            ..Flows::default()
+        }
+    }
+
+    /// How long `sweep` may wait at most: a tenth of `idle`, at most a second.
+    pub(crate) fn every(&self) -> Duration {
+        (self.idle / 10).min(Duration::from_secs(1))
+    }
+
+    pub(crate) fn heard(&mut self, addr: &[u8], now: Instant) {
+        match self.seen.get_mut(addr) {
+            Some(t) => *t = now,
+            None => {
+                self.seen.insert(addr.to_vec(), now);
+            }
+        }
+    }
+
+    /// Forgets flows idle for `idle`, at most every tenth of it (and of a second); publishes the count.
+    pub(crate) fn sweep(&mut self, slot: &Slot) {
+        let now = Instant::now();
+        let every = self.every();
+        if self.swept.is_some_and(|t| now.duration_since(t) < every) {
+            return;
+        }
+        self.swept = Some(now);
+        let idle = self.idle;
+        self.seen.retain(|_, t| now.duration_since(*t) < idle);
+        slot.set_flows(self.seen.len() as u64);
+    }
 }
 
 #[cfg(test)]

@@ -148,7 +148,7 @@ pub use control::{
 pub use drain::DRAIN_GRACE;
 pub use error::{Error, Result};
 pub use fds::close_in_forked_child;
-pub use function::{Accept, FunctionHost, WorkerListener};
+pub use function::{Accept, FunctionHost, Receive, WorkerListener};
 pub use lifecycle::{Phase, Report, StopReason};
 pub use listener::{listen, resolve};
 pub use log::set_quiet;

@@ -43,12 +43,6 @@ def test_udp_server_echoes_datagrams_and_counts_them() -> None:
         assert found["mode"] == "udp echo"
 
 
-def test_udp_function_workers_are_refused_for_now() -> None:
-    with pytest.raises(port_sharding.ConfigError) as info:
-        port_sharding.Server(port=0, host="127.0.0.1", workers=1, protocol="udp", worker=lambda listener: None)
-    assert info.value.param == "protocol"
-
-
 def test_server_start_stop_and_status() -> None:
     server = port_sharding.Server(port=0, host="127.0.0.1", workers=1, mode="hello")
     assert server.phase == "starting"

@@ -126,16 +126,10 @@ pub(super) fn function(host: Arc<dyn FunctionHost>, config: &Config) -> Result<B
             "cannot be combined with a worker function: give one or the other",
         ));
     }
-    if config.protocol == Protocol::Udp {
-        return Err(Error::invalid(
-            "protocol",
-            "udp is served by built-in (echo, hello) and command workers; function workers take TCP \
-             connections only so far",
-        ));
-    }
     Ok(Box::new(Function {
         host,
         drain_timeout: config.drain_timeout,
+        udp: config.protocol == Protocol::Udp,
     }))
 }
 
@@ -237,6 +231,8 @@ impl Kind for Datagram {
 struct Function {
     host: Arc<dyn FunctionHost>,
     drain_timeout: Duration,
+    /// Its listener is a UDP socket (`for data, addr in listener`).
+    udp: bool,
 }
 
 impl Kind for Function {
@@ -244,10 +240,15 @@ impl Kind for Function {
         WorkerKind::Function
     }
     fn mode(&self) -> String {
-        "function".to_string()
+        if self.udp { "udp function" } else { "function" }.to_string()
     }
     fn describe(&self) -> String {
-        "function workers".to_string()
+        if self.udp {
+            "udp, function workers"
+        } else {
+            "function workers"
+        }
+        .to_string()
     }
     fn detail(&self) -> String {
         " (function)".to_string()
@@ -267,6 +268,10 @@ impl Kind for Function {
     }
     fn quick_clean_exit_is_a_crash(&self) -> bool {
         true
+    }
+    fn own_sockets(&self) -> bool {
+        // Over UDP, as for built-in workers: the old socket is read empty before it closes.
+        self.udp
     }
     fn unsteerable(&self) -> Option<&'static str> {
         // An event loop (asyncio) accepts on the socket itself, uncounted: it would look stalled.

@@ -11,18 +11,18 @@
 //! reads until the socket is empty (`EAGAIN`), answers, and exits: the supervisor closes a retiring
 //! socket only after that, so nothing queued on it is lost.
 
-use std::collections::HashMap;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::{Config, Mode};
+use crate::datagram::Flows;
 use crate::drain::{self, Ask};
 use crate::log::log;
 use crate::notify::notify;
@@ -82,10 +82,7 @@ fn serve(w: Worker<'_>) -> io::Result<()> {
         .into_bytes()
     });
     let mut batch = Batch::new();
-    let mut flows = Flows {
-        idle: w.config.udp_flow_idle,
-        ..Flows::default()
-    };
+    let mut flows = Flows::new(w.config.udp_flow_idle);
     tell(w.notify, w.index, "READY=1");
     let mut events = Events::with_capacity(8);
     let mut stop = None;
@@ -101,7 +98,7 @@ fn serve(w: Worker<'_>) -> io::Result<()> {
         }
         flows.sweep(w.slot);
         // Wakes for the flows' sweep even when nothing arrives (an idle worker's flows go to 0).
-        let wait = (w.config.udp_flow_idle / 10).min(Duration::from_secs(1));
+        let wait = flows.every();
         if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
@@ -162,38 +159,6 @@ fn finish(
 fn tell(path: &Path, index: usize, message: &str) {
     if let Err(e) = notify(path, message) {
         log!("worker {index}: cannot tell the supervisor {message} ({e})");
-    }
-}
-
-/// The peers heard from within `idle` (`udp_flow_idle`), by address: the live flows.
-#[derive(Default)]
-struct Flows {
-    idle: Duration,
-    seen: HashMap<Vec<u8>, Instant>,
-    swept: Option<Instant>,
-}
-
-impl Flows {
-    fn heard(&mut self, addr: &[u8], now: Instant) {
-        match self.seen.get_mut(addr) {
-            Some(t) => *t = now,
-            None => {
-                self.seen.insert(addr.to_vec(), now);
-            }
-        }
-    }
-
-    /// Forgets flows idle for `idle`, at most every tenth of it (and of a second); publishes the count.
-    fn sweep(&mut self, slot: &Slot) {
-        let now = Instant::now();
-        let every = (self.idle / 10).min(Duration::from_secs(1));
-        if self.swept.is_some_and(|t| now.duration_since(t) < every) {
-            return;
-        }
-        self.swept = Some(now);
-        let idle = self.idle;
-        self.seen.retain(|_, t| now.duration_since(*t) < idle);
-        slot.set_flows(self.seen.len() as u64);
     }
 }
 
