@@ -28,6 +28,11 @@
 //! ```text
 //!   ready (serving) ──promoted away, own socket──► emptying ──queue empty for EMPTY_GRACE──► draining
 //! ```
+//!
+//! Over UDP with the flow-sticky eBPF program (`flows`), the old socket stays in the program's socket array
+//! while the old worker's flows are live (it publishes them as `active`): they keep reaching it. Once they
+//! are idle (`udp_flow_idle`), or `drain_timeout` has passed, the supervisor lets go of the socket
+//! ([`Seat::take_let_go`]) and the emptying above begins.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};

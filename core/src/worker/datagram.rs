@@ -88,8 +88,13 @@ fn serve(w: Worker<'_>) -> io::Result<()> {
     let mut stop = None;
     loop {
         // Whatever is queued first (datagrams may have waited for us), then wait for more.
+        // A batch shorter than BATCH emptied the socket: the next datagram raises a new (edge-triggered)
+        // event, so waiting now costs no `EAGAIN` read (as the C floor's blocking `recvmmsg` costs none).
         for _ in 0..BUDGET {
-            if batch.turn(fd, greeting.as_deref(), w.slot, &mut flows)? == 0 {
+            if batch
+                .turn(fd, greeting.as_deref(), w.slot, &mut flows)?
+                .is_some_and(|n| n < BATCH)
+            {
                 break;
             }
         }
@@ -141,11 +146,11 @@ fn finish(
     let mut read = 0;
     if ask == Ask::Drain {
         loop {
-            let n = batch.turn(fd, greeting, w.slot, flows)?;
-            if n == 0 {
-                break;
+            match batch.turn(fd, greeting, w.slot, flows)? {
+                Some(0) => break,
+                Some(n) => read += n,
+                None => {}
             }
-            read += n;
         }
     }
     let how = match ask {
@@ -183,14 +188,15 @@ impl Batch {
     }
 
     /// One round: reads up to [`BATCH`] datagrams and answers them all; returns how many were read (0:
-    /// the socket is empty).
+    /// the socket is empty), or `None` when an error (EINTR, an ICMP error of an earlier reply) was read
+    /// instead: read again.
     fn turn(
         &mut self,
         fd: i32,
         greeting: Option<&[u8]>,
         slot: &Slot,
         flows: &mut Flows,
-    ) -> io::Result<usize> {
+    ) -> io::Result<Option<usize>> {
         self.iovs.clear();
         self.msgs.clear();
         let base = self.bufs.as_mut_ptr();
@@ -223,11 +229,13 @@ impl Batch {
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
+                Some(libc::EAGAIN) => Ok(Some(0)),
+                Some(libc::EINTR) => Ok(None),
                 // An ICMP error queued for an earlier reply (the peer's port closed): not ours to fail on.
+                // Datagrams may still be queued behind it: the caller reads again.
                 Some(libc::ECONNREFUSED) | Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => {
                     slot.error();
-                    Ok(1)
+                    Ok(None)
                 }
                 _ => Err(e),
             };
@@ -259,7 +267,7 @@ impl Batch {
         }
         slot.datagrams_in(n, bytes);
         self.answer(fd, n, slot);
-        Ok(n)
+        Ok(Some(n))
     }
 
     /// Sends the first `n` prepared replies, waiting (briefly) when the socket's send buffer is full.
