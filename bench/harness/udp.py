@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -37,8 +38,6 @@ def udp_ready(port: int, timeout: float = 30.0) -> None:
 
 
 def one_run(ctx: Context, argv: list[str], name: str, server_cpus: str | None, load_cpus: str | None) -> dict:
-    import subprocess
-
     port = free_port()
     with Server(ctx, argv, port, server_cpus, name) as srv:
         udp_ready(port)

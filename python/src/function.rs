@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use port_sharding::{Accept, FunctionHost, Receive, WorkerListener};
-use pyo3::types::{PyBytes, PyTuple};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
 
 /// The function every worker runs.
 pub struct PyHost {
@@ -138,9 +138,12 @@ impl Listener {
                 Receive::Datagram { len, from, .. } => {
                     let data = PyBytes::new(py, &buf[..len]);
                     let addr = match from {
-                        std::net::SocketAddr::V4(a) => (a.ip().to_string(), a.port()).into_pyobject(py)?,
+                        std::net::SocketAddr::V4(a) => {
+                            (a.ip().to_string(), a.port()).into_pyobject(py)?
+                        }
                         std::net::SocketAddr::V6(a) => {
-                            (a.ip().to_string(), a.port(), a.flowinfo(), a.scope_id()).into_pyobject(py)?
+                            (a.ip().to_string(), a.port(), a.flowinfo(), a.scope_id())
+                                .into_pyobject(py)?
                         }
                     };
                     return Ok(Some((data, addr)));

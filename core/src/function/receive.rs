@@ -81,7 +81,10 @@ impl WorkerListener {
                         let mut f = flows.lock().unwrap_or_else(|p| p.into_inner());
                         // SAFETY: `from` holds `len()` initialized bytes of address.
                         let key = unsafe {
-                            std::slice::from_raw_parts(from.as_ptr().cast::<u8>(), from.len() as usize)
+                            std::slice::from_raw_parts(
+                                from.as_ptr().cast::<u8>(),
+                                from.len() as usize,
+                            )
                         };
                         f.heard(key, Instant::now());
                         f.sweep(self.slot());
@@ -126,9 +129,10 @@ impl WorkerListener {
                 return Ok(Receive::TimedOut);
             }
             // Wake for the flows' sweep too, so an idle worker's flows go to 0.
-            let every = self.flows.as_ref().map(|f| {
-                f.lock().unwrap_or_else(|p| p.into_inner()).every()
-            });
+            let every = self
+                .flows
+                .as_ref()
+                .map(|f| f.lock().unwrap_or_else(|p| p.into_inner()).every());
             let wait = match (left, every) {
                 (Some(l), Some(e)) => Some(l.min(e)),
                 (l, e) => l.or(e),

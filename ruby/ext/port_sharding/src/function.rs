@@ -142,9 +142,9 @@ impl RbListener {
         loop {
             let left = until.map(|u| u.saturating_duration_since(Instant::now()));
             let got = nogvl(ruby, || inner.receive(&mut buf, left), || inner.wake())?;
-            match got
-                .map_err(|e| crate::errors::to_ruby(ruby, port_sharding::Error::io("recvfrom", e)))?
-            {
+            match got.map_err(|e| {
+                crate::errors::to_ruby(ruby, port_sharding::Error::io("recvfrom", e))
+            })? {
                 Receive::Datagram { len, from, .. } => {
                     let data = ruby.str_from_slice(&buf[..len]);
                     return Ok(Some((data, from.ip().to_string(), from.port())));
