@@ -564,17 +564,22 @@ impl Supervisor {
             let report = Report {
                 reason,
                 forced: self.forced,
+                // A worker counts connections or, over UDP, datagrams: one of the two is 0.
                 served: self
                     .server
                     .stats
                     .snapshot()
                     .iter()
-                    .map(|w| w.accepted)
+                    .map(|w| w.accepted + w.datagrams_in)
                     .sum(),
                 drain: since.elapsed(),
             };
+            let what = match self.server.config.protocol {
+                Protocol::Tcp => "connection(s)",
+                Protocol::Udp => "datagram(s)",
+            };
             log!(
-                "stopped ({}): all workers exited after {:.2?}; served {} connection(s)",
+                "stopped ({}): all workers exited after {:.2?}; served {} {what}",
                 reason.cause(),
                 report.drain,
                 report.served
@@ -696,8 +701,12 @@ impl Supervisor {
         self.server.service.stopping(&status, progress);
         let open: u64 = self.server.stats.snapshot().iter().map(|s| s.active).sum();
         let running = self.seats.iter().filter(|s| s.serving().is_some()).count();
+        let (stop, open_what) = match self.server.config.protocol {
+            Protocol::Tcp => ("stop accepting", "connection(s) open"),
+            Protocol::Udp => ("read their sockets empty", "live flow(s)"),
+        };
         log!(
-            "draining ({}): {running} worker(s) stop accepting, {open} connection(s) open, timeout {:?}",
+            "draining ({}): {running} worker(s) {stop}, {open} {open_what}, timeout {:?}",
             reason.cause(),
             self.server.config.drain_timeout
         );

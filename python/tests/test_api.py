@@ -41,6 +41,8 @@ def test_udp_server_echoes_datagrams_and_counts_them() -> None:
         assert sum(w["datagrams_in"] for w in stats) == 3 and sum(w["datagrams_out"] for w in stats) == 3
         [found] = port_sharding.status(server.port, "127.0.0.1")
         assert found["mode"] == "udp echo"
+    report = server.wait()
+    assert report is not None and report.served == 3, report  # over UDP: datagrams read
 
 
 def test_server_start_stop_and_status() -> None:
