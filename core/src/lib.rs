@@ -49,6 +49,13 @@
 //! block — in a process the host forks through its interpreter's fork path ([`FunctionHost`]), with a
 //! [`WorkerListener`] giving it ready, drain and accept as the engine defines them.
 //!
+//! With [`Config::protocol`] = [`Protocol::Udp`], every worker gets a bound UDP socket of the port's group
+//! instead: built-in workers answer datagrams in `recvmmsg`/`sendmmsg` batches, command workers get the
+//! socket as fd 3, function workers [`WorkerListener::receive`] datagrams. A reload gives each new worker a
+//! socket of its own and closes an old one only once it has left selection and been read empty; where
+//! `bpf()` is permitted an `SK_REUSEPORT` program keeps each flow on the worker that served it until the
+//! flow is idle ([`Config::udp_flow_idle`]). No datagram is lost to a reload or a takeover.
+//!
 //! Per-worker counters live in a shared memory page ([`WorkerStats`]); a unix control socket answers
 //! [`status`], [`stop`] and `takeover` (a successor receives the listening sockets with `SCM_RIGHTS`, so
 //! nothing queued is reset during an upgrade).
