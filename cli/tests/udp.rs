@@ -342,3 +342,99 @@ fn flows_stay_with_the_worker_that_served_them_until_idle() {
     wait_lines(&srv, "its flows are idle", 1);
     wait_lines(&srv, "retired:", 1);
 }
+
+/// With eBPF: a flow answered by worker k before a takeover is answered by worker k of the new server after
+/// it (both programs spread flows by the same hash over the same sockets in the same order), and a flow that
+/// began before a reload keeps its seat too.
+#[test]
+fn a_flow_keeps_its_seat_across_a_reload_and_a_takeover() {
+    let dir = control_dir();
+    let args = |port: &str| -> Vec<String> {
+        [
+            "--protocol",
+            "udp",
+            "-w",
+            "2",
+            "--mode",
+            "hello",
+            "--port",
+            port,
+            "--udp-flow-idle",
+            "300ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = args("0");
+    let mut old = Spawn::new(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        .dir(&dir)
+        .start();
+    if old.count_log("steered by an eBPF program") == 0 {
+        return skip(
+            "a_flow_keeps_its_seat_across_a_reload_and_a_takeover",
+            "bpf() is not permitted here",
+        );
+    }
+    let port = old.port;
+    let flows: Vec<std::net::UdpSocket> = (0..16)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(PATIENCE)).unwrap();
+            s
+        })
+        .collect();
+    // The seat of the worker whose greeting answers each flow now.
+    let seats = |srv: &ServerProc| -> Vec<u64> {
+        let st = srv.status();
+        let by_pid: Vec<(u64, u64)> = st[0]["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|w| {
+                let i = w["index"].as_u64().unwrap();
+                w["processes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |p| (p["pid"].as_u64().unwrap(), i))
+            })
+            .collect();
+        flows
+            .iter()
+            .map(|s| {
+                s.send(b"?").unwrap();
+                let mut buf = [0u8; 128];
+                let n = s.recv(&mut buf).unwrap();
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let pid: u64 = text.trim().rsplit(' ').next().unwrap().parse().unwrap();
+                by_pid
+                    .iter()
+                    .find(|(p, _)| *p == pid)
+                    .map(|(_, i)| *i)
+                    .expect("a worker of this server")
+            })
+            .collect()
+    };
+    let before = seats(&old);
+    assert!(
+        before.contains(&0) && before.contains(&1),
+        "16 flows over 2 workers: {before:?}"
+    );
+    old.signal(libc::SIGHUP);
+    wait_lines(&old, "reload: done", 1);
+    wait_lines(&old, "retired:", 2);
+    assert_eq!(seats(&old), before, "after a reload");
+    let new = Spawn::new(
+        &[args(&port.to_string()), vec!["--takeover".into()]]
+            .concat()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .dir(&dir)
+    .start();
+    assert!(old.wait_exit().success(), "{:#?}", old.log());
+    assert_eq!(seats(&new), before, "after a takeover");
+}

@@ -1,4 +1,4 @@
-//! Many processes serving one TCP port with `SO_REUSEPORT`: the kernel spreads connections over them,
+//! Many processes serving one TCP or UDP port with `SO_REUSEPORT`: the kernel spreads connections (or flows) over them,
 //! and a server can be restarted or upgraded without losing a connection.
 //!
 //! # Quick start

@@ -31,6 +31,7 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const MAP_ARRAY: u32 = 2;
 const MAP_LRU_HASH: u32 = 9;
 const MAP_REUSEPORT_SOCKARRAY: u32 = 20;
@@ -211,11 +212,24 @@ fn program(socks: &OwnedFd, flows: &OwnedFd, pick: &OwnedFd) -> Vec<Insn> {
     p
 }
 
-/// The program and its maps, owned by the supervisor (and closed with it).
+/// The first words of `struct bpf_prog_info` / `struct bpf_map_info` of `fd`: (type, key size, value size).
+fn info(fd: &OwnedFd) -> io::Result<(u32, u32, u32)> {
+    let mut info = [0u32; 20];
+    let mut attr = [0u8; 16];
+    attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(std::mem::size_of_val(&info) as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok((info[0], info[2], info[3]))
+}
+
+/// The program and its maps, owned by the supervisor (and closed with it). A takeover passes them on with
+/// the sockets ([`Sticky::fds`], [`Sticky::adopt`]): a socket can be in one socket array only, and the flows
+/// learned stay where they are.
 pub(crate) struct Sticky {
     prog: OwnedFd,
     socks: OwnedFd,
-    _flows: OwnedFd,
+    flows: OwnedFd,
     pick: OwnedFd,
 }
 
@@ -256,7 +270,42 @@ impl Sticky {
         Ok(Sticky {
             prog,
             socks,
-            _flows: flows,
+            flows,
+            pick,
+        })
+    }
+
+    /// The program's and maps' fds, in the order [`Sticky::adopt`] takes them.
+    pub(crate) fn fds(&self) -> [RawFd; 4] {
+        [&self.prog, &self.socks, &self.flows, &self.pick].map(|f| f.as_raw_fd())
+    }
+
+    /// The program and maps another server passed (as [`Sticky::fds`] lists them), once each is what it
+    /// should be.
+    ///
+    /// # Errors
+    /// One is not a BPF object, or not of the expected type and sizes.
+    pub(crate) fn adopt(fds: [OwnedFd; 4]) -> io::Result<Sticky> {
+        let [prog, socks, flows, pick] = fds;
+        let want = [
+            (&prog, (PROG_SK_REUSEPORT, None)),
+            (&socks, (MAP_REUSEPORT_SOCKARRAY, Some((4, 8)))),
+            (&flows, (MAP_LRU_HASH, Some((4, 4)))),
+            (&pick, (MAP_ARRAY, Some((4, 4 * (1 + PICK as u32))))),
+        ];
+        for (fd, (kind, sizes)) in want {
+            let (t, k, v) = info(fd)?;
+            if t != kind || sizes.is_some_and(|s| s != (k, v)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a BPF object of type {t} ({k}/{v}), not {kind}"),
+                ));
+            }
+        }
+        Ok(Sticky {
+            prog,
+            socks,
+            flows,
             pick,
         })
     }

@@ -198,7 +198,16 @@ pub(crate) fn bind(mut config: Config) -> Result<Bound> {
         Some(Err(why)) => Err(why),
         None => group::group_order(addr, udp, adopted, adopted_order, listeners.len()),
     };
-    let (group, listeners) = Group::new(addr, listeners, udp, order, migrate_prog, adopted > 0);
+    let inherited = predecessor.as_mut().and_then(|p| p.flows.take());
+    let (group, listeners) = Group::new(
+        addr,
+        listeners,
+        udp,
+        order,
+        migrate_prog,
+        adopted > 0,
+        inherited,
+    );
     let steering = Steering::new(&config, listeners.len());
     let stats = Arc::new(StatsArea::new(listeners.len())?);
     let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);

@@ -58,6 +58,11 @@ pub(crate) struct Offer {
     /// server must never bind beside them, and one may lack `SO_REUSEPORT`.
     #[serde(default)]
     pub managed: bool,
+    /// UDP with eBPF: the slot of each socket in the flow-sticky program's socket array; the program and
+    /// its three maps follow the sockets as four more fds (a socket can be in one such array only, and the
+    /// flows learned stay with their workers' sockets).
+    #[serde(default)]
+    pub flow_slots: Option<Vec<u32>>,
 }
 
 /// A running server as `status` reports it.

@@ -38,6 +38,35 @@ impl Flows {
         Ok(f)
     }
 
+    /// The program and maps another server passed at a takeover, with the slots of `sockets` in them: the
+    /// flows it learned stay where they are. Picks every socket and attaches the program (again).
+    pub(super) fn adopt<S: AsRawFd>(
+        sticky: Sticky,
+        sockets: &[(SockId, u32, &S)],
+        others: &[(SockId, &S)],
+    ) -> io::Result<Flows> {
+        let mut f = Flows {
+            sticky,
+            slots: sockets.iter().map(|(id, slot, _)| (*id, *slot)).collect(),
+        };
+        for (id, s) in others {
+            f.join(*id, *s)?;
+        }
+        let mut ids: Vec<SockId> = sockets.iter().map(|(id, _, _)| *id).collect();
+        ids.extend(others.iter().map(|(id, _)| *id));
+        f.pick(&ids)?;
+        if let Some((_, _, first)) = sockets.first() {
+            f.sticky.attach(*first)?;
+        }
+        Ok(f)
+    }
+
+    /// What a takeover passes on: the program's and maps' fds, and the slot of each of `ids`.
+    pub(super) fn handover(&self, ids: &[SockId]) -> Option<([std::os::fd::RawFd; 4], Vec<u32>)> {
+        let slots: Option<Vec<u32>> = ids.iter().map(|id| self.slots.get(id).copied()).collect();
+        Some((self.sticky.fds(), slots?))
+    }
+
     /// Attaches the program again (a takeover's successor that went away may have left its own).
     pub(super) fn attach(&self, any: &impl AsRawFd) -> io::Result<()> {
         self.sticky.attach(any)

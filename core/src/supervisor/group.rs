@@ -64,6 +64,13 @@ fn is_permutation(order: &[u32], n: usize) -> bool {
             .all(|&i| (i as usize) < n && !std::mem::replace(&mut seen[i as usize], true))
 }
 
+/// The flow-sticky program and maps a predecessor passed at a takeover, and the slot of each socket it
+/// passed (in the order it passed them).
+pub(super) struct Inherited {
+    pub(super) sticky: crate::sticky::Sticky,
+    pub(super) slots: Vec<u32>,
+}
+
 /// Names one of our sockets for as long as it is in the group.
 pub(super) type SockId = u64;
 
@@ -110,6 +117,13 @@ impl Group {
         self.flows.as_ref().map(drop).map_err(String::as_str)
     }
 
+    /// What a takeover passes on with `listeners` (UDP with eBPF): the program's and maps' fds and each
+    /// listener's slot.
+    pub(super) fn flow_handover(&self, listeners: &[&Listener]) -> Option<([RawFd; 4], Vec<u32>)> {
+        let ids: Vec<SockId> = listeners.iter().map(|l| l.id).collect();
+        self.flows.as_ref().ok()?.handover(&ids)
+    }
+
     /// Takes socket `id` out of the sticky program's array: the flows still on it move to the picked
     /// sockets (nothing when flows do not stick).
     pub(super) fn let_go(&mut self, id: SockId) {
@@ -129,6 +143,7 @@ impl Group {
         order: Result<Vec<u32>, String>,
         migrate: Option<OwnedFd>,
         adopted: bool,
+        inherited: Option<Inherited>,
     ) -> (Group, Vec<Listener>) {
         let listeners: Vec<Listener> = listeners
             .into_iter()
@@ -151,15 +166,27 @@ impl Group {
         } else {
             Some(Vec::new())
         };
-        let flows = match (&order, udp) {
-            (Ok(_), true) => {
+        let flows = match (&order, udp, inherited) {
+            // The predecessor's program and maps, its sockets first in `listeners`.
+            (Ok(_), true, Some(inh)) if inh.slots.len() <= listeners.len() => {
+                let (old, new) = listeners.split_at(inh.slots.len());
+                let old: Vec<(SockId, u32, &Listener)> = old
+                    .iter()
+                    .zip(&inh.slots)
+                    .map(|(l, &s)| (l.id, s, l))
+                    .collect();
+                let new: Vec<(SockId, &Listener)> = new.iter().map(|l| (l.id, l)).collect();
+                Flows::adopt(inh.sticky, &old, &new)
+                    .map_err(|e| format!("the eBPF program passed on could not be used ({e})"))
+            }
+            (Ok(_), true, _) => {
                 let members: Vec<(SockId, &Listener)> =
                     listeners.iter().map(|l| (l.id, l)).collect();
                 Flows::new(&members)
                     .map_err(|e| format!("the eBPF program could not be loaded ({e})"))
             }
-            (Err(why), true) => Err(why.clone()),
-            (_, false) => Err("not UDP".to_string()),
+            (Err(why), true, _) => Err(why.clone()),
+            (_, false, _) => Err("not UDP".to_string()),
         };
         let applied = if flows.is_ok() {
             Some(listeners.iter().map(|l| l.id).collect())

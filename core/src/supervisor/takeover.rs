@@ -29,6 +29,8 @@ pub(super) struct Predecessor {
     pub(super) order: Option<Vec<u32>>,
     /// The sockets are the service manager's (socket activation): see `activation`.
     pub(super) managed: bool,
+    /// UDP with eBPF: its flow-sticky program and maps, with the slots of the sockets.
+    pub(super) flows: Option<group::Inherited>,
 }
 
 fn as_takeover(e: Error) -> Error {
@@ -96,7 +98,7 @@ fn ask(
         Err(Error::Control(msg)) => return Ok(Err(msg)),
         Err(e) => return Err(as_takeover(e)),
     };
-    let listeners = adopt(&offer, fds, wanted, f.pid, udp)?;
+    let (listeners, flows) = adopt(&offer, fds, wanted, f.pid, udp)?;
     log!(
         "takeover: received {} listening socket(s) for {} from {} server pid {}",
         listeners.len(),
@@ -110,6 +112,7 @@ fn ask(
         runtime: offer.runtime,
         order: offer.order,
         managed: offer.managed,
+        flows,
     };
     Ok(Ok((p, listeners)))
 }
@@ -139,11 +142,19 @@ fn adopt(
     wanted: SocketAddr,
     pid: u32,
     udp: bool,
-) -> Result<Vec<socket2::Socket>> {
+) -> Result<(Vec<socket2::Socket>, Option<group::Inherited>)> {
     let bad = |why: String| {
         Err(Error::Takeover(format!(
             "pid {pid} sent {why}; nothing adopted"
         )))
+    };
+    let mut fds = fds;
+    // UDP with eBPF: the program and its maps follow the sockets.
+    let extra = if offer.flow_slots.is_some() { 4 } else { 0 };
+    let maps = if extra > 0 && fds.len() == offer.sockets + extra {
+        fds.split_off(offer.sockets)
+    } else {
+        Vec::new()
     };
     if fds.is_empty() || fds.len() != offer.sockets || fds.len() > crate::config::MAX_WORKERS {
         return bad(format!(
@@ -160,14 +171,31 @@ fn adopt(
             return bad(format!("socket {} of {}, which {why}", i + 1, fds.len()));
         }
     }
-    fds.into_iter()
+    let flows = match (<[OwnedFd; 4]>::try_from(maps), &offer.flow_slots) {
+        (Ok(maps), Some(slots)) if udp && slots.len() == offer.sockets => {
+            match crate::sticky::Sticky::adopt(maps) {
+                Ok(sticky) => Some(group::Inherited {
+                    sticky,
+                    slots: slots.clone(),
+                }),
+                Err(e) => {
+                    log!("takeover: pid {pid}'s flow-sticky program cannot be used ({e}); loading a new one");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let sockets = fds
+        .into_iter()
         .map(|fd| {
             let l = socket2::Socket::from(fd);
             l.set_nonblocking(true)
                 .map_err(|e| Error::io("set received socket nonblocking", e))?;
             Ok(l)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((sockets, flows))
 }
 
 fn int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> std::result::Result<i32, String> {
@@ -322,14 +350,26 @@ impl Supervisor {
         };
         let listeners: Vec<&group::Listener> =
             self.seats.iter().filter_map(|s| s.listener()).collect();
-        let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        let mut fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        // The flow-sticky program and maps go along (one SCM_RIGHTS message holds MAX_WORKERS fds).
+        let sockets = fds.len();
+        let flow_slots = self
+            .server
+            .group
+            .flow_handover(&listeners)
+            .filter(|_| sockets + 4 <= crate::config::MAX_WORKERS)
+            .map(|(maps, slots)| {
+                fds.extend(maps);
+                slots
+            });
         let offer = Offer {
             pid: std::process::id(),
             runtime: self.server.config.runtime.clone(),
             addr: mine,
-            sockets: fds.len(),
+            sockets,
             order: self.server.group.numbers(&listeners),
             managed: self.server.managed,
+            flow_slots,
         };
         if let Err(e) = control::send_offer(&stream, &offer, &fds) {
             log!("takeover aborted: could not send the listening sockets ({e}); still serving");
@@ -345,9 +385,13 @@ impl Supervisor {
             return;
         }
         self.successor = Some((stream, Instant::now()));
+        let with = if offer.flow_slots.is_some() {
+            " and the flow-sticky eBPF program with its maps"
+        } else {
+            ""
+        };
         log!(
-            "takeover: handed {} listening socket(s) to a new server; waiting for it to be ready",
-            fds.len()
+            "takeover: handed {sockets} listening socket(s){with} to a new server; waiting for it to be ready"
         );
     }
 
