@@ -359,6 +359,26 @@ mod tests {
     }
 
     #[test]
+    fn passed_on_objects_are_checked_by_type() {
+        let Ok(sticky) = Sticky::new() else {
+            eprintln!(
+                "SKIPPED passed_on_objects_are_checked_by_type: bpf() refused; needs CAP_BPF"
+            );
+            return;
+        };
+        let dup = |fds: [RawFd; 4]| {
+            // SAFETY: dup of fds `sticky` holds open; each copy is owned once.
+            fds.map(|fd| unsafe { OwnedFd::from_raw_fd(libc::dup(fd)) })
+        };
+        assert!(Sticky::adopt(dup(sticky.fds())).is_ok());
+        let [p, s, f, k] = sticky.fds();
+        let err = Sticky::adopt(dup([p, f, s, k]))
+            .err()
+            .expect("maps swapped");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[test]
     fn flows_stay_where_they_began_and_new_ones_go_where_picked() {
         let sticky = match Sticky::new() {
             Ok(s) => s,
