@@ -16,7 +16,7 @@ use std::mem::{size_of, zeroed};
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -90,11 +90,14 @@ fn serve(w: Worker<'_>) -> io::Result<()> {
         // Whatever is queued first (datagrams may have waited for us), then wait for more.
         // A batch shorter than BATCH emptied the socket: the next datagram raises a new (edge-triggered)
         // event, so waiting now costs no `EAGAIN` read (as the C floor's blocking `recvmmsg` costs none).
+        // A budget spent on full batches leaves datagrams queued, which raise no new event: wait for none.
+        let mut more = true;
         for _ in 0..BUDGET {
             if batch
                 .turn(fd, greeting.as_deref(), w.slot, &mut flows)?
                 .is_some_and(|n| n < BATCH)
             {
+                more = false;
                 break;
             }
         }
@@ -103,7 +106,7 @@ fn serve(w: Worker<'_>) -> io::Result<()> {
         }
         flows.sweep(w.slot);
         // Wakes for the flows' sweep even when nothing arrives (an idle worker's flows go to 0).
-        let wait = flows.every();
+        let wait = if more { Duration::ZERO } else { flows.every() };
         if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
