@@ -5,10 +5,15 @@ BENCH_RUNS     ?= 5
 OUT            ?= bench-out
 CC             ?= cc
 C_SERVER       := target/bench/c_epoll_echo
+C_UDP_SERVER   := target/bench/c_udp_echo
 
-.PHONY: bench-apps bench bench-quick bench-scaling bench-floor bench-bulk bench-build test-bench-harness
+.PHONY: bench-apps bench bench-quick bench-scaling bench-floor bench-bulk bench-udp bench-build test-bench-harness
 
 $(C_SERVER): bench/servers/c_epoll_echo.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -Wextra -o $@ $<
+
+$(C_UDP_SERVER): bench/servers/c_udp_echo.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -Wall -Wextra -o $@ $<
 
@@ -18,8 +23,9 @@ bench-build: setup-rust $(C_SERVER)
 	@$(PYTHON) -c 'import uvloop' 2>/dev/null || $(PYTHON) -m pip install --user -q uvloop \
 		|| echo "make bench: uvloop not installed (pip failed): its row will be skipped"
 
-bench: bench-build ## servers x workloads (pinned, medians of 5) + C floor, syscalls, memory, start-up, drain -> BENCHMARKS.md, bench/chart.svg
+bench: bench-build $(C_UDP_SERVER) ## servers x workloads (pinned, medians of 5) + C floor, syscalls, memory, start-up, drain -> BENCHMARKS.md, bench/chart.svg; then UDP vs its C floor -> stdout
 	BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py matrix
+	OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py udp
 
 bench-quick: bench-build ## a fast smoke run of `make bench` (1 run of 1 s per cell; still rewrites BENCHMARKS.md)
 	BENCH_DURATION=1 BENCH_RUNS=1 $(PYTHON) bench/run.py matrix
@@ -29,6 +35,9 @@ bench-floor: bench-build ## the engine vs the minimal C server only: CPU and sys
 
 bench-bulk: bench-build ## the engine vs uvloop and the C server on bulk streams (stream-4, bulk-4 = 4 x 256 MiB): MB/s, CPU per GB -> stdout, $(OUT)/bulk-*.json
 	OUT=$(OUT) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py bulk
+
+bench-udp: bench-build $(C_UDP_SERVER) ## the engine's UDP workers vs a minimal C recvmmsg echo (the floor): datagrams/s, loss, CPU -> stdout, $(OUT)/udp-*.json
+	OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py udp
 
 bench-scaling: bench-build ## workers 1,2,4,8,16, engine and C server side by side -> $(OUT)/scaling-*.md/json + BENCHMARKS.md
 	OUT=$(OUT) $(PYTHON) bench/run.py scaling

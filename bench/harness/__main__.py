@@ -5,6 +5,8 @@
                             calls per operation) -> stdout + $OUT/floor-*.json; BENCHMARKS.md untouched
     bulk                    the engine vs uvloop and the C server on bulk streams (stream-4, bulk-4 = 4 × 256 MiB):
                             MB/s and server CPU per GB -> stdout + $OUT/bulk-*.json; BENCHMARKS.md untouched
+    udp                     the engine's UDP workers vs a minimal C recvmmsg/sendmmsg echo (the floor): datagrams/s,
+                            loss, p99, datagrams per server CPU-second -> stdout + $OUT/udp-*.json
     scaling                 workers 1..16 against one load generator -> $OUT/ + BENCHMARKS.md
     report                  rewrite BENCHMARKS.md + chart from bench/results/matrix.json
     merge-scaling FILE.md   add a scaling table measured on another machine
@@ -32,6 +34,7 @@ from .apps import cmd_apps
 from .context import Context
 from .matrix import cmd_bulk, cmd_floor, cmd_matrix, cmd_report
 from .scaling import cmd_merge_scaling, cmd_scaling
+from .udp import cmd_udp
 
 
 def main(argv: list[str]) -> int:
@@ -52,6 +55,8 @@ def main(argv: list[str]) -> int:
             return cmd_merge_scaling(ctx, argv[1])
         if cmd == "apps":
             return cmd_apps(ctx)
+        if cmd == "udp":
+            return cmd_udp(ctx)
         if cmd == "scaling":
             return cmd_scaling(ctx)
         print(__doc__)

@@ -27,7 +27,7 @@ from harness.syscalls import parse_perf_stat, parse_strace_c  # noqa: E402
 from pytest_guards import DEFAULT_SIGNALS  # noqa: E402 (scripts/, put on the path by conftest.py)
 
 MODULES = ["__main__", "chart", "context", "footprint", "format", "markdown", "matrix", "measure", "scaling", "servers",
-           "syscalls", "targets"]
+           "syscalls", "targets", "udp"]
 
 
 def test_importing_the_harness_creates_nothing(tmp_path: Path) -> None:
@@ -161,3 +161,34 @@ def test_c_server_refuses_bad_arguments(c_server: Path) -> None:
         r = subprocess.run([str(c_server), *args], capture_output=True, text=True, timeout=10)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.strip(), args
+
+
+@pytest.fixture(scope="session")
+def c_udp_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        pytest.skip("no C compiler")
+    out = tmp_path_factory.mktemp("c") / "c_udp_echo"
+    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(BENCH / "servers" / "c_udp_echo.c")],
+                   check=True, timeout=120)
+    return out
+
+
+def test_c_udp_server_echoes_each_datagram_to_its_sender(c_udp_server: Path) -> None:
+    from harness.udp import udp_ready
+
+    port = free_port()
+    proc = subprocess.Popen([*DEFAULT_SIGNALS, str(c_udp_server), "-p", str(port), "-w", "2"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        udp_ready(port, timeout=10)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            for data in (b"", b"x", bytes(range(256)) * 200):  # empty, one byte, 51,200 bytes
+                s.sendto(data, ("127.0.0.1", port))
+                assert s.recvfrom(65536) == (data, ("127.0.0.1", port))
+    finally:
+        stop(proc)
+    for args in (["-p", "0"], ["-p", "9", "-w", "0"], ["-p", "9", "-H", "::1"]):
+        r = subprocess.run([str(c_udp_server), *args], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2, (args, r.stderr)

@@ -33,6 +33,9 @@ pub enum Workload {
     /// HTTP/1.1 `GET /` back to back on persistent connections (`Connection: keep-alive`).
     #[serde(rename = "http-keepalive")]
     HttpKeepalive,
+    /// UDP flows (one source port each), a numbered datagram every `--interval` per flow, each echo
+    /// checked; datagrams whose echo never comes are lost (see `udp.rs`).
+    Udp,
 }
 
 impl Workload {
@@ -50,6 +53,7 @@ impl std::fmt::Display for Workload {
             Workload::Stream => "stream",
             Workload::Http => "http",
             Workload::HttpKeepalive => "http-keepalive",
+            Workload::Udp => "udp",
         })
     }
 }
@@ -73,7 +77,8 @@ pub struct BenchArgs {
     pub port: u16,
     /// conn = connect/send/echo/close per operation; pingpong = persistent connections, one message in
     /// flight each; stream = bulk echo throughput; http = one GET per connection (Connection: close);
-    /// http-keepalive = GETs on persistent connections (both check status 200 and a whole body).
+    /// http-keepalive = GETs on persistent connections (both check status 200 and a whole body); udp = UDP
+    /// flows, one numbered datagram every --interval each, echoes checked, missing ones counted as lost.
     #[arg(long, short = 'W', value_enum, default_value_t = Workload::Pingpong)]
     pub workload: Workload,
     /// Client connections open at once (split over the threads).
@@ -92,9 +97,14 @@ pub struct BenchArgs {
     /// the run.
     #[arg(long, short = 'n')]
     pub connections: Option<u64>,
-    /// Messages in flight per connection for `stream` (pingpong and conn always have one).
+    /// Messages in flight per connection for `stream` (pingpong and conn always have one), and per flow for
+    /// `udp` with `--interval 0`.
     #[arg(long, default_value_t = 2)]
     pub window: usize,
+    /// `udp`: each flow sends one datagram this often (default 2ms); 0: as fast as `--window` datagrams
+    /// in flight allow.
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
     /// Longest wait for a connection to be established.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -129,6 +139,7 @@ impl Default for BenchArgs {
             threads: 1,
             connections: None,
             window: 2,
+            interval: None,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
             sources: 1,
@@ -203,6 +214,15 @@ impl BenchArgs {
             return bad(format!(
                 "--concurrency must be at most {} for HTTP workloads (one thread per connection)",
                 crate::http::MAX_HTTP_CONCURRENCY
+            ));
+        }
+        if self.interval.is_some() && self.workload != Workload::Udp {
+            return bad("--interval is for --workload udp".into());
+        }
+        if self.workload == Workload::Udp && !(crate::udp::HEADER..=65_507).contains(&self.size) {
+            return bad(format!(
+                "--size must be {}..=65507 for udp (a datagram carries its flow and number)",
+                crate::udp::HEADER
             ));
         }
         if self.port == 0 {

@@ -73,6 +73,8 @@ pub(crate) struct ThreadConfig {
     pub deadline: Instant,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// `udp`: each flow's send interval (zero: keep `window` datagrams in flight).
+    pub interval: Duration,
     /// Source addresses to spread connections over (one: let the kernel choose).
     pub sources: Vec<std::net::Ipv4Addr>,
 }
@@ -359,11 +361,12 @@ impl Runner<'_> {
                 // Current messages fully written: start another if the workload wants one.
                 let more = match self.cfg.workload {
                     Workload::Conn => c.started == 0,
-                    // HTTP workloads never reach the echo engine (see http.rs).
+                    // HTTP and UDP workloads never reach the echo engine (see http.rs, udp.rs).
                     Workload::Pingpong
                     | Workload::Stream
                     | Workload::Http
-                    | Workload::HttpKeepalive => c.started - c.done < self.cfg.window as u64,
+                    | Workload::HttpKeepalive
+                    | Workload::Udp => c.started - c.done < self.cfg.window as u64,
                 };
                 if !more || !self.take_op(i) {
                     if !self.conns[i].held && self.conns[i].started == self.conns[i].done {

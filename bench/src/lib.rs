@@ -29,6 +29,7 @@ mod engine;
 mod http;
 mod record;
 mod report;
+mod udp;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -50,7 +51,13 @@ fn worker_snapshot(host: &str, port: u16) -> Option<Vec<(String, u32, usize, u64
     let mut out = Vec::new();
     for s in servers {
         for w in s.workers {
-            out.push((s.runtime.clone(), s.pid, w.index, w.accepted));
+            // Connections accepted, or over UDP datagrams read (a worker counts only one of the two).
+            out.push((
+                s.runtime.clone(),
+                s.pid,
+                w.index,
+                w.accepted + w.datagrams_in,
+            ));
         }
     }
     (!out.is_empty()).then_some(out)
@@ -77,6 +84,49 @@ fn worker_shares(
         })
         .collect();
     Some(shares)
+}
+
+/// Set by SIGINT/SIGTERM while an [`Interrupt`] guard is installed: the run stops early.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// While alive, SIGINT and SIGTERM end the run early (sending stops, echoes due are awaited, the report
+/// covers what ran) instead of killing the process; the previous handlers come back on drop. For the
+/// command line, which a test or a script stops when the steps it measures are done.
+pub struct Interrupt {
+    previous: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl Interrupt {
+    /// Installs the handlers.
+    pub fn install() -> Interrupt {
+        INTERRUPTED.store(false, Ordering::Relaxed);
+        let mut previous = Vec::new();
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: a zeroed sigaction with a handler that only stores an atomic; the old one is kept.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_interrupt as *const () as usize;
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, &action, &mut old) == 0 {
+                    previous.push((sig, old));
+                }
+            }
+        }
+        Interrupt { previous }
+    }
+}
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        for (sig, old) in &self.previous {
+            // SAFETY: restores what `install` replaced.
+            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        }
+    }
 }
 
 /// Runs a load test and returns its report; draws a progress bar on stderr when `show_progress`.
@@ -110,7 +160,7 @@ pub fn run_with_progress(args: &BenchArgs, show_progress: bool) -> Result<Report
             workload: args.workload,
             connections: per_thread(t),
             size: args.size,
-            window: if args.workload == Workload::Stream {
+            window: if matches!(args.workload, Workload::Stream | Workload::Udp) {
                 args.window
             } else {
                 1
@@ -119,6 +169,7 @@ pub fn run_with_progress(args: &BenchArgs, show_progress: bool) -> Result<Report
             deadline,
             connect_timeout: args.connect_timeout,
             timeout: args.timeout,
+            interval: args.interval.unwrap_or(udp::DEFAULT_INTERVAL),
             sources: (1..=args.sources)
                 .map(|k| std::net::Ipv4Addr::new(127, 0, 0, k))
                 .collect(),
@@ -127,7 +178,9 @@ pub fn run_with_progress(args: &BenchArgs, show_progress: bool) -> Result<Report
         let h = std::thread::Builder::new()
             .name(format!("bench-{t}"))
             .spawn(move || {
-                if cfg.workload.is_http() {
+                if cfg.workload == Workload::Udp {
+                    udp::run_thread(cfg, &shared)
+                } else if cfg.workload.is_http() {
                     http::run_thread(cfg, &shared)
                 } else {
                     engine::run_thread(cfg, &shared)
@@ -166,6 +219,9 @@ pub fn run_with_progress(args: &BenchArgs, show_progress: bool) -> Result<Report
                 args.duration.as_secs_f64(),
                 ops as f64 / el.as_secs_f64().max(1e-3)
             ));
+        }
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            shared.stop.store(true, Ordering::Relaxed);
         }
         if Instant::now() > deadline + Duration::from_secs(30) {
             // Never expected: threads check the deadline on every tick. Ask them once more, then wait.

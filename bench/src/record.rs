@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Closed,
     /// Anything else (e.g. `EADDRNOTAVAIL` when the client runs out of ports).
     Other,
+    /// A datagram whose echo did not come back within `--timeout` (`udp`).
+    Lost,
 }
 
 /// Failed operations by kind.
@@ -38,6 +40,9 @@ pub struct ErrorCounts {
     pub closed: u64,
     /// See [`ErrorKind::Other`].
     pub other: u64,
+    /// See [`ErrorKind::Lost`].
+    #[serde(default)]
+    pub lost: u64,
     /// All of the above.
     pub total: u64,
 }
@@ -52,6 +57,7 @@ impl ErrorCounts {
             ErrorKind::WrongEcho => &mut self.wrong_echo,
             ErrorKind::Closed => &mut self.closed,
             ErrorKind::Other => &mut self.other,
+            ErrorKind::Lost => &mut self.lost,
         } += 1;
         self.total += 1;
     }
@@ -63,10 +69,11 @@ impl ErrorCounts {
         self.wrong_echo += o.wrong_echo;
         self.closed += o.closed;
         self.other += o.other;
+        self.lost += o.lost;
         self.total += o.total;
     }
 
-    pub(crate) fn pairs(&self) -> [(&'static str, u64); 6] {
+    pub(crate) fn pairs(&self) -> [(&'static str, u64); 7] {
         [
             ("refused", self.refused),
             ("reset", self.reset),
@@ -74,6 +81,7 @@ impl ErrorCounts {
             ("wrong echo", self.wrong_echo),
             ("closed early", self.closed),
             ("other", self.other),
+            ("lost", self.lost),
         ]
     }
 }

@@ -122,7 +122,7 @@ impl Report {
             concurrency: args.concurrency,
             threads: args.threads.min(args.concurrency),
             size: args.size,
-            window: if args.workload == Workload::Stream {
+            window: if matches!(args.workload, Workload::Stream | Workload::Udp) {
                 args.window
             } else {
                 1
@@ -210,7 +210,7 @@ pub fn bar_chart(workers: &[WorkerShare], width: usize) -> String {
     let total: u64 = workers.iter().map(|w| w.accepted).sum();
     let max = workers.iter().map(|w| w.accepted).max().unwrap_or(0).max(1);
     let mut o = format!(
-        "  per-worker  accepted during the run ({} connection(s)):\n",
+        "  per-worker  accepted during the run ({} connection(s), or datagrams over UDP):\n",
         group(total)
     );
     const EIGHTHS: [&str; 8] = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"];

@@ -265,6 +265,7 @@ fn given_settings(m: &ArgMatches) -> Vec<(&'static str, Value)> {
 /// Runs the load generator; 0 when every operation succeeded, 1 when any failed, 2 on a bad target.
 fn bench(args: &load::BenchArgs) -> u8 {
     let progress = !args.json && !args.quiet && std::io::stderr().is_terminal();
+    let _interrupt = load::Interrupt::install();
     match load::run_with_progress(args, progress) {
         Ok(report) => {
             let out = if args.json {

@@ -4,20 +4,36 @@ use std::fmt::Write as _;
 
 use port_sharding::{Health, Role, ServerStatus, SteeringState, WorkerStats};
 
-const HEADINGS: [&str; 13] = [
-    "worker",
-    "kind",
-    "gen",
-    "pid",
-    "state",
-    "health",
-    "accepted",
-    "active",
-    "bytes in",
-    "bytes out",
-    "errors",
-    "restarts",
-    "queue",
+/// Each column's heading and width; over UDP the connection columns count datagrams and flows instead.
+const TCP: [(&str, usize); 13] = [
+    ("worker", 6),
+    ("kind", 8),
+    ("gen", 4),
+    ("pid", 8),
+    ("state", 9),
+    ("health", 13),
+    ("accepted", 10),
+    ("active", 8),
+    ("bytes in", 12),
+    ("bytes out", 12),
+    ("errors", 7),
+    ("restarts", 8),
+    ("queue", 6),
+];
+const UDP: [(&str, usize); 13] = [
+    ("worker", 6),
+    ("kind", 8),
+    ("gen", 4),
+    ("pid", 8),
+    ("state", 9),
+    ("dgrams in", 10),
+    ("dgrams out", 10),
+    ("flows", 6),
+    ("bytes in", 12),
+    ("bytes out", 12),
+    ("errors", 7),
+    ("restarts", 8),
+    ("queue B", 8),
 ];
 
 /// The status table of `servers`.
@@ -62,19 +78,32 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
             s.runtime, s.pid, s.addr, s.uptime_secs
         )
         .ok();
-        row(&mut out, HEADINGS.map(str::to_string));
+        let udp = s.mode.starts_with("udp");
+        let columns = if udp { &UDP } else { &TCP };
+        row(&mut out, columns, columns.map(|(h, _)| h.to_string()));
         for w in &s.workers {
+            let (a, b, c) = if udp {
+                (w.datagrams_in, w.datagrams_out, w.active)
+            } else {
+                (w.accepted, w.active, 0)
+            };
+            let (fifth, sixth, seventh) = if udp {
+                (a.to_string(), b.to_string(), c.to_string())
+            } else {
+                (health(w), a.to_string(), b.to_string())
+            };
             row(
                 &mut out,
+                columns,
                 [
                     w.index.to_string(),
                     w.kind.to_string(),
                     w.generation.to_string(),
                     w.pid.to_string(),
                     w.state.to_string(),
-                    health(w),
-                    w.accepted.to_string(),
-                    w.active.to_string(),
+                    fifth,
+                    sixth,
+                    seventh,
                     w.bytes_in.to_string(),
                     w.bytes_out.to_string(),
                     w.errors.to_string(),
@@ -85,17 +114,24 @@ pub(crate) fn table(servers: &[ServerStatus]) -> String {
             // During a reload (and while replaced workers finish their connections), the listener's
             // other processes, one line each under its row.
             for p in w.processes.iter().filter(|p| p.role != Role::Serving) {
+                let counts = if udp {
+                    [p.datagrams_in, p.datagrams_out, p.active].map(|n| n.to_string())
+                } else {
+                    [String::new(), p.accepted.to_string(), p.active.to_string()]
+                };
+                let [x, y, z] = counts;
                 row(
                     &mut out,
+                    columns,
                     [
                         String::new(),
                         p.role.to_string(),
                         p.generation.to_string(),
                         p.pid.to_string(),
                         p.state.to_string(),
-                        String::new(),
-                        p.accepted.to_string(),
-                        p.active.to_string(),
+                        x,
+                        y,
+                        z,
                         p.bytes_in.to_string(),
                         p.bytes_out.to_string(),
                         p.errors.to_string(),
@@ -117,13 +153,12 @@ fn health(w: &WorkerStats) -> String {
     }
 }
 
-fn row(out: &mut String, cells: [String; 13]) {
-    let [a, k, n, b, c, x, d, e, f, g, h, i, j] = cells;
-    writeln!(
-        out,
-        "  {a:>6} {k:>8} {n:>4} {b:>8} {c:>9} {x:>13} {d:>10} {e:>8} {f:>12} {g:>12} {h:>7} {i:>8} {j:>6}"
-    )
-    .ok();
+fn row(out: &mut String, columns: &[(&str, usize); 13], cells: [String; 13]) {
+    out.push(' ');
+    for ((_, width), cell) in columns.iter().zip(cells) {
+        write!(out, " {cell:>width$}").ok();
+    }
+    out.push('\n');
 }
 
 /// Whether `pid` exists and has not exited (a zombie waiting for its parent counts as gone).

@@ -57,6 +57,50 @@ impl FromStr for Mode {
     }
 }
 
+/// Which transport the port is served over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// Listening TCP sockets; workers accept connections.
+    #[default]
+    Tcp,
+    /// Bound UDP sockets; workers read datagrams (every worker's socket in the port's reuseport group).
+    Udp,
+}
+
+impl Protocol {
+    /// Every protocol's name, as [`Protocol::as_str`] gives it.
+    pub const NAMES: &'static [&'static str] = &["tcp", "udp"];
+
+    /// The protocol's name as the CLI, Python and Ruby spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Protocol> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(Error::invalid(
+                "protocol",
+                format!("{s:?} is not one of tcp, udp"),
+            )),
+        }
+    }
+}
+
 /// When a command worker counts as ready (and a reload may stop the worker it replaces).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Ready {
@@ -141,6 +185,23 @@ settings! {
             shown "auto", short 'w', value "N",
             help "Worker processes, each with its own listener; auto: the CPUs this process may use (its CPU \
                   affinity and its cgroup's CPU quota, rounded up)";
+        /// The transport: `tcp` (listening sockets, connections) or `udp` (one bound UDP socket per worker
+        /// in the port's reuseport group; `echo` sends each datagram back to its sender, `hello` answers
+        /// each with the greeting). A reload gives each new worker a socket of its own and retires the old
+        /// one only once its receive queue is empty, so no datagram is lost.
+        protocol: Protocol = Protocol::Tcp,
+            shown "tcp", value "PROTO",
+            help "Transport: tcp, or udp (a reuseport UDP socket per worker; reloads and takeovers lose no \
+                  datagram)";
+        /// UDP with eBPF (where `bpf()` is permitted): at a reload (or a takeover's hand-over of the
+        /// group), a replaced worker keeps the flows it served — their datagrams still reach its socket —
+        /// until none has sent anything for this long (or `drain_timeout` has passed); then they move to
+        /// the new generation and its socket is read empty and closed. Also what `status` counts as a
+        /// live flow.
+        udp_flow_idle: Duration = Duration::from_secs(3),
+            shown "3s", value "DURATION",
+            help "UDP: a replaced worker keeps the flows it served until they are idle this long (eBPF, where \
+                  permitted), then they move to the new workers";
         /// What workers do with a connection ([`Mode`]).
         mode: Mode = Mode::Echo,
             shown "echo", short 'm', value "MODE",
@@ -315,6 +376,7 @@ impl Config {
             ("ready_timeout", Some(self.ready_timeout)),
             ("stall_after", Some(self.stall_after)),
             ("stall_restart_after", self.stall_restart_after),
+            ("udp_flow_idle", Some(self.udp_flow_idle)),
         ] {
             match t {
                 Some(t) if t.is_zero() => {
@@ -362,6 +424,22 @@ impl Config {
                     self.stop_signal
                 ),
             );
+        }
+        if self.protocol == Protocol::Udp {
+            if self.mode == Mode::Once {
+                return bad(
+                    "mode",
+                    "once reads one request of a connection; with protocol udp use echo or hello"
+                        .to_string(),
+                );
+            }
+            if self.migrate {
+                return bad(
+                    "migrate",
+                    "moves queued TCP connections; a UDP socket's queue is read empty before it closes anyway"
+                        .to_string(),
+                );
+            }
         }
         if !matches!(self.runtime.as_str(), "rust" | "python" | "ruby") {
             return bad(

@@ -15,10 +15,14 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::datagram::Flows;
 use crate::drain::{self, Ask, DRAIN_GRACE};
 use crate::log::log;
 use crate::notify::notify;
 use crate::stats::{Slot, StatsArea};
+mod receive;
+pub use receive::Receive;
+
 /// How often a draining `accept` looks at the queue again while it waits out the grace window.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// While `accept` keeps finding connections it reads the drain pipe at most this often (one system call
@@ -97,6 +101,8 @@ pub struct WorkerListener {
     /// When `accept` last read the drain pipe (ms after `born`, plus one).
     checked_at: AtomicU64,
     born: Instant,
+    /// Over UDP (`receive`, not `accept`): the peers heard from lately, for `status`'s flows.
+    flows: Option<std::sync::Mutex<Flows>>,
 }
 
 fn now_ms(born: Instant) -> u64 {
@@ -113,6 +119,7 @@ impl WorkerListener {
         stats: Arc<StatsArea>,
         counters: usize,
         notify: PathBuf,
+        udp_flow_idle: Option<Duration>,
     ) -> io::Result<WorkerListener> {
         // SAFETY: eventfd makes a new fd, which we own.
         let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -142,6 +149,7 @@ impl WorkerListener {
             empty_since: AtomicU64::new(0),
             checked_at: AtomicU64::new(0),
             born: Instant::now(),
+            flows: udp_flow_idle.map(|idle| std::sync::Mutex::new(Flows::new(idle))),
         })
     }
 
@@ -402,7 +410,7 @@ mod tests {
         let notify = UnixDatagram::bind(&path).unwrap();
         notify.set_nonblocking(true).unwrap();
         let fd = std::os::fd::IntoRawFd::into_raw_fd(l);
-        let w = WorkerListener::new(0, fd, rx, stats, k, path).unwrap();
+        let w = WorkerListener::new(0, fd, rx, stats, k, path, None).unwrap();
         Setup {
             addr,
             tx: Some(tx),

@@ -1,4 +1,4 @@
-//! Many processes serving one TCP port with `SO_REUSEPORT`: the kernel spreads connections over them,
+//! Many processes serving one TCP or UDP port with `SO_REUSEPORT`: the kernel spreads connections (or flows) over them,
 //! and a server can be restarted or upgraded without losing a connection.
 //!
 //! # Quick start
@@ -48,6 +48,13 @@
 //! With [`Server::set_function`], each worker instead runs the host's own code — a Python function, a Ruby
 //! block — in a process the host forks through its interpreter's fork path ([`FunctionHost`]), with a
 //! [`WorkerListener`] giving it ready, drain and accept as the engine defines them.
+//!
+//! With [`Config::protocol`] = [`Protocol::Udp`], every worker gets a bound UDP socket of the port's group
+//! instead: built-in workers answer datagrams in `recvmmsg`/`sendmmsg` batches, command workers get the
+//! socket as fd 3, function workers [`WorkerListener::receive`] datagrams. A reload gives each new worker a
+//! socket of its own and closes an old one only once it has left selection and been read empty; where
+//! `bpf()` is permitted an `SK_REUSEPORT` program keeps each flow on the worker that served it until the
+//! flow is idle ([`Config::udp_flow_idle`]). No datagram is lost to a reload or a takeover.
 //!
 //! Per-worker counters live in a shared memory page ([`WorkerStats`]); a unix control socket answers
 //! [`status`], [`stop`] and `takeover` (a successor receives the listening sockets with `SCM_RIGHTS`, so
@@ -119,6 +126,7 @@ mod config;
 mod conns;
 mod control;
 mod cpus;
+mod datagram;
 mod drain;
 mod error;
 mod fds;
@@ -133,12 +141,13 @@ mod server;
 mod settings;
 mod signals;
 mod stats;
+mod sticky;
 mod supervisor;
 mod worker;
 
 pub use config::{
-    default_workers, parse_duration, parse_signal, Config, Mode, Ready, Signal, MAX_DURATION,
-    MAX_WORKERS, SETTINGS,
+    default_workers, parse_duration, parse_signal, Config, Mode, Protocol, Ready, Signal,
+    MAX_DURATION, MAX_WORKERS, SETTINGS,
 };
 pub use control::{
     control_dir, reload, status, stop, upgrade, PidNamespace, ReloadFailure, ReloadReport,
@@ -147,7 +156,7 @@ pub use control::{
 pub use drain::DRAIN_GRACE;
 pub use error::{Error, Result};
 pub use fds::close_in_forked_child;
-pub use function::{Accept, FunctionHost, WorkerListener};
+pub use function::{Accept, FunctionHost, Receive, WorkerListener};
 pub use lifecycle::{Phase, Report, StopReason};
 pub use listener::{listen, resolve};
 pub use log::set_quiet;

@@ -119,7 +119,8 @@ pub struct Report {
     pub reason: StopReason,
     /// A second signal (or the drain timeout) ended it early: connections may have been cut.
     pub forced: bool,
-    /// Connections the workers accepted over the whole run (every worker, restarts and reloads included).
+    /// Connections the workers accepted over the whole run (every worker, restarts and reloads included);
+    /// over UDP, the datagrams they read.
     pub served: u64,
     /// How long the drain took, from its start until the last worker exited.
     pub drain: Duration,

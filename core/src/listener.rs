@@ -70,8 +70,13 @@ pub fn bind(addr: SocketAddr, backlog: u32, nonblocking: bool) -> Result<TcpList
     Ok(socket.into())
 }
 
-/// Length of a listener's accept queue right now (`TCP_INFO.tcpi_unacked` on a listening socket).
+/// Length of a listener's accept queue right now (`TCP_INFO.tcpi_unacked` on a listening socket); for a
+/// UDP socket, the bytes in its receive queue ([`crate::datagram::queued_bytes`]): 0 means empty for both.
 pub fn queue_len(listener: &impl std::os::fd::AsRawFd) -> Option<u32> {
+    tcp_queue_len(listener).or_else(|| crate::datagram::queued_bytes(listener))
+}
+
+fn tcp_queue_len(listener: &impl std::os::fd::AsRawFd) -> Option<u32> {
     // SAFETY: tcp_info is plain old data; getsockopt writes at most `len` bytes into it.
     unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();

@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use crate::config::{parse_duration, parse_signal, Config, Mode, Ready, Signal, SETTINGS};
+use crate::config::{
+    parse_duration, parse_signal, Config, Mode, Protocol, Ready, Signal, SETTINGS,
+};
 use crate::error::{Error, Result};
 
 /// Who is passing settings: decides how a setting is named in errors, and whether strings are parsed.
@@ -335,6 +337,13 @@ impl FromValue for bool {
 impl FromValue for Mode {
     const KIND: Kind = Kind::Choice(Mode::NAMES);
     fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Mode> {
+        String::from_value(s, value, parse)?.parse()
+    }
+}
+
+impl FromValue for Protocol {
+    const KIND: Kind = Kind::Choice(Protocol::NAMES);
+    fn from_value(s: &Setting, value: Value, parse: bool) -> Result<Protocol> {
         String::from_value(s, value, parse)?.parse()
     }
 }

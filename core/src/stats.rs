@@ -153,6 +153,12 @@ pub struct WorkerProcess {
     pub bytes_out: u64,
     /// Its connections that ended in an error.
     pub errors: u64,
+    /// Datagrams it read (UDP).
+    #[serde(default)]
+    pub datagrams_in: u64,
+    /// Datagrams it sent (UDP).
+    #[serde(default)]
+    pub datagrams_out: u64,
 }
 
 /// A snapshot of one worker slot (one listener): the seat's record plus its live workers' counters.
@@ -175,6 +181,13 @@ pub struct WorkerStats {
     pub bytes_out: u64,
     /// Connections that ended in an error (reset, accept failure, idle timeout, drain timeout).
     pub errors: u64,
+    /// Datagrams read on this listener (UDP), across restarts and reloads. Over UDP `active` counts
+    /// the live flows: peers heard from within the last 3 seconds.
+    #[serde(default)]
+    pub datagrams_in: u64,
+    /// Datagrams sent from this listener (UDP).
+    #[serde(default)]
+    pub datagrams_out: u64,
     /// How many times this listener's worker was replaced after dying.
     pub restarts: u64,
     /// Connections waiting in this listener's accept queue (`TCP_INFO.tcpi_unacked`), as last sampled.
@@ -206,9 +219,29 @@ pub struct Slot {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     errors: AtomicU64,
+    datagrams_in: AtomicU64,
+    datagrams_out: AtomicU64,
 }
 
 impl Slot {
+    /// `n` datagrams of `bytes` in all read (UDP).
+    pub fn datagrams_in(&self, n: usize, bytes: usize) {
+        self.datagrams_in.fetch_add(n as u64, Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Relaxed);
+    }
+    /// `n` datagrams of `bytes` in all sent (UDP).
+    pub fn datagrams_out(&self, n: usize, bytes: usize) {
+        self.datagrams_out.fetch_add(n as u64, Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Relaxed);
+    }
+    /// The live flows a UDP worker published last.
+    pub fn flows(&self) -> u64 {
+        self.active.load(Relaxed)
+    }
+    /// The live flows (UDP peers heard from lately): what `active` counts for a UDP worker.
+    pub fn set_flows(&self, n: u64) {
+        self.active.store(n, Relaxed);
+    }
     /// One connection accepted (and now open).
     pub fn accepted(&self) {
         self.accepted.fetch_add(1, Relaxed);
@@ -245,6 +278,8 @@ impl Slot {
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            datagrams_in: self.datagrams_in.load(Relaxed),
+            datagrams_out: self.datagrams_out.load(Relaxed),
         }
     }
     fn clear(&self) {
@@ -254,6 +289,8 @@ impl Slot {
             &self.bytes_in,
             &self.bytes_out,
             &self.errors,
+            &self.datagrams_in,
+            &self.datagrams_out,
         ] {
             c.store(0, Relaxed);
         }
@@ -273,10 +310,18 @@ pub struct Counts {
     pub bytes_out: u64,
     /// Connections that ended in an error.
     pub errors: u64,
+    /// Datagrams read (UDP).
+    #[serde(default)]
+    pub datagrams_in: u64,
+    /// Datagrams sent (UDP).
+    #[serde(default)]
+    pub datagrams_out: u64,
 }
 
 impl std::ops::AddAssign for Counts {
     fn add_assign(&mut self, o: Counts) {
+        self.datagrams_in += o.datagrams_in;
+        self.datagrams_out += o.datagrams_out;
         self.accepted += o.accepted;
         self.active += o.active;
         self.bytes_in += o.bytes_in;
@@ -317,6 +362,8 @@ pub(crate) struct SeatRecord {
     done_bytes_in: AtomicU64,
     done_bytes_out: AtomicU64,
     done_errors: AtomicU64,
+    done_datagrams_in: AtomicU64,
+    done_datagrams_out: AtomicU64,
 }
 
 impl SeatRecord {
@@ -362,6 +409,8 @@ impl SeatRecord {
         self.done_bytes_in.fetch_add(c.bytes_in, Relaxed);
         self.done_bytes_out.fetch_add(c.bytes_out, Relaxed);
         self.done_errors.fetch_add(c.errors, Relaxed);
+        self.done_datagrams_in.fetch_add(c.datagrams_in, Relaxed);
+        self.done_datagrams_out.fetch_add(c.datagrams_out, Relaxed);
     }
     fn done(&self) -> Counts {
         Counts {
@@ -370,6 +419,8 @@ impl SeatRecord {
             bytes_in: self.done_bytes_in.load(Relaxed),
             bytes_out: self.done_bytes_out.load(Relaxed),
             errors: self.done_errors.load(Relaxed),
+            datagrams_in: self.done_datagrams_in.load(Relaxed),
+            datagrams_out: self.done_datagrams_out.load(Relaxed),
         }
     }
 }
@@ -521,6 +572,8 @@ impl StatsArea {
                     bytes_in: c.bytes_in,
                     bytes_out: c.bytes_out,
                     errors: c.errors,
+                    datagrams_in: c.datagrams_in,
+                    datagrams_out: c.datagrams_out,
                 }
             })
             .collect();
@@ -549,6 +602,8 @@ impl StatsArea {
                     bytes_in: c.bytes_in,
                     bytes_out: c.bytes_out,
                     errors: c.errors,
+                    datagrams_in: c.datagrams_in,
+                    datagrams_out: c.datagrams_out,
                     restarts: s.restarts.load(Relaxed),
                     queue_len: s.queue_len(),
                     kind: WorkerKind::from_u64(s.kind.load(Relaxed)),

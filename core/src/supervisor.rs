@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use socket2::Socket;
 
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::control::{self, ConnId, ControlSocket, Request, ServerStatus};
 use crate::drain::Ask;
 use crate::error::{Error, Result};
@@ -35,6 +36,7 @@ mod activation;
 mod admin;
 mod command;
 mod delay;
+mod flows;
 mod function;
 mod group;
 mod kind;
@@ -141,6 +143,14 @@ pub(crate) fn bind(mut config: Config) -> Result<Bound> {
     upgrade::remember();
     let upgrading = upgrade::from_env()?;
     let activation = activation::take(&mut config, kind.blocking())?;
+    let udp = config.protocol == Protocol::Udp;
+    if udp && activation.passed.is_some() {
+        return Err(Error::invalid(
+            "protocol",
+            "udp: sockets passed by a service manager (LISTEN_FDS) are taken for TCP listeners; \
+             start a UDP server without socket activation",
+        ));
+    }
     let wanted = listener::resolve(&config.host, config.port)?;
     let mut listeners = Vec::new();
     let mut predecessor = None;
@@ -154,14 +164,14 @@ pub(crate) fn bind(mut config: Config) -> Result<Bound> {
             (true, false) => Err("the service manager's socket has no SO_REUSEPORT, so no group to steer".to_string()),
             (false, _) => Err("the listeners came back from the service manager's fd store without their order in the group".to_string()),
         });
-        listeners = p.listeners.into_iter().map(Tracked::new).collect();
+        listeners = p.listeners.into_iter().map(member).collect();
     } else if let Some((pid, addr)) = upgrading {
-        let (p, adopted) = take_over_from(pid, addr, kind.blocking())?;
+        let (p, adopted) = take_over_from(pid, addr, kind.blocking(), udp)?;
         listeners = adopted.into_iter().map(Tracked::new).collect();
         managed = p.managed;
         predecessor = Some(p);
     } else if config.takeover {
-        if let Some((p, adopted)) = take_over(wanted, kind.blocking())? {
+        if let Some((p, adopted)) = take_over(wanted, kind.blocking(), udp)? {
             listeners = adopted.into_iter().map(Tracked::new).collect();
             managed = p.managed;
             predecessor = Some(p);
@@ -169,13 +179,17 @@ pub(crate) fn bind(mut config: Config) -> Result<Bound> {
     }
     let adopted = listeners.len();
     let mut addr = match listeners.first() {
-        Some(l) => l.local_addr().map_err(|e| Error::io("getsockname", e))?,
+        Some(l) => socket_addr(l)?,
         None => wanted,
     };
     // The manager's sockets are all there is: we bind none beside them.
     while listeners.len() < config.workers && !managed {
-        let l = listener::bind(addr, config.backlog, true)?;
-        addr = l.local_addr().map_err(|e| Error::io("getsockname", e))?;
+        let l = if udp {
+            Socket::from(crate::datagram::bind(addr, true)?)
+        } else {
+            Socket::from(listener::bind(addr, config.backlog, true)?)
+        };
+        addr = socket_addr(&l)?;
         listeners.push(Tracked::new(l));
     }
     let migrate_prog = match (config.migrate, listeners.first()) {
@@ -184,11 +198,20 @@ pub(crate) fn bind(mut config: Config) -> Result<Bound> {
     };
     let adopted_order = predecessor.as_ref().and_then(|p| p.order.as_deref());
     let order = match passed_order {
-        Some(Ok(o)) => group::group_order(addr, adopted, Some(&o), listeners.len()),
+        Some(Ok(o)) => group::group_order(addr, udp, adopted, Some(&o), listeners.len()),
         Some(Err(why)) => Err(why),
-        None => group::group_order(addr, adopted, adopted_order, listeners.len()),
+        None => group::group_order(addr, udp, adopted, adopted_order, listeners.len()),
     };
-    let (group, listeners) = Group::new(addr, listeners, order, migrate_prog, adopted > 0);
+    let inherited = predecessor.as_mut().and_then(|p| p.flows.take());
+    let (group, listeners) = Group::new(
+        addr,
+        listeners,
+        udp,
+        order,
+        migrate_prog,
+        adopted > 0,
+        inherited,
+    );
     let steering = Steering::new(&config, listeners.len());
     let stats = Arc::new(StatsArea::new(listeners.len())?);
     let poll = Tracked::new(Poll::new().map_err(|e| Error::io("epoll", e))?);
@@ -220,6 +243,18 @@ pub(crate) fn bind(mut config: Config) -> Result<Bound> {
         managed,
         unstore: activation.unstore,
     })
+}
+
+/// A passed TCP listener as a member of the group.
+fn member(l: std::net::TcpListener) -> Tracked<Socket> {
+    Tracked::new(Socket::from(l))
+}
+
+/// The address a member of the group is bound to.
+fn socket_addr(s: &Socket) -> Result<SocketAddr> {
+    let addr = s.local_addr().map_err(|e| Error::io("getsockname", e))?;
+    addr.as_socket()
+        .ok_or_else(|| Error::io("getsockname", io::Error::other("not an IP socket")))
 }
 
 impl Bound {
@@ -326,6 +361,7 @@ impl Supervisor {
             ready_timeout: self.server.config.ready_timeout,
             draining: self.draining.is_some(),
             drain_timeout: self.server.config.drain_timeout,
+            sticky: self.server.group.sticky().is_ok(),
         };
         let spawner = Spawner {
             server: &self.server,
@@ -351,6 +387,22 @@ impl Supervisor {
         if let Some(admin) = &self.server.admin {
             log!("{}", admin.describe());
         }
+        if c.protocol == Protocol::Udp {
+            let group = &self.server.group;
+            let how = match (group.known(), group.sticky()) {
+                (Ok(()), Ok(())) => format!(
+                    "a socket of its own per new worker, steered by an eBPF program: new flows go to the new \
+                     workers, a replaced worker keeps its flows until they are idle for {:?}",
+                    c.udp_flow_idle
+                ),
+                (Ok(()), Err(why)) => format!(
+                    "a socket of its own per new worker, steered by a classic BPF program (stateless: every \
+                     flow moves to the new workers; no eBPF: {why})"
+                ),
+                (Err(why), _) => format!("the old worker's socket, shared with the new one ({why})"),
+            };
+            log!("udp: reloads use {how}; a socket closes only once read empty");
+        }
         let room = process::connection_room();
         if c.max_connections > room {
             log!(
@@ -361,6 +413,7 @@ impl Supervisor {
         }
         // Sockets the service manager holds (socket unit, fd store) outlive a restart anyway.
         if migrate_req() == Some(false)
+            && c.protocol == Protocol::Tcp
             && self.server.predecessor.is_none()
             && !self.server.group.migrates()
             && !self.server.managed
@@ -493,6 +546,11 @@ impl Supervisor {
             late.extend(l);
             killed_any |= k;
         }
+        for seat in &mut self.seats {
+            for id in seat.take_let_go() {
+                self.server.group.let_go(id);
+            }
+        }
         // A drain that had to kill was cut short (the CLI exits 1).
         if killed_any && self.draining.is_some() {
             self.forced = true;
@@ -552,17 +610,22 @@ impl Supervisor {
             let report = Report {
                 reason,
                 forced: self.forced,
+                // A worker counts connections or, over UDP, datagrams: one of the two is 0.
                 served: self
                     .server
                     .stats
                     .snapshot()
                     .iter()
-                    .map(|w| w.accepted)
+                    .map(|w| w.accepted + w.datagrams_in)
                     .sum(),
                 drain: since.elapsed(),
             };
+            let what = match self.server.config.protocol {
+                Protocol::Tcp => "connection(s)",
+                Protocol::Udp => "datagram(s)",
+            };
             log!(
-                "stopped ({}): all workers exited after {:.2?}; served {} connection(s)",
+                "stopped ({}): all workers exited after {:.2?}; served {} {what}",
                 reason.cause(),
                 report.drain,
                 report.served
@@ -689,8 +752,12 @@ impl Supervisor {
         self.server.service.stopping(&status, progress);
         let open: u64 = self.server.stats.snapshot().iter().map(|s| s.active).sum();
         let running = self.seats.iter().filter(|s| s.serving().is_some()).count();
+        let (stop, open_what) = match self.server.config.protocol {
+            Protocol::Tcp => ("stop accepting", "connection(s) open"),
+            Protocol::Udp => ("read their sockets empty", "live flow(s)"),
+        };
         log!(
-            "draining ({}): {running} worker(s) stop accepting, {open} connection(s) open, timeout {:?}",
+            "draining ({}): {running} worker(s) {stop}, {open} {open_what}, timeout {:?}",
             reason.cause(),
             self.server.config.drain_timeout
         );
@@ -804,7 +871,7 @@ impl Supervisor {
                     log!("control: stop requested");
                     self.begin_drain(StopReason::Stop);
                 }
-                Request::Takeover { addr, command } => self.offer(id, addr, command),
+                Request::Takeover { addr, command, udp } => self.offer(id, addr, command, udp),
                 Request::Reload { batch } => self.reload_request(id, batch),
                 Request::Upgrade => self.upgrade_request(id),
                 Request::Ready => self.respond(

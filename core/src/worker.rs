@@ -23,6 +23,7 @@ use crate::log::log;
 use crate::notify::notify;
 use crate::stats::Slot;
 
+pub(crate) mod datagram;
 mod stream;
 
 const LISTENER: Token = Token(usize::MAX);

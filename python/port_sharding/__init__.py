@@ -71,6 +71,8 @@ class Settings(TypedDict, total=False):
     host: Optional[str]
     port: Optional[int]
     workers: Optional[int]
+    protocol: Optional[Literal["tcp", "udp"]]
+    udp_flow_idle: Optional[float]
     mode: Optional[Literal["echo", "once", "hello"]]
     backlog: Optional[int]
     drain_timeout: Optional[float]
@@ -126,6 +128,9 @@ class Listener:
 
     ``for client, addr in listener`` (or ``accept()``) hands out connections until the server drains and this
     listener's queue has stayed empty for a moment; then the loop ends and the function should return.
+    With ``protocol="udp"``, ``for data, addr in listener`` (or ``receive()``) hands out datagrams instead, until
+    the socket is read empty after a drain (at once on a hand-over); reply with
+    ``listener.socket.sendto(data, addr)``.
     The first ``accept()`` tells the supervisor this worker is ready; ``ready()`` does so without accepting
     (for an event loop that accepts on ``socket`` itself, e.g. ``asyncio.start_server(sock=listener.socket)``).
     """
@@ -169,9 +174,21 @@ class Listener:
             addr = None
         return client, addr
 
-    def __iter__(self) -> Iterator[Tuple[_Socket, Any]]:
+    @property
+    def udp(self) -> bool:
+        """Whether the socket is a UDP socket (``protocol="udp"``): iterate for datagrams, not connections."""
+        return self._native.udp
+
+    def receive(self, timeout: Optional[float] = None) -> Optional[Tuple[bytes, Any]]:
+        """UDP: the next datagram and its sender's address, as ``socket.recvfrom()`` gives them; ``None`` once
+        drained or when ``timeout`` seconds passed first. Other threads run meanwhile."""
+        return self._native.receive(timeout)
+
+    def __iter__(self) -> Iterator[Tuple[Any, Any]]:
+        """``(client, addr)`` for each connection, or over UDP ``(data, addr)`` for each datagram."""
+        next_one = self.receive if self.udp else self.accept
         while True:
-            pair = self.accept()
+            pair = next_one()
             if pair is None:
                 return
             yield pair

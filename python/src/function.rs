@@ -8,8 +8,9 @@ use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use port_sharding::{Accept, FunctionHost, WorkerListener};
+use port_sharding::{Accept, FunctionHost, Receive, WorkerListener};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
 
 /// The function every worker runs.
 pub struct PyHost {
@@ -50,7 +51,13 @@ impl FunctionHost for PyHost {
     fn run(&self, listener: Arc<WorkerListener>) -> i32 {
         Python::attach(|py| {
             let run = || -> PyResult<i32> {
-                let listener = Py::new(py, Listener { inner: listener })?;
+                let listener = Py::new(
+                    py,
+                    Listener {
+                        inner: listener,
+                        buf: std::sync::Mutex::new(Vec::new()),
+                    },
+                )?;
                 let runner = py.import("port_sharding")?.getattr("_run_worker")?;
                 runner.call1((self.function.bind(py), listener))?.extract()
             };
@@ -66,6 +73,8 @@ impl FunctionHost for PyHost {
 #[pyclass(module = "port_sharding._port_sharding", frozen)]
 pub struct Listener {
     inner: Arc<WorkerListener>,
+    /// `receive`'s buffer (room for the largest datagram), made on its first call.
+    buf: std::sync::Mutex<Vec<u8>>,
 }
 
 #[pymethods]
@@ -100,6 +109,49 @@ impl Listener {
     /// Tells the supervisor this worker serves.
     fn ready(&self) {
         self.inner.ready()
+    }
+
+    /// Whether the socket is a UDP socket (`receive`, not `accept`).
+    #[getter]
+    fn udp(&self) -> bool {
+        self.inner.is_udp()
+    }
+
+    /// The next datagram and its sender's address (as `socket.recvfrom` gives them), or `None` once
+    /// drained or after `timeout` seconds; the GIL is released while waiting.
+    #[pyo3(signature = (timeout=None))]
+    fn receive<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, Bound<'py, PyTuple>)>> {
+        let timeout = timeout.and_then(|t| Duration::try_from_secs_f64(t.max(0.0)).ok());
+        let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+        let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+        if buf.is_empty() {
+            buf.resize(65_536, 0);
+        }
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            let space: &mut [u8] = &mut buf;
+            match py.detach(|| self.inner.receive(space, left))? {
+                Receive::Datagram { len, from, .. } => {
+                    let data = PyBytes::new(py, &buf[..len]);
+                    let addr = match from {
+                        std::net::SocketAddr::V4(a) => {
+                            (a.ip().to_string(), a.port()).into_pyobject(py)?
+                        }
+                        std::net::SocketAddr::V6(a) => {
+                            (a.ip().to_string(), a.port(), a.flowinfo(), a.scope_id())
+                                .into_pyobject(py)?
+                        }
+                    };
+                    return Ok(Some((data, addr)));
+                }
+                Receive::Drained | Receive::TimedOut => return Ok(None),
+                Receive::Interrupted => py.check_signals()?,
+            }
+        }
     }
 
     /// The next connection's fd, or `None` once drained or after `timeout` seconds; the GIL is released

@@ -30,6 +30,21 @@ def test_server_context_manager_echoes_and_reports_stats() -> None:
     assert wait_gone(pids) == []
 
 
+def test_udp_server_echoes_datagrams_and_counts_them() -> None:
+    with port_sharding.Server(port=0, host="127.0.0.1", workers=2, protocol="udp") as server:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(20)
+            for i in range(3):
+                s.sendto(b"datagram %d" % i, ("127.0.0.1", server.port))
+                assert s.recvfrom(100) == (b"datagram %d" % i, ("127.0.0.1", server.port))
+        stats = server.stats()
+        assert sum(w["datagrams_in"] for w in stats) == 3 and sum(w["datagrams_out"] for w in stats) == 3
+        [found] = port_sharding.status(server.port, "127.0.0.1")
+        assert found["mode"] == "udp echo"
+    report = server.wait()
+    assert report is not None and report.served == 3, report  # over UDP: datagrams read
+
+
 def test_server_start_stop_and_status() -> None:
     server = port_sharding.Server(port=0, host="127.0.0.1", workers=1, mode="hello")
     assert server.phase == "starting"
@@ -183,6 +198,8 @@ def test_all_names_exist() -> None:
     "kwargs, param",
     [
         ({"mode": "loud"}, "mode"),
+        ({"protocol": "sctp"}, "protocol"),
+        ({"protocol": "udp", "mode": "once"}, "mode"),
         ({"port": 70000}, "port"),
         ({"port": -1}, "port"),
         ({"port": 2**70}, "port"),

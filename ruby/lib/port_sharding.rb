@@ -44,6 +44,10 @@ module PortSharding
     #   port:            the port, also the first argument; 0 picks a free one (default 1234)
     #   workers:         worker processes, each with its own listener (default: the CPUs this process may
     #                    use: its CPU affinity and its cgroup's CPU quota, rounded up)
+    #   protocol:        :tcp, or :udp (a reuseport UDP socket per worker; reloads and takeovers lose no
+    #                    datagram; built-in :echo and :hello, and command workers) (default :tcp)
+    #   udp_flow_idle:   UDP: seconds a replaced worker keeps the flows it served once they are idle (eBPF,
+    #                    where permitted), then they move to the new workers (default 3)
     #   mode:            :echo, :once (one read, echo, close: the talk's loop) or :hello (default :echo)
     #   backlog:         listen(2) backlog per listener (default 1024)
     #   drain_timeout:   longest a drain may take, in seconds (default 30)

@@ -14,6 +14,8 @@ class TestErrors < Minitest::Test
     port: [70_000, -1, "0", 2**70],
     workers: [0, 10_000, -2, 2.5, "4"],
     mode: [:bogus, "ECHO", 1],
+    protocol: [:sctp, "UDP", 17],
+    udp_flow_idle: [0, -1, "3s"],
     backlog: [0, -5, 1.5],
     drain_timeout: [0, -1, "30", Float::NAN],
     max_connections: [0, -1, "10"],

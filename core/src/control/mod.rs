@@ -26,6 +26,6 @@ pub use registry::control_dir;
 
 pub(crate) use client::Client;
 pub(crate) use pidns::here as pid_namespace;
-pub(crate) use protocol::{encode, error_line, Offer, Request, DRAINING};
+pub(crate) use protocol::{encode, error_line, Offer, Request, DRAINING, OTHER_PROTOCOL};
 pub(crate) use registry::{ensure_dir, find, Found};
 pub(crate) use server::{send_line, send_offer, ConnId, ControlSocket};

@@ -14,6 +14,8 @@ pub(crate) const MAX_REQUEST: usize = 64 * 1024;
 pub(crate) const MAX_ANSWER: usize = 4 * 1024 * 1024;
 /// What a server answers to `takeover` while draining: the new server then looks for another.
 pub(crate) const DRAINING: &str = "this server is draining";
+/// A takeover's answer from a server of the other protocol on the same port: not a refusal, another server.
+pub(crate) const OTHER_PROTOCOL: &str = "this server serves the port over the other protocol";
 
 /// One request line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -27,6 +29,9 @@ pub(crate) enum Request {
         /// belongs to the socket, so both sides must agree).
         #[serde(default)]
         command: bool,
+        /// The new server serves UDP: only a UDP server's sockets will do (absent: TCP).
+        #[serde(default)]
+        udp: bool,
     },
     Ready,
     /// Replace every worker in place, `batch` at a time (1 when absent).
@@ -53,6 +58,11 @@ pub(crate) struct Offer {
     /// server must never bind beside them, and one may lack `SO_REUSEPORT`.
     #[serde(default)]
     pub managed: bool,
+    /// UDP with eBPF: the slot of each socket in the flow-sticky program's socket array; the program and
+    /// its three maps follow the sockets as four more fds (a socket can be in one such array only, and the
+    /// flows learned stay with their workers' sockets).
+    #[serde(default)]
+    pub flow_slots: Option<Vec<u32>>,
 }
 
 /// A running server as `status` reports it.

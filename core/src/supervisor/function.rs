@@ -48,7 +48,9 @@ fn child(
         let drain = drain.ok_or_else(|| std::io::Error::other("the worker ran twice"))?;
         let stats = s.server.stats.clone();
         let notify = s.notify.to_path_buf();
-        let listener = WorkerListener::new(i, s.listener, drain, stats, s.counters, notify)?;
+        let udp = s.server.config.protocol == crate::config::Protocol::Udp;
+        let idle = udp.then_some(s.server.config.udp_flow_idle);
+        let listener = WorkerListener::new(i, s.listener, drain, stats, s.counters, notify, idle)?;
         Ok::<i32, std::io::Error>(host.run(Arc::new(listener)))
     }));
     let code = match code {

@@ -11,9 +11,12 @@
 //! from sockets that must not get any — a reload's new socket before its worker is ready, an old one its
 //! worker is emptying before it stops (see [`super::seat`]).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use socket2::Socket;
+
+use super::flows::Flows;
 use crate::fds::Tracked;
 use crate::log::log;
 use crate::reuseport;
@@ -25,11 +28,12 @@ use crate::reuseport;
 /// leaves moves the group's last one into its slot).
 pub(super) fn group_order(
     addr: SocketAddr,
+    udp: bool,
     adopted: usize,
     adopted_order: Option<&[u32]>,
     total: usize,
 ) -> Result<Vec<u32>, String> {
-    let members = reuseport::listening_on(addr)
+    let members = reuseport::members(addr, udp)
         .map_err(|e| format!("the port's group cannot be counted ({e})"))?;
     if members != total {
         return Err(format!(
@@ -60,18 +64,25 @@ fn is_permutation(order: &[u32], n: usize) -> bool {
             .all(|&i| (i as usize) < n && !std::mem::replace(&mut seen[i as usize], true))
 }
 
+/// The flow-sticky program and maps a predecessor passed at a takeover, and the slot of each socket it
+/// passed (in the order it passed them).
+pub(super) struct Inherited {
+    pub(super) sticky: crate::sticky::Sticky,
+    pub(super) slots: Vec<u32>,
+}
+
 /// Names one of our sockets for as long as it is in the group.
 pub(super) type SockId = u64;
 
-/// One of our listening sockets and the id the group knows it by.
+/// One of our sockets — a listening TCP socket, or a bound UDP one — and the id the group knows it by.
 pub(super) struct Listener {
     pub(super) id: SockId,
-    socket: Tracked<TcpListener>,
+    socket: Tracked<Socket>,
 }
 
 impl std::ops::Deref for Listener {
-    type Target = TcpListener;
-    fn deref(&self) -> &TcpListener {
+    type Target = Socket;
+    fn deref(&self) -> &Socket {
         &self.socket
     }
 }
@@ -88,22 +99,51 @@ pub(super) struct Group {
     order: Result<Vec<SockId>, String>,
     next_id: SockId,
     v6: bool,
+    /// UDP sockets (`protocol = udp`): what [`Group::bind`] makes.
+    udp: bool,
     /// The sockets the attached program selects: `Some(empty)` none attached (the kernel's hash, or the
     /// migrate program); `None` unknown (a successor may have changed it).
     applied: Option<Vec<SockId>>,
     /// The migrate program (`--migrate` with eBPF): what "no selection" means in this group.
     migrate: Option<OwnedFd>,
+    /// UDP with eBPF: the flow-sticky program, which replaces the classic one (see `flows`); `Err(why)`
+    /// where it could not be loaded (the classic program steers, statelessly).
+    flows: Result<Flows, String>,
 }
 
 impl Group {
+    /// Whether flows stick to the socket that got their first datagram (UDP with eBPF), and else why not.
+    pub(super) fn sticky(&self) -> Result<(), &str> {
+        self.flows.as_ref().map(drop).map_err(String::as_str)
+    }
+
+    /// What a takeover passes on with `listeners` (UDP with eBPF): the program's and maps' fds and each
+    /// listener's slot.
+    pub(super) fn flow_handover(&self, listeners: &[&Listener]) -> Option<([RawFd; 4], Vec<u32>)> {
+        let ids: Vec<SockId> = listeners.iter().map(|l| l.id).collect();
+        self.flows.as_ref().ok()?.handover(&ids)
+    }
+
+    /// Takes socket `id` out of the sticky program's array: the flows still on it move to the picked
+    /// sockets (nothing when flows do not stick).
+    pub(super) fn let_go(&mut self, id: SockId) {
+        if let Ok(flows) = &mut self.flows {
+            if let Err(e) = flows.let_go(id) {
+                log!("a retiring socket could not be taken out of the eBPF socket array ({e})");
+            }
+        }
+    }
+
     /// The group of `listeners` (in group order when `order` is `Ok`: see `group_order`).
     /// `adopted`: a takeover gave us some of them, and the old server's program may still be attached.
     pub(super) fn new(
         addr: SocketAddr,
-        listeners: Vec<Tracked<TcpListener>>,
+        listeners: Vec<Tracked<Socket>>,
+        udp: bool,
         order: Result<Vec<u32>, String>,
         migrate: Option<OwnedFd>,
         adopted: bool,
+        inherited: Option<Inherited>,
     ) -> (Group, Vec<Listener>) {
         let listeners: Vec<Listener> = listeners
             .into_iter()
@@ -126,12 +166,41 @@ impl Group {
         } else {
             Some(Vec::new())
         };
+        let flows = match (&order, udp, inherited) {
+            // The predecessor's program and maps, its sockets first in `listeners`.
+            (Ok(_), true, Some(inh)) if inh.slots.len() <= listeners.len() => {
+                let (old, new) = listeners.split_at(inh.slots.len());
+                let old: Vec<(SockId, u32, &Listener)> = old
+                    .iter()
+                    .zip(&inh.slots)
+                    .map(|(l, &s)| (l.id, s, l))
+                    .collect();
+                let new: Vec<(SockId, &Listener)> = new.iter().map(|l| (l.id, l)).collect();
+                Flows::adopt(inh.sticky, &old, &new)
+                    .map_err(|e| format!("the eBPF program passed on could not be used ({e})"))
+            }
+            (Ok(_), true, _) => {
+                let members: Vec<(SockId, &Listener)> =
+                    listeners.iter().map(|l| (l.id, l)).collect();
+                Flows::new(&members)
+                    .map_err(|e| format!("the eBPF program could not be loaded ({e})"))
+            }
+            (Err(why), true, _) => Err(why.clone()),
+            (_, false, _) => Err("not UDP".to_string()),
+        };
+        let applied = if flows.is_ok() {
+            Some(listeners.iter().map(|l| l.id).collect())
+        } else {
+            applied
+        };
         let group = Group {
             order,
             next_id: listeners.len() as SockId,
             v6: addr.is_ipv6(),
+            udp,
             applied,
             migrate,
+            flows,
         };
         (group, listeners)
     }
@@ -143,9 +212,18 @@ impl Group {
         addr: SocketAddr,
         backlog: u32,
     ) -> crate::error::Result<Listener> {
-        let socket = crate::listener::bind(addr, backlog, true)?;
+        let socket = if self.udp {
+            Socket::from(crate::datagram::bind(addr, true)?)
+        } else {
+            Socket::from(crate::listener::bind(addr, backlog, true)?)
+        };
         let id = self.next_id;
         self.next_id += 1;
+        if let Ok(flows) = &mut self.flows {
+            flows.join(id, &socket).map_err(|e| {
+                crate::error::Error::io("a new socket into the eBPF socket array", e)
+            })?;
+        }
         if let Ok(order) = &mut self.order {
             order.push(id);
         }
@@ -200,6 +278,23 @@ impl Group {
         if self.selects(want) {
             return Ok(());
         }
+        if let Ok(flows) = &self.flows {
+            // New flows to `want` (every member for none); known flows stay where they are.
+            let all;
+            let pick = match (want.is_empty(), &self.order) {
+                (true, Ok(order)) => {
+                    all = order.clone();
+                    &all
+                }
+                _ => want,
+            };
+            if self.applied.is_none() {
+                flows.attach(any)?;
+            }
+            flows.pick(pick)?;
+            self.applied = Some(want.to_vec());
+            return Ok(());
+        }
         let result = match (&self.order, want.is_empty()) {
             (Ok(order), false) => {
                 let numbers: Vec<u32> = want
@@ -245,6 +340,22 @@ impl Group {
     /// concern while other retired sockets are still open (one worker, overlapping reloads).
     pub(super) fn close(&mut self, leaving: Listener, any: Option<&impl AsRawFd>) {
         let id = leaving.id;
+        if let Ok(flows) = &mut self.flows {
+            // Its slot empties as it closes; no member moves under the eBPF program.
+            drop(leaving);
+            flows.leave(id);
+            if let Ok(order) = &mut self.order {
+                order.retain(|&m| m != id);
+            }
+            let was = self.applied.take().unwrap_or_default();
+            let again: Vec<SockId> = was.into_iter().filter(|&s| s != id).collect();
+            if let Some(any) = any {
+                if let Err(e) = self.select(any, &again) {
+                    log!("the eBPF pick set could not be updated after a socket left ({e})");
+                }
+            }
+            return;
+        }
         let selected = self.applied.clone();
         if let (Ok(order), Some(sel), Some(any)) = (&self.order, &selected, any) {
             let last = order.last().copied();
@@ -294,13 +405,13 @@ mod tests {
         let a = crate::listener::bind("127.0.0.1:0".parse().unwrap(), 16, true).unwrap();
         let addr = a.local_addr().unwrap();
         let b = crate::listener::bind(addr, 16, true).unwrap();
-        assert_eq!(group_order(addr, 0, None, 2), Ok(vec![0, 1]));
-        assert_eq!(group_order(addr, 1, Some(&[0]), 2), Ok(vec![0, 1]));
-        let why = group_order(addr, 1, None, 2).unwrap_err();
+        assert_eq!(group_order(addr, false, 0, None, 2), Ok(vec![0, 1]));
+        assert_eq!(group_order(addr, false, 1, Some(&[0]), 2), Ok(vec![0, 1]));
+        let why = group_order(addr, false, 1, None, 2).unwrap_err();
         assert!(why.contains("without their order"), "{why}");
         // A third socket we did not bind.
         let c = crate::listener::bind(addr, 16, true).unwrap();
-        let why = group_order(addr, 0, None, 2).unwrap_err();
+        let why = group_order(addr, false, 0, None, 2).unwrap_err();
         assert!(why.contains("held 1 socket(s) besides"), "{why}");
         drop((a, b, c));
     }

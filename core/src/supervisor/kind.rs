@@ -19,9 +19,9 @@ use std::time::Duration;
 use nix::unistd::Pid;
 
 use super::command::Prepared;
-use super::process::child_main;
+use super::process::{child_main, udp_child_main};
 use super::{Bound, KILL_GRACE};
-use crate::config::{Config, Ready};
+use crate::config::{Config, Protocol, Ready};
 use crate::drain;
 use crate::error::{Error, Result};
 use crate::function::FunctionHost;
@@ -89,11 +89,24 @@ pub(super) trait Kind: Send {
     fn blocking(&self) -> bool {
         false
     }
+    /// Why stalls cannot be judged for this kind, when they cannot (UDP: no accept queue).
+    fn unsteerable(&self) -> Option<&'static str> {
+        None
+    }
 }
+
+/// Why no kind steers over UDP.
+const UDP_UNSTEERABLE: &str =
+    "UDP sockets have no accept queue whose stalls could be told from busy ones";
 
 /// The kind `config` asks for: command workers when it names a program, else built-in ones.
 pub(super) fn choose(config: &Config) -> Box<dyn Kind> {
-    if config.command.is_empty() {
+    if config.command.is_empty() && config.protocol == Protocol::Udp {
+        Box::new(Datagram {
+            mode: config.mode,
+            drain_timeout: config.drain_timeout,
+        })
+    } else if config.command.is_empty() {
         Box::new(Builtin {
             mode: config.mode,
             drain_timeout: config.drain_timeout,
@@ -105,6 +118,7 @@ pub(super) fn choose(config: &Config) -> Box<dyn Kind> {
             ready: config.ready,
             ready_delay: config.ready_delay,
             drain_timeout: config.drain_timeout,
+            udp: config.protocol == Protocol::Udp,
         })
     }
 }
@@ -123,6 +137,7 @@ pub(super) fn function(host: Arc<dyn FunctionHost>, config: &Config) -> Result<B
     Ok(Box::new(Function {
         host,
         drain_timeout: config.drain_timeout,
+        udp: config.protocol == Protocol::Udp,
     }))
 }
 
@@ -170,10 +185,64 @@ impl Kind for Builtin {
     }
 }
 
+/// The engine's UDP loop (echo, hello), forked: one socket of the group per worker.
+struct Datagram {
+    mode: crate::config::Mode,
+    drain_timeout: Duration,
+}
+
+impl Kind for Datagram {
+    fn tag(&self) -> WorkerKind {
+        WorkerKind::Builtin
+    }
+    fn mode(&self) -> String {
+        format!("udp {}", self.mode)
+    }
+    fn describe(&self) -> String {
+        format!("udp, mode {}", self.mode)
+    }
+    fn detail(&self) -> String {
+        " (udp)".to_string()
+    }
+    fn spawn(&self, s: &Spawn<'_>) -> Result<Spawned> {
+        let (tx, rx) = drain::pipe()?;
+        // SAFETY: the child runs only Rust code of this crate and leaves with _exit (see udp_child_main).
+        match unsafe { nix::unistd::fork() } {
+            Err(e) => Err(Error::io(format!("fork worker {}", s.index), e.into())),
+            Ok(nix::unistd::ForkResult::Child) => {
+                drop(tx);
+                udp_child_main(s, rx)
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Spawned {
+                pid: child,
+                stop: Stop::Pipe(tx),
+                group: false,
+            }),
+        }
+    }
+    fn ready_after(&self) -> Option<Duration> {
+        None
+    }
+    fn kill_after(&self) -> Duration {
+        self.drain_timeout.saturating_add(KILL_GRACE)
+    }
+    fn own_sockets(&self) -> bool {
+        // A socket shared with the old worker would do for stateless replies, but a new socket lets the
+        // old one leave the group's selection, be read empty and only then close: each worker keeps the
+        // datagrams it was sent, and the old one's exit says its socket has drained.
+        true
+    }
+    fn unsteerable(&self) -> Option<&'static str> {
+        Some(UDP_UNSTEERABLE)
+    }
+}
+
 /// The host's own function (a Python function, a Ruby block), forked through the host.
 struct Function {
     host: Arc<dyn FunctionHost>,
     drain_timeout: Duration,
+    /// Its listener is a UDP socket (`for data, addr in listener`).
+    udp: bool,
 }
 
 impl Kind for Function {
@@ -181,10 +250,15 @@ impl Kind for Function {
         WorkerKind::Function
     }
     fn mode(&self) -> String {
-        "function".to_string()
+        if self.udp { "udp function" } else { "function" }.to_string()
     }
     fn describe(&self) -> String {
-        "function workers".to_string()
+        if self.udp {
+            "udp, function workers"
+        } else {
+            "function workers"
+        }
+        .to_string()
     }
     fn detail(&self) -> String {
         " (function)".to_string()
@@ -206,6 +280,13 @@ impl Kind for Function {
     fn quick_clean_exit_is_a_crash(&self) -> bool {
         true
     }
+    fn own_sockets(&self) -> bool {
+        // Over UDP, as for built-in workers: the old socket is read empty before it closes.
+        self.udp
+    }
+    fn unsteerable(&self) -> Option<&'static str> {
+        self.udp.then_some(UDP_UNSTEERABLE)
+    }
 }
 
 /// A program exec'd with its listener as fd 3 (socket activation).
@@ -215,6 +296,8 @@ struct Command {
     ready: Ready,
     ready_delay: Duration,
     drain_timeout: Duration,
+    /// Its fd 3 is a UDP socket.
+    udp: bool,
 }
 
 impl Kind for Command {
@@ -253,5 +336,8 @@ impl Kind for Command {
     }
     fn kill_after(&self) -> Duration {
         self.drain_timeout
+    }
+    fn unsteerable(&self) -> Option<&'static str> {
+        self.udp.then_some(UDP_UNSTEERABLE)
     }
 }

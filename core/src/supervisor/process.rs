@@ -51,6 +51,27 @@ pub(super) fn child_main(s: &Spawn<'_>, drain: drain::Receiver) -> ! {
     unsafe { libc::_exit(code.unwrap_or(101)) }
 }
 
+/// The forked child of a built-in UDP worker: serve its socket, then `_exit`. Never returns into the
+/// caller.
+pub(super) fn udp_child_main(s: &Spawn<'_>, drain: drain::Receiver) -> ! {
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::signals::reset_for_worker();
+        close_fds_except(&[0, 1, 2, s.listener, drain.as_raw_fd()]);
+        // SAFETY: the supervisor's copy of this fd is never dropped in this process (we _exit).
+        let socket = unsafe { std::net::UdpSocket::from_raw_fd(s.listener) };
+        worker::datagram::run(worker::datagram::Worker {
+            index: s.index,
+            socket,
+            drain,
+            slot: s.server.stats.counters(s.counters),
+            config: &s.server.config,
+            notify: s.notify,
+        })
+    }));
+    // SAFETY: as in child_main.
+    unsafe { libc::_exit(code.unwrap_or(101)) }
+}
+
 /// Descriptors a worker needs besides its connections: stdio, listener, drain pipe, epoll, and spares.
 const FDS_RESERVED: u64 = 16;
 

@@ -31,6 +31,11 @@
 //!   ready (serving) ──promoted away, own socket──► emptying ──queue empty for EMPTY_GRACE,──► draining
 //!                                                              nothing accepted unread
 //! ```
+//!
+//! Over UDP with the flow-sticky eBPF program (`flows`), the old socket stays in the program's socket array
+//! while the old worker's flows are live (it publishes them as `active`): they keep reaching it. Once they
+//! are idle (`udp_flow_idle`), or `drain_timeout` has passed, the supervisor lets go of the socket
+//! ([`Seat::take_let_go`]) and the emptying above begins.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -62,6 +67,10 @@ pub(super) enum State {
     Emptying {
         since: Instant,
         empty: Option<Instant>,
+        /// Its socket is out of every selection. Not yet while flows stick to it (UDP with eBPF): it
+        /// keeps them until they are idle (`udp_flow_idle`) or `drain_timeout` has passed; then the
+        /// supervisor lets go of the socket and `since` starts again.
+        released: bool,
     },
     /// Asked to stop (or stopping by itself) since `since`; `killed` once SIGKILL was sent.
     Draining { since: Instant, killed: bool },
@@ -126,7 +135,12 @@ impl Worker {
     /// How many connections on its own socket's port it (its process group) holds without having read
     /// anything from them (see `conns`); 0 when that cannot be known.
     fn unread(&self) -> usize {
-        let Some(addr) = self.socket.as_ref().and_then(|s| s.local_addr().ok()) else {
+        let Some(addr) = self
+            .socket
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .and_then(|a| a.as_socket())
+        else {
             return 0;
         };
         let pids = if self.group {
@@ -189,6 +203,9 @@ pub(super) struct Ctx<'a> {
     pub(super) draining: bool,
     /// The longest a replaced worker's socket may take to empty before it is asked to stop anyway.
     pub(super) drain_timeout: Duration,
+    /// Flows stick to the socket that got their first datagram (UDP with eBPF): a replaced worker keeps
+    /// its socket in the array until its flows are idle.
+    pub(super) sticky: bool,
 }
 
 /// One listener and the workers on it.
@@ -203,6 +220,9 @@ pub(super) struct Seat {
     leftovers: Vec<Leftover>,
     /// The last generation started here (the first worker is generation 1).
     generation: u64,
+    /// Retiring sockets whose sticky flows are over: the supervisor takes them out of the eBPF socket
+    /// array ([`Seat::take_let_go`]).
+    let_go: Vec<super::group::SockId>,
     /// Quick deaths in a row, for the back-off.
     crashes: u32,
     restart_at: Option<Instant>,
@@ -220,6 +240,7 @@ impl Seat {
             retiring: Vec::new(),
             leftovers: Vec::new(),
             generation: 0,
+            let_go: Vec::new(),
             crashes: 0,
             restart_at: None,
             last_pid: Pid::from_raw(0),
@@ -415,6 +436,7 @@ impl Seat {
                     old.state = State::Emptying {
                         since: Instant::now(),
                         empty: None,
+                        released: !ctx.sticky,
                     };
                 }
                 // The new worker serves this very listener and its queue: a built-in worker lets go
@@ -586,6 +608,7 @@ impl Seat {
         let kill_after = ctx.kind.kill_after();
         let timeout = ctx.ready_timeout;
         let incoming_pid = self.incoming.as_ref().map(|w| w.pid);
+        let mut let_go = Vec::new();
         for w in self.workers_mut() {
             let pid = w.pid;
             let age = now.saturating_duration_since(w.started);
@@ -607,7 +630,36 @@ impl Seat {
                         log!("worker {i} (pid {pid}) was not ready within {timeout:?} (no READY=1); killing it");
                     }
                 }
-                State::Emptying { since, empty } => {
+                State::Emptying {
+                    since,
+                    released: false,
+                    ..
+                } => {
+                    let flows = ctx.stats.counters(w.counters).flows();
+                    let overdue = now.saturating_duration_since(since) > ctx.drain_timeout;
+                    if flows > 0 && !overdue {
+                        continue;
+                    }
+                    let why = if flows == 0 {
+                        "its flows are idle".to_string()
+                    } else {
+                        format!(
+                            "{flows} flow(s) still live {:?} after it was replaced",
+                            ctx.drain_timeout
+                        )
+                    };
+                    log!("worker {i} (pid {pid}): {why}; its socket leaves the eBPF socket array (those flows move to the new generation)");
+                    if let Some(s) = &w.socket {
+                        let_go.push(s.id);
+                    }
+                    w.state = State::Emptying {
+                        since: now,
+                        empty: None,
+                        released: true,
+                    };
+                    changed = true;
+                }
+                State::Emptying { since, empty, .. } => {
                     let queued = w
                         .socket
                         .as_ref()
@@ -618,7 +670,11 @@ impl Seat {
                     } else {
                         None
                     };
-                    w.state = State::Emptying { since, empty };
+                    w.state = State::Emptying {
+                        since,
+                        empty,
+                        released: true,
+                    };
                     let emptied =
                         empty.is_some_and(|t| now.saturating_duration_since(t) >= EMPTY_GRACE);
                     // And it has read from every connection it accepted: it would close one it has not
@@ -653,10 +709,16 @@ impl Seat {
                 _ => {}
             }
         }
+        self.let_go.extend(let_go);
         if changed {
             self.publish(ctx);
         }
         (late, killed_any)
+    }
+
+    /// The retiring sockets to take out of the eBPF socket array now.
+    pub(super) fn take_let_go(&mut self) -> Vec<super::group::SockId> {
+        std::mem::take(&mut self.let_go)
     }
 
     /// Whether a restart of the serving worker is due (never while an incoming one is starting: that

@@ -283,7 +283,9 @@ impl Supervisor {
         for name in std::mem::take(&mut self.server.unstore) {
             self.server.service.unstore(&name);
         }
-        if self.server.managed || !self.server.service.fd_store() {
+        // UDP sockets stay out of the store: what comes back from it is taken for TCP listeners.
+        let udp = self.server.config.protocol == crate::config::Protocol::Udp;
+        if self.server.managed || !self.server.service.fd_store() || udp {
             return;
         }
         let fds: Vec<RawFd> = self
@@ -302,7 +304,7 @@ impl Supervisor {
 
     /// A seat's new listener (a reload's socket of its own, once its worker is promoted) into the fd store.
     pub(super) fn store(&mut self, fd: RawFd) {
-        if !self.server.managed {
+        if !self.server.managed && self.server.config.protocol != crate::config::Protocol::Udp {
             let name = super::activation::fd_name(&fd);
             self.server.service.store(fd, &name);
         }

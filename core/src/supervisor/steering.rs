@@ -355,7 +355,13 @@ impl Supervisor {
         self.sample_queues();
         let now = Instant::now();
         let n = self.seats.len().min(self.server.steering.watch.len());
-        let to = self.judge_all(n, now);
+        let to = match self.server.kind.unsteerable() {
+            Some(why) => {
+                self.server.steering.block(why.to_string());
+                Vec::new()
+            }
+            None => self.judge_all(n, now),
+        };
         if self.successor.is_some() {
             // The new server decides the group's program once it runs; ours is stale from now.
             self.server.group.forget_program();

@@ -29,6 +29,8 @@ pub(super) struct Predecessor {
     pub(super) order: Option<Vec<u32>>,
     /// The sockets are the service manager's (socket activation): see `activation`.
     pub(super) managed: bool,
+    /// UDP with eBPF: its flow-sticky program and maps, with the slots of the sockets.
+    pub(super) flows: Option<group::Inherited>,
 }
 
 fn as_takeover(e: Error) -> Error {
@@ -40,10 +42,7 @@ fn as_takeover(e: Error) -> Error {
 
 /// Adopts the listening sockets of the newest server on `wanted` that offers them; `None` when no server
 /// (or only draining ones) runs there.
-pub(super) fn take_over(
-    wanted: SocketAddr,
-    command: bool,
-) -> Result<Option<(Predecessor, Vec<std::net::TcpListener>)>> {
+pub(super) fn take_over(wanted: SocketAddr, command: bool, udp: bool) -> Result<Option<Adopted>> {
     let found = control::find(Some(wanted), wanted.port()).map_err(as_takeover)?;
     if found.is_empty() {
         if let Some(other) = control::find(None, wanted.port())
@@ -65,9 +64,9 @@ pub(super) fn take_over(
     // Newest first: an older one is usually draining, or handing over to a newer one.
     let mut refusals = Vec::new();
     for f in found.iter().rev() {
-        match ask(f, wanted, command)? {
+        match ask(f, wanted, command, udp)? {
             Ok(got) => return Ok(Some(got)),
-            Err(msg) if msg == control::DRAINING => continue,
+            Err(msg) if msg == control::DRAINING || msg == control::OTHER_PROTOCOL => continue,
             Err(msg) => refusals.push(format!("pid {} refused: {msg}", f.pid)),
         }
     }
@@ -79,25 +78,27 @@ pub(super) fn take_over(
 }
 
 /// Adopted sockets, and the server they came from.
-type Adopted = (Predecessor, Vec<std::net::TcpListener>);
+type Adopted = (Predecessor, Vec<socket2::Socket>);
 
 /// Asks the server `f` for its sockets: what it handed over, or why it refused (`Err` inside).
 fn ask(
     f: &control::Found,
     wanted: SocketAddr,
     command: bool,
+    udp: bool,
 ) -> Result<std::result::Result<Adopted, String>> {
     let mut client = Client::connect(&f.path).map_err(as_takeover)?;
     client.send(&Request::Takeover {
         addr: wanted,
         command,
+        udp,
     })?;
     let (offer, fds) = match client.offer() {
         Ok(got) => got,
         Err(Error::Control(msg)) => return Ok(Err(msg)),
         Err(e) => return Err(as_takeover(e)),
     };
-    let listeners = adopt(&offer, fds, wanted, f.pid)?;
+    let (listeners, flows) = adopt(&offer, fds, wanted, f.pid, udp)?;
     log!(
         "takeover: received {} listening socket(s) for {} from {} server pid {}",
         listeners.len(),
@@ -111,20 +112,26 @@ fn ask(
         runtime: offer.runtime,
         order: offer.order,
         managed: offer.managed,
+        flows,
     };
     Ok(Ok((p, listeners)))
 }
 
 /// An upgrade's successor: adopts the sockets of the supervisor `pid` on `addr` (its parent), which
 /// started it for this; anything else is an error (it must not start a server of its own beside it).
-pub(super) fn take_over_from(pid: u32, addr: SocketAddr, command: bool) -> Result<Adopted> {
+pub(super) fn take_over_from(
+    pid: u32,
+    addr: SocketAddr,
+    command: bool,
+    udp: bool,
+) -> Result<Adopted> {
     let found = control::find(Some(addr), addr.port()).map_err(as_takeover)?;
     let Some(f) = found.iter().find(|f| f.pid == pid) else {
         return Err(Error::Takeover(format!(
             "upgrade: the server pid {pid} on {addr} that started this one is not running"
         )));
     };
-    ask(f, addr, command)?
+    ask(f, addr, command, udp)?
         .map_err(|msg| Error::Takeover(format!("upgrade: pid {pid} refused: {msg}")))
 }
 
@@ -134,11 +141,20 @@ fn adopt(
     fds: Vec<OwnedFd>,
     wanted: SocketAddr,
     pid: u32,
-) -> Result<Vec<std::net::TcpListener>> {
+    udp: bool,
+) -> Result<(Vec<socket2::Socket>, Option<group::Inherited>)> {
     let bad = |why: String| {
         Err(Error::Takeover(format!(
             "pid {pid} sent {why}; nothing adopted"
         )))
+    };
+    let mut fds = fds;
+    // UDP with eBPF: the program and its maps follow the sockets.
+    let extra = if offer.flow_slots.is_some() { 4 } else { 0 };
+    let maps = if extra > 0 && fds.len() == offer.sockets + extra {
+        fds.split_off(offer.sockets)
+    } else {
+        Vec::new()
     };
     if fds.is_empty() || fds.len() != offer.sockets || fds.len() > crate::config::MAX_WORKERS {
         return bad(format!(
@@ -151,18 +167,35 @@ fn adopt(
         return bad(format!("an offer for {}, not {wanted}", offer.addr));
     }
     for (i, fd) in fds.iter().enumerate() {
-        if let Err(why) = check_listener(fd, wanted, !offer.managed) {
+        if let Err(why) = check_listener(fd, wanted, !offer.managed, udp) {
             return bad(format!("socket {} of {}, which {why}", i + 1, fds.len()));
         }
     }
-    fds.into_iter()
+    let flows = match (<[OwnedFd; 4]>::try_from(maps), &offer.flow_slots) {
+        (Ok(maps), Some(slots)) if udp && slots.len() == offer.sockets => {
+            match crate::sticky::Sticky::adopt(maps) {
+                Ok(sticky) => Some(group::Inherited {
+                    sticky,
+                    slots: slots.clone(),
+                }),
+                Err(e) => {
+                    log!("takeover: pid {pid}'s flow-sticky program cannot be used ({e}); loading a new one");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let sockets = fds
+        .into_iter()
         .map(|fd| {
-            let l = std::net::TcpListener::from(fd);
+            let l = socket2::Socket::from(fd);
             l.set_nonblocking(true)
                 .map_err(|e| Error::io("set received socket nonblocking", e))?;
             Ok(l)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((sockets, flows))
 }
 
 fn int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> std::result::Result<i32, String> {
@@ -191,11 +224,18 @@ fn check_listener(
     fd: &OwnedFd,
     wanted: SocketAddr,
     reuseport: bool,
+    udp: bool,
 ) -> std::result::Result<(), String> {
     let raw = fd.as_raw_fd();
     let ty = int_opt(raw, libc::SOL_SOCKET, libc::SO_TYPE)?;
-    if ty != libc::SOCK_STREAM {
-        return Err(format!("is not a stream socket (SO_TYPE {ty})"));
+    let (want_ty, want_proto) = if udp {
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDP)
+    } else {
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP)
+    };
+    if ty != want_ty {
+        let what = if udp { "datagram" } else { "stream" };
+        return Err(format!("is not a {what} socket (SO_TYPE {ty})"));
     }
     let domain = int_opt(raw, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
     let want = if wanted.is_ipv4() {
@@ -209,10 +249,12 @@ fn check_listener(
         ));
     }
     let proto = int_opt(raw, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
-    if proto != libc::IPPROTO_TCP {
-        return Err(format!("is not TCP (protocol {proto})"));
+    if proto != want_proto {
+        return Err(format!(
+            "is not of the protocol asked for (protocol {proto})"
+        ));
     }
-    if int_opt(raw, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 1 {
+    if !udp && int_opt(raw, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 1 {
         return Err("is not listening".to_string());
     }
     if reuseport && int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 1 {
@@ -247,8 +289,12 @@ impl Supervisor {
     }
 
     /// The old server's side: hands the listening sockets to a new server, if this one is serving.
-    pub(super) fn offer(&mut self, id: ConnId, wanted: SocketAddr, command: bool) {
+    pub(super) fn offer(&mut self, id: ConnId, wanted: SocketAddr, command: bool, udp: bool) {
         let mine = self.server.addr;
+        if udp != (self.server.config.protocol == crate::config::Protocol::Udp) {
+            // Not ours to refuse: the new server looks for a server of its own protocol on the port.
+            return self.respond(id, control::error_line(control::OTHER_PROTOCOL));
+        }
         if self.stopping() {
             return self.refuse_takeover(id, control::DRAINING);
         }
@@ -304,14 +350,26 @@ impl Supervisor {
         };
         let listeners: Vec<&group::Listener> =
             self.seats.iter().filter_map(|s| s.listener()).collect();
-        let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        let mut fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        // The flow-sticky program and maps go along (one SCM_RIGHTS message holds MAX_WORKERS fds).
+        let sockets = fds.len();
+        let flow_slots = self
+            .server
+            .group
+            .flow_handover(&listeners)
+            .filter(|_| sockets + 4 <= crate::config::MAX_WORKERS)
+            .map(|(maps, slots)| {
+                fds.extend(maps);
+                slots
+            });
         let offer = Offer {
             pid: std::process::id(),
             runtime: self.server.config.runtime.clone(),
             addr: mine,
-            sockets: fds.len(),
+            sockets,
             order: self.server.group.numbers(&listeners),
             managed: self.server.managed,
+            flow_slots,
         };
         if let Err(e) = control::send_offer(&stream, &offer, &fds) {
             log!("takeover aborted: could not send the listening sockets ({e}); still serving");
@@ -327,9 +385,13 @@ impl Supervisor {
             return;
         }
         self.successor = Some((stream, Instant::now()));
+        let with = if offer.flow_slots.is_some() {
+            " and the flow-sticky eBPF program with its maps"
+        } else {
+            ""
+        };
         log!(
-            "takeover: handed {} listening socket(s) to a new server; waiting for it to be ready",
-            fds.len()
+            "takeover: handed {sockets} listening socket(s){with} to a new server; waiting for it to be ready"
         );
     }
 

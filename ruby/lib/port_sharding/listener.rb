@@ -36,12 +36,28 @@ module PortSharding
       [client, addr]
     end
 
-    # Yields |client, addr| for every connection until drained.
+    # UDP (`protocol: :udp`): the next datagram and its sender ([String, Addrinfo], as Socket#recvfrom gives
+    # them), or nil once drained (the socket read empty; at once on a hand-over) or when `timeout` seconds
+    # passed first. Reply with `listener.socket.send(data, 0, addr)`.
+    def receive(timeout: nil)
+      data, host, port = _receive(timeout)
+      return nil unless data
+
+      [data, Addrinfo.udp(host, port)]
+    end
+
+    # Yields |client, addr| for every connection until drained; over UDP |data, addr| for every datagram.
     def each
       return enum_for(:each) unless block_given?
 
-      while (pair = accept)
-        yield pair
+      if udp?
+        while (pair = receive)
+          yield pair
+        end
+      else
+        while (pair = accept)
+          yield pair
+        end
       end
       self
     end

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use magnus::value::Opaque;
 use magnus::{method, prelude::*, Error, RModule, Ruby, Value};
-use port_sharding::{Accept, FunctionHost, WorkerListener};
+use port_sharding::{Accept, FunctionHost, Receive, WorkerListener};
 
 use crate::nogvl::{nogvl, with_gvl};
 use crate::settings;
@@ -56,7 +56,16 @@ impl FunctionHost for RbHost {
         let block = ruby.get_inner(self.block);
         let run = || -> Result<i32, Error> {
             let module: RModule = ruby.class_object().const_get("PortSharding")?;
-            module.funcall("_run_worker", (block, RbListener { inner: listener }))
+            module.funcall(
+                "_run_worker",
+                (
+                    block,
+                    RbListener {
+                        inner: listener,
+                        buf: std::sync::Mutex::new(Vec::new()),
+                    },
+                ),
+            )
         };
         run().unwrap_or_else(|e| {
             eprintln!("port-sharding: the worker could not run: {e}");
@@ -69,6 +78,8 @@ impl FunctionHost for RbHost {
 #[magnus::wrap(class = "PortSharding::Listener", free_immediately, size)]
 pub struct RbListener {
     inner: Arc<WorkerListener>,
+    /// `_receive`'s buffer (room for the largest datagram), made on its first call.
+    buf: std::sync::Mutex<Vec<u8>>,
 }
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
@@ -81,6 +92,8 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("drained?", method!(RbListener::drained, 0))?;
     class.define_method("ready", method!(RbListener::ready, 0))?;
     class.define_method("_accept", method!(RbListener::accept, 1))?;
+    class.define_method("udp?", method!(RbListener::udp, 0))?;
+    class.define_method("_receive", method!(RbListener::receive, 1))?;
     Ok(())
 }
 
@@ -107,6 +120,42 @@ impl RbListener {
 
     fn ready(&self) {
         self.inner.ready()
+    }
+
+    fn udp(&self) -> bool {
+        self.inner.is_udp()
+    }
+
+    /// The next datagram as `[data, host, port]` (data a binary String), or nil once drained or after
+    /// `timeout` seconds. The GVL is released while waiting.
+    fn receive(
+        ruby: &Ruby,
+        rb_self: &Self,
+        timeout: Option<f64>,
+    ) -> Result<Option<(magnus::RString, String, u16)>, Error> {
+        let until = settings::timeout(ruby, timeout)?.and_then(|t| Instant::now().checked_add(t));
+        let inner = &rb_self.inner;
+        let mut buf = rb_self.buf.lock().unwrap_or_else(|p| p.into_inner());
+        if buf.is_empty() {
+            buf.resize(65_536, 0);
+        }
+        loop {
+            let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+            let got = nogvl(ruby, || inner.receive(&mut buf, left), || inner.wake())?;
+            match got.map_err(|e| {
+                crate::errors::to_ruby(ruby, port_sharding::Error::io("recvfrom", e))
+            })? {
+                Receive::Datagram { len, from, .. } => {
+                    let data = ruby.str_from_slice(&buf[..len]);
+                    return Ok(Some((data, from.ip().to_string(), from.port())));
+                }
+                Receive::Drained | Receive::TimedOut => return Ok(None),
+                Receive::Interrupted => ruby.thread_check_ints()?,
+            }
+            if left.is_some_and(|l| l == Duration::ZERO) {
+                return Ok(None);
+            }
+        }
     }
 
     /// The next connection's fd, or nil once drained or after `timeout` seconds. The GVL is released while
