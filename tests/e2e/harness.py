@@ -139,6 +139,18 @@ def assert_gone(pids: list[int]) -> None:
         time.sleep(0.02)
 
 
+def half_close(s: socket.socket) -> None:
+    """shutdown(SHUT_WR), reporting a reset as a reset: when the peer's RST lands between send and shutdown, the
+    socket is already closed and shutdown says ENOTCONN while the reset waits in SO_ERROR."""
+    try:
+        s.shutdown(socket.SHUT_WR)
+    except OSError as e:
+        pending = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if e.errno == errno.ENOTCONN and pending:
+            raise OSError(pending, os.strerror(pending)) from e
+        raise
+
+
 class ClientLoad:
     """Clients that connect, send a unique message, half-close and check the echo, back to back, on threads,
     until stopped: an independent count of what clients saw (answered, failed by kind, wrong). Bounded: each
@@ -180,7 +192,7 @@ class ClientLoad:
         msg = f"client {t} message {i}".encode()
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
             s.sendall(msg)
-            s.shutdown(socket.SHUT_WR)
+            half_close(s)
             reply = b""
             while chunk := s.recv(4096):
                 reply += chunk
