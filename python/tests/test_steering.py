@@ -24,7 +24,10 @@ import port_sharding
 
 def counted(listener):
     for client, addr in listener:
-        client.sendall(client.recv(1024))
+        try:
+            client.sendall(client.recv(1024))
+        except OSError:
+            pass  # a client that timed out while queued on the stopped worker has reset its connection
         client.close()
 
 async def aio(listener):
@@ -112,7 +115,10 @@ def test_a_stopped_function_worker_of_two_stops_getting_connections(spawn: Spawn
         os.kill(stopped, signal.SIGCONT)
         p.wait_for(r"steering ended")
     finally:
-        os.kill(stopped, signal.SIGCONT)
+        try:
+            os.kill(stopped, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # already resumed, and gone: the assertions below say what happened
         counts = load.finish()
     print(f"{worker}: {counts}")
     assert counts["ok"] > 0, counts
