@@ -191,6 +191,18 @@ impl WorkerListener {
         }
     }
 
+    /// [`draining`](Self::draining), reading the drain pipe at most once in `DRAIN_CHECK_MS`: a loop that
+    /// keeps finding connections (or datagrams) would otherwise make one more system call for each.
+    fn draining_lately(&self) -> bool {
+        let now = now_ms(self.born);
+        if now.saturating_sub(self.checked_at.load(Ordering::Acquire)) >= DRAIN_CHECK_MS {
+            self.checked_at.store(now, Ordering::Release);
+            self.draining()
+        } else {
+            self.draining.load(Ordering::Acquire)
+        }
+    }
+
     /// Whether the supervisor asked this worker to drain (reads the drain pipe without blocking), or it
     /// got SIGTERM.
     pub fn draining(&self) -> bool {
@@ -282,14 +294,7 @@ impl WorkerListener {
             if fd < 0 {
                 return Ok(Accept::Drained);
             }
-            let now = now_ms(self.born);
-            let draining =
-                if now.saturating_sub(self.checked_at.load(Ordering::Acquire)) >= DRAIN_CHECK_MS {
-                    self.checked_at.store(now, Ordering::Release);
-                    self.draining()
-                } else {
-                    self.draining.load(Ordering::Acquire)
-                };
+            let draining = self.draining_lately();
             if draining && self.handover.load(Ordering::Acquire) {
                 self.close();
                 return Ok(Accept::Drained);

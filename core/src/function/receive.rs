@@ -12,7 +12,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{now_ms, WorkerListener, DRAIN_CHECK_MS};
+use super::WorkerListener;
 
 /// What one [`WorkerListener::receive`] found.
 #[derive(Debug)]
@@ -56,14 +56,7 @@ impl WorkerListener {
             if fd < 0 {
                 return Ok(Receive::Drained);
             }
-            let now = now_ms(self.born);
-            let draining =
-                if now.saturating_sub(self.checked_at.load(Ordering::Acquire)) >= DRAIN_CHECK_MS {
-                    self.checked_at.store(now, Ordering::Release);
-                    self.draining()
-                } else {
-                    self.draining.load(Ordering::Acquire)
-                };
+            let draining = self.draining_lately();
             if draining && self.handover.load(Ordering::Acquire) {
                 self.close();
                 return Ok(Receive::Drained);

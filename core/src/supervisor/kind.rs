@@ -161,20 +161,7 @@ impl Kind for Builtin {
         String::new()
     }
     fn spawn(&self, s: &Spawn<'_>) -> Result<Spawned> {
-        let (tx, rx) = drain::pipe()?;
-        // SAFETY: the child runs only Rust code of this crate and leaves with _exit (see child_main).
-        match unsafe { nix::unistd::fork() } {
-            Err(e) => Err(Error::io(format!("fork worker {}", s.index), e.into())),
-            Ok(nix::unistd::ForkResult::Child) => {
-                drop(tx);
-                child_main(s, rx)
-            }
-            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Spawned {
-                pid: child,
-                stop: Stop::Pipe(tx),
-                group: false,
-            }),
-        }
+        fork_builtin(s, child_main)
     }
     fn ready_after(&self) -> Option<Duration> {
         None
@@ -205,20 +192,7 @@ impl Kind for Datagram {
         " (udp)".to_string()
     }
     fn spawn(&self, s: &Spawn<'_>) -> Result<Spawned> {
-        let (tx, rx) = drain::pipe()?;
-        // SAFETY: the child runs only Rust code of this crate and leaves with _exit (see udp_child_main).
-        match unsafe { nix::unistd::fork() } {
-            Err(e) => Err(Error::io(format!("fork worker {}", s.index), e.into())),
-            Ok(nix::unistd::ForkResult::Child) => {
-                drop(tx);
-                udp_child_main(s, rx)
-            }
-            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Spawned {
-                pid: child,
-                stop: Stop::Pipe(tx),
-                group: false,
-            }),
-        }
+        fork_builtin(s, udp_child_main)
     }
     fn ready_after(&self) -> Option<Duration> {
         None
@@ -339,5 +313,24 @@ impl Kind for Command {
     }
     fn unsteerable(&self) -> Option<&'static str> {
         self.udp.then_some(UDP_UNSTEERABLE)
+    }
+}
+
+/// Forks a built-in worker whose child runs `main` (it leaves with `_exit`, never returning here); the
+/// parent keeps the drain pipe's sending end as the worker's stop.
+fn fork_builtin(s: &Spawn<'_>, main: fn(&Spawn<'_>, drain::Receiver) -> !) -> Result<Spawned> {
+    let (tx, rx) = drain::pipe()?;
+    // SAFETY: the child runs only Rust code of this crate and leaves with _exit (see child_main).
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(Error::io(format!("fork worker {}", s.index), e.into())),
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(tx);
+            main(s, rx)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Spawned {
+            pid: child,
+            stop: Stop::Pipe(tx),
+            group: false,
+        }),
     }
 }
