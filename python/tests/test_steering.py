@@ -13,7 +13,7 @@ from typing import Callable, Dict, List
 
 import pytest
 
-from conftest import TIMEOUT, Proc, wait_stopped
+from conftest import TIMEOUT, Proc, held_connections, wait_stopped
 
 Spawn = Callable[..., Proc]
 
@@ -100,7 +100,10 @@ def worker_pids(p: Proc) -> List[int]:
 def test_a_stopped_function_worker_of_two_stops_getting_connections(spawn: Spawn, worker: str) -> None:
     """Issue 22's done-when: one of 2 workers stopped for 4 s under 8 clients with 1 s timeouts; at most one
     connection per client times out (the one it had queued on the stopped worker before the supervisor saw
-    the queue not drain) — without steering each would lose about three."""
+    the queue not drain) — without steering each would lose about three. Besides: each connection the
+    stopped worker had accepted and not answered (asyncio accepts a batch, then answers; the SIGSTOP may
+    land between). No queue shows those: the stall is invisible until their clients time out and connect
+    again, and each such client may lose one more, queued before the supervisor saw it."""
     p = spawn("-c", CHILD, worker, "0.1")
     port = p.ready_port()
     stopped = worker_pids(p)[1]
@@ -109,6 +112,7 @@ def test_a_stopped_function_worker_of_two_stops_getting_connections(spawn: Spawn
         time.sleep(0.3)
         os.kill(stopped, signal.SIGSTOP)
         wait_stopped(stopped)
+        unanswered = held_connections(stopped, port)
         p.wait_for(rf"worker 1 \(pid {stopped}\) stalled")
         p.wait_for(r"steering started: new connections go to worker\(s\) 0 only")
         time.sleep(STALL)
@@ -120,9 +124,9 @@ def test_a_stopped_function_worker_of_two_stops_getting_connections(spawn: Spawn
         except ProcessLookupError:
             pass  # already resumed, and gone: the assertions below say what happened
         counts = load.finish()
-    print(f"{worker}: {counts}")
+    print(f"{worker}: {counts}, {unanswered} held unanswered by the stopped worker")
     assert counts["ok"] > 0, counts
-    assert counts["timed_out"] <= CLIENTS, f"{counts}; {p.describe()}"
+    assert counts["timed_out"] <= CLIENTS + unanswered, f"{counts}, {unanswered} unanswered; {p.describe()}"
     os.kill(p.pid, signal.SIGTERM)
     assert p.finish() == 0, p.describe()
 

@@ -443,6 +443,7 @@ impl Supervisor {
                     counters: self.counters,
                     orphans: self.reaper.orphans,
                     steering_active: steering.state == crate::control::SteeringState::Active,
+                    went_around: self.server.steering.went_around(),
                 });
                 answer(
                     "200 OK",

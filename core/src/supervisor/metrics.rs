@@ -46,6 +46,8 @@ pub(super) struct Page<'a> {
     pub(super) counters: Counters,
     pub(super) orphans: u64,
     pub(super) steering_active: bool,
+    /// Times new connections began to go around a backed-up worker.
+    pub(super) went_around: u64,
 }
 
 /// The exposition, `text/plain; version=0.0.4`.
@@ -152,6 +154,16 @@ pub(super) fn render(p: &Page<'_>) -> String {
         "port_sharding_steering_active",
         &[],
         u8::from(p.steering_active),
+    );
+    w.family(
+        "port_sharding_steering_around_backed_up_total",
+        "counter",
+        "Times new connections began to go around a worker whose queue was not draining (backed up).",
+    );
+    w.sample(
+        "port_sharding_steering_around_backed_up_total",
+        &[],
+        p.went_around,
     );
     per_worker(&mut w, p.workers);
     w.0
@@ -276,6 +288,7 @@ mod tests {
             counters: Counters::default(),
             orphans: 0,
             steering_active: false,
+            went_around: 0,
         };
         let text = render(&page);
         let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();

@@ -116,7 +116,7 @@ impl Supervisor {
         let registry = self.server.poll.registry();
         if !self.at_rest(now) {
             self.rest.disarm(registry);
-            return Some(self.server.steering.next_sample());
+            return Some(self.server.steering.next_sample(now));
         }
         let fds: Vec<RawFd> = self
             .seats

@@ -18,6 +18,19 @@
 //! progress. It is *overloaded* while its queue holds more than half the backlog (until it is down to a
 //! quarter). Judging costs a few loads and compares per worker per sample.
 //!
+//! *Backed up* is the moment-to-moment form of the same judgement: a queue seen not empty and not draining
+//! in two samples `QUEUE_SAMPLE` (2 ms) apart or more. A worker in a long request (a sync server's slow
+//! page, one request at a time) backs up long before it would stall; while it is backed up and others are
+//! not, the program sends new connections around it — what one shared accept queue does for a master's
+//! workers, where the idle worker takes the next connection. Reacting within milliseconds matters: clients
+//! that reconnect every few milliseconds pile up behind a busy worker in the time a slower judgement takes
+//! (10 ms, `stall_after / 10`, left gunicorn's sync workers where they were). While any queue is seen not
+//! draining, or a worker was backed up within `QUEUE_LINGER`, queues are sampled every `QUEUE_SAMPLE`;
+//! workers that keep their queues empty cost the tick's samples only. When every worker is backed up there
+//! is no better choice than the kernel's hash. Going around a backed-up worker is not logged (it happens
+//! many times a second under a mixed load); `/metrics` counts it. Connections already queued behind a
+//! backed-up worker wait for it: this narrows the gap to a shared queue, it does not close it.
+//!
 //! Other processes' sockets in the group (a second server on the port, a plain `listen()` user) would be
 //! starved by a program that knows only ours: while the group holds any, steering stays off and says why
 //! once.
@@ -41,6 +54,11 @@ use crate::stats::Health;
 /// the port's listeners: tens of microseconds).
 const RECOUNT: Duration = Duration::from_secs(1);
 
+/// How often queues are sampled while a worker is backed up, and for `QUEUE_LINGER` after: a backed-up
+/// worker that drains gets connections again within this (a `TCP_INFO` per listener each time).
+const QUEUE_SAMPLE: Duration = Duration::from_millis(2);
+const QUEUE_LINGER: Duration = Duration::from_millis(250);
+
 /// What the supervisor knows about one worker slot.
 struct Watch {
     /// The worker judged (0: none running); a new one starts with a clean record.
@@ -55,6 +73,8 @@ struct Watch {
     overloaded: bool,
     /// Its queue did not drain since the previous sample (sampled more often until it does).
     suspect: bool,
+    /// The first sample, since it last drained, that found its queue not draining.
+    waiting_since: Option<Instant>,
     /// `stall_restart_after` asked it to stop (its stop signal), when.
     asked: Option<Instant>,
     /// `stall_restart_after` has sent it SIGKILL.
@@ -72,6 +92,7 @@ impl Watch {
             stalled_since: None,
             overloaded: false,
             suspect: false,
+            waiting_since: None,
             asked: None,
             killed: false,
         }
@@ -120,8 +141,17 @@ pub(super) struct Steering {
     overload_at: u64,
     calm_at: u64,
     watch: Vec<Watch>,
-    /// The workers new connections are steered to, away from the others (empty: not steering).
+    /// The workers new connections are steered to, away from the others (empty: not steering), by
+    /// health (stalled, overloaded): logged, and what `status` says.
     to: Vec<usize>,
+    /// Those of `to` (of all workers when `to` is empty) that are not backed up, when some are: what the
+    /// group's program selects (empty: the kernel's hash over all of `to`).
+    picked: Vec<usize>,
+    /// The last sample that found a worker backed up (queues are sampled every `QUEUE_SAMPLE` till
+    /// `QUEUE_LINGER` after).
+    backed_up_at: Option<Instant>,
+    /// How many times new connections began to go around a backed-up worker.
+    around: u64,
     active_since: Option<Instant>,
     /// Other processes' sockets in the group at the last count, and when that was.
     others: usize,
@@ -148,6 +178,9 @@ impl Steering {
             calm_at: backlog / 4,
             watch: (0..workers).map(|_| Watch::new(0, 0, 0, now)).collect(),
             to: Vec::new(),
+            picked: Vec::new(),
+            backed_up_at: None,
+            around: 0,
             active_since: None,
             others: 0,
             counted_at: None,
@@ -212,6 +245,11 @@ impl Steering {
         }
         w.sampled_at = now;
         w.suspect = !drained;
+        if drained || starting || gap {
+            w.waiting_since = None;
+        } else if w.waiting_since.is_none() {
+            w.waiting_since = Some(now);
+        }
         (w.accepted, w.queue) = (accepted, queue);
         let stuck = now.saturating_duration_since(w.progress_at);
         match (w.stalled_since, queue > 0 && stuck >= stall_after) {
@@ -252,10 +290,65 @@ impl Steering {
             .collect()
     }
 
-    /// How long until the next sample: soon while a queue has not drained since the last one, else the
-    /// supervisor's tick.
-    pub(super) fn next_sample(&self) -> Duration {
+    /// Whether worker `i` is backed up: not stalled, its queue seen not draining for `recheck`.
+    fn backed_up(&self, i: usize, now: Instant) -> bool {
+        let w = &self.watch[i];
+        w.stalled_since.is_none()
+            && w.waiting_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= QUEUE_SAMPLE)
+    }
+
+    /// The workers new connections go to: of those steered to by health (`healthy`; empty: all `n`),
+    /// the ones not backed up, when some are and some are not; else none (`healthy` alone decides).
+    fn pick(&mut self, healthy: &[usize], n: usize, now: Instant) -> Vec<usize> {
+        let from: Vec<usize> = if healthy.is_empty() {
+            (0..n).collect()
+        } else {
+            healthy.to_vec()
+        };
+        let free: Vec<usize> = from
+            .iter()
+            .copied()
+            .filter(|&i| !self.backed_up(i, now))
+            .collect();
+        if free.len() == from.len() {
+            return Vec::new();
+        }
+        self.backed_up_at = Some(now);
+        if free.is_empty() {
+            return Vec::new();
+        }
+        if free != self.picked {
+            self.around += 1;
+        }
+        free
+    }
+
+    /// The workers the group's program sends new connections to (empty: every worker).
+    fn selected(&self) -> &[usize] {
+        if self.picked.is_empty() {
+            &self.to
+        } else {
+            &self.picked
+        }
+    }
+
+    /// How many times new connections began to go around a backed-up worker.
+    pub(super) fn went_around(&self) -> u64 {
+        self.around
+    }
+
+    /// How long until the next sample: every `QUEUE_SAMPLE` while a worker is, or lately was, backed
+    /// up; soon while a queue has not drained since the last one; else the supervisor's tick.
+    pub(super) fn next_sample(&self, now: Instant) -> Duration {
+        let waiting = |w: &Watch| w.waiting_since.is_some() && w.stalled_since.is_none();
         if self
+            .backed_up_at
+            .is_some_and(|t| now.saturating_duration_since(t) < QUEUE_LINGER)
+            || (self.enabled && self.watch.iter().any(waiting))
+        {
+            QUEUE_SAMPLE
+        } else if self
             .watch
             .iter()
             .any(|w| w.suspect && w.stalled_since.is_none())
@@ -270,6 +363,7 @@ impl Steering {
     /// `linger`, no worker is stalled or overloaded, and no connection is steered.
     pub(super) fn quiet(&self, now: Instant, linger: Duration) -> bool {
         self.to.is_empty()
+            && self.picked.is_empty()
             && self
                 .moved_at
                 .is_none_or(|t| now.saturating_duration_since(t) >= linger)
@@ -355,20 +449,31 @@ impl Supervisor {
         self.sample_queues();
         let now = Instant::now();
         let n = self.seats.len().min(self.server.steering.watch.len());
-        let to = match self.server.kind.unsteerable() {
+        let (to, picked) = match self.server.kind.unsteerable() {
             Some(why) => {
                 self.server.steering.block(why.to_string());
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
-            None => self.judge_all(n, now),
+            None => {
+                let to = self.judge_all(n, now);
+                let s = &mut self.server.steering;
+                let picked = if s.enabled {
+                    s.pick(&to, n, now)
+                } else {
+                    Vec::new()
+                };
+                (to, picked)
+            }
         };
         if self.successor.is_some() {
             // The new server decides the group's program once it runs; ours is stale from now.
             self.server.group.forget_program();
             return;
         }
-        let to = self.check_group(to, now);
-        self.announce(&to, now);
+        let steered = !to.is_empty() || !picked.is_empty();
+        let blocked = self.check_group(steered, now);
+        self.server.steering.picked = if blocked { Vec::new() } else { picked };
+        self.announce(if blocked { &[] } else { &to }, now);
         self.apply_program();
     }
 
@@ -379,7 +484,7 @@ impl Supervisor {
         if self.successor.is_some() {
             return;
         }
-        let to = &self.server.steering.to;
+        let to = self.server.steering.selected();
         let want: Vec<SockId> = self
             .seats
             .iter()
@@ -467,22 +572,22 @@ impl Supervisor {
         }
     }
 
-    /// Steering needs the group's order, and a group of ours alone: recounted while steering (once a
-    /// `RECOUNT`). Returns `to`, or nothing when steering cannot work.
-    fn check_group(&mut self, to: Vec<usize>, now: Instant) -> Vec<usize> {
-        if to.is_empty() {
-            return to;
+    /// Steering needs the group's order, and a group of ours alone: recounted when steering begins and
+    /// once a `RECOUNT` while it lasts. Returns whether steering cannot work (`steered`: it would).
+    fn check_group(&mut self, steered: bool, now: Instant) -> bool {
+        if !steered {
+            return false;
         }
         if let Err(why) = self.server.group.known() {
             let why = why.to_string();
             self.server.steering.block(why);
-            return Vec::new();
+            return true;
         }
         let s = &mut self.server.steering;
-        let stale = s
-            .counted_at
-            .is_none_or(|t| now.duration_since(t) >= RECOUNT);
-        if stale || s.to != to {
+        let stale = s.selected().is_empty()
+            || s.counted_at
+                .is_none_or(|t| now.duration_since(t) >= RECOUNT);
+        if stale {
             s.counted_at = Some(now);
             let ours = self.server.group.members().unwrap_or(0);
             match reuseport::listening_on(self.server.addr) {
@@ -497,10 +602,7 @@ impl Supervisor {
                 s.block(note);
             }
         }
-        if s.others > 0 || !s.enabled {
-            return Vec::new();
-        }
-        to
+        s.others > 0 || !s.enabled
     }
 
     /// Logs when steering starts, changes or ends.
@@ -693,10 +795,12 @@ mod tests {
                 "sample {k}"
             );
         }
-        // Once it did not drain, it is looked at again soon; once it does, at the tick.
-        assert_eq!(s.next_sample(), Duration::from_millis(10));
-        s.judge(0, 7, at(0, 0), t + Duration::from_millis(140));
-        assert_eq!(s.next_sample(), super::super::TICK);
+        // Once it did not drain, it is looked at again soon (and new connections may go around it);
+        // once it does, at the tick.
+        let end = t + Duration::from_millis(140);
+        assert_eq!(s.next_sample(end), QUEUE_SAMPLE);
+        s.judge(0, 7, at(0, 0), end);
+        assert_eq!(s.next_sample(end), super::super::TICK);
     }
 
     #[test]
@@ -714,5 +818,65 @@ mod tests {
             !s.quiet(t + Duration::from_secs(5), linger),
             "a queue is not empty"
         );
+    }
+
+    #[test]
+    fn a_queue_first_seen_not_empty_is_looked_at_again_soon_once() {
+        let mut s = steering(100);
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        s.judge(0, 7, at(0, 0), t);
+        s.judge(1, 8, at(0, 0), t);
+        assert_eq!(s.next_sample(t), super::super::TICK);
+        // A connection waits on worker 0 at the next tick: not backed up yet (it may be accepted any
+        // moment), but looked at again after `QUEUE_SAMPLE`, not a tick.
+        s.judge(0, 7, at(0, 1), ms(50));
+        s.judge(1, 8, at(0, 0), ms(50));
+        assert!(s.pick(&[], 2, ms(50)).is_empty());
+        assert_eq!(s.next_sample(ms(50)), QUEUE_SAMPLE);
+        // Accepted by then: nothing was steered, and the tick again.
+        s.judge(0, 7, at(0, 0), ms(52));
+        s.judge(1, 8, at(0, 0), ms(52));
+        assert!(s.pick(&[], 2, ms(52)).is_empty());
+        assert_eq!(s.next_sample(ms(52)), super::super::TICK);
+    }
+
+    #[test]
+    fn new_connections_go_around_a_backed_up_queue_not_one_merely_not_empty() {
+        let mut s = steering(100);
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let sample = |s: &mut Steering, q0, q1, now| {
+            s.judge(0, 7, at(0, q0), now);
+            s.judge(1, 8, at(0, q1), now);
+            s.pick(&[], 2, now)
+        };
+        assert!(sample(&mut s, 0, 0, t).is_empty());
+        // Worker 0 in a long request: its queue stays at 1, then 2; worker 1's fills and drains.
+        assert!(sample(&mut s, 1, 0, ms(50)).is_empty(), "seen once");
+        assert_eq!(sample(&mut s, 1, 1, ms(60)), vec![1], "backed up");
+        assert_eq!(s.around, 1);
+        assert_eq!(s.next_sample(ms(60)), QUEUE_SAMPLE);
+        s.picked = vec![1];
+        assert_eq!(sample(&mut s, 2, 0, ms(62)), vec![1]);
+        assert_eq!(s.around, 1, "still around the same worker");
+        // Both backed up: no better choice than the kernel's hash.
+        assert_eq!(
+            sample(&mut s, 2, 3, ms(64)),
+            vec![1],
+            "worker 1 only seen so"
+        );
+        assert!(sample(&mut s, 2, 3, ms(74)).is_empty());
+        // Worker 0 drains: it gets connections again, and the samples stay quick for a while.
+        s.picked = Vec::new();
+        assert_eq!(sample(&mut s, 0, 3, ms(76)), vec![0]);
+        assert!(sample(&mut s, 0, 0, ms(78)).is_empty());
+        assert_eq!(s.next_sample(ms(78)), QUEUE_SAMPLE);
+        assert_eq!(s.next_sample(ms(78) + QUEUE_LINGER), super::super::TICK);
+        // A stalled worker is health's business, not the queue rule's: steered by `to`, logged.
+        let stalled = sample(&mut s, 3, 0, ms(200));
+        assert!(stalled.is_empty());
+        assert_eq!(s.judge(0, 7, at(0, 3), ms(300)), Health::Stalled);
+        assert!(!s.backed_up(0, ms(300)));
     }
 }
