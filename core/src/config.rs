@@ -275,13 +275,15 @@ settings! {
             help "Closing a listener moves its queue to the others instead of resetting it: a reuseport eBPF \
                   program on this server's group where permitted (CAP_BPF), else net.ipv4.tcp_migrate_req=1 \
                   (CAP_NET_ADMIN)";
-        /// Steer new connections away from stalled or overloaded workers while others are healthy (a
+        /// Steer new connections away from stalled or overloaded workers while others are healthy, and
+        /// around a worker whose queue is backed up (not draining across 2 ms) while another's is not (a
         /// classic BPF program on the port's reuseport group); off, or where the group also holds other
         /// processes' sockets, the kernel's even hashing decides alone.
         steering: bool = true,
             shown "on", value "",
-            help "Steer new connections away from stalled or overloaded workers while others are healthy \
-                  (a cBPF program on the port's group; off where other processes share the port)";
+            help "Steer new connections away from stalled or overloaded workers while others are healthy, \
+                  and around a backed-up queue (a cBPF program on the port's group; off where other \
+                  processes share the port)";
         /// A worker whose listener's accept queue is not empty and does not drain for this long is
         /// *stalled* (any kind: judged from the kernel's queue length, and from the accepted counter
         /// where the kind keeps one).
