@@ -113,12 +113,18 @@ def _watch(config: pytest.Config) -> None:
 
 def listening_inodes(port: int) -> set[str]:
     """The sockets (`socket:[inode]`, as /proc/PID/fd links read) listening on TCP `port`, from /proc/net."""
+    return tcp_inodes(port, "0A")  # 0A: LISTEN
+
+
+def tcp_inodes(port: int, state: str) -> set[str]:
+    """The TCP sockets on local `port` in `state` (/proc/net/tcp's hex code: 0A LISTEN, 01 ESTABLISHED), as
+    /proc/PID/fd links read them (`socket:[inode]`)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             for line in f.readlines()[1:]:
                 fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     inodes.add(f"socket:[{fields[9]}]")
     return inodes
 

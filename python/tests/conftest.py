@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 from pytest_guards import *  # noqa: E402,F401,F403 -- time limit, private control dir, port 1234 guard
-from pytest_guards import DEFAULT_SIGNALS, listening_inodes  # noqa: E402
+from pytest_guards import DEFAULT_SIGNALS, listening_inodes, tcp_inodes  # noqa: E402
 TIMEOUT = 20.0  # seconds any single wait may take before the test fails
 READY = re.compile(r"ready: \d+ worker\(s\) serving 127\.0\.0\.1:(\d+)")
 
@@ -216,30 +216,17 @@ def wait_stopped(pid: int) -> None:
 
 def holds_listener(pid: int, port: int) -> bool:
     """Whether process `pid` holds a descriptor of a listening TCP socket on `port` (from /proc)."""
-    inodes = listening_inodes(port)
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except FileNotFoundError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                return True
-        except FileNotFoundError:
-            continue
-    return False
+    return _descriptors_of(pid, listening_inodes(port)) > 0
 
 
 def held_connections(pid: int, port: int) -> int:
     """How many established TCP connections to local `port` process `pid` holds a descriptor of (accepted, not
     yet closed), from /proc: what a stopped worker took out of its queue and has not answered."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
-                    inodes.add(f"socket:[{fields[9]}]")
+    return _descriptors_of(pid, tcp_inodes(port, "01"))  # 01: ESTABLISHED
+
+
+def _descriptors_of(pid: int, inodes: "set[str]") -> int:
+    """How many of process `pid`'s descriptors are sockets in `inodes` (0 once it is gone)."""
     held = 0
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
