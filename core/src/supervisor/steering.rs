@@ -54,8 +54,9 @@ use crate::stats::Health;
 /// the port's listeners: tens of microseconds).
 const RECOUNT: Duration = Duration::from_secs(1);
 
-/// How often queues are sampled while a worker is backed up, and for `QUEUE_LINGER` after: a backed-up
-/// worker that drains gets connections again within this (a `TCP_INFO` per listener each time).
+/// How often queues are sampled while one is seen not draining, and for `QUEUE_LINGER` after a worker was
+/// backed up (a `TCP_INFO` per listener each time); also how long a queue must be seen not draining to be
+/// backed up. A backed-up worker that drains gets connections again within this.
 const QUEUE_SAMPLE: Duration = Duration::from_millis(2);
 const QUEUE_LINGER: Duration = Duration::from_millis(250);
 
@@ -290,7 +291,7 @@ impl Steering {
             .collect()
     }
 
-    /// Whether worker `i` is backed up: not stalled, its queue seen not draining for `recheck`.
+    /// Whether worker `i` is backed up: not stalled, its queue seen not draining for `QUEUE_SAMPLE`.
     fn backed_up(&self, i: usize, now: Instant) -> bool {
         let w = &self.watch[i];
         w.stalled_since.is_none()
