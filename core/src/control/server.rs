@@ -194,7 +194,8 @@ impl ControlSocket {
     }
 
     /// Called every supervisor tick: closes connections past their deadline, resumes accepting after a
-    /// pause, and accepts what an edge-triggered wakeup may have left queued.
+    /// pause, and accepts what an edge-triggered wakeup may have left queued (only then: the listener's
+    /// event says when a client is there, so a tick that follows a drained queue makes no `accept`).
     pub(crate) fn tick(&mut self, registry: &Registry) -> Vec<(ConnId, Request)> {
         let now = Instant::now();
         let mut expired = 0;
@@ -209,6 +210,7 @@ impl ControlSocket {
                 log!("control: closed {n} connection(s) that did not complete a request or read its reply within {DEADLINE:?}");
             }
         }
+        let mut resumed = false;
         if self.paused_until.is_some_and(|t| now >= t) {
             self.paused_until = None;
             if let Err(e) = registry.register(&mut *self.listener, self.token, Interest::READABLE) {
@@ -216,9 +218,12 @@ impl ControlSocket {
                 self.paused_until = now.checked_add(ACCEPT_BACKOFF);
                 return Vec::new();
             }
+            resumed = true;
         }
         let mut out = Vec::new();
-        self.accept_some(registry, now, &mut out);
+        if resumed || self.more {
+            self.accept_some(registry, now, &mut out);
+        }
         out
     }
 

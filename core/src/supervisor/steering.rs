@@ -307,6 +307,10 @@ impl Steering {
         } else {
             healthy.to_vec()
         };
+        if from.len() < 2 {
+            // One worker (or one healthy one) has no one to go around to.
+            return Vec::new();
+        }
         let free: Vec<usize> = from
             .iter()
             .copied()
@@ -340,13 +344,14 @@ impl Steering {
     }
 
     /// How long until the next sample: every `QUEUE_SAMPLE` while a worker is, or lately was, backed
-    /// up; soon while a queue has not drained since the last one; else the supervisor's tick.
+    /// up (with two workers or more: one has no one to go around to); soon while a queue has not drained
+    /// since the last one; else the supervisor's tick.
     pub(super) fn next_sample(&self, now: Instant) -> Duration {
         let waiting = |w: &Watch| w.waiting_since.is_some() && w.stalled_since.is_none();
         if self
             .backed_up_at
             .is_some_and(|t| now.saturating_duration_since(t) < QUEUE_LINGER)
-            || (self.enabled && self.watch.iter().any(waiting))
+            || (self.enabled && self.watch.len() > 1 && self.watch.iter().any(waiting))
         {
             QUEUE_SAMPLE
         } else if self
@@ -471,8 +476,7 @@ impl Supervisor {
             self.server.group.forget_program();
             return;
         }
-        let steered = !to.is_empty() || !picked.is_empty();
-        let blocked = self.check_group(steered, now);
+        let blocked = self.check_group(&to, &picked, now);
         self.server.steering.picked = if blocked { Vec::new() } else { picked };
         self.announce(if blocked { &[] } else { &to }, now);
         self.apply_program();
@@ -573,10 +577,11 @@ impl Supervisor {
         }
     }
 
-    /// Steering needs the group's order, and a group of ours alone: recounted when steering begins and
-    /// once a `RECOUNT` while it lasts. Returns whether steering cannot work (`steered`: it would).
-    fn check_group(&mut self, steered: bool, now: Instant) -> bool {
-        if !steered {
+    /// Steering needs the group's order, and a group of ours alone: recounted when steering by health
+    /// begins and once a `RECOUNT` while any steering lasts. Returns whether steering cannot work (`to`,
+    /// `picked`: what it would do).
+    fn check_group(&mut self, to: &[usize], picked: &[usize], now: Instant) -> bool {
+        if to.is_empty() && picked.is_empty() {
             return false;
         }
         if let Err(why) = self.server.group.known() {
@@ -585,7 +590,10 @@ impl Supervisor {
             return true;
         }
         let s = &mut self.server.steering;
-        let stale = s.selected().is_empty()
+        // Steering by health begins: count now. Going around a backed-up worker begins and ends many
+        // times a second under a mixed load; a count each time (a `sock_diag` dump) would cost more than
+        // the samples, so it relies on the count of the last `RECOUNT`, as steering that goes on does.
+        let stale = (s.to.is_empty() && !to.is_empty())
             || s.counted_at
                 .is_none_or(|t| now.duration_since(t) >= RECOUNT);
         if stale {
@@ -879,5 +887,24 @@ mod tests {
         assert!(stalled.is_empty());
         assert_eq!(s.judge(0, 7, at(0, 3), ms(300)), Health::Stalled);
         assert!(!s.backed_up(0, ms(300)));
+    }
+
+    #[test]
+    fn one_worker_has_no_one_to_go_around_to_and_is_not_sampled_for_it() {
+        let config = Config {
+            workers: 1,
+            ..Config::default()
+        };
+        let mut s = Steering::new(&config, 1);
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        s.judge(0, 7, at(0, 1), ms(0));
+        s.judge(0, 7, at(0, 1), ms(50));
+        assert!(s.backed_up(0, ms(50)));
+        assert!(s.pick(&[], 1, ms(50)).is_empty());
+        assert_eq!(s.around, 0);
+        // A queue not draining is looked at again for a stall (`recheck`), not every `QUEUE_SAMPLE`.
+        assert_eq!(s.next_sample(ms(50)), s.recheck);
+        assert!(s.recheck > QUEUE_SAMPLE);
     }
 }
