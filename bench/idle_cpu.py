@@ -4,10 +4,12 @@ time the supervisor process (all its threads) uses over a window, from `/proc/<p
 (nanoseconds; `/proc/<pid>/stat`'s utime+stime, in 10 ms ticks, is printed beside it).
 
     python3 bench/idle_cpu.py [--bin target/release/port-sharding] [--base OTHER_BINARY] [--runs 3] [--window 10]
-                              [-- extra serve arguments]
+                              [--load WORKLOAD [--clients 32]] [-- extra serve arguments]
 
-With `--load conn` (or another workload), `port-sharding bench -c 32` loads the server during the window: the
-supervisor's CPU under load. With `--base`, runs alternate between the two binaries (same session, same machine). Prints one line per run
+With `--load conn` (or another workload), `port-sharding bench -c CLIENTS` loads the server during the window: the
+supervisor's CPU under load. Extra arguments that give `-w`/`--workers` replace `--workers 2`; a real server's
+load, e.g. `--load http --clients 8 -- -w 1 -- python3 -m gunicorn -w 2 -k gthread --chdir examples/gunicorn
+--no-control-socket app:app`. With `--base`, runs alternate between the two binaries (same session, same machine). Prints one line per run
 and the medians, in milliseconds of CPU per window, and the supervisor's wake-ups (voluntary context switches).
 """
 
@@ -48,11 +50,12 @@ def wakeups(pid: int) -> int:
     return total
 
 
-def one_run(binary: str, window: float, extra: list, load: str = "") -> tuple:
+def one_run(binary: str, window: float, extra: list, load: str = "", clients: int = 32) -> tuple:
     d = tempfile.mkdtemp(prefix="ps-idle-")
     os.chmod(d, 0o700)
     env = dict(os.environ, PORT_SHARDING_CONTROL_DIR=d)
-    cmd = [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--workers", "2", *extra]
+    workers = [] if {"-w", "--workers"} & set(extra) else ["--workers", "2"]
+    cmd = [binary, "serve", "--host", "127.0.0.1", "--port", "0", *workers, *extra]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, start_new_session=True,
                          text=True)
     try:
@@ -68,7 +71,7 @@ def one_run(binary: str, window: float, extra: list, load: str = "") -> tuple:
         hz = os.sysconf("SC_CLK_TCK")
         gen = None
         if load:  # the same binary's load generator, for the window
-            gen = subprocess.Popen([binary, "bench", "-p", str(port), "-W", load, "-c", "32", "-d", f"{window + 1}s",
+            gen = subprocess.Popen([binary, "bench", "-p", str(port), "-W", load, "-c", str(clients), "-d", f"{window + 1}s",
                                     "--no-status", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         c0, t0, w0 = cpu_ns(p.pid), ticks(p.pid), wakeups(p.pid)
@@ -89,6 +92,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--window", type=float, default=10.0)
     ap.add_argument("--load", default="", help="a bench workload during the window (conn, pingpong): CPU under load")
+    ap.add_argument("--clients", type=int, default=32, help="the load's connections at once")
     ap.add_argument("extra", nargs="*")
     a = ap.parse_args()
     bins = {"this build": a.bin}
@@ -97,7 +101,7 @@ def main() -> None:
     got = {k: [] for k in bins}
     for r in range(a.runs):
         for name, b in bins.items():
-            ms, tick_ms, wakes = one_run(b, a.window, a.extra, a.load)
+            ms, tick_ms, wakes = one_run(b, a.window, a.extra, a.load, a.clients)
             got[name].append((ms, tick_ms, wakes))
             print(f"run {r + 1} {name}: {ms:.2f} ms CPU in {a.window:.0f} s (utime+stime {tick_ms:.0f} ms), "
                   f"{wakes} wake-ups", flush=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Reloads under load, measured (README "Run your own server" and "Known servers"): a server with 2 command
-workers, `port-sharding bench` for SECONDS with 8 connections, `port-sharding reload` three times meanwhile, then
+workers (unless SERVE_ARGS give `-w`/`--workers`), `port-sharding bench` for SECONDS with 8 connections, `port-sharding reload` three times meanwhile, then
 a stop; prints the requests, the failed ones, how long the stop took and its exit status.
 
     python3 bench/reload_under_load.py [--workload http|http-keepalive] [--seconds 12] -- SERVE_ARGS... -- COMMAND...
@@ -44,7 +44,8 @@ def main() -> int:
     env = dict(os.environ, PORT_SHARDING_CONTROL_DIR=ctl)
     log = Path(ctl) / "server.log"
     with open(log, "w") as out:
-        server = subprocess.Popen([BIN, "serve", "--host", "127.0.0.1", "--port", str(port), "-w", "2", *serve_args,
+        workers = [] if {"-w", "--workers"} & set(serve_args) else ["-w", "2"]
+        server = subprocess.Popen([BIN, "serve", "--host", "127.0.0.1", "--port", str(port), *workers, *serve_args,
                                    "--", *command], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:

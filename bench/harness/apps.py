@@ -1,5 +1,6 @@
 """`apps` (make bench-apps, issue 23): real HTTP servers with 2 workers, each under its own master (one accept
-queue shared by its workers) and as port-sharding command workers (one reuseport queue per worker), on a
+queue shared by its workers), as port-sharding command workers (one reuseport queue per worker) and as one
+port-sharding slot running the server's own master (its shared queue, reloaded by port-sharding), on a
 uniform workload and a mixed one (every 50th request of a process sleeps 200 ms). Per cell: requests/s,
 p50/p99/p99.9 latency, errors, server CPU per request (every process of the server's session: master or
 supervisor included) and memory (PSS, so pages shared between forked workers count once).
@@ -28,23 +29,31 @@ GUNICORN = ["{py}", "-m", "gunicorn", "--no-control-socket", "--chdir", "example
 PUMA = "exec puma -C examples/puma/puma.rb -t 0:5 {more}-b tcp://127.0.0.1:{port} examples/puma/config.ru"
 UVICORN = ["{py}", "-m", "uvicorn", "--app-dir", "examples/asgi", "--no-access-log"]
 SERVE = ["{bin}", "serve", "--host", "127.0.0.1", "--port", "{port}", "-w", "2"]
+SLOT = ["{bin}", "serve", "--host", "127.0.0.1", "--port", "{port}", "-w", "1"]
 
-# (key, label, own master's command, command workers' command); {port} {py} {bin} filled in per run.
-SETUPS: list[tuple[str, str, list[str], list[str]]] = [
-    ("gunicorn-sync", "gunicorn sync",
-     GUNICORN + ["-w", "2", "-k", "sync", "-b", "127.0.0.1:{port}", "app:app"],
-     SERVE + ["--"] + GUNICORN + ["-w", "1", "-k", "sync", "app:app"]),
-    ("gunicorn-gthread", "gunicorn gthread (4 threads)",
-     GUNICORN + ["-w", "2", "-k", "gthread", "--threads", "4", "-b", "127.0.0.1:{port}", "app:app"],
-     SERVE + ["--"] + GUNICORN + ["-w", "1", "-k", "gthread", "--threads", "4", "app:app"]),
-    ("puma", "Puma 0:5 threads (cluster -w 2 / single mode)",
-     ["sh", "-c", PUMA.replace("{more}", "-w 2 ")],
-     SERVE + ["--ready-delay", "1s", "--", "sh", "-c", PUMA.replace("{more}", "").replace("{port}", "$PORT_SHARDING_PORT")]),
-    ("uvicorn", "uvicorn (--workers 2 / --fd 3)",
-     UVICORN + ["--workers", "2", "--host", "127.0.0.1", "--port", "{port}", "app:app"],
-     SERVE + ["--"] + UVICORN + ["--fd", "3", "app:app"]),
+# (key, label, {mode: command}); {port} {py} {bin} filled in per run. `slot`: one port-sharding worker slot
+# whose server runs its own master and 2 workers on fd 3 — their one shared queue, reloaded by port-sharding.
+SETUPS: list[tuple[str, str, dict[str, list[str]]]] = [
+    ("gunicorn-sync", "gunicorn sync", {
+        "master": GUNICORN + ["-w", "2", "-k", "sync", "-b", "127.0.0.1:{port}", "app:app"],
+        "command": SERVE + ["--"] + GUNICORN + ["-w", "1", "-k", "sync", "app:app"],
+        "slot": SLOT + ["--"] + GUNICORN + ["-w", "2", "-k", "sync", "app:app"]}),
+    ("gunicorn-gthread", "gunicorn gthread (4 threads)", {
+        "master": GUNICORN + ["-w", "2", "-k", "gthread", "--threads", "4", "-b", "127.0.0.1:{port}", "app:app"],
+        "command": SERVE + ["--"] + GUNICORN + ["-w", "1", "-k", "gthread", "--threads", "4", "app:app"],
+        "slot": SLOT + ["--"] + GUNICORN + ["-w", "2", "-k", "gthread", "--threads", "4", "app:app"]}),
+    ("puma", "Puma 0:5 threads (cluster -w 2 / single mode)", {
+        "master": ["sh", "-c", PUMA.replace("{more}", "-w 2 ")],
+        "command": SERVE + ["--ready-delay", "1s", "--", "sh", "-c",
+                            PUMA.replace("{more}", "").replace("{port}", "$PORT_SHARDING_PORT")],
+        "slot": SLOT + ["--ready-delay", "1s", "--", "sh", "-c",
+                        PUMA.replace("{more}", "-w 2 ").replace("{port}", "$PORT_SHARDING_PORT")]}),
+    ("uvicorn", "uvicorn (--workers 2 / --fd 3)", {
+        "master": UVICORN + ["--workers", "2", "--host", "127.0.0.1", "--port", "{port}", "app:app"],
+        "command": SERVE + ["--"] + UVICORN + ["--fd", "3", "app:app"],
+        "slot": SLOT + ["--"] + UVICORN + ["--fd", "3", "--workers", "2", "app:app"]}),
 ]
-MODES = ("master", "command")
+MODES = ("master", "command", "slot")
 
 
 def free_port() -> int:
@@ -181,12 +190,13 @@ def cmd_apps(ctx: Context) -> int:
     load_start = os.getloadavg()[0]
     results: dict = {}
     for run in range(ctx.runs):
-        for key, label, master, command in setups:
+        for key, label, cmds in setups:
             for workload, extra in WORKLOADS.items():
-                # Alternate which mode goes first, so neither always runs on a machine the other warmed.
-                modes = MODES if run % 2 == 0 else MODES[::-1]
+                # Alternate the order of the modes, so none always runs on a machine another warmed.
+                modes = [m for m in MODES if m in cmds]
+                modes = modes if run % 2 == 0 else modes[::-1]
                 for mode in modes:
-                    cmd = master if mode == "master" else command
+                    cmd = cmds[mode]
                     env = dict(ctx.env(), **extra, PYTHONUNBUFFERED="1")
                     r = one_run(ctx, cmd, env, ctx.logs / f"{key}-{mode}-{workload}-{run}.log")
                     results.setdefault(key, {}).setdefault(workload, {}).setdefault(mode, []).append(r)
@@ -196,7 +206,7 @@ def cmd_apps(ctx: Context) -> int:
     data = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
             "load_start": load_start, "load_end": os.getloadavg()[0], "minutes": (time.monotonic() - t0) / 60,
             "duration_s": ctx.duration, "runs": ctx.runs, "concurrency": CONCURRENCY, "versions": versions(ctx),
-            "setups": {k: {"label": lbl, "master": m, "command": c} for k, lbl, m, c in setups}, "results": results}
+            "setups": {k: {"label": lbl, **cmds} for k, lbl, cmds in setups}, "results": results}
     ctx.results.mkdir(parents=True, exist_ok=True)
     (ctx.results / "apps.json").write_text(json.dumps(data, indent=1) + "\n")
     merge_apps(ctx, apps_markdown(data))
@@ -217,7 +227,10 @@ def apps_markdown(data: dict) -> str:
          f"Linux {v['kernel']}, {v['port-sharding']}.\n",
          "- **master**: the server's own master with 2 workers on one listening socket (one accept queue, shared).",
          "- **command**: `port-sharding serve -w 2 -- …`, one server process per worker, each on its own "
-         "SO_REUSEPORT socket (one queue each; the kernel hashes connections between them).",
+         "SO_REUSEPORT socket (one queue each; the kernel hashes connections between them, steering goes around "
+         "a stalled or backed-up one).",
+         "- **slot**: `port-sharding serve -w 1 -- …` running the server's own master with 2 workers on fd 3: "
+         "their one shared queue, with port-sharding's reloads and takeovers of the whole slot.",
          "- **uniform**: every request is answered at once; **mixed**: every 50th request of a process sleeps "
          "200 ms first (`SLOW_EVERY=50 SLOW_MS=200`, examples/*/app).",
          "- CPU per request: user + system time of every process of the server (master or supervisor included) "
@@ -225,16 +238,16 @@ def apps_markdown(data: dict) -> str:
     for workload in WORKLOADS:
         L.append(f"### {workload}\n")
         L.append("| server | mode | req/s | mean ms | p50 | p90 | p99 | p99.9 | errors | CPU µs/req | PSS MiB | "
-                 "command/master: req/s | p90 | p99 |")
+                 "÷ master: req/s | p90 | p99 |")
         L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for key, s in data["setups"].items():
             cell = data["results"].get(key, {}).get(workload, {})
-            if not cell.get("master") or not cell.get("command"):
+            if not cell.get("master"):
                 continue
-            for mode in MODES:
+            for mode in [m for m in MODES if cell.get(m)]:
                 rows = cell[mode]
                 ratio = ""
-                if mode == "command":
+                if mode != "master":
                     rr = median(rows, "rps") / median(cell["master"], "rps")
                     p9 = median(rows, "p90_ms") / median(cell["master"], "p90_ms")
                     pr = median(rows, "p99_ms") / median(cell["master"], "p99_ms")
@@ -250,7 +263,7 @@ def apps_markdown(data: dict) -> str:
     L.append("Command lines (`{port}` is a free port; `{py}` this Python; `{bin}` target/release/port-sharding):\n")
     L.append("```sh")
     for key, s in data["setups"].items():
-        for mode in MODES:
+        for mode in [m for m in MODES if m in s]:
             L.append(f"# {key}, {mode}:\n" + shlex.join(s[mode]))
     L.append("```\n")
     L.append("Raw results: `bench/results/apps.json`; reproduce with `make bench-apps` (BENCH_RUNS, BENCH_DURATION, "
