@@ -1,5 +1,5 @@
 """Real programs as command workers (`port-sharding serve -- CMD`): the talk's loops on listen() (which adopts
-the socket passed as fd 3), gunicorn and Puma; reload in place under continuous load; listen()'s refusal of a
+the socket passed as fd 3), gunicorn, Puma, unicorn, uvicorn, hypercorn, node and Go; reload in place under continuous load; listen()'s refusal of a
 socket for another port. Loopback only, every load bounded."""
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def listening(port: int) -> bool:
 
 def reloads_then_stop(servers: list[Server], loads: list[ClientLoad], control_dir: Path, reloads: int,
                       *args: str) -> None:
-    """2 command workers under HTTP load from 6 clients; `reloads` reloads, each checked to replace every worker;
+    """Command workers (`args`) under HTTP load from 6 clients; `reloads` reloads, each checked to replace every worker;
     then a stop (SIGTERM to the supervisor): 0 failed requests, exit 0, and nothing of it left running or
     listening."""
     server = start(servers, control_dir, *args)
@@ -245,6 +245,24 @@ def test_gunicorn_workers_reload_three_times_under_load_without_a_failure_and_st
     reloads_then_stop(servers, loads, control_dir, 3, "-w", "2", "--", *GUNICORN)
 
 
+def test_one_slot_running_gunicorns_own_master_and_2_workers_reloads_three_times_without_a_failure(
+        servers, loads, control_dir):
+    # The setup the README recommends for sync workers with uneven requests: gunicorn's master shares one
+    # accept queue among its workers (fd 3, inherited by both), and port-sharding reloads the whole slot.
+    need("rust", "gunicorn")
+    shared = [a if a != "1" else "2" for a in GUNICORN]
+    assert shared[shared.index("-w") + 1] == "2"
+    reloads_then_stop(servers, loads, control_dir, 3, "-w", "1", "--", *shared)
+
+
+def test_one_slot_running_a_puma_cluster_of_2_workers_reloads_three_times_without_a_failure(
+        servers, loads, control_dir):
+    need("rust", "puma")
+    cluster = [PUMA[0], PUMA[1], PUMA[2].replace("exec puma ", "exec puma -w 2 ")]
+    assert cluster != PUMA
+    reloads_then_stop(servers, loads, control_dir, 3, "-w", "1", "--", *cluster)
+
+
 def test_puma_workers_reload_three_times_under_load_without_a_failure_and_stop_cleanly(servers, loads, control_dir):
     need("rust", "puma")
     reloads_then_stop(servers, loads, control_dir, 3, "-w", "2", "--", *PUMA)
@@ -262,6 +280,20 @@ def test_node_workers_closing_on_sigterm_reload_three_times_under_load_without_a
     need("rust")
     need_program("node", "make setup-system installs the Debian package nodejs")
     reloads_then_stop(servers, loads, control_dir, 3, "-w", "2", "--", *NODE)
+
+
+def test_go_workers_shutting_down_on_sigterm_reload_three_times_under_load_without_a_failure(servers, loads,
+                                                                                         control_dir, tmp_path):
+    # examples/go/server.go: net.FileListener on fd 3, READY=1 on NOTIFY_SOCKET, http.Server.Shutdown on SIGTERM.
+    need("rust")
+    need_program("go", "make setup-system installs the Debian package golang-go")
+    exe = tmp_path / "go-server"
+    # The build cache under target/ (ignored): a second run builds nothing.
+    env = dict(os.environ, GOCACHE=str(ROOT / "target" / "go-build"))
+    built = subprocess.run(["go", "build", "-o", str(exe), "examples/go/server.go"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    reloads_then_stop(servers, loads, control_dir, 3, "-w", "2", "--ready", "notify", "--", str(exe))
 
 
 STUBBORN = [sys.executable, "tests/e2e/stubborn_child.py"]
