@@ -25,8 +25,9 @@
 //! workers, where the idle worker takes the next connection. Reacting within milliseconds matters: clients
 //! that reconnect every few milliseconds pile up behind a busy worker in the time a slower judgement takes
 //! (10 ms, `stall_after / 10`, left gunicorn's sync workers where they were). While any queue is seen not
-//! draining, or a worker was backed up within `QUEUE_LINGER`, queues are sampled every `QUEUE_SAMPLE`;
-//! workers that keep their queues empty cost the tick's samples only. When every worker is backed up there
+//! draining, or a worker was backed up within `QUEUE_LINGER`, queues are sampled every `QUEUE_SAMPLE`
+//! (with two workers or more: one worker has no one to go around to, and its queue is sampled for stalls
+//! only); workers that keep their queues empty cost the tick's samples only. When every worker is backed up there
 //! is no better choice than the kernel's hash. Going around a backed-up worker is not logged (it happens
 //! many times a second under a mixed load); `/metrics` counts it. Connections already queued behind a
 //! backed-up worker wait for it: this narrows the gap to a shared queue, it does not close it.
