@@ -637,6 +637,23 @@ fn bench_http_workloads_verify_command_workers_answers() {
 }
 
 #[test]
+fn a_command_workers_connections_come_with_tcp_nodelay() {
+    // The program sets nothing: TCP_NODELAY is the listener's, inherited by what it accepts (a server that
+    // writes headers and body apart would otherwise wait 40 ms for each kept-alive response).
+    if !python3("a_command_workers_connections_come_with_tcp_nodelay") {
+        return;
+    }
+    let script = worker_script();
+    let srv = Spawn::new(&args(&["-w", "1"], &[&script, "--nodelay"])).start();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"?").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.ends_with(" nodelay=1"), "{reply:?}");
+}
+
+#[test]
 fn built_in_and_command_servers_do_not_take_over_from_each_other() {
     if !python3("built_in_and_command_servers_do_not_take_over_from_each_other") {
         return;

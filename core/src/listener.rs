@@ -33,7 +33,13 @@ pub fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
 /// 2. `SO_REUSEADDR`: rebinding right after a restart while old connections sit in `TIME_WAIT`.
 /// 3. `SO_REUSEPORT`: join (or found) the group; the kernel spreads new connections over its members.
 /// 4. `IPV6_V6ONLY=1` for IPv6: set explicitly, because a dual-stack and a v6-only socket form different groups.
-/// 5. `bind`, then `listen(backlog)`.
+/// 5. `TCP_NODELAY`: every connection accepted from the listener inherits it, so no worker pays a system
+///    call per connection for it. A server that writes a response in two writes (headers, then body) would
+///    otherwise hold the second until the client's delayed ACK, 40 ms later, on a kept-alive connection;
+///    gunicorn, Go and nginx (`tcp_nodelay on`) set it themselves, but a program handed fd 3 may not
+///    (uvicorn `--fd 3` takes it for a Unix socket and leaves Nagle on: 184 requests/s with 8 kept-alive
+///    clients, 44 ms each). A program that wants Nagle's algorithm turns it back on per connection.
+/// 6. `bind`, then `listen(backlog)`.
 ///
 /// # Errors
 /// `EADDRINUSE` becomes [`Error::AddrInUse`], `EACCES` [`Error::PermissionDenied`]; anything else is
@@ -57,6 +63,7 @@ pub fn bind(addr: SocketAddr, backlog: u32, nonblocking: bool) -> Result<TcpList
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(ctx("IPV6_V6ONLY"))?;
     }
+    socket.set_tcp_nodelay(true).map_err(ctx("TCP_NODELAY"))?;
     socket
         .bind(&addr.into())
         .map_err(|source| match source.raw_os_error() {
@@ -175,4 +182,24 @@ fn inherited(wanted: SocketAddr) -> Result<Option<TcpListener>> {
     sock.set_cloexec(true).map_err(ctx("FD_CLOEXEC"))?;
     // SAFETY: the checks passed and ADOPTED makes this the one owner of fd 3 in this process.
     Ok(Some(unsafe { TcpListener::from_raw_fd(LISTEN_FDS_START) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_connections_inherit_tcp_nodelay() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "the accepted side inherits the listener's option"
+        );
+        assert!(
+            !client.nodelay().unwrap(),
+            "a socket of its own, left as it was"
+        );
+    }
 }

@@ -5,6 +5,7 @@ fd 3 (systemd socket activation) and answers each connection with `<pid> <worker
     --ignore-term  ignore SIGTERM (to see the supervisor's SIGKILL)
     --on-int       stop gracefully on SIGINT (as on SIGTERM), and say so on stderr
     --http         answer an HTTP request instead: `200 OK`, the same line as the body, Connection: close
+    --nodelay      answer `<pid> <worker index> nodelay=<TCP_NODELAY of the accepted connection>` instead
     --hold-if PATH when PATH exists at start: stay alive without ever accepting or sending READY=1 (a new
                    release stuck in its start-up); SIGTERM then ends it at once
 """
@@ -46,6 +47,9 @@ try:
             body = f"{os.getpid()} {index} hello\n".encode()
             head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             client.sendall(head.encode() + body)
+        elif "--nodelay" in sys.argv:
+            on = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            client.sendall(f"{os.getpid()} {index} nodelay={on}".encode())
         else:
             client.sendall(f"{os.getpid()} {index} ".encode() + data)
         client.close()

@@ -3,7 +3,8 @@
 use std::net::TcpListener;
 
 /// Sets `TCP_NODELAY` on the worker's listener; every connection it accepts inherits it, so this costs one
-/// system call per worker, not one per connection.
+/// system call per worker, not one per connection. Listeners made by [`crate::listener::bind`] have it
+/// already; one passed by a service manager (socket activation) may not.
 ///
 /// An echo server writes back whatever one read returned, which is rarely a whole number of segments: with
 /// Nagle's algorithm the short last segment of such a write waits until everything sent before it is
