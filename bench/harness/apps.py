@@ -1,7 +1,8 @@
 """`apps` (make bench-apps, issue 23): real HTTP servers with 2 workers, each under its own master (one accept
 queue shared by its workers), as port-sharding command workers (one reuseport queue per worker) and as one
 port-sharding slot running the server's own master (its shared queue, reloaded by port-sharding), on a
-uniform workload and a mixed one (every 50th request of a process sleeps 200 ms). Per cell: requests/s,
+uniform workload, a mixed one (every 50th request of a process sleeps 200 ms) and uniform requests on
+kept-alive connections. Per cell: requests/s,
 p50/p99/p99.9 latency, errors, server CPU per request (every process of the server's session: master or
 supervisor included) and memory (PSS, so pages shared between forked workers count once).
 -> stdout, bench/results/apps.json and the "Real servers" section of BENCHMARKS.md."""
@@ -23,7 +24,9 @@ from .context import Context
 from .markdown import APPS_BEGIN, APPS_END
 
 CLOCK = os.sysconf("SC_CLK_TCK")
-WORKLOADS = {"uniform": {}, "mixed": {"SLOW_EVERY": "50", "SLOW_MS": "200"}}
+# name -> (the app's environment, `port-sharding bench` workload)
+WORKLOADS = {"uniform": ({}, "http"), "mixed": ({"SLOW_EVERY": "50", "SLOW_MS": "200"}, "http"),
+             "keep-alive": ({}, "http-keepalive")}
 CONCURRENCY = 8
 GUNICORN = ["{py}", "-m", "gunicorn", "--no-control-socket", "--chdir", "examples/gunicorn"]
 PUMA = "exec puma -C examples/puma/puma.rb -t 0:5 {more}-b tcp://127.0.0.1:{port} examples/puma/config.ru"
@@ -114,7 +117,7 @@ def answers(port: int) -> int | None:
         return None
 
 
-def one_run(ctx: Context, cmd: list[str], env: dict[str, str], log: Path) -> dict:
+def one_run(ctx: Context, cmd: list[str], env: dict[str, str], log: Path, workload: str = "http") -> dict:
     port = free_port()
     argv = [a.format(port=port, py=ctx.py, bin=ctx.bin) for a in cmd]
     with open(log, "w") as out:
@@ -135,7 +138,7 @@ def one_run(ctx: Context, cmd: list[str], env: dict[str, str], log: Path) -> dic
         time.sleep(0.5)
         procs = session(proc.pid)
         cpu0 = cpu_seconds(procs)
-        bench = [str(ctx.bin), "bench", "-p", str(port), "-W", "http", "-c", str(CONCURRENCY),
+        bench = [str(ctx.bin), "bench", "-p", str(port), "-W", workload, "-c", str(CONCURRENCY),
                  "-d", f"{ctx.duration}s", "--json", "--no-status"]
         r = subprocess.run(ctx.pinned(bench, "1"), capture_output=True, text=True, timeout=ctx.duration + 60)
         cpu = cpu_seconds(procs) - cpu0
@@ -191,14 +194,14 @@ def cmd_apps(ctx: Context) -> int:
     results: dict = {}
     for run in range(ctx.runs):
         for key, label, cmds in setups:
-            for workload, extra in WORKLOADS.items():
+            for workload, (extra, load) in WORKLOADS.items():
                 # Alternate the order of the modes, so none always runs on a machine another warmed.
                 modes = [m for m in MODES if m in cmds]
                 modes = modes if run % 2 == 0 else modes[::-1]
                 for mode in modes:
                     cmd = cmds[mode]
                     env = dict(ctx.env(), **extra, PYTHONUNBUFFERED="1")
-                    r = one_run(ctx, cmd, env, ctx.logs / f"{key}-{mode}-{workload}-{run}.log")
+                    r = one_run(ctx, cmd, env, ctx.logs / f"{key}-{mode}-{workload}-{run}.log", load)
                     results.setdefault(key, {}).setdefault(workload, {}).setdefault(mode, []).append(r)
                     print(f"run {run + 1}/{ctx.runs} {key:17} {workload:8} {mode:8} {r['rps']:8.0f} req/s  "
                           f"p99 {r['p99_ms']:7.2f} ms  p99.9 {r['p999_ms']:7.2f} ms  errors {r['errors']}  "
@@ -221,7 +224,7 @@ def apps_markdown(data: dict) -> str:
          f"Run {data['when']} on {data['cpus']} CPUs (load average {data['load_start']:.2f} at start, "
          f"{data['load_end']:.2f} at the end; other builds may have shared the machine): the server pinned to CPU 0 — "
          "**both workers share one core**, this machine has only 2 — and the load generator "
-         f"(`port-sharding bench -W http -c {data['concurrency']}`, one `GET /` per connection) to CPU 1. "
+         f"(`port-sharding bench -W http -c {data['concurrency']}`) to CPU 1. "
          f"Medians of {data['runs']} runs of {data['duration_s']:g} s per cell, modes alternating. gunicorn "
          f"{v['gunicorn']}, uvicorn {v['uvicorn']}, {v['puma']}, Python {v['python']}, {v['ruby']}, "
          f"Linux {v['kernel']}, {v['port-sharding']}.\n",
@@ -232,7 +235,9 @@ def apps_markdown(data: dict) -> str:
          "- **slot**: `port-sharding serve -w 1 -- …` running the server's own master with 2 workers on fd 3: "
          "their one shared queue, with port-sharding's reloads and takeovers of the whole slot.",
          "- **uniform**: every request is answered at once; **mixed**: every 50th request of a process sleeps "
-         "200 ms first (`SLOW_EVERY=50 SLOW_MS=200`, examples/*/app).",
+         "200 ms first (`SLOW_EVERY=50 SLOW_MS=200`, examples/*/app); both one `GET /` per connection "
+         "(`Connection: close`). **keep-alive**: uniform requests back to back on 8 persistent connections "
+         "(`bench -W http-keepalive`; gunicorn's sync worker closes each, and the client reconnects).",
          "- CPU per request: user + system time of every process of the server (master or supervisor included) "
          "over the run, divided by requests; memory: PSS of them all after the run.\n"]
     for workload in WORKLOADS:
