@@ -27,10 +27,10 @@
 //! (10 ms, `stall_after / 10`, left gunicorn's sync workers where they were). While any queue is seen not
 //! draining, or a worker was backed up within `QUEUE_LINGER`, queues are sampled every `QUEUE_SAMPLE`
 //! (with two workers or more: one worker has no one to go around to, and its queue is sampled for stalls
-//! only); workers that keep their queues empty cost the tick's samples only. When every worker is backed up there
-//! is no better choice than the kernel's hash. Going around a backed-up worker is not logged (it happens
-//! many times a second under a mixed load); `/metrics` counts it. Connections already queued behind a
-//! backed-up worker wait for it: this narrows the gap to a shared queue, it does not close it.
+//! only); workers that keep their queues empty cost the tick's samples only. When every worker is backed
+//! up there is no better choice than the kernel's hash. Going around a backed-up worker is not logged (it
+//! happens many times a second under a mixed load); `/metrics` counts it. Connections already queued
+//! behind a backed-up worker wait for it: this narrows the gap to a shared queue, it does not close it.
 //!
 //! Other processes' sockets in the group (a second server on the port, a plain `listen()` user) would be
 //! starved by a program that knows only ours: while the group holds any, steering stays off and says why
