@@ -44,7 +44,7 @@ bench-scaling: bench-build ## workers 1,2,4,8,16, engine and C server side by si
 
 # Issue 23: gunicorn, Puma and uvicorn under their own master vs as command workers (needs make setup's
 # gunicorn, uvicorn and the Debian puma; a server that is missing fails its cell loudly).
-bench-apps: setup-rust setup-python-tools ## gunicorn sync/gthread, Puma, uvicorn: own master vs command workers, 2 workers, uniform and mixed -> BENCHMARKS.md
+bench-apps: setup-rust setup-python-tools ## gunicorn sync/gthread, Puma, uvicorn: own master vs command workers vs one slot, 2 workers, uniform, mixed and keep-alive -> BENCHMARKS.md
 	$(CARGO) build --release --locked -q --bin port-sharding
 	PORT_SHARDING_BIN=$(TARGET_DIR)/release/port-sharding BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_APPS_RUNS) \
 	  $(PYTHON) bench/run.py apps
