@@ -9,8 +9,9 @@ time the supervisor process (all its threads) uses over a window, from `/proc/<p
 With `--load conn` (or another workload), `port-sharding bench -c CLIENTS` loads the server during the window: the
 supervisor's CPU under load. Extra arguments that give `-w`/`--workers` replace `--workers 2`; a real server's
 load, e.g. `--load http --clients 8 -- -w 1 -- python3 -m gunicorn -w 2 -k gthread --chdir examples/gunicorn
---no-control-socket app:app`. With `--base`, runs alternate between the two binaries (same session, same machine). Prints one line per run
-and the medians, in milliseconds of CPU per window, and the supervisor's wake-ups (voluntary context switches).
+--no-control-socket app:app`. With `--base`, runs alternate between the two binaries (same session, same
+machine). Prints one line per run and the medians, in milliseconds of CPU per window, and the supervisor's
+wake-ups (voluntary context switches).
 """
 
 import argparse
@@ -71,8 +72,9 @@ def one_run(binary: str, window: float, extra: list, load: str = "", clients: in
         hz = os.sysconf("SC_CLK_TCK")
         gen = None
         if load:  # the same binary's load generator, for the window
-            gen = subprocess.Popen([binary, "bench", "-p", str(port), "-W", load, "-c", str(clients), "-d", f"{window + 1}s",
-                                    "--no-status", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            gen = subprocess.Popen([binary, "bench", "-p", str(port), "-W", load, "-c", str(clients),
+                                    "-d", f"{window + 1}s", "--no-status", "-q"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         c0, t0, w0 = cpu_ns(p.pid), ticks(p.pid), wakeups(p.pid)
         time.sleep(window)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reloads under load, measured (README "Run your own server" and "Known servers"): a server with 2 command
-workers (unless SERVE_ARGS give `-w`/`--workers`), `port-sharding bench` for SECONDS with 8 connections, `port-sharding reload` three times meanwhile, then
-a stop; prints the requests, the failed ones, how long the stop took and its exit status.
+workers (unless SERVE_ARGS give `-w`/`--workers`), `port-sharding bench` for SECONDS with 8 connections,
+`port-sharding reload` three times meanwhile, then a stop; prints the requests, the failed ones, how long the
+stop took and its exit status.
 
     python3 bench/reload_under_load.py [--workload http|http-keepalive] [--seconds 12] -- SERVE_ARGS... -- COMMAND...
     e.g. python3 bench/reload_under_load.py -- --stop-signal QUIT -- unicorn -c examples/unicorn/unicorn.conf.rb examples/puma/config.ru

@@ -59,6 +59,11 @@ SETUPS: list[tuple[str, str, dict[str, list[str]]]] = [
 MODES = ("master", "command", "slot")
 
 
+def modes_in(d: dict) -> list[str]:
+    """The modes, in MODES order, that `d` (a setup's commands, or a cell's results) has."""
+    return [m for m in MODES if d.get(m)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -196,8 +201,7 @@ def cmd_apps(ctx: Context) -> int:
         for key, label, cmds in setups:
             for workload, (extra, load) in WORKLOADS.items():
                 # Alternate the order of the modes, so none always runs on a machine another warmed.
-                modes = [m for m in MODES if m in cmds]
-                modes = modes if run % 2 == 0 else modes[::-1]
+                modes = modes_in(cmds) if run % 2 == 0 else modes_in(cmds)[::-1]
                 for mode in modes:
                     cmd = cmds[mode]
                     env = dict(ctx.env(), **extra, PYTHONUNBUFFERED="1")
@@ -249,7 +253,7 @@ def apps_markdown(data: dict) -> str:
             cell = data["results"].get(key, {}).get(workload, {})
             if not cell.get("master"):
                 continue
-            for mode in [m for m in MODES if cell.get(m)]:
+            for mode in modes_in(cell):
                 rows = cell[mode]
                 ratio = ""
                 if mode != "master":
@@ -268,7 +272,7 @@ def apps_markdown(data: dict) -> str:
     L.append("Command lines (`{port}` is a free port; `{py}` this Python; `{bin}` target/release/port-sharding):\n")
     L.append("```sh")
     for key, s in data["setups"].items():
-        for mode in [m for m in MODES if m in s]:
+        for mode in modes_in(s):
             L.append(f"# {key}, {mode}:\n" + shlex.join(s[mode]))
     L.append("```\n")
     L.append("Raw results: `bench/results/apps.json`; reproduce with `make bench-apps` (BENCH_RUNS, BENCH_DURATION, "

@@ -1,6 +1,7 @@
 """Real programs as command workers (`port-sharding serve -- CMD`): the talk's loops on listen() (which adopts
-the socket passed as fd 3), gunicorn, Puma, unicorn, uvicorn, hypercorn, node and Go; reload in place under continuous load; listen()'s refusal of a
-socket for another port. Loopback only, every load bounded."""
+the socket passed as fd 3), gunicorn, Puma, unicorn, uvicorn, hypercorn, node and Go, and one slot running
+gunicorn's or Puma's own workers; reload in place under continuous load; listen()'s refusal of a socket for
+another port. Loopback only, every load bounded."""
 
 from __future__ import annotations
 
@@ -185,8 +186,8 @@ def listening(port: int) -> bool:
 
 def reloads_then_stop(servers: list[Server], loads: list[ClientLoad], control_dir: Path, reloads: int,
                       *args: str) -> None:
-    """Command workers (`args`) under HTTP load from 6 clients; `reloads` reloads, each checked to replace every worker;
-    then a stop (SIGTERM to the supervisor): 0 failed requests, exit 0, and nothing of it left running or
+    """Command workers (`args`) under HTTP load from 6 clients; `reloads` reloads, each checked to replace every
+    worker; then a stop (SIGTERM to the supervisor): 0 failed requests, exit 0, and nothing of it left running or
     listening."""
     server = start(servers, control_dir, *args)
     pgids = set(worker_pids(server))
