@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import statistics
 import subprocess
 import time
@@ -168,6 +169,8 @@ def cmd_bulk(ctx: Context) -> int:
     md = bulk_table(summary, [w[0] for w in workloads], {k.key: k.short for k in kinds}, [k.key for k in kinds])
     md += (f"\nMedian of {ctx.runs} runs per cell, alternating servers; load average {m['loadavg_at_start']:.2f} at the "
            f"start, {load_end:.2f} at the end; server pinned to CPU {SERVER_CPU}, load generator to CPU {CLIENT_CPU}.\n")
+    md += "\nRun by run against uvloop (run i of each server shared the machine's state):\n\n"
+    md += paired_table(matrix["cells"], [w[0] for w in workloads], {k.key: k.short for k in kinds}, [k.key for k in kinds])
     out_dir = Path(os.environ.get("OUT", ctx.root / "bench-out"))
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -176,6 +179,49 @@ def cmd_bulk(ctx: Context) -> int:
     print(md)
     log(f"wrote {out_dir}/bulk-{stamp}.json")
     return 0
+
+
+def paired_ratios(mine: list[dict], theirs: list[dict], resamples: int = 2000, seed: int = 1) -> dict:
+    """Run i of one server against run i of another (the runs alternate, so each pair shared the machine's
+    state): the median of the per-pair ratios of MB/s and of server CPU per byte (< 1 is less CPU), each with
+    a 95 % bootstrap interval of that median (a fixed seed: the same runs give the same interval), and in how
+    many pairs the first was ahead. Pairs missing either number are left out."""
+    def usable(r: dict) -> bool:
+        return bool(r.get("mb_per_sec")) and bool(r.get("mb_per_server_cpu_s"))
+
+    pairs = [(a, b) for a, b in zip(mine, theirs) if usable(a) and usable(b)]
+    if not pairs:
+        return {"pairs": 0}
+    rng = random.Random(seed)
+
+    def judged(ratios: list[float]) -> tuple[float, float, float]:
+        boots = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+        return statistics.median(ratios), boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1]
+
+    mb = [a["mb_per_sec"] / b["mb_per_sec"] for a, b in pairs]
+    cpu = [b["mb_per_server_cpu_s"] / a["mb_per_server_cpu_s"] for a, b in pairs]
+    return {"pairs": len(pairs), "mb": judged(mb), "mb_ahead": sum(r >= 1 for r in mb),
+            "cpu": judged(cpu), "cpu_ahead": sum(r <= 1 for r in cpu)}
+
+
+def paired_table(cells: dict, wkeys: list[str], labels: dict[str, str], order: list[str], against: str = "uvloop") -> str:
+    """Each server against `against`, run by run (see `paired_ratios`): what a median of a few runs per cell
+    cannot show on a noisy machine — whether a difference is larger than the run-to-run spread."""
+    L = [f"| server | workload | pairs | MB/s vs {against} (95 % interval) | ahead in | server CPU per byte vs "
+         f"{against} (95 % interval) | less CPU in |", "|---|---|---:|---:|---:|---:|---:|"]
+    for w in wkeys:
+        theirs = cells.get(against, {}).get(w)
+        for k in order:
+            mine = cells.get(k, {}).get(w)
+            if k == against or not mine or not theirs:
+                continue
+            p = paired_ratios(mine, theirs)
+            if not p["pairs"]:
+                continue
+            (m, mlo, mhi), (c, clo, chi) = p["mb"], p["cpu"]
+            L.append(f"| {labels.get(k, k)} | {w} | {p['pairs']} | {m:.2f}× ({mlo:.2f}–{mhi:.2f}) | {p['mb_ahead']} | "
+                     f"{c:.2f}× ({clo:.2f}–{chi:.2f}) | {p['cpu_ahead']} |")
+    return "\n".join(L) + "\n"
 
 
 def bulk_table(summary: dict, wkeys: list[str], labels: dict[str, str], order: list[str]) -> str:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(BENCH))
 
 from harness.context import Context  # noqa: E402
 from harness.markdown import SCALING_BEGIN, merge_scaling  # noqa: E402
-from harness.matrix import cmd_report  # noqa: E402
+from harness.matrix import cmd_report, paired_ratios, paired_table  # noqa: E402
 from harness.servers import echo_once, free_port  # noqa: E402
 from harness.syscalls import parse_perf_stat, parse_strace_c  # noqa: E402
 from pytest_guards import DEFAULT_SIGNALS  # noqa: E402 (scripts/, put on the path by conftest.py)
@@ -72,6 +72,26 @@ def test_perf_stat_is_parsed() -> None:
 def context(root: Path, tmp: Path) -> Context:
     ctx = Context.from_env(tmp / "control", tmp / "logs")
     return Context(**{**ctx.__dict__, "root": root})
+
+
+def test_runs_are_compared_pair_by_pair_with_an_interval() -> None:
+    # Run i of each server: the engine twice uvloop's MB/s in every pair, half its CPU per byte in two of three.
+    engine = [{"mb_per_sec": 2000, "mb_per_server_cpu_s": 2500}, {"mb_per_sec": 1800, "mb_per_server_cpu_s": 2400},
+              {"mb_per_sec": 1900, "mb_per_server_cpu_s": 2200}, {"mb_per_sec": 0, "mb_per_server_cpu_s": 0}]
+    uvloop = [{"mb_per_sec": 1000, "mb_per_server_cpu_s": 2500}, {"mb_per_sec": 900, "mb_per_server_cpu_s": 1200},
+              {"mb_per_sec": 950, "mb_per_server_cpu_s": 1100}, {"mb_per_sec": 1000, "mb_per_server_cpu_s": 2000}]
+    p = paired_ratios(engine, uvloop)
+    assert p["pairs"] == 3  # the failed fourth run is left out, not counted as a zero
+    assert p["mb"] == (2.0, 2.0, 2.0) and p["mb_ahead"] == 3
+    median, low, high = p["cpu"]
+    assert median == 0.5 and low <= median <= high and high == 1.0 and p["cpu_ahead"] == 3
+    assert paired_ratios(engine, uvloop) == p  # a fixed seed: the same runs give the same interval
+    same = paired_ratios(uvloop, uvloop)
+    assert same["mb"] == (1.0, 1.0, 1.0) and same["cpu"] == (1.0, 1.0, 1.0)
+    table = paired_table({"engine-cli": {"bulk-4": engine}, "uvloop": {"bulk-4": uvloop}}, ["bulk-4"],
+                         {"engine-cli": "engine (CLI)"}, ["engine-cli", "uvloop"])
+    assert "| engine (CLI) | bulk-4 | 3 | 2.00× (2.00–2.00) | 3 | 0.50× (0.50–1.00) | 3 |" in table
+    assert table.count("\n") == 3  # header, rule, one row: uvloop is not compared with itself
 
 
 def test_report_rewrites_benchmarks_from_saved_results(tmp_path: Path) -> None:

@@ -42,10 +42,9 @@ const ONCE_READ: usize = 1024;
 const BUDGET: usize = 32;
 /// ...or bytes read, whichever comes first: a stream that fills every read yields after 32 of them
 /// (8 MiB), so each streaming connection delays the others by at most that much copying per turn, 3 to
-/// 4 ms of this VM's server CPU. 32 reads is libuv's turn (what uvloop and Node.js do). The 1 MiB turn
-/// before it cost more server CPU per byte echoed: over 30 alternating bulk-4 runs the 8 MiB turn took
-/// 0.87× as much (part of it moved to the peer: on loopback the reader of a full queue pays for the
-/// writer's transmit; bench/NOTES.md, issue 25).
+/// 4 ms of this VM's server CPU. 32 reads is libuv's turn (what uvloop and Node.js do). Against the 1 MiB
+/// turn before it, the 8 MiB turn took 0.81–0.92× the server CPU per byte echoed in bulk-4 rounds of 12–30
+/// alternating runs, and the same in one `make bench-bulk` of 12 (bench/NOTES.md, issue 25).
 const BUDGET_BYTES: usize = 8 << 20;
 // On a plain drain the listener stays open DRAIN_GRACE (see `drain`), accepting what is queued (and what is
 // mid-handshake), then closes right after a pass that found its queue empty. A handover closes it at once
