@@ -19,7 +19,8 @@ of server keys), OUT (scaling: output folder, default bench-out), BENCH_WORKERS 
 BENCH_KEEP_LOGS=1 (keep the servers' logs in /tmp/ps-bench-logs-*), PORT_SHARDING_BIN (the engine's binary),
 BENCH_C_SERVER (the C server's binary, default target/bench/c_epoll_echo), BENCH_STRACE=0 (no system-call counts),
 BENCH_BASELINE_BIN (another engine build, measured beside the current one: before/after a change),
-BENCH_FLOOR_ALSO (floor: more server keys to measure, e.g. engine-python,engine-ruby).
+BENCH_FLOOR_ALSO (floor: more server keys to measure, e.g. engine-python,engine-ruby), BENCH_ALLOW_DEBUG=1 (measure a
+build under target/debug anyway; refused otherwise, as the Makefile exports PORT_SHARDING_BIN as the tests' debug build).
 """
 
 from __future__ import annotations
@@ -37,8 +38,26 @@ from .scaling import cmd_merge_scaling, cmd_scaling
 from .udp import cmd_udp
 
 
+# Commands that start the engine or its load generator (the others only rewrite files from saved results).
+MEASURES = {"matrix", "floor", "bulk", "udp", "scaling", "apps"}
+
+
+def debug_builds(bins: list[Path]) -> list[Path]:
+    """The binaries among `bins` that cargo built without optimisations (they sit in a `debug` folder)."""
+    return [b for b in bins if b.parent.name == "debug"]
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[0] if argv else "matrix"
+    bins = [Path(os.environ.get("PORT_SHARDING_BIN", "target/release/port-sharding"))]
+    bins += [Path(os.environ["BENCH_BASELINE_BIN"])] if os.environ.get("BENCH_BASELINE_BIN") else []
+    slow = debug_builds(bins)
+    if cmd in MEASURES and slow and os.environ.get("BENCH_ALLOW_DEBUG") != "1":
+        print(f"bench: {', '.join(map(str, slow))} is a debug build, several times slower than the release build "
+              "people run: its numbers would say nothing. Run the bench through make (it passes the release build), "
+              "set PORT_SHARDING_BIN to target/release/port-sharding, or BENCH_ALLOW_DEBUG=1 to measure it anyway.",
+              file=sys.stderr)
+        return 2
     control_dir = Path(tempfile.mkdtemp(prefix="ps-bench-"))
     logs = Path(tempfile.mkdtemp(prefix="ps-bench-logs-"))
     ctx = Context.from_env(control_dir, logs)

@@ -103,6 +103,8 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
     L.append("## Machine\n")
     L.append(f"- CPU: {m['cpus']} × {m['cpu']}; memory {m['memory']}; kernel {m['kernel']} ({m['os']})")
     L.append(f"- {m['rustc']}; Python {m['python']}; {m['ruby']}; net.ipv4.tcp_tw_reuse={m['tcp_tw_reuse']}")
+    if m.get("binary"):  # results saved before 6 Dec 2026 do not say
+        L.append(f"- engine and load generator: `{m['binary']}`")
     L.append(f"- run {m['date']}, load average at start {m['loadavg_at_start']:.2f}, whole run {elapsed / 60:.1f} min")
     other = [r.get("other_cpu") for by_w in matrix["cells"].values() for runs in by_w.values() for r in runs if r.get("other_cpu") is not None]
     if other:

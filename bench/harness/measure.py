@@ -148,6 +148,7 @@ def machine(ctx: Context) -> dict:
         "loadavg_at_start": os.getloadavg()[0],
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "tcp_tw_reuse": Path("/proc/sys/net/ipv4/tcp_tw_reuse").read_text().strip() if Path("/proc/sys/net/ipv4/tcp_tw_reuse").exists() else "?",
+        "binary": str(ctx.rel(ctx.bin)) if ctx.bin.is_relative_to(ctx.root) else str(ctx.bin),
     }
 
 

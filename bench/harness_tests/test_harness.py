@@ -94,6 +94,19 @@ def test_runs_are_compared_pair_by_pair_with_an_interval() -> None:
     assert table.count("\n") == 3  # header, rule, one row: uvloop is not compared with itself
 
 
+def test_a_debug_build_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    # The Makefile exports PORT_SHARDING_BIN as the debug build for the tests; a bench given it measured that
+    # build as both server and load generator until 6 Dec 2026. Nothing is started: the refusal comes first.
+    debug = tmp_path / "debug" / "port-sharding"
+    env = {**os.environ, "PORT_SHARDING_BIN": str(debug), "OUT": str(tmp_path / "out")}
+    env.pop("BENCH_ALLOW_DEBUG", None)
+    r = subprocess.run([sys.executable, str(BENCH / "run.py"), "bulk"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"{debug} is a debug build" in r.stderr and "release" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_rewrites_benchmarks_from_saved_results(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     (root / "bench" / "results").mkdir(parents=True)
