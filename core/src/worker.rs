@@ -44,7 +44,7 @@ const BUDGET: usize = 32;
 /// (8 MiB), so each streaming connection delays the others by at most that much copying per turn, 3 to
 /// 4 ms of this VM's server CPU. 32 reads is libuv's turn (what uvloop and Node.js do). Against the 1 MiB
 /// turn before it, the 8 MiB turn took 0.81–0.92× the server CPU per byte echoed in bulk-4 rounds of 12–30
-/// alternating runs, and the same in one `make bench-bulk` of 12 (bench/NOTES.md, issue 25).
+/// alternating runs, 0.91× in a `make bench-bulk` of 12 (bench/NOTES.md, issue 25).
 const BUDGET_BYTES: usize = 8 << 20;
 // On a plain drain the listener stays open DRAIN_GRACE (see `drain`), accepting what is queued (and what is
 // mid-handshake), then closes right after a pass that found its queue empty. A handover closes it at once
