@@ -9,6 +9,7 @@ C_UDP_SERVER   := target/bench/c_udp_echo
 # What every bench measures, as server and as load generator: the release build bench-build makes. The
 # Makefile exports PORT_SHARDING_BIN as the debug build for the tests; a bench must never run that one.
 BENCH_BIN      := $(TARGET_DIR)/release/port-sharding
+bench bench-quick bench-floor bench-bulk bench-udp bench-scaling bench-apps: export PORT_SHARDING_BIN := $(BENCH_BIN)
 
 .PHONY: bench-apps bench bench-quick bench-scaling bench-floor bench-bulk bench-udp bench-build test-bench-harness
 
@@ -27,29 +28,29 @@ bench-build: setup-rust $(C_SERVER)
 		|| echo "make bench: uvloop not installed (pip failed): its row will be skipped"
 
 bench: bench-build $(C_UDP_SERVER) ## servers x workloads (pinned, medians of 5) + C floor, syscalls, memory, start-up, drain -> BENCHMARKS.md, bench/chart.svg; then UDP vs its C floor -> stdout
-	PORT_SHARDING_BIN=$(BENCH_BIN) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py matrix
-	PORT_SHARDING_BIN=$(BENCH_BIN) OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py udp
+	BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py matrix
+	OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py udp
 
 bench-quick: bench-build ## a fast smoke run of `make bench` (1 run of 1 s per cell; still rewrites BENCHMARKS.md)
-	PORT_SHARDING_BIN=$(BENCH_BIN) BENCH_DURATION=1 BENCH_RUNS=1 $(PYTHON) bench/run.py matrix
+	BENCH_DURATION=1 BENCH_RUNS=1 $(PYTHON) bench/run.py matrix
 
 bench-floor: bench-build ## the engine vs the minimal C server only: CPU and system calls per op -> stdout, $(OUT)/floor-*.json
-	PORT_SHARDING_BIN=$(BENCH_BIN) OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py floor
+	OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py floor
 
 bench-bulk: bench-build ## the engine vs uvloop and the C server on bulk streams (stream-4, bulk-4 = 4 x 256 MiB): MB/s, CPU per GB -> stdout, $(OUT)/bulk-*.json
-	PORT_SHARDING_BIN=$(BENCH_BIN) OUT=$(OUT) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py bulk
+	OUT=$(OUT) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py bulk
 
 bench-udp: bench-build $(C_UDP_SERVER) ## the engine's UDP workers vs a minimal C recvmmsg echo (the floor): datagrams/s, loss, CPU -> stdout, $(OUT)/udp-*.json
-	PORT_SHARDING_BIN=$(BENCH_BIN) OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py udp
+	OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py udp
 
 bench-scaling: bench-build ## workers 1,2,4,8,16, engine and C server side by side -> $(OUT)/scaling-*.md/json + BENCHMARKS.md
-	PORT_SHARDING_BIN=$(BENCH_BIN) OUT=$(OUT) $(PYTHON) bench/run.py scaling
+	OUT=$(OUT) $(PYTHON) bench/run.py scaling
 
 # Issue 23: gunicorn, Puma and uvicorn under their own master vs as command workers (needs make setup's
 # gunicorn, uvicorn and the Debian puma; a server that is missing fails its cell loudly).
 bench-apps: setup-rust setup-python-tools ## gunicorn sync/gthread, Puma, uvicorn: own master vs command workers vs one slot, 2 workers, uniform, mixed and keep-alive -> BENCHMARKS.md
 	$(CARGO) build --release --locked -q --bin port-sharding
-	PORT_SHARDING_BIN=$(BENCH_BIN) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_APPS_RUNS) \
+	BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_APPS_RUNS) \
 	  $(PYTHON) bench/run.py apps
 
 BENCH_APPS_RUNS ?= 3

@@ -49,19 +49,18 @@ def debug_builds(bins: list[Path]) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     cmd = argv[0] if argv else "matrix"
-    bins = [Path(os.environ.get("PORT_SHARDING_BIN", "target/release/port-sharding"))]
-    bins += [Path(os.environ["BENCH_BASELINE_BIN"])] if os.environ.get("BENCH_BASELINE_BIN") else []
-    slow = debug_builds(bins)
-    if cmd in MEASURES and slow and os.environ.get("BENCH_ALLOW_DEBUG") != "1":
-        print(f"bench: {', '.join(map(str, slow))} is a debug build, several times slower than the release build "
-              "people run: its numbers would say nothing. Run the bench through make (it passes the release build), "
-              "set PORT_SHARDING_BIN to target/release/port-sharding, or BENCH_ALLOW_DEBUG=1 to measure it anyway.",
-              file=sys.stderr)
-        return 2
     control_dir = Path(tempfile.mkdtemp(prefix="ps-bench-"))
     logs = Path(tempfile.mkdtemp(prefix="ps-bench-logs-"))
     ctx = Context.from_env(control_dir, logs)
     try:
+        baseline = os.environ.get("BENCH_BASELINE_BIN")
+        slow = debug_builds([ctx.bin] + ([Path(baseline)] if baseline else []))
+        if cmd in MEASURES and slow and os.environ.get("BENCH_ALLOW_DEBUG") != "1":
+            print(f"bench: {', '.join(map(str, slow))} is a debug build, several times slower than the release build "
+                  "people run: its numbers would say nothing. Run the bench through make (it passes the release "
+                  "build), set PORT_SHARDING_BIN to target/release/port-sharding, or BENCH_ALLOW_DEBUG=1 to measure "
+                  "it anyway.", file=sys.stderr)
+            return 2
         if cmd == "matrix":
             return cmd_matrix(ctx)
         if cmd == "floor":
