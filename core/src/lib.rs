@@ -122,6 +122,7 @@ compile_error!(
      over the listening sockets (the last one bound receives them all)"
 );
 
+mod buffer;
 mod config;
 mod conns;
 mod control;
@@ -145,6 +146,7 @@ mod sticky;
 mod supervisor;
 mod worker;
 
+pub use buffer::PageAligned;
 pub use config::{
     default_workers, parse_duration, parse_signal, Config, Mode, Protocol, Ready, Signal,
     MAX_DURATION, MAX_WORKERS, SETTINGS,

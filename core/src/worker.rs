@@ -17,6 +17,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::buffer::PageAligned;
 use crate::config::{Config, Mode};
 use crate::drain::{self, Ask, DRAIN_GRACE};
 use crate::log::log;
@@ -87,9 +88,11 @@ struct Conn {
     /// less than it asked for or `EAGAIN`. Every new arrival raises a new edge, so a read is tried only
     /// when there can be something to read, and no system call is spent only to learn there is not.
     readable: bool,
-    /// Registered for writability too: only once a write would have blocked, so a socket that always
-    /// takes its echo at once raises no writable events (each would be one more wake-up).
-    write_interest: bool,
+    /// What the socket is registered for: readability while its echo is out, writability alone while
+    /// some of it is pending (libuv's read stop). A socket that always takes its echo at once raises no
+    /// writable events, and one whose echo is stuck raises no readable ones: we would not read them until
+    /// the echo is out, and each would be a wake-up (and a write that fails with `EAGAIN`) for nothing.
+    interest: Interest,
     /// A client byte (or its FIN) has been read.
     heard: bool,
     /// The peer's FIN (or an error) was signalled: it sits behind any data, so reads go on until they see
@@ -138,7 +141,7 @@ struct Loop<'a> {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     open: usize,
-    scratch: Vec<u8>,
+    scratch: PageAligned,
     greeting: Vec<u8>,
     slot: &'a Slot,
     config: &'a Config,
@@ -194,7 +197,7 @@ impl<'a> Loop<'a> {
             conns: Vec::new(),
             free: Vec::new(),
             open: 0,
-            scratch: vec![0; SCRATCH],
+            scratch: PageAligned::new(SCRATCH),
             greeting,
             slot: w.slot,
             config: w.config,
@@ -408,7 +411,7 @@ impl<'a> Loop<'a> {
             drained: false,
             lingering: false,
             readable: false, // set by `add`
-            write_interest: false,
+            interest: Interest::READABLE,
             heard: false,
             hangup: false,
             last_active: self.now,
@@ -430,7 +433,7 @@ impl<'a> Loop<'a> {
         }
         let first = step(
             &mut conn,
-            &mut self.scratch,
+            self.scratch.as_mut_slice(),
             self.config.mode,
             self.slot,
             self.now,
@@ -447,16 +450,11 @@ impl<'a> Loop<'a> {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        conn.write_interest = !conn.pending.is_empty();
-        let interest = if conn.write_interest {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
+        conn.interest = wanted(&conn);
         if let Err(e) = self
             .poll
             .registry()
-            .register(&mut conn.stream, Token(key), interest)
+            .register(&mut conn.stream, Token(key), conn.interest)
         {
             log!("worker {}: register connection: {e}", self.index);
             self.slot.closed(true);
@@ -474,27 +472,29 @@ impl<'a> Loop<'a> {
         let Some(Some(conn)) = self.conns.get_mut(key) else {
             return;
         };
-        match step(
+        let next = step(
             conn,
-            &mut self.scratch,
+            self.scratch.as_mut_slice(),
             self.config.mode,
             self.slot,
             self.now,
-        ) {
-            Step::Keep if !conn.pending.is_empty() && !conn.write_interest => {
-                // The socket is full: ask for the edge that says it has room again. Adding the interest
-                // reports writability that is already there, so nothing is missed in between.
-                conn.write_interest = true;
-                let registry = self.poll.registry();
-                let both = Interest::READABLE | Interest::WRITABLE;
-                if let Err(e) = registry.reregister(&mut conn.stream, Token(key), both) {
-                    log!("worker {}: reregister connection: {e}", self.index);
-                    self.close(key, true);
-                }
+        );
+        if let Step::Close { error } = next {
+            return self.close(key, error);
+        }
+        let interest = wanted(conn);
+        if interest != conn.interest {
+            // Changing the interest reports readiness that is already there (`EPOLL_CTL_MOD` re-arms the
+            // edge), so nothing that arrived in between is missed.
+            conn.interest = interest;
+            let registry = self.poll.registry();
+            if let Err(e) = registry.reregister(&mut conn.stream, Token(key), interest) {
+                log!("worker {}: reregister connection: {e}", self.index);
+                return self.close(key, true);
             }
-            Step::Keep => {}
-            Step::Again => self.again.push(key),
-            Step::Close { error } => self.close(key, error),
+        }
+        if let Step::Again = next {
+            self.again.push(key);
         }
     }
 
@@ -562,6 +562,15 @@ fn nothing_unread(conn: &mut Conn, scratch: &mut [u8], slot: &Slot) -> bool {
             }
             Err(_) => return true, // broken: closing is all that is left
         }
+    }
+}
+
+/// What a connection waits for: room for its pending echo, or else more input.
+fn wanted(conn: &Conn) -> Interest {
+    if conn.pending.is_empty() {
+        Interest::READABLE
+    } else {
+        Interest::WRITABLE
     }
 }
 
