@@ -27,7 +27,7 @@ bench-build: setup-rust $(C_SERVER)
 	@$(PYTHON) -c 'import uvloop' 2>/dev/null || $(PYTHON) -m pip install --user -q uvloop \
 		|| echo "make bench: uvloop not installed (pip failed): its row will be skipped"
 
-bench: bench-build $(C_UDP_SERVER) ## servers x workloads (pinned, medians of 5) + C floor, syscalls, memory, start-up, drain -> BENCHMARKS.md, bench/chart.svg; then UDP vs its C floor -> stdout
+bench: bench-build $(C_UDP_SERVER) ## servers x workloads (pinned, medians of 5; stream/bulk of the engine, uvloop and C: 15) + C floor, syscalls, memory, start-up, drain -> BENCHMARKS.md, bench/chart.svg; then UDP vs its C floor -> stdout
 	BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py matrix
 	OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py udp
 

@@ -14,8 +14,9 @@
                             -> bench/results/apps.json + the "Real servers" section of BENCHMARKS.md
 
 Environment: BENCH_DURATION (seconds per run, default 3), BENCH_RUNS (default 3), BENCH_ONLY (comma list
-of server keys), OUT (scaling: output folder, default bench-out), BENCH_WORKERS (scaling: default
-1,2,4,8,16), BENCH_THREADS (scaling: load threads, default half the CPUs), BENCH_PIN (0 disables taskset),
+of server keys), BENCH_BULK_RUNS (matrix: runs of stream-4 and bulk-4 for the engine, uvloop and the C
+server, default 15; the runs beyond BENCH_RUNS serve only those two), OUT (scaling: output folder, default
+bench-out), BENCH_WORKERS (scaling: default 1,2,4,8,16), BENCH_THREADS (scaling: load threads, default half the CPUs), BENCH_PIN (0 disables taskset),
 BENCH_KEEP_LOGS=1 (keep the servers' logs in /tmp/ps-bench-logs-*), PORT_SHARDING_BIN (the engine's binary),
 BENCH_C_SERVER (the C server's binary, default target/bench/c_epoll_echo), BENCH_STRACE=0 (no system-call counts),
 BENCH_BASELINE_BIN (another engine build, measured beside the current one: before/after a change),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import statistics
 
+from .bulk import bulk_table, disturbance_table, paired_table
 from .context import Context
 from .format import fmt_num, fmt_us
 from .measure import BYTE_WORKLOADS, WORKLOADS, work_of
@@ -87,6 +88,30 @@ def kept_section(ctx: Context, begin: str, end: str) -> str:
     if i < 0 or j < 0:
         return ""
     return text[i + len(begin):j].strip("\n")
+
+
+def bulk_section(matrix: dict, summary: dict, labels: dict[str, str], order: list[str]) -> str:
+    """Issue 25: the servers measured on the byte workloads against uvloop, as medians and run by run, and what
+    TCP counted meanwhile. Empty when uvloop was not measured."""
+    if "uvloop" not in summary:
+        return ""
+    wkeys = [w for w, *_ in WORKLOADS if w in BYTE_WORKLOADS]
+    more = matrix.get("more_runs")
+    keys = [k for k in order if k in summary and (not more or k in more["servers"])]
+    L = ["## Bulk streams against uvloop (issue 25)\n"]
+    if more:
+        L.append(f"stream-4 and bulk-4 of these servers had {more['runs']} more runs than the other cells (a fresh "
+                 "server per run serving only these two workloads, the servers alternating): a bulk run lands in one of "
+                 "two regimes on this machine (see the notes), and a median of a few runs is a coin toss between them. "
+                 "The medians here and in the tables above are of all the runs.\n")
+    L.append(bulk_table(summary, wkeys, labels, keys))
+    L.append("Run by run against uvloop (run i of each server shared the machine's state):\n")
+    L.append(paired_table(matrix["cells"], wkeys, labels, keys))
+    if table := disturbance_table(matrix["cells"], wkeys, labels, keys):
+        L.append("What TCP counted during the runs (machine-wide deltas of /proc/net/snmp and /proc/net/netstat; "
+                 "on loopback these come from reordering between the two CPUs, not from a lossy link):\n")
+        L.append(table)
+    return "\n".join(L)
 
 
 def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory: dict | None, startup: dict | None, drain: dict | None,
@@ -181,6 +206,7 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
     L.append("")
     if "c-epoll" in summary:
         L.append(floor_table(summary, syscalls, [w for w, *_ in WORKLOADS], ctx.runs, labels, order))
+    L.append(bulk_section(matrix, summary, labels, order))
     L.append("## Latency (median of runs: p50 / p99)\n")
     L.append(head)
     L.append("|---|" + "---:|" * len(WORKLOADS))

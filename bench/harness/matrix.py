@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import statistics
 import subprocess
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 from .context import Context
 from .chart import svg_chart
 from .footprint import measure_drain, measure_memory, measure_startup
+from .bulk import bulk_table, disturbance_table, paired_table
 from .markdown import floor_table, write_benchmarks
 from .measure import (BYTE_WORKLOADS, CLIENT_CPU, SERVER_CPU, WORKLOADS, bench_cell, machine, machine_key, median_of,
                       per_server_cpu_s)
@@ -51,7 +51,10 @@ def applicable(kind: ServerKind, workloads: list[tuple] = WORKLOADS) -> list[tup
     return [w for w in workloads if kind.argv_for(w[4]) is not None and (kind.workloads is None or w[0] in kind.workloads)]
 
 
-def run_matrix(ctx: Context, kinds: list[ServerKind], workloads: list[tuple] = WORKLOADS) -> dict:
+def run_matrix(ctx: Context, kinds: list[ServerKind], workloads: list[tuple] = WORKLOADS, more: tuple[int, set[str]] = (0, set())) -> dict:
+    """Every runnable server under each workload it serves, `ctx.runs` times, a fresh server per run and mode.
+    `more` = (n, servers): n further runs of the byte workloads alone for those servers (issue 25's comparison
+    needs more runs than the others: a bulk run lands in one of two regimes, see bench/NOTES.md)."""
     skipped = {}
     runnable = []
     for k in kinds:
@@ -64,15 +67,20 @@ def run_matrix(ctx: Context, kinds: list[ServerKind], workloads: list[tuple] = W
     cells: dict[str, dict[str, list[dict]]] = {k.key: {} for k in runnable}
     failures: dict[str, str] = {}
     # Run-major order: each repetition visits every server, so slow drift (other builds) spreads evenly.
-    for run in range(ctx.runs):
+    total = ctx.runs + more[0]
+    for run in range(total):
         for k in runnable:
             if k.key in failures:
                 continue
             mine = applicable(k, workloads)
+            if run >= ctx.runs:
+                if k.key not in more[1]:
+                    continue
+                mine = [w for w in mine if w[0] in BYTE_WORKLOADS]
             # One server start per mode it serves (echo, then once).
             for mode in dict.fromkeys(w[4] for w in mine):
                 port = free_port()
-                log(f"run {run + 1}/{ctx.runs}: {k.key} --mode {mode} on :{port}")
+                log(f"run {run + 1}/{total}: {k.key} --mode {mode} on :{port}")
                 try:
                     with Server(ctx, k.argv_for(mode) or [], port, SERVER_CPU, k.key) as srv:
                         srv.wait_ready()
@@ -93,6 +101,8 @@ def run_matrix(ctx: Context, kinds: list[ServerKind], workloads: list[tuple] = W
         "skipped": skipped,
         "failures": failures,
         "cells": cells,
+        "more_runs": {"runs": more[0], "servers": sorted(more[1] & {k.key for k in runnable}),
+                      "workloads": sorted(BYTE_WORKLOADS)} if more[0] else None,
     }
 
 
@@ -171,6 +181,8 @@ def cmd_bulk(ctx: Context) -> int:
            f"start, {load_end:.2f} at the end; server pinned to CPU {SERVER_CPU}, load generator to CPU {CLIENT_CPU}.\n")
     md += "\nRun by run against uvloop (run i of each server shared the machine's state):\n\n"
     md += paired_table(matrix["cells"], [w[0] for w in workloads], {k.key: k.short for k in kinds}, [k.key for k in kinds])
+    if table := disturbance_table(matrix["cells"], [w[0] for w in workloads], {k.key: k.short for k in kinds}, [k.key for k in kinds]):
+        md += "\nWhat TCP counted during the runs (machine-wide deltas):\n\n" + table
     out_dir = Path(os.environ.get("OUT", ctx.root / "bench-out"))
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -181,71 +193,6 @@ def cmd_bulk(ctx: Context) -> int:
     return 0
 
 
-def paired_ratios(mine: list[dict], theirs: list[dict], resamples: int = 2000, seed: int = 1) -> dict:
-    """Run i of one server against run i of another (the runs alternate, so each pair shared the machine's
-    state): the median of the per-pair ratios of MB/s and of server CPU per byte (< 1 is less CPU), each with
-    a 95 % bootstrap interval of that median (a fixed seed: the same runs give the same interval), and in how
-    many pairs the first was ahead. Pairs missing either number are left out."""
-    def usable(r: dict) -> bool:
-        return bool(r.get("mb_per_sec")) and bool(r.get("mb_per_server_cpu_s"))
-
-    pairs = [(a, b) for a, b in zip(mine, theirs) if usable(a) and usable(b)]
-    if not pairs:
-        return {"pairs": 0}
-    rng = random.Random(seed)
-
-    def judged(ratios: list[float]) -> tuple[float, float, float]:
-        boots = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
-        return statistics.median(ratios), boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1]
-
-    mb = [a["mb_per_sec"] / b["mb_per_sec"] for a, b in pairs]
-    cpu = [b["mb_per_server_cpu_s"] / a["mb_per_server_cpu_s"] for a, b in pairs]
-    return {"pairs": len(pairs), "mb": judged(mb), "mb_ahead": sum(r >= 1 for r in mb),
-            "cpu": judged(cpu), "cpu_ahead": sum(r <= 1 for r in cpu)}
-
-
-def paired_table(cells: dict, wkeys: list[str], labels: dict[str, str], order: list[str], against: str = "uvloop") -> str:
-    """Each server against `against`, run by run (see `paired_ratios`): what a median of a few runs per cell
-    cannot show on a noisy machine — whether a difference is larger than the run-to-run spread."""
-    L = [f"| server | workload | pairs | MB/s vs {against} (95 % interval) | ahead in | server CPU per byte vs "
-         f"{against} (95 % interval) | less CPU in |", "|---|---|---:|---:|---:|---:|---:|"]
-    for w in wkeys:
-        theirs = cells.get(against, {}).get(w)
-        for k in order:
-            mine = cells.get(k, {}).get(w)
-            if k == against or not mine or not theirs:
-                continue
-            p = paired_ratios(mine, theirs)
-            if not p["pairs"]:
-                continue
-            (m, mlo, mhi), (c, clo, chi) = p["mb"], p["cpu"]
-            L.append(f"| {labels.get(k, k)} | {w} | {p['pairs']} | {m:.2f}× ({mlo:.2f}–{mhi:.2f}) | {p['mb_ahead']} | "
-                     f"{c:.2f}× ({clo:.2f}–{chi:.2f}) | {p['cpu_ahead']} |")
-    return "\n".join(L) + "\n"
-
-
-def bulk_table(summary: dict, wkeys: list[str], labels: dict[str, str], order: list[str]) -> str:
-    """MB/s and server CPU per GB of each server, with their ratios to uvloop (issue 25's comparison)."""
-    L = ["| server | workload | MB/s | vs uvloop | server CPU-s per GB | vs uvloop | load generator CPU-s per GB | runs |",
-         "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for w in wkeys:
-        base = summary.get("uvloop", {}).get(w)
-        for k in order:
-            c = summary.get(k, {}).get(w)
-            if not c:
-                continue
-            per_gb = 1000 / c["work_per_server_cpu_s"] if c["work_per_server_cpu_s"] else float("nan")
-            client_gb = c["client_cpu"] / c["mb_per_sec"] * 1000 if c["mb_per_sec"] else float("nan")
-            vs_mb = vs_cpu = "—"
-            if base and k != "uvloop" and base["mb_per_sec"] and base["work_per_server_cpu_s"]:
-                vs_mb = f"{c['mb_per_sec'] / base['mb_per_sec']:.2f}×"
-                vs_cpu = f"{base['work_per_server_cpu_s'] / c['work_per_server_cpu_s']:.2f}×"
-            err = f" ⚠ {c['errors']} err" if c["errors"] else ""
-            L.append(f"| {labels.get(k, k)} | {w} | {c['mb_per_sec']:,.0f}{err} | {vs_mb} | {per_gb:.3f} | {vs_cpu} | "
-                     f"{client_gb:.3f} | {c['runs']} |")
-    return "\n".join(L) + "\n"
-
-
 def cmd_matrix(ctx: Context) -> int:
     if not ctx.bin.exists():
         log(f"{ctx.bin} missing: run `cargo build --release` (make bench does)")
@@ -254,7 +201,8 @@ def cmd_matrix(ctx: Context) -> int:
     m = machine(ctx)
     log(f"machine: {machine_key(m)}; load {m['loadavg_at_start']:.2f}; {ctx.runs} runs × {ctx.duration:g}s")
     kinds = selected(ctx)
-    matrix = run_matrix(ctx, kinds)
+    more = max(0, int(os.environ.get("BENCH_BULK_RUNS", "15")) - ctx.runs)
+    matrix = run_matrix(ctx, kinds, more=(more, set(BULK_SERVERS)))
     summary = summarize(matrix)
     log("system calls per operation (strace -c)")
     syscalls = None if os.environ.get("BENCH_STRACE") == "0" else measure_syscalls(ctx, kinds, matrix["skipped"])

@@ -42,6 +42,31 @@ def machine_busy_s() -> float:
     return (sum(f[:8]) - f[3] - f[4]) / CLK_TCK
 
 
+# TCP's own counters that tell a run's bulk transfer was disturbed: on loopback, a connection whose packets
+# are transmitted from both CPUs (the writer's, and the reader's when its ACK lets the writer's queued data
+# go) is reordered between the two CPUs' backlogs, which TCP takes for loss (fast retransmits, undone by
+# DSACK); a receive queue over its budget is pruned (`RcvPruned`, a real drop) and an unlucky tail loss
+# waits for the retransmission timeout (`TCPTimeouts`, 200 ms and more with backoff).
+TCP_COUNTERS = {"Tcp": ("RetransSegs",), "TcpExt": ("TCPTimeouts", "TCPSACKReorder", "TCPDSACKRecv", "RcvPruned")}
+
+
+def tcp_counters() -> dict[str, int]:
+    """The machine's TCP_COUNTERS so far (/proc/net/snmp and /proc/net/netstat: a header line of names, then
+    a line of values, per protocol). Machine-wide: another process's traffic counts too."""
+    out: dict[str, int] = {}
+    for f in ("/proc/net/snmp", "/proc/net/netstat"):
+        try:
+            lines = Path(f).read_text().splitlines()
+        except OSError:
+            continue
+        for names, values in zip(lines[::2], lines[1::2]):
+            proto, names_, values_ = names.split(":")[0], names.split()[1:], values.split()[1:]
+            for n, v in zip(names_, values_):
+                if n in TCP_COUNTERS.get(proto, ()):
+                    out[n] = int(v)
+    return out
+
+
 def bench(ctx: Context, port: int, workload: str, conc: int, size: int, duration: float, cpus: str | None, threads: int = 1,
           server_pgid: int | None = None, sources: int = 1, connections: int | None = None, window: int | None = None) -> dict:
     """One `port-sharding bench --json` run; adds the CPU time the server's process group and the load
@@ -51,15 +76,18 @@ def bench(ctx: Context, port: int, workload: str, conc: int, size: int, duration
             "--json"] + (["--connections", str(connections)] if connections else []) + (["--window", str(window)] if window else [])
     s0 = group_cpu_s(server_pgid) if server_pgid else None
     m0 = machine_busy_s()
+    t0 = tcp_counters()
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(ctx.pinned(argv, cpus), env=ctx.env(), capture_output=True, timeout=duration + 60, preexec_fn=raise_nofile)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     m1 = machine_busy_s()
+    t1 = tcp_counters()
     s1 = group_cpu_s(server_pgid) if server_pgid else None
     if r.returncode not in (0, 1):
         raise RuntimeError(f"bench failed ({r.returncode}): {r.stderr.decode(errors='replace')[-400:]}")
     out = json.loads(r.stdout)
     el = max(out["elapsed_s"], 1e-6)
+    out["tcp"] = {n: t1[n] - t0[n] for n in t1 if n in t0}
     out["client_cpu"] = ((c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)) / el
     if s0 is not None:
         out["server_cpu"] = (s1 - s0) / el

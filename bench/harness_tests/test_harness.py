@@ -20,8 +20,10 @@ BENCH = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BENCH))
 
 from harness.context import Context  # noqa: E402
-from harness.markdown import SCALING_BEGIN, merge_scaling  # noqa: E402
-from harness.matrix import cmd_report, paired_ratios, paired_table  # noqa: E402
+from harness.bulk import disturbance_table, paired_ratios, paired_table  # noqa: E402
+from harness.markdown import SCALING_BEGIN, SCALING_END, merge_scaling  # noqa: E402
+from harness.measure import tcp_counters  # noqa: E402
+from harness.matrix import cmd_report  # noqa: E402
 from harness.servers import echo_once, free_port  # noqa: E402
 from harness.syscalls import parse_perf_stat, parse_strace_c  # noqa: E402
 from pytest_guards import DEFAULT_SIGNALS  # noqa: E402 (scripts/, put on the path by conftest.py)
@@ -94,6 +96,25 @@ def test_runs_are_compared_pair_by_pair_with_an_interval() -> None:
     assert table.count("\n") == 3  # header, rule, one row: uvloop is not compared with itself
 
 
+def test_tcp_counters_move_with_real_traffic() -> None:
+    # A connection on loopback sends at least one segment: the counters are read, and they are deltas-ready ints.
+    before = tcp_counters()
+    assert set(before) >= {"RetransSegs", "TCPTimeouts"}, before
+    with socket.create_server(("127.0.0.1", 0)) as srv, socket.create_connection(srv.getsockname()[:2], timeout=5):
+        pass
+    after = tcp_counters()
+    assert all(after[n] >= before[n] for n in before)
+
+
+def test_disturbance_table_counts_runs_with_a_timeout() -> None:
+    runs = [{"tcp": {"RetransSegs": 10, "TCPSACKReorder": 4, "TCPTimeouts": 0}},
+            {"tcp": {"RetransSegs": 300, "TCPSACKReorder": 40, "TCPTimeouts": 2}},
+            {"tcp": {"RetransSegs": 20, "TCPSACKReorder": 6, "TCPTimeouts": 0}}, {}]  # the last saved before counters
+    table = disturbance_table({"uvloop": {"bulk-4": runs}}, ["bulk-4", "stream-4"], {"uvloop": "uvloop"}, ["uvloop"])
+    assert "| uvloop | bulk-4 | 3 | 20 (300) | 6 | 1 |" in table
+    assert disturbance_table({"uvloop": {"bulk-4": [{}]}}, ["bulk-4"], {}, ["uvloop"]) == ""
+
+
 def test_a_debug_build_is_refused_before_anything_runs(tmp_path: Path) -> None:
     # The Makefile exports PORT_SHARDING_BIN as the debug build for the tests; a bench given it measured that
     # build as both server and load generator until 6 Dec 2026. Nothing is started: the refusal comes first.
@@ -125,7 +146,8 @@ def test_report_rewrites_benchmarks_from_saved_results(tmp_path: Path) -> None:
     merge_scaling(ctx, "### 16 × Test CPU\n\n| workers |\n|---|\n| 1 |\n", "16 × Test CPU")
     merge_scaling(ctx, "### 16 × Test CPU\n\n| workers |\n|---|\n| 2 |\n", "16 × Test CPU")
     text = (root / "BENCHMARKS.md").read_text()
-    assert text.count("### 16 × Test CPU") == 1 and "| 2 |" in text and "| 1 |\n" not in text
+    scaling = text[text.index(SCALING_BEGIN):text.index(SCALING_END)]
+    assert text.count("### 16 × Test CPU") == 1 and "| 2 |" in scaling and "| 1 |\n" not in scaling
 
 
 @pytest.fixture(scope="module")
