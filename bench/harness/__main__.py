@@ -20,7 +20,8 @@ bench-out), BENCH_WORKERS (scaling: default 1,2,4,8,16), BENCH_THREADS (scaling:
 BENCH_KEEP_LOGS=1 (keep the servers' logs in /tmp/ps-bench-logs-*), PORT_SHARDING_BIN (the engine's binary),
 BENCH_C_SERVER (the C server's binary, default target/bench/c_epoll_echo), BENCH_STRACE=0 (no system-call counts),
 BENCH_BASELINE_BIN (another engine build, measured beside the current one: before/after a change),
-BENCH_FLOOR_ALSO (floor: more server keys to measure, e.g. engine-python,engine-ruby), BENCH_ALLOW_DEBUG=1 (measure a
+BENCH_CC (bulk: run in a network namespace of its own with this TCP congestion control, e.g. cubic, and
+put the tables into BENCHMARKS.md; needs root), BENCH_FLOOR_ALSO (floor: more server keys to measure, e.g. engine-python,engine-ruby), BENCH_ALLOW_DEBUG=1 (measure a
 build under target/debug anyway; refused otherwise, as the Makefile exports PORT_SHARDING_BIN as the tests' debug build).
 """
 
@@ -35,6 +36,7 @@ from pathlib import Path
 from .apps import cmd_apps
 from .context import Context
 from .matrix import cmd_bulk, cmd_floor, cmd_matrix, cmd_report
+from .netns import bench_again, rerun_inside, wanted
 from .scaling import cmd_merge_scaling, cmd_scaling
 from .udp import cmd_udp
 
@@ -67,6 +69,11 @@ def main(argv: list[str]) -> int:
         if cmd == "floor":
             return cmd_floor(ctx)
         if cmd == "bulk":
+            if cc := wanted():  # the whole command again, inside a namespace with that congestion control
+                code, why = rerun_inside(cc, bench_again(argv))
+                if why:
+                    print(f"bench: BENCH_CC={cc}: {why}", file=sys.stderr)
+                return code
             return cmd_bulk(ctx)
         if cmd == "report":
             return cmd_report(ctx)

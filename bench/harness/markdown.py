@@ -15,6 +15,8 @@ from .targets import targets
 SCALING_BEGIN, SCALING_END = "<!-- scaling:begin -->", "<!-- scaling:end -->"
 # So is the real servers' section (`make bench-apps`, harness/apps.py).
 APPS_BEGIN, APPS_END = "<!-- apps:begin -->", "<!-- apps:end -->"
+# So is the bulk comparison under another congestion control (`BENCH_CC=cubic bench/run.py bulk`).
+BULK_CC_BEGIN, BULK_CC_END = "<!-- bulk-cc:begin -->", "<!-- bulk-cc:end -->"
 
 
 def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: int, labels: dict[str, str] | None = None,
@@ -108,7 +110,7 @@ def bulk_section(matrix: dict, summary: dict, labels: dict[str, str], order: lis
     L.append("Run by run against uvloop (run i of each server shared the machine's state):\n")
     L.append(paired_table(matrix["cells"], wkeys, labels, keys))
     if table := disturbance_table(matrix["cells"], wkeys, labels, keys):
-        L.append("What TCP counted during the runs (machine-wide deltas of /proc/net/snmp and /proc/net/netstat; "
+        L.append("What TCP counted during the runs (deltas of /proc/net/snmp and /proc/net/netstat, the whole machine's; "
                  "on loopback these come from reordering between the two CPUs, not from a lossy link):\n")
         L.append(table)
     return "\n".join(L)
@@ -127,7 +129,8 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
              "so read ratios, not absolutes.\n")
     L.append("## Machine\n")
     L.append(f"- CPU: {m['cpus']} × {m['cpu']}; memory {m['memory']}; kernel {m['kernel']} ({m['os']})")
-    L.append(f"- {m['rustc']}; Python {m['python']}; {m['ruby']}; net.ipv4.tcp_tw_reuse={m['tcp_tw_reuse']}")
+    L.append(f"- {m['rustc']}; Python {m['python']}; {m['ruby']}; net.ipv4.tcp_tw_reuse={m['tcp_tw_reuse']}, "
+             f"net.ipv4.tcp_congestion_control={m.get('tcp_congestion_control', '?')}")
     if m.get("binary"):  # results saved before 6 Dec 2026 do not say
         L.append(f"- engine and load generator: `{m['binary']}`")
     L.append(f"- run {m['date']}, load average at start {m['loadavg_at_start']:.2f}, whole run {elapsed / 60:.1f} min")
@@ -207,6 +210,7 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
     if "c-epoll" in summary:
         L.append(floor_table(summary, syscalls, [w for w, *_ in WORKLOADS], ctx.runs, labels, order))
     L.append(bulk_section(matrix, summary, labels, order))
+    L.append(BULK_CC_BEGIN + "\n" + kept_section(ctx, BULK_CC_BEGIN, BULK_CC_END) + "\n" + BULK_CC_END + "\n")
     L.append("## Latency (median of runs: p50 / p99)\n")
     L.append(head)
     L.append("|---|" + "---:|" * len(WORKLOADS))
@@ -318,4 +322,13 @@ def merge_scaling(ctx: Context, md: str, key: str) -> None:
             text += "\n" + SCALING_BEGIN + "\n" + scaling_md + SCALING_END + "\n"
     else:
         text = "# Benchmarks\n\n" + SCALING_BEGIN + "\n" + scaling_md + SCALING_END + "\n"
+    ctx.benchmarks.write_text(text)
+
+
+def merge_section(ctx: Context, begin: str, end: str, md: str) -> None:
+    """Puts `md` between two markers of BENCHMARKS.md (at its end when they are missing)."""
+    text = ctx.benchmarks.read_text() if ctx.benchmarks.exists() else "# Benchmarks\n"
+    i, j = text.find(begin), text.find(end)
+    block = begin + "\n" + md.strip("\n") + "\n" + end
+    text = text[:i] + block + text[j + len(end):] if i >= 0 and j >= 0 else text.rstrip("\n") + "\n\n" + block + "\n"
     ctx.benchmarks.write_text(text)

@@ -14,7 +14,8 @@ from .context import Context
 from .chart import svg_chart
 from .footprint import measure_drain, measure_memory, measure_startup
 from .bulk import bulk_table, disturbance_table, paired_table
-from .markdown import floor_table, write_benchmarks
+from .markdown import BULK_CC_BEGIN, BULK_CC_END, floor_table, merge_section, write_benchmarks
+from .netns import INSIDE
 from .measure import (BYTE_WORKLOADS, CLIENT_CPU, SERVER_CPU, WORKLOADS, bench_cell, machine, machine_key, median_of,
                       per_server_cpu_s)
 from .syscalls import trace_server
@@ -182,7 +183,7 @@ def cmd_bulk(ctx: Context) -> int:
     md += "\nRun by run against uvloop (run i of each server shared the machine's state):\n\n"
     md += paired_table(matrix["cells"], [w[0] for w in workloads], {k.key: k.short for k in kinds}, [k.key for k in kinds])
     if table := disturbance_table(matrix["cells"], [w[0] for w in workloads], {k.key: k.short for k in kinds}, [k.key for k in kinds]):
-        md += "\nWhat TCP counted during the runs (machine-wide deltas):\n\n" + table
+        md += "\nWhat TCP counted during the runs (deltas for the whole network namespace):\n\n" + table
     out_dir = Path(os.environ.get("OUT", ctx.root / "bench-out"))
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -190,7 +191,19 @@ def cmd_bulk(ctx: Context) -> int:
                                                             "matrix": matrix}, indent=1, default=str))
     print(md)
     log(f"wrote {out_dir}/bulk-{stamp}.json")
+    if cc := os.environ.get(INSIDE):
+        merge_section(ctx, BULK_CC_BEGIN, BULK_CC_END, bulk_cc_section(cc, m, md))
+        log(f"wrote the {cc} tables into {ctx.rel(ctx.benchmarks)}")
     return 0
+
+
+def bulk_cc_section(cc: str, m: dict, md: str) -> str:
+    """BENCHMARKS.md's part for `BENCH_CC=cc bench/run.py bulk`: its tables under a heading that says how."""
+    return (f"### The same under {cc}, in a network namespace of the bench's own\n\n"
+            f"`BENCH_CC={cc} make bench-bulk` (`make bench` runs it after the matrix), {m['date']}: the servers and the "
+            f"load generator in a new network namespace whose `net.ipv4.tcp_congestion_control` is {cc} (the machine's "
+            "is in the Machine section; see the notes on what BBR's pacing costs in this VM). Each run a fresh server.\n\n"
+            + md)
 
 
 def cmd_matrix(ctx: Context) -> int:

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from .context import Context
+from .netns import congestion_control
 from .servers import raise_nofile
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -52,7 +53,7 @@ TCP_COUNTERS = {"Tcp": ("RetransSegs",), "TcpExt": ("TCPTimeouts", "TCPSACKReord
 
 def tcp_counters() -> dict[str, int]:
     """The machine's TCP_COUNTERS so far (/proc/net/snmp and /proc/net/netstat: a header line of names, then
-    a line of values, per protocol). Machine-wide: another process's traffic counts too."""
+    a line of values, per protocol). Per network namespace: another process's traffic in it counts too."""
     out: dict[str, int] = {}
     for f in ("/proc/net/snmp", "/proc/net/netstat"):
         try:
@@ -176,6 +177,7 @@ def machine(ctx: Context) -> dict:
         "loadavg_at_start": os.getloadavg()[0],
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "tcp_tw_reuse": Path("/proc/sys/net/ipv4/tcp_tw_reuse").read_text().strip() if Path("/proc/sys/net/ipv4/tcp_tw_reuse").exists() else "?",
+        "tcp_congestion_control": congestion_control(),
         "binary": str(ctx.rel(ctx.bin)) if ctx.bin.is_relative_to(ctx.root) else str(ctx.bin),
     }
 

@@ -21,8 +21,9 @@ sys.path.insert(0, str(BENCH))
 
 from harness.context import Context  # noqa: E402
 from harness.bulk import disturbance_table, paired_ratios, paired_table  # noqa: E402
-from harness.markdown import SCALING_BEGIN, SCALING_END, merge_scaling  # noqa: E402
+from harness.markdown import BULK_CC_BEGIN, BULK_CC_END, SCALING_BEGIN, SCALING_END, merge_scaling, merge_section  # noqa: E402
 from harness.measure import tcp_counters  # noqa: E402
+from harness.netns import congestion_control, rerun_inside  # noqa: E402
 from harness.matrix import cmd_report  # noqa: E402
 from harness.servers import echo_once, free_port  # noqa: E402
 from harness.syscalls import parse_perf_stat, parse_strace_c  # noqa: E402
@@ -115,6 +116,23 @@ def test_disturbance_table_counts_runs_with_a_timeout() -> None:
     assert disturbance_table({"uvloop": {"bulk-4": [{}]}}, ["bulk-4"], {}, ["uvloop"]) == ""
 
 
+def test_a_bench_under_another_congestion_control_gets_a_network_namespace_of_its_own(tmp_path: Path) -> None:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare (util-linux) and ip (iproute2)")
+    if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a network namespace here (needs root with CAP_SYS_ADMIN)")
+    host = congestion_control()
+    seen = tmp_path / "seen"
+    code, why = rerun_inside("reno", ["sh", "-c", f"cat /proc/sys/net/ipv4/tcp_congestion_control > {seen}; "
+                                                  f"echo $PS_BENCH_NETNS_CC >> {seen}; ip -o link show lo >> {seen}"])
+    assert (code, why) == (0, "")
+    cc, marker, lo = seen.read_text().splitlines()
+    assert (cc, marker) == ("reno", "reno") and "UP" in lo
+    assert congestion_control() == host  # the machine's own setting is untouched
+    code, why = rerun_inside("no-such-algorithm", ["true"])
+    assert code == 2 and "no-such-algorithm" in why
+
+
 def test_a_debug_build_is_refused_before_anything_runs(tmp_path: Path) -> None:
     # The Makefile exports PORT_SHARDING_BIN as the debug build for the tests; a bench given it measured that
     # build as both server and load generator until 6 Dec 2026. Nothing is started: the refusal comes first.
@@ -141,6 +159,12 @@ def test_report_rewrites_benchmarks_from_saved_results(tmp_path: Path) -> None:
         assert heading in text, heading
     assert ("## Against the C floor" in text) == ("c-epoll" in saved["summary"])
     assert (root / "bench" / "chart.svg").read_text().startswith("<svg")
+
+    # The bulk tables under another congestion control land between their markers and outlive a rewrite.
+    merge_section(ctx, BULK_CC_BEGIN, BULK_CC_END, "### under cubic\n")
+    assert cmd_report(ctx) == 0
+    text = (root / "BENCHMARKS.md").read_text()
+    assert text.count("### under cubic") == 1 and text.index(BULK_CC_BEGIN) < text.index("### under cubic")
 
     # A scaling table measured elsewhere lands between the markers and replaces the same machine's one.
     merge_scaling(ctx, "### 16 × Test CPU\n\n| workers |\n|---|\n| 1 |\n", "16 × Test CPU")
