@@ -21,7 +21,8 @@ BENCH_KEEP_LOGS=1 (keep the servers' logs in /tmp/ps-bench-logs-*), PORT_SHARDIN
 BENCH_C_SERVER (the C server's binary, default target/bench/c_epoll_echo), BENCH_STRACE=0 (no system-call counts),
 BENCH_BASELINE_BIN (another engine build, measured beside the current one: before/after a change),
 BENCH_CC (bulk: run in a network namespace of its own with this TCP congestion control, e.g. cubic, and
-put the tables into BENCHMARKS.md; needs root), BENCH_FLOOR_ALSO (floor: more server keys to measure, e.g. engine-python,engine-ruby), BENCH_ALLOW_DEBUG=1 (measure a
+put the tables into BENCHMARKS.md; needs root), BENCH_SERVER_CPU_QUOTA (bulk: every server held to this
+percentage of one core, a cgroup; needs root), BENCH_FLOOR_ALSO (floor: more server keys to measure, e.g. engine-python,engine-ruby), BENCH_ALLOW_DEBUG=1 (measure a
 build under target/debug anyway; refused otherwise, as the Makefile exports PORT_SHARDING_BIN as the tests' debug build).
 """
 

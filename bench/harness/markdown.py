@@ -15,8 +15,14 @@ from .targets import targets
 SCALING_BEGIN, SCALING_END = "<!-- scaling:begin -->", "<!-- scaling:end -->"
 # So is the real servers' section (`make bench-apps`, harness/apps.py).
 APPS_BEGIN, APPS_END = "<!-- apps:begin -->", "<!-- apps:end -->"
-# So is the bulk comparison under another congestion control (`BENCH_CC=cubic bench/run.py bulk`).
+# So is the bulk comparison under another congestion control (`BENCH_CC=cubic bench/run.py bulk`), and the
+# same with the server held to a CPU quota (BENCH_SERVER_CPU_QUOTA).
 BULK_CC_BEGIN, BULK_CC_END = "<!-- bulk-cc:begin -->", "<!-- bulk-cc:end -->"
+BULK_QUOTA_BEGIN, BULK_QUOTA_END = "<!-- bulk-cc-quota:begin -->", "<!-- bulk-cc-quota:end -->"
+
+
+def bulk_cc_markers(quota: bool) -> tuple[str, str]:
+    return (BULK_QUOTA_BEGIN, BULK_QUOTA_END) if quota else (BULK_CC_BEGIN, BULK_CC_END)
 
 
 def floor_table(summary: dict, syscalls: dict | None, wkeys: list[str], runs: int, labels: dict[str, str] | None = None,
@@ -210,7 +216,8 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
     if "c-epoll" in summary:
         L.append(floor_table(summary, syscalls, [w for w, *_ in WORKLOADS], ctx.runs, labels, order))
     L.append(bulk_section(matrix, summary, labels, order))
-    L.append(BULK_CC_BEGIN + "\n" + kept_section(ctx, BULK_CC_BEGIN, BULK_CC_END) + "\n" + BULK_CC_END + "\n")
+    for begin, end in (bulk_cc_markers(False), bulk_cc_markers(True)):
+        L.append(begin + "\n" + kept_section(ctx, begin, end) + "\n" + end + "\n")
     L.append("## Latency (median of runs: p50 / p99)\n")
     L.append(head)
     L.append("|---|" + "---:|" * len(WORKLOADS))

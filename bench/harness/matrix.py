@@ -14,8 +14,9 @@ from .context import Context
 from .chart import svg_chart
 from .footprint import measure_drain, measure_memory, measure_startup
 from .bulk import bulk_table, disturbance_table, paired_table
-from .markdown import BULK_CC_BEGIN, BULK_CC_END, floor_table, merge_section, write_benchmarks
+from .markdown import bulk_cc_markers, floor_table, merge_section, write_benchmarks
 from .netns import INSIDE
+from .quota import joiner, server_quota
 from .measure import (BYTE_WORKLOADS, CLIENT_CPU, SERVER_CPU, WORKLOADS, bench_cell, machine, machine_key, median_of,
                       per_server_cpu_s)
 from .syscalls import trace_server
@@ -52,10 +53,12 @@ def applicable(kind: ServerKind, workloads: list[tuple] = WORKLOADS) -> list[tup
     return [w for w in workloads if kind.argv_for(w[4]) is not None and (kind.workloads is None or w[0] in kind.workloads)]
 
 
-def run_matrix(ctx: Context, kinds: list[ServerKind], workloads: list[tuple] = WORKLOADS, more: tuple[int, set[str]] = (0, set())) -> dict:
+def run_matrix(ctx: Context, kinds: list[ServerKind], workloads: list[tuple] = WORKLOADS, more: tuple[int, set[str]] = (0, set()),
+               group: Path | None = None) -> dict:
     """Every runnable server under each workload it serves, `ctx.runs` times, a fresh server per run and mode.
     `more` = (n, servers): n further runs of the byte workloads alone for those servers (issue 25's comparison
-    needs more runs than the others: a bulk run lands in one of two regimes, see bench/NOTES.md)."""
+    needs more runs than the others: a bulk run lands in one of two regimes, see bench/NOTES.md). `group`: a
+    cgroup every server runs in (harness.quota)."""
     skipped = {}
     runnable = []
     for k in kinds:
@@ -83,7 +86,7 @@ def run_matrix(ctx: Context, kinds: list[ServerKind], workloads: list[tuple] = W
                 port = free_port()
                 log(f"run {run + 1}/{total}: {k.key} --mode {mode} on :{port}")
                 try:
-                    with Server(ctx, k.argv_for(mode) or [], port, SERVER_CPU, k.key) as srv:
+                    with Server(ctx, k.argv_for(mode) or [], port, SERVER_CPU, k.key, preexec=joiner(group)) as srv:
                         srv.wait_ready()
                         for w in (w for w in mine if w[4] == mode):
                             wkey = w[0]
@@ -174,12 +177,19 @@ def cmd_bulk(ctx: Context) -> int:
     m = machine(ctx)
     kinds = [k for k in server_kinds(ctx) if k.key in BULK_SERVERS]
     workloads = [w for w in WORKLOADS if w[0] in BYTE_WORKLOADS]
-    matrix = run_matrix(ctx, kinds, workloads)
+    quota = int(os.environ.get("BENCH_SERVER_CPU_QUOTA") or 0)
+    try:
+        with server_quota(quota) as group:
+            matrix = run_matrix(ctx, kinds, workloads, group=group)
+    except OSError as e:
+        log(f"BENCH_SERVER_CPU_QUOTA={quota}: {e}")
+        return 2
     summary = summarize(matrix)
     load_end = os.getloadavg()[0]
     md = bulk_table(summary, [w[0] for w in workloads], {k.key: k.short for k in kinds}, [k.key for k in kinds])
+    held = f" (held to {quota} % of it)" if quota else ""
     md += (f"\nMedian of {ctx.runs} runs per cell, alternating servers; load average {m['loadavg_at_start']:.2f} at the "
-           f"start, {load_end:.2f} at the end; server pinned to CPU {SERVER_CPU}, load generator to CPU {CLIENT_CPU}.\n")
+           f"start, {load_end:.2f} at the end; server pinned to CPU {SERVER_CPU}{held}, load generator to CPU {CLIENT_CPU}.\n")
     md += "\nRun by run against uvloop (run i of each server shared the machine's state):\n\n"
     md += paired_table(matrix["cells"], [w[0] for w in workloads], {k.key: k.short for k in kinds}, [k.key for k in kinds])
     if table := disturbance_table(matrix["cells"], [w[0] for w in workloads], {k.key: k.short for k in kinds}, [k.key for k in kinds]):
@@ -192,18 +202,25 @@ def cmd_bulk(ctx: Context) -> int:
     print(md)
     log(f"wrote {out_dir}/bulk-{stamp}.json")
     if cc := os.environ.get(INSIDE):
-        merge_section(ctx, BULK_CC_BEGIN, BULK_CC_END, bulk_cc_section(cc, m, md))
+        begin, end = bulk_cc_markers(bool(quota))
+        merge_section(ctx, begin, end, bulk_cc_section(cc, quota, m, md))
         log(f"wrote the {cc} tables into {ctx.rel(ctx.benchmarks)}")
     return 0
 
 
-def bulk_cc_section(cc: str, m: dict, md: str) -> str:
+def bulk_cc_section(cc: str, quota: int, m: dict, md: str) -> str:
     """BENCHMARKS.md's part for `BENCH_CC=cc bench/run.py bulk`: its tables under a heading that says how."""
+    if quota:
+        return (f"### Under {cc}, the server held to {quota} % of its core\n\n"
+                f"`BENCH_CC={cc} BENCH_SERVER_CPU_QUOTA={quota} make bench-bulk` (`make bench` runs it too), {m['date']}: "
+                f"as above, with every server in a cgroup allowed {quota} % of one CPU, so that the server, not the load "
+                "generator, limits MB/s: MB/s is then what a server does with the CPU it has.\n\n" + md)
     return (f"### The same under {cc}, in a network namespace of the bench's own\n\n"
             f"`BENCH_CC={cc} make bench-bulk` (`make bench` runs it after the matrix), {m['date']}: the servers and the "
             f"load generator in a new network namespace whose `net.ipv4.tcp_congestion_control` is {cc} (the machine's "
-            "is in the Machine section; see the notes on what BBR's pacing costs in this VM). Each run a fresh server.\n\n"
-            + md)
+            "is in the Machine section; see the notes on what BBR's pacing costs in this VM). Each run a fresh server. "
+            "Both cores free, the load generator's is the busier one (near 100 %): MB/s here is mostly its limit, "
+            "and server CPU per byte is the server's own figure.\n\n" + md)
 
 
 def cmd_matrix(ctx: Context) -> int:

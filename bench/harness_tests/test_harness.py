@@ -24,6 +24,7 @@ from harness.bulk import disturbance_table, paired_ratios, paired_table  # noqa:
 from harness.markdown import BULK_CC_BEGIN, BULK_CC_END, SCALING_BEGIN, SCALING_END, merge_scaling, merge_section  # noqa: E402
 from harness.measure import tcp_counters  # noqa: E402
 from harness.netns import congestion_control, rerun_inside  # noqa: E402
+from harness.quota import joiner, make_group, server_quota  # noqa: E402
 from harness.matrix import cmd_report  # noqa: E402
 from harness.servers import echo_once, free_port  # noqa: E402
 from harness.syscalls import parse_perf_stat, parse_strace_c  # noqa: E402
@@ -131,6 +132,27 @@ def test_a_bench_under_another_congestion_control_gets_a_network_namespace_of_it
     assert congestion_control() == host  # the machine's own setting is untouched
     code, why = rerun_inside("no-such-algorithm", ["true"])
     assert code == 2 and "no-such-algorithm" in why
+
+
+def test_a_server_held_to_a_cpu_quota_runs_in_a_cgroup_of_the_bench_and_the_group_goes_away() -> None:
+    with pytest.raises(OSError, match="1 to 100"):
+        make_group(0)
+    try:
+        with server_quota(40) as group:
+            assert group is not None
+            limit = (group / "cpu.max").read_text().split() if (group / "cpu.max").exists() else \
+                [(group / "cpu.cfs_quota_us").read_text().strip(), (group / "cpu.cfs_period_us").read_text().strip()]
+            assert limit == ["40000", "100000"]
+            child = subprocess.run(["cat", "/proc/self/cgroup"], preexec_fn=joiner(group), capture_output=True, text=True,
+                                   timeout=10)
+            assert group.name in child.stdout
+    except PermissionError as e:
+        pytest.skip(f"cannot make a cgroup here (needs root): {e}")
+    except OSError as e:
+        if "no cgroup cpu controller" in str(e):
+            pytest.skip(str(e))
+        raise
+    assert not group.exists()
 
 
 def test_a_debug_build_is_refused_before_anything_runs(tmp_path: Path) -> None:
