@@ -291,6 +291,8 @@ def write_benchmarks(ctx: Context, m: dict, matrix: dict, summary: dict, memory:
     L.append("make bench            # this file and bench/chart.svg (BENCH_DURATION=3 BENCH_RUNS=5 by default)")
     L.append("make bench-floor      # the engine vs the minimal C server only: CPU and system calls per op (stdout, $OUT)")
     L.append("make bench-bulk       # the engine vs uvloop and the C server on stream-4 and bulk-4: MB/s, CPU per GB (stdout, $OUT)")
+    L.append("BENCH_CC=cubic [BENCH_SERVER_CPU_QUOTA=40] make bench-bulk   # the same in a network namespace with cubic, the server")
+    L.append("                      # free or held to 40 % of its core (root): the two sections after \"Bulk streams against uvloop\"")
     L.append("make bench-scaling    # workers 1,2,4,8,16, engine and C server: $OUT/scaling-*.md/json and the section below")
     L.append("python3 bench/run.py merge-scaling bench/results/scaling-X.md   # add a table measured on another machine")
     L.append("python3 bench/run.py report   # rewrite this file from bench/results/matrix.json (after editing bench/NOTES.md)")
