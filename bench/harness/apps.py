@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from .context import Context
-from .markdown import APPS_BEGIN, APPS_END
+from .markdown import APPS_BEGIN, APPS_END, merge_section
 
 CLOCK = os.sysconf("SC_CLK_TCK")
 # name -> (the app's environment, `port-sharding bench` workload)
@@ -281,11 +281,4 @@ def apps_markdown(data: dict) -> str:
 
 
 def merge_apps(ctx: Context, md: str) -> None:
-    text = ctx.benchmarks.read_text() if ctx.benchmarks.exists() else "# Benchmarks\n"
-    i, j = text.find(APPS_BEGIN), text.find(APPS_END)
-    block = APPS_BEGIN + "\n" + md + APPS_END
-    if i >= 0 and j >= 0:
-        text = text[:i] + block + text[j + len(APPS_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    ctx.benchmarks.write_text(text)
+    merge_section(ctx, APPS_BEGIN, APPS_END, md)
