@@ -39,7 +39,7 @@ bench: bench-build $(C_UDP_SERVER) ## servers x workloads (pinned, medians of 5;
 	OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py udp
 
 bench-quick: bench-build ## a fast smoke run of `make bench` (1 run of 1 s per cell; still rewrites BENCHMARKS.md)
-	BENCH_DURATION=1 BENCH_RUNS=1 $(PYTHON) bench/run.py matrix
+	BENCH_DURATION=1 BENCH_RUNS=1 BENCH_BULK_RUNS=1 $(PYTHON) bench/run.py matrix
 
 bench-floor: bench-build ## the engine vs the minimal C server only: CPU and system calls per op -> stdout, $(OUT)/floor-*.json
 	OUT=$(OUT) BENCH_DURATION=$(BENCH_DURATION) BENCH_RUNS=$(BENCH_RUNS) $(PYTHON) bench/run.py floor
