@@ -16,13 +16,15 @@
 Environment: BENCH_DURATION (seconds per run, default 3), BENCH_RUNS (default 3), BENCH_ONLY (comma list
 of server keys), BENCH_BULK_RUNS (matrix: runs of stream-4 and bulk-4 for the engine, uvloop and the C
 server, default 15; the runs beyond BENCH_RUNS serve only those two), OUT (scaling: output folder, default
-bench-out), BENCH_WORKERS (scaling: default 1,2,4,8,16), BENCH_THREADS (scaling: load threads, default half the CPUs), BENCH_PIN (0 disables taskset),
+bench-out), BENCH_WORKERS (scaling: default 1,2,4,8,16), BENCH_THREADS (scaling: load threads, default half
+the CPUs), BENCH_PIN (0 disables taskset),
 BENCH_KEEP_LOGS=1 (keep the servers' logs in /tmp/ps-bench-logs-*), PORT_SHARDING_BIN (the engine's binary),
 BENCH_C_SERVER (the C server's binary, default target/bench/c_epoll_echo), BENCH_STRACE=0 (no system-call counts),
 BENCH_BASELINE_BIN (another engine build, measured beside the current one: before/after a change),
 BENCH_CC (bulk: run in a network namespace of its own with this TCP congestion control, e.g. cubic, and
 put the tables into BENCHMARKS.md; needs root), BENCH_SERVER_CPU_QUOTA (bulk: every server held to this
-percentage of one core, a cgroup; needs root), BENCH_FLOOR_ALSO (floor: more server keys to measure, e.g. engine-python,engine-ruby), BENCH_ALLOW_DEBUG=1 (measure a
+percentage of one core, a cgroup; needs root), BENCH_FLOOR_ALSO (floor: more server keys to measure, e.g.
+engine-python,engine-ruby), BENCH_ALLOW_DEBUG=1 (measure a
 build under target/debug anyway; refused otherwise, as the Makefile exports PORT_SHARDING_BIN as the tests' debug build).
 """
 

@@ -72,9 +72,10 @@ def bulk_table(summary: dict, wkeys: list[str], labels: dict[str, str], order: l
 
 
 def disturbance_table(cells: dict, wkeys: list[str], labels: dict[str, str], order: list[str]) -> str:
-    """Per server and byte workload, what TCP itself counted during the runs (bench.measure.TCP_COUNTERS, deltas
-    over each run, for the whole network namespace): the median of retransmitted segments and of reorderings detected, and the runs
-    in which a retransmission timed out. Runs saved before these were recorded have none: no table."""
+    """Per server and byte workload, what TCP itself counted during the runs (measure.TCP_COUNTERS, deltas over
+    each run, for the whole network namespace): the median of retransmitted segments and of reorderings
+    detected, and the runs in which a retransmission timed out. Runs saved before these were recorded have
+    none: no table."""
     L = ["| server | workload | runs | retransmitted segments per run (median, max) | reorderings detected per run "
          "(median) | runs with a retransmission timeout |", "|---|---|---:|---:|---:|---:|"]
     for w in wkeys:

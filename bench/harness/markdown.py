@@ -322,16 +322,7 @@ def merge_scaling(ctx: Context, md: str, key: str) -> None:
     keep = [s for s in sections if s.strip() and not s.startswith("## Scaling") and not s.startswith(f"### {key}\n")]
     scaling_md = ("## Scaling\n\n`make bench-scaling`: one engine server with N workers against one load generator "
                   "(several threads).\n\n" + "\n".join(s.rstrip() + "\n" for s in keep + [md]))
-    if ctx.benchmarks.exists():
-        text = ctx.benchmarks.read_text()
-        i, j = text.find(SCALING_BEGIN), text.find(SCALING_END)
-        if i >= 0 and j >= 0:
-            text = text[:i] + SCALING_BEGIN + "\n" + scaling_md + SCALING_END + text[j + len(SCALING_END):]
-        else:
-            text += "\n" + SCALING_BEGIN + "\n" + scaling_md + SCALING_END + "\n"
-    else:
-        text = "# Benchmarks\n\n" + SCALING_BEGIN + "\n" + scaling_md + SCALING_END + "\n"
-    ctx.benchmarks.write_text(text)
+    merge_section(ctx, SCALING_BEGIN, SCALING_END, scaling_md)
 
 
 def merge_section(ctx: Context, begin: str, end: str, md: str) -> None:
