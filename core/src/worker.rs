@@ -45,7 +45,10 @@ const BUDGET: usize = 32;
 /// (8 MiB), so each streaming connection delays the others by at most that much copying per turn, 3 to
 /// 4 ms of this VM's server CPU. 32 reads is libuv's turn (what uvloop and Node.js do). Against the 1 MiB
 /// turn before it, the 8 MiB turn took 0.81–0.92× the server CPU per byte echoed in bulk-4 rounds of 12–30
-/// alternating runs, 0.91× in a `make bench-bulk` of 12 (bench/NOTES.md, issue 25).
+/// alternating runs, 0.91× in a `make bench-bulk` of 12 (bench/NOTES.md, issue 25). A connection gets one
+/// turn per pass (`Loop::queue`), so with four streams keeping the worker busy a ping-pong round trip
+/// beside them waits behind at most four turns: p99 11–26 ms in this VM; a 1 or 2 MiB turn made that 4–7
+/// ms but every round trip waited a pass (median 2–4 ms, against 25–60 µs) and bulk MB/s fell by 10 %.
 const BUDGET_BYTES: usize = 8 << 20;
 // On a plain drain the listener stays open DRAIN_GRACE (see `drain`), accepting what is queued (and what is
 // mid-handshake), then closes right after a pass that found its queue empty. A handover closes it at once
@@ -100,6 +103,9 @@ struct Conn {
     hangup: bool,
     last_active: Instant,
     deadline: Option<Instant>,
+    /// In `Loop::again`: it used up its turn with input left and gets its next one after the next
+    /// `poll`'s events. At most one entry per connection, so each gets at most one turn per pass.
+    queued: bool,
 }
 
 enum Step {
@@ -145,7 +151,8 @@ struct Loop<'a> {
     greeting: Vec<u8>,
     slot: &'a Slot,
     config: &'a Config,
-    /// Tokens that ran out of budget and must be driven again without waiting for an event.
+    /// Connections that used up their turn with input left: driven again after the next `poll`'s events
+    /// without waiting for an event of their own (one entry each, see `Conn::queued`).
     again: Vec<usize>,
     accept_paused_until: Option<Instant>,
     /// A connection closed while accepts were paused at `max_connections`: accept again once this
@@ -168,7 +175,7 @@ struct Loop<'a> {
 impl<'a> Loop<'a> {
     fn new(w: Worker<'a>) -> io::Result<Loop<'a>> {
         let poll = Poll::new()?;
-        stream::no_delay(&w.listener);
+        stream::tune(&w.listener);
         let mut listener = TcpListener::from_std(w.listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -238,6 +245,8 @@ impl<'a> Loop<'a> {
                 return Err(e);
             }
             self.now = Instant::now();
+            // The streams that used up their turn last pass get their next one after this poll's events.
+            let turns = std::mem::take(&mut self.again);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -253,17 +262,24 @@ impl<'a> Loop<'a> {
                         }
                     }
                     Token(key) => {
-                        if let Some(Some(conn)) = self.conns.get_mut(key) {
-                            let closed = event.is_read_closed() || event.is_error();
-                            conn.hangup |= closed;
-                            conn.readable |= event.is_readable() || closed;
+                        let Some(Some(conn)) = self.conns.get_mut(key) else {
+                            continue;
+                        };
+                        let closed = event.is_read_closed() || event.is_error();
+                        conn.hangup |= closed;
+                        conn.readable |= event.is_readable() || closed;
+                        // A connection waiting in `again` has its turn there, after the others' events.
+                        if !conn.queued {
+                            self.drive(key);
                         }
-                        self.drive(key);
                     }
                 }
             }
-            for key in std::mem::take(&mut self.again) {
-                self.drive(key);
+            for key in turns {
+                if let Some(Some(conn)) = self.conns.get_mut(key) {
+                    conn.queued = false;
+                    self.drive(key);
+                }
             }
             let now = Instant::now();
             self.now = now;
@@ -416,6 +432,7 @@ impl<'a> Loop<'a> {
             hangup: false,
             last_active: self.now,
             deadline: None,
+            queued: false,
         };
         if self.config.mode == Mode::Hello {
             conn.pending = self.greeting.clone();
@@ -464,7 +481,21 @@ impl<'a> Loop<'a> {
         self.conns[key] = Some(conn);
         self.open += 1;
         if let Step::Again = first {
-            self.again.push(key);
+            self.queue(key);
+        }
+    }
+
+    /// Gives a connection that used up its turn another one after the next `poll`'s events: once per
+    /// pass, so a connection waits behind at most one turn of each other stream per pass. Before, every
+    /// turn pushed an entry, and a queued stream that also had an event was driven and pushed twice: while
+    /// the worker was the busier side the list grew by one entry per stream per pass, each stream had ever
+    /// more turns per pass, and a short request waited behind all of them.
+    fn queue(&mut self, key: usize) {
+        if let Some(Some(conn)) = self.conns.get_mut(key) {
+            if !conn.queued {
+                conn.queued = true;
+                self.again.push(key);
+            }
         }
     }
 
@@ -494,7 +525,7 @@ impl<'a> Loop<'a> {
             }
         }
         if let Step::Again = next {
-            self.again.push(key);
+            self.queue(key);
         }
     }
 
