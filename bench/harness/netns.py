@@ -51,8 +51,14 @@ def rerun_inside(cc: str, command: list[str]) -> tuple[int, str]:
     except OSError as e:
         return 2, f"unshare: {e}"
     if r.returncode == 97:
+        sysctl = Path("/proc/sys/net/ipv4")
+        allowed = (sysctl / "tcp_allowed_congestion_control").read_text().strip()
+        hint = "" if cc in allowed.split() else (
+            f"; a namespace other than the first may only pick an allowed one: as root, "
+            f"`echo '{allowed} {cc}' > /proc/sys/net/ipv4/tcp_allowed_congestion_control` allows it")
         return 2, (f"could not bring up lo or set tcp_congestion_control={cc} in the new namespace "
-                   f"(available: {Path('/proc/sys/net/ipv4/tcp_available_congestion_control').read_text().strip()})")
+                   f"(available: {(sysctl / 'tcp_available_congestion_control').read_text().strip()}, "
+                   f"allowed: {allowed}){hint}")
     if r.returncode != 0 and os.geteuid() != 0:
         return r.returncode, "a network namespace needs root (unshare --net)"
     return r.returncode, ""
