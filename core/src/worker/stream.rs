@@ -6,7 +6,9 @@ use std::net::TcpListener;
 /// write is short, the connection stops being read (the worker's backpressure), and it is woken to write
 /// again once the peer has taken about half. 1 MiB is four of the worker's reads, so a stream still has
 /// whole reads queued while the worker serves the others; bytes sent and not yet acknowledged are not
-/// counted, so this does not cap what is in flight on a long path.
+/// counted, so this does not cap what is in flight on a long path. The worker is woken with about 512 KiB
+/// still queued, so the link stays busy if it writes again within the time that takes to send (0.4 ms
+/// at 10 Gbit/s).
 ///
 /// Why bound it: a send queue holding more than the peer's window lets in is transmitted later, by the
 /// kernel, when the peer's acknowledgements open the window — on loopback in the *peer's* context, so
