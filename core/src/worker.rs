@@ -532,7 +532,12 @@ impl<'a> Loop<'a> {
     fn close(&mut self, key: usize, error: bool) {
         // Dropping the stream closes the fd, and closing removes it from the epoll set (no fd is shared
         // with another process or dup'ed): a `deregister` first would be one more system call per connection.
-        if self.conns[key].take().is_some() {
+        if let Some(conn) = self.conns[key].take() {
+            if conn.queued {
+                // Closed between passes (idle, linger, drain timeout): its key may be reused before the
+                // next pass, and the new connection must not inherit the entry.
+                self.again.retain(|&k| k != key);
+            }
             self.free.push(key);
             self.open -= 1;
             self.slot.closed(error);
