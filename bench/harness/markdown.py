@@ -109,9 +109,9 @@ def bulk_section(matrix: dict, summary: dict, labels: dict[str, str], order: lis
     L = ["## Bulk streams against uvloop (issue 25)\n"]
     if more:
         L.append(f"stream-4 and bulk-4 of these servers had {more['runs']} more runs than the other cells (a fresh "
-                 "server per run serving only these two workloads, the servers alternating): a bulk run lands in one of "
-                 "two regimes on this machine (see the notes), and a median of a few runs is a coin toss between them. "
-                 "The medians here and in the tables above are of all the runs.\n")
+                 "server per run serving only these two workloads, the servers alternating): under BBR on a VM a bulk run "
+                 "can land in one of two regimes (see the notes), and a median of a few runs would be a coin toss "
+                 "between them. The medians here and in the tables above are of all the runs.\n")
     L.append(bulk_table(summary, wkeys, labels, keys))
     L.append("Run by run against uvloop (run i of each server shared the machine's state):\n")
     L.append(paired_table(matrix["cells"], wkeys, labels, keys))

@@ -57,7 +57,7 @@ def run_matrix(ctx: Context, kinds: list[ServerKind], workloads: list[tuple] = W
                group: Path | None = None) -> dict:
     """Every runnable server under each workload it serves, `ctx.runs` times, a fresh server per run and mode.
     `more` = (n, servers): n further runs of the byte workloads alone for those servers (issue 25's comparison
-    needs more runs than the others: a bulk run lands in one of two regimes, see bench/NOTES.md). `group`: a
+    needs more runs than the others: under BBR a bulk run can land in one of two regimes, see bench/NOTES.md). `group`: a
     cgroup every server runs in (harness.quota)."""
     skipped = {}
     runnable = []
