@@ -388,7 +388,8 @@ def test_systemd_socket_activate_starts_it_on_the_first_connection_one_worker(co
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert time.monotonic() < deadline
+                # The tool execs the server only once a connection came: exiting before, it could not listen.
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
                 time.sleep(0.02)
         _, err = proc.communicate(timeout=PATIENCE)
         assert proc.returncode == 2, err
